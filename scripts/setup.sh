@@ -35,6 +35,7 @@ start=$SECONDS
 npm ci --no-audit --no-fund --loglevel=error >"$log" 2>&1 ||
   fail "npm ci (dependencies or build via prepare) failed"
 step "dependencies installed and dist/ built in $((SECONDS - start))s"
+: >"$log" # from here on the log holds only what the probe and the driver install print
 
 probe() {
   node dist/runtime/probe-adapter.js 2>>"$log"
