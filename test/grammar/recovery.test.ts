@@ -1,0 +1,155 @@
+/** Error recovery: one typo gives one diagnostic, and parsing goes on with the next statement. */
+import { describe, expect, it } from "vitest";
+import type { ComponentDecl, Item } from "../../grammar/ast.js";
+import { parseSource } from "../../grammar/parse.js";
+import { diagnosticsOf } from "./helpers.js";
+
+function outline(items: Item[]): string[] {
+  return items.map((item) => {
+    if (item.kind === "ComponentDecl" || item.kind === "TrainDecl") {
+      const body = item.body.map((s) => {
+        if (s.kind === "Binding") return `${s.target.name}=${s.value.kind}`;
+        if (s.kind === "PortDecl" || s.kind === "WeightDecl") return `${s.kind}:${s.name.name}`;
+        return s.kind;
+      });
+      return `${item.name.name}{${body.join(", ")}}`;
+    }
+    if (item.kind === "ImportDecl") return "import";
+    return `${item.kind}:${item.name.name}`;
+  });
+}
+
+describe("recovery", () => {
+  it("reports three typos in three blocks exactly once each and keeps the rest", () => {
+    const text = [
+      "tasks Lang { en_de, en_fr }",
+      "",
+      "block First(d: Dim) {",
+      "  in x: f32[B, d]",
+      "  h = Linear(d d)(x)",
+      "  y = h",
+      "}",
+      "",
+      "block Second(d: Dim) {",
+      "  in x f32[B, d]",
+      "  y = x",
+      "}",
+      "",
+      "model Third {",
+      "  z = (x +",
+      "  y = x",
+      "}",
+      "",
+    ].join("\n");
+    const found = diagnosticsOf(text);
+    expect(found.map((d) => `${d.code} ${d.at}`)).toEqual([
+      "E0101 5:16",
+      "E0101 10:8",
+      "E0101 16:3",
+    ]);
+    const result = parseSource(text, "t.moe");
+    expect(outline(result.file.items)).toEqual([
+      "TasksDecl:Lang",
+      "First{PortDecl:x, h=CallExpr, y=NameExpr}",
+      "Second{PortDecl:x, y=NameExpr}",
+      "Third{z=ErrorExpr, y=NameExpr}",
+    ]);
+  });
+
+  it("suppresses further errors in the same statement", () => {
+    // Two problems in one statement, then a third in the next one.
+    const found = diagnosticsOf("block A {\n  x = f(a b) + g(c d)\n  y = )\n}\n");
+    expect(found.map((d) => d.at)).toEqual(["2:11", "3:7"]);
+  });
+
+  it("re-syncs at the next statement after a broken one", () => {
+    const text = "block A {\n  in x: f32[B]\n  x: f32[B]\n  out y: f32[B]\n  y = x\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "3:4 expected `=` after `x`, found `:`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual([
+      "A{PortDecl:x, PortDecl:y, y=NameExpr}",
+    ]);
+  });
+
+  it("re-syncs at the next item after a broken header", () => {
+    const text = "tasks L { a b c\nblock B {\n  y = 1\n}\n";
+    expect(diagnosticsOf(text).map((d) => d.at)).toEqual(["1:13"]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual([
+      "TasksDecl:L",
+      "B{y=NumberLit}",
+    ]);
+  });
+
+  it("keeps the body when a parameter list is broken", () => {
+    const text = "block A(d Dim, h) {\n  y = 1\n}\n";
+    expect(diagnosticsOf(text).map((d) => d.at)).toEqual(["1:11"]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{y=NumberLit}"]);
+  });
+
+  it("does not glue a statement missing `=` to the next one", () => {
+    const text = "block A {\n  b\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "3:3 expected `=` after `b`, found `y`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{y=NumberLit}"]);
+  });
+
+  it("gives one diagnostic for a bad character and its consequences", () => {
+    const text = "block A {\n  x = a # b\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => d.code)).toEqual(["E0104"]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{x=NameExpr, y=NumberLit}"]);
+  });
+
+  it("gives one diagnostic for an unterminated string that hides a closing parenthesis", () => {
+    const text = 'block A {\n  x = f("abc)\n  y = 2\n}\n';
+    expect(diagnosticsOf(text).map((d) => d.code)).toEqual(["E0102"]);
+  });
+
+  it("gives one diagnostic for an unterminated comment that hides the end of the file", () => {
+    expect(diagnosticsOf("block A {\n  x = 1 /*\n}\n").map((d) => d.code)).toEqual(["E0103"]);
+  });
+
+  it("keys a reserved word used as a named argument to one diagnostic", () => {
+    const text = "block A {\n  l = Linear(in: 256, out: 512)\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "2:14 unexpected reserved word `in`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{l=CallExpr, y=NumberLit}"]);
+  });
+
+  it("treats an unclosed parenthesis before the next statement as one error", () => {
+    const text = "block A {\n  x = (a + b\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "3:3 expected `)` to close the `(` opened at 2:7, found `y`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual([
+      "A{x=BinaryExpr, y=NumberLit}",
+    ]);
+  });
+
+  it("reports an error again after a block closed cleanly", () => {
+    const text = "block A {\n  x = f(in: 1)\n}\nx = 1\n";
+    expect(diagnosticsOf(text).map((d) => d.at)).toEqual(["2:9", "4:1"]);
+  });
+
+  it("ends at a missing `}` before the next item and keeps both items", () => {
+    const text = "block A {\n  repeat 3 {\n    x = 1\n}\nblock B { y = 2 }\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "5:1 expected `}` to close the block opened at 1:9, found `block`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual([
+      "A{RepeatStmt}",
+      "B{y=NumberLit}",
+    ]);
+  });
+
+  it("keeps a binding whose value is broken as an ErrorExpr", () => {
+    const result = parseSource("block A {\n  x = f(1,\n  y = 2\n}\n", "t.moe");
+    const a = result.file.items[0] as ComponentDecl;
+    expect(a.body.map((s) => s.kind === "Binding" && [s.target.name, s.value.kind])).toEqual([
+      ["x", "ErrorExpr"],
+      ["y", "NumberLit"],
+    ]);
+  });
+});
