@@ -1,0 +1,81 @@
+/**
+ * The `moec` command line. Exit codes: 0 success, 1 a problem in the user's input,
+ * 2 wrong usage, 3 device or runtime failure. Errors are one line; --verbose adds the stack.
+ */
+import { Command, CommanderError, Option } from "commander";
+import { runCheck } from "./check-command.js";
+import { runParams } from "./params-command.js";
+import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
+
+const program = new Command();
+program
+  .name("moec")
+  .description("Compiler for mixture-of-experts and adapter models written in the moe language")
+  .version("0.1.0")
+  .option("--verbose", "show stack traces for internal errors")
+  .showHelpAfterError("(run with --help for usage)")
+  .exitOverride();
+
+program
+  .command("check")
+  .description("parse, resolve and check .moe files; exit 0 when clean, 1 on errors")
+  .argument("<files...>", ".moe files")
+  .option("--json", "machine-readable diagnostics")
+  .action((files: string[], opts: { json?: boolean }) => {
+    process.exitCode = runCheck(files, opts);
+  });
+
+program
+  .command("params")
+  .description(
+    "list every parameter of a model with totals, active parameters per token and per-task cost",
+  )
+  .argument("<file>", ".moe file")
+  .option("--model <name>", "the model to instantiate (default: the last model in the file)")
+  .addOption(
+    new Option("--set <name=value>", "override a model parameter (repeatable)").argParser(
+      (v: string, prev: string[] = []) => [...prev, v],
+    ),
+  )
+  .option("--json", "machine-readable report")
+  .action((file: string, opts: { model?: string; set?: string[]; json?: boolean }) => {
+    process.exitCode = runParams(file, opts);
+  });
+
+program
+  .command("doctor")
+  .description(
+    "show the WebGPU adapter moec runs on, its limits, and whether it is a software driver",
+  )
+  .option("--json", "machine-readable report")
+  .action(async (opts: { json?: boolean }) => {
+    // Loaded lazily: only this command touches the device.
+    const { runDoctor } = await import("./doctor.js");
+    process.exitCode = await runDoctor({ json: opts.json === true });
+  });
+
+async function main(argv: string[]): Promise<void> {
+  const verbose = argv.includes("--verbose");
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // help and version end with code 0; everything else commander rejects is usage.
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+      return;
+    }
+    if (err instanceof CliError) {
+      process.stderr.write(`moec: ${err.message}\n`);
+      if (verbose) process.stderr.write(`${err.stack}\n`);
+      process.exitCode = err.exitCode;
+      return;
+    }
+    const message = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`moec: internal error: ${message}\n`);
+    if (verbose && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+    else process.stderr.write("(run with --verbose for the stack trace, and please report it)\n");
+    process.exitCode = EXIT_DEVICE;
+  }
+}
+
+await main(process.argv);

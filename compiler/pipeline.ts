@@ -1,0 +1,116 @@
+/**
+ * The compiler, phase by phase. Read this file first: each phase is one pass in its own file,
+ * takes the previous phase's output, and adds its diagnostics to one list.
+ *
+ *   source ─parse─▶ AST ─load─▶ module graph ─resolve─▶ scopes ─check─▶ typed program
+ *          ─elaborate─▶ concrete model ─count─▶ parameter report
+ *
+ * The back end (lower → fuse → plan → emit WGSL) follows the same pattern.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { checkProgram, type CheckedProgram } from "./check-program.js";
+import { countParams, type ParamReport } from "./count-params.js";
+import { type Diagnostic, hasErrors } from "./diagnostics.js";
+import {
+  type ElaboratedModel,
+  elaborateModel,
+  listModels,
+  selectModel,
+} from "./elaborate-model.js";
+import { type FileSystemView, type ModuleGraph, loadModules } from "./load-modules.js";
+import { type ResolvedProgram, resolveNames } from "./resolve-names.js";
+import type { Value } from "./values.js";
+
+/** Everything the front end knows about a set of entry files. */
+export interface Analysis {
+  graph: ModuleGraph;
+  program: ResolvedProgram;
+  checked: CheckedProgram;
+  /** The entry files' models, instantiated with their defaults (when the check was clean). */
+  models: ElaboratedModel[];
+  diagnostics: Diagnostic[];
+}
+
+/**
+ * Front end: parse, load imports, resolve names, check, then instantiate every model of the
+ * entry files so checks that need concrete sizes run too. Pure over the file-system view.
+ */
+export function analyze(entries: readonly string[], fsView: FileSystemView): Analysis {
+  const diagnostics: Diagnostic[] = [];
+  const graph = loadModules(entries, fsView, diagnostics); // parse every module (grammar/parse.ts)
+  const program = resolveNames(graph, diagnostics);
+  const checked = checkProgram(program, diagnostics);
+  const models: ElaboratedModel[] = [];
+  if (!hasErrors(diagnostics)) {
+    const seen = new Set(diagnostics.map(diagnosticKey));
+    for (const model of listModels(program, entries)) {
+      const found: Diagnostic[] = [];
+      models.push(elaborateModel(program, model, new Map(), found));
+      for (const d of found) {
+        if (!seen.has(diagnosticKey(d))) diagnostics.push(d);
+        seen.add(diagnosticKey(d));
+      }
+    }
+  }
+  return { graph, program, checked, models, diagnostics };
+}
+
+function diagnosticKey(d: Diagnostic): string {
+  return `${d.code}|${d.file}|${d.span.start}|${d.message}`;
+}
+
+/** Middle end: instantiate one model of an analysed file with concrete sizes. */
+export function elaborate(
+  analysis: Analysis,
+  file: string,
+  modelName: string | undefined,
+  overrides: Map<string, Value> = new Map(),
+): { model: ElaboratedModel; diagnostics: Diagnostic[] } | { error: string } {
+  const chosen = selectModel(analysis.program, file, modelName);
+  if (typeof chosen === "string") return { error: chosen };
+  const diagnostics: Diagnostic[] = [];
+  const model = elaborateModel(analysis.program, chosen, overrides, diagnostics);
+  return { model, diagnostics };
+}
+
+/** Report: parameter table and budgets of an elaborated model. */
+export function reportParams(model: ElaboratedModel): ParamReport {
+  return countParams(model);
+}
+
+/** The package's stdlib/ folder, found from this module's location (source or dist/). */
+export function findStdlibDir(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 5; i++) {
+    const candidate = path.join(dir, "stdlib");
+    if (fs.existsSync(path.join(candidate, "nn.moe"))) return candidate;
+    dir = path.dirname(dir);
+  }
+  throw new Error("internal: cannot find the moec standard library (stdlib/)");
+}
+
+/** A view of the real file system, with optional in-memory overrides (editor buffers). */
+export function nodeFileSystem(overlay: ReadonlyMap<string, string> = new Map()): FileSystemView {
+  const stdlibDir = findStdlibDir();
+  return {
+    stdlibDir,
+    readFile(file) {
+      const o = overlay.get(file);
+      if (o !== undefined) return o;
+      try {
+        return fs.readFileSync(file, "utf8");
+      } catch {
+        return undefined;
+      }
+    },
+    stdlibModules() {
+      return fs
+        .readdirSync(stdlibDir)
+        .filter((f) => f.endsWith(".moe"))
+        .map((f) => f.slice(0, -4))
+        .sort();
+    },
+  };
+}
