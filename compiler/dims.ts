@@ -115,7 +115,10 @@ export function dimSubstitute(d: Dim, lookup: (atom: string) => Dim | undefined)
   let changed = false;
   for (const k of d.keys()) {
     if (k === ONE_KEY) continue;
-    for (const a of k.split("*")) if (lookup(a) !== undefined) changed = true;
+    if (!k.includes("*")) {
+      if (lookup(k) !== undefined) changed = true;
+    } else for (const a of k.split("*")) if (lookup(a) !== undefined) changed = true;
+    if (changed) break;
   }
   if (!changed) return d;
   let out: Dim = new Map();

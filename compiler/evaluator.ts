@@ -144,8 +144,9 @@ export class Evaluator {
   /** Construction sites being elaborated, outermost first. */
   private readonly sites: { file: string; span: Span; component: string }[] = [];
   private readonly constCache = new Map<string, Value>();
-  /** Expression → value, recorded in check mode for hovers and inlay hints. */
+  /** Expression → value, recorded when `recordTypes` is set (hovers and inlay hints). */
   readonly types = new Map<Expr, Value>();
+  recordTypes = false;
 
   constructor(
     readonly program: ResolvedProgram,
@@ -857,7 +858,7 @@ export class Evaluator {
    */
   evalExpr(e: Expr, frame: Frame, hint?: string, expected?: ParamType): Value {
     const v = this.evalExprInner(e, frame, hint, expected);
-    if (this.mode === "check") this.types.set(e, v);
+    if (this.recordTypes) this.types.set(e, v);
     return v;
   }
 

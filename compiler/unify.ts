@@ -33,6 +33,7 @@ export class Unifier {
   }
 
   resolve(d: Dim): Dim {
+    if (this.dims.size === 0 || !hasVariable(d)) return d;
     let cur = d;
     for (let i = 0; i < 64; i++) {
       const next = dimSubstitute(cur, (a) => (isVarAtom(a) ? this.dims.get(a) : undefined));
@@ -73,6 +74,7 @@ export class Unifier {
 
   /** A tensor type with every solved variable replaced. */
   resolveTensor(t: TensorType): TensorType {
+    if (t.lead === undefined && !t.dims.some(hasVariable)) return t;
     let dims = t.dims.map((d) => this.resolve(d));
     let lead = t.lead;
     for (let i = 0; lead !== undefined && i < 64; i++) {
@@ -182,4 +184,9 @@ export function broadcastShapes(
 
 function isOne(d: Dim): boolean {
   return d.size === 1 && d.get("") === 1;
+}
+
+function hasVariable(d: Dim): boolean {
+  for (const k of d.keys()) if (k.includes("?")) return true;
+  return false;
 }
