@@ -1,0 +1,118 @@
+/**
+ * The tensor IR: a graph in SSA form over a small closed set of primitive ops. Every value has
+ * a dtype and a concrete shape (dims are bound before lowering). Each op is pure and has a
+ * gradient expressible in the same op set, so `moec train` can differentiate the graph into
+ * more of the same IR. The op table (shape rules) is in ./ops.ts; the reference interpreter
+ * in runtime/reference/ executes it in float64.
+ */
+
+export type IrDType = "f32" | "i32";
+
+/** Unary elementwise functions. */
+export const UNARY_OPS = [
+  "neg",
+  "relu",
+  "gelu",
+  "gelu_tanh",
+  "silu",
+  "tanh",
+  "sigmoid",
+  "exp",
+  "log",
+  "sqrt",
+  "rsqrt",
+  "abs",
+  "step", // 1 where x > 0, else 0: the derivative of relu
+] as const;
+export type UnaryOp = (typeof UNARY_OPS)[number];
+
+/** Binary elementwise functions, with numpy broadcasting. */
+export const BINARY_OPS = ["add", "sub", "mul", "div", "max", "min", "pow"] as const;
+export type BinaryOp = (typeof BINARY_OPS)[number];
+
+/** Reductions along one axis. */
+export const REDUCE_OPS = ["sum", "mean", "max"] as const;
+export type ReduceOp = (typeof REDUCE_OPS)[number];
+
+/** One node of the graph. `inputs` are ids of earlier nodes. */
+export type IrNode =
+  | { id: number; op: "input"; name: string; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "param";
+      name: string;
+      dtype: IrDType;
+      shape: number[];
+      trainable: boolean;
+      init: string;
+    }
+  | { id: number; op: "const"; value: number; dtype: IrDType; shape: number[] }
+  | { id: number; op: "unary"; fn: UnaryOp; inputs: [number]; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "binary";
+      fn: BinaryOp;
+      inputs: [number, number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /** [..., m, k] @ [..., k, n] with batch broadcasting; a 2-D right side is shared by all rows. */
+  | { id: number; op: "matmul"; inputs: [number, number]; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "reduce";
+      fn: ReduceOp;
+      axis: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /** Softmax along the last axis (max subtracted, float32). */
+  | { id: number; op: "softmax"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** out[..., i, j] = x[..., i, j] where j ≤ i + offset, else -inf. */
+  | { id: number; op: "causal_mask"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** Rows of a [n, d] table at integer ids [...]: [..., d]. */
+  | { id: number; op: "gather"; inputs: [number, number]; dtype: IrDType; shape: number[] }
+  /** Adds rows of src [..., d] into a zero [n, d] table at ids [...] (the gradient of gather). */
+  | {
+      id: number;
+      op: "scatter_add";
+      rows: number;
+      inputs: [number, number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  | { id: number; op: "permute"; perm: number[]; inputs: [number]; dtype: IrDType; shape: number[] }
+  | { id: number; op: "reshape"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** The last-axis position of each element, 0..n-1 (as i32). */
+  | { id: number; op: "iota"; inputs: [number]; dtype: IrDType; shape: number[] }
+  | { id: number; op: "concat"; axis: number; inputs: number[]; dtype: IrDType; shape: number[] }
+  /** The slice [start, start + size) along `axis`. */
+  | {
+      id: number;
+      op: "slice";
+      axis: number;
+      start: number;
+      size: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  | { id: number; op: "cast"; inputs: [number]; dtype: IrDType; shape: number[] };
+
+export type IrOpName = IrNode["op"];
+
+/** A whole program: nodes in topological order, and its named outputs. */
+export interface IrGraph {
+  nodes: IrNode[];
+  outputs: { name: string; node: number }[];
+}
+
+export function numel(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+/** Node inputs, uniformly (leaf nodes have none). */
+export function inputsOf(n: IrNode): readonly number[] {
+  return "inputs" in n ? n.inputs : [];
+}
