@@ -20,7 +20,34 @@ import { diagnostic, type Diagnostic } from "../compiler/diagnostics.js";
 
 const IDENT_RE = /[\p{L}_][\p{L}\p{M}\p{Nd}_]*/uy;
 
-function matchIdentifier(text: string, offset: number): RegExpExecArray | null {
+/**
+ * Chevrotain reads `match[0]` right after calling a custom matcher and keeps nothing else, so
+ * one result array is reused (identifiers are a third of all tokens).
+ */
+const IDENT_MATCH: [string] = [""];
+
+function isAsciiIdentPart(c: number): boolean {
+  return (c >= 97 && c <= 122) || (c >= 65 && c <= 90) || (c >= 48 && c <= 57) || c === 95;
+}
+
+function matchIdentifier(text: string, offset: number): [string] | RegExpExecArray | null {
+  const c0 = text.charCodeAt(offset);
+  if (c0 < 128) {
+    if (!isAsciiIdentPart(c0) || c0 <= 57) return null; // not a letter or `_`
+    let i = offset + 1;
+    while (i < text.length) {
+      const c = text.charCodeAt(i);
+      if (isAsciiIdentPart(c)) i++;
+      else if (c >= 128) return matchUnicodeIdentifier(text, offset);
+      else break;
+    }
+    IDENT_MATCH[0] = text.substring(offset, i);
+    return IDENT_MATCH;
+  }
+  return matchUnicodeIdentifier(text, offset);
+}
+
+function matchUnicodeIdentifier(text: string, offset: number): RegExpExecArray | null {
   IDENT_RE.lastIndex = offset;
   return IDENT_RE.exec(text);
 }

@@ -53,7 +53,7 @@ function parseWithoutTraces(text: string, path: string): ParseResult {
   const state = newParseState(
     path,
     text,
-    scanned.depth,
+    scanned,
     lexDiagnostics.map((d) => d.span.start).sort((a, b) => a - b),
   );
   const ctx = { path, text, docs: docComments(text, lexed.comments) };

@@ -29,6 +29,7 @@ import {
   CstParser,
   EOF,
   isRecognitionException,
+  NoViableAltException,
   tokenMatcher,
   type CstNode,
   type IRecognitionException,
@@ -103,6 +104,7 @@ function setOf(...types: TokenType[]): ReadonlySet<TokenType> {
 
 export const ITEM_START = setOf(Import, Tasks, Enum, Const, Block, Model, Primitive, Train);
 const STMT_KEYWORD = setOf(In, Out, Param, Repeat, If);
+const HEADER_KEYWORD = setOf(Repeat, If);
 const OPENERS = setOf(LParen, LBracket, LBrace);
 const CLOSERS = setOf(RParen, RBracket, RBrace);
 /** Tokens after `in`/`out`/`param` that show the keyword is misused as a name. */
@@ -198,8 +200,15 @@ export interface Prescan {
   tokens: IToken[];
   /** depth[i]: brackets still open before token i (reset at every item keyword). */
   depth: Int32Array;
+  /** closeOf[i]: for an opening bracket, the index of its matching closing bracket, else -1. */
+  closeOf: Int32Array;
+  /** Indices of `}` that close nothing, ascending. */
+  strayRBraces: number[];
   diagnostics: Diagnostic[];
 }
+
+/** How far back a closing bracket looks for its opener (keeps the scan linear). */
+const MATCH_WINDOW = 2 * MAX_NESTING;
 
 /**
  * Reports E0105 where brackets (plus a run of prefix operators) nest deeper than
@@ -258,15 +267,37 @@ export function prescan(tokens: IToken[], path: string): Prescan {
   }
   const kept = out ?? tokens;
   const depths = new Int32Array(kept.length + 1);
+  const closeOf = new Int32Array(kept.length).fill(-1);
+  const strayRBraces: number[] = [];
+  const open: number[] = []; // indices of brackets not closed yet
   depth = 0;
   for (let i = 0; i < kept.length; i++) {
-    const k = kind[kept[i]!.tokenTypeIdx] ?? 0;
-    if (k === K_ITEM) depth = 0;
+    const type = kept[i]!.tokenType;
+    const k = kind[type.tokenTypeIdx!] ?? 0;
+    if (k === K_ITEM) {
+      depth = 0;
+      open.length = 0;
+    }
     depths[i] = depth;
-    if (k === K_OPEN) depth++;
-    else if (k === K_CLOSE && depth > 0) depth--;
+    if (k === K_OPEN) {
+      depth++;
+      open.push(i);
+    } else if (k === K_CLOSE) {
+      if (depth > 0) depth--;
+      // Match by kind: `{ ( }` closes the `{`, leaving the `(` unclosed.
+      const want = type === RBrace ? LBrace : type === RParen ? LParen : LBracket;
+      let j = open.length - 1;
+      const stop = Math.max(0, open.length - MATCH_WINDOW);
+      while (j >= stop && kept[open[j]!]!.tokenType !== want) j--;
+      if (j >= stop && j >= 0) {
+        closeOf[open[j]!] = i;
+        open.length = j;
+      } else if (type === RBrace) {
+        strayRBraces.push(i);
+      }
+    }
   }
-  return { tokens: kept, depth: depths, diagnostics };
+  return { tokens: kept, depth: depths, closeOf, strayRBraces, diagnostics };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -275,7 +306,7 @@ export function prescan(tokens: IToken[], path: string): Prescan {
 interface ParseState {
   path: string;
   text: string;
-  depth: Int32Array;
+  scan: Prescan;
   /** Start offsets of lexer diagnostics, sorted. */
   lexErrors: number[];
   diagnostics: Diagnostic[];
@@ -285,6 +316,8 @@ interface ParseState {
   /** Offset of the token that last re-opened reporting. */
   lastSync: number;
   lineMap: LineMap | undefined;
+  /** Stray `{` reported in the current item, each excusing one missing `}` at its end. */
+  strayOpenBraces: number;
   /** When set, each parsed item is passed here and not kept in the file's CST. */
   onItem: ((item: CstNode) => void) | undefined;
 }
@@ -376,6 +409,7 @@ class MoeParser extends CstParser {
       const before = this.position();
       if (ITEM_START.has(t.tokenType)) {
         this.resync(t);
+        this.state!.strayOpenBraces = 0;
         try {
           const node = this.SUBRULE(this.item);
           const onItem = this.state!.onItem;
@@ -400,6 +434,13 @@ class MoeParser extends CstParser {
 
   // Alternatives and repeated sub-parts live in fields, created once: allocating closures and
   // option objects on every rule call is a measurable share of the parse time.
+
+  /**
+   * Gate: an identifier followed by `=` starts the next statement, it is not a value, except
+   * right after `if`/`repeat` (`if a = b {` is a comparison written with `=`).
+   */
+  private readonly notBindingStart = () =>
+    this.LA(2).tokenType !== Eq || HEADER_KEYWORD.has(this.LA(0).tokenType);
 
   item = this.rule("item", () => {
     this.OR(this.itemAlts);
@@ -593,6 +634,12 @@ class MoeParser extends CstParser {
       this.resync(t);
       this.CONSUME(RBrace);
     } else {
+      const st = this.state!;
+      if (st.strayOpenBraces > 0) {
+        // A stray `{` already reported in this item: this missing `}` is its consequence.
+        st.strayOpenBraces--;
+        st.gate = true;
+      }
       try {
         this.CONSUME(RBrace);
       } catch (e) {
@@ -601,6 +648,17 @@ class MoeParser extends CstParser {
     }
   });
 
+  /** Whether the body being parsed is the first body of an `if` (so `else` may follow it). */
+  private inThenBody(): boolean {
+    const parent = this.cstParent();
+    return (
+      parent !== undefined &&
+      parent.name === "stmt" &&
+      parent.children["KwIf"] !== undefined &&
+      parent.children["body"] === undefined
+    );
+  }
+
   /** `stmt*` with statement-level recovery. Stops at `}`, an item keyword or the end of file. */
   private statements(): void {
     const cst = this.cstTop();
@@ -608,17 +666,25 @@ class MoeParser extends CstParser {
       const t = this.LA(1);
       const type = t.tokenType;
       if (type === RBrace || type === EOF || ITEM_START.has(type)) return;
+      if (type === Else && this.inThenBody()) {
+        // `if c { ... else { ... }`: the `}` before `else` is missing; end the body here so
+        // that the `if` takes its `else`.
+        const open = (cst.children["LBrace"] as IToken[] | undefined)?.[0];
+        const at = open && !Number.isNaN(open.startOffset) ? ` opened at ${this.where(open)}` : "";
+        this.report(t, `expected \`}\` to close the body of \`if\`${at}, found \`else\``);
+        return;
+      }
       const before = this.position();
       if (STMT_KEYWORD.has(type) || type === Identifier || type === Semicolon) {
         const isBinding = type === Identifier && this.LA(2).tokenType === Eq;
         if (this.statementStartsAt(1)) this.resync(t);
         const eq = this.LA(2);
-        const startDepth = this.depthAt(before + 1);
+
         try {
           this.SUBRULE(this.stmt);
         } catch (e) {
           this.rethrowUnlessRecognition(e);
-          this.syncToStatement(startDepth);
+          this.syncToStatement(before + 1);
           if (isBinding) {
             const broken: BrokenBinding = {
               name: "brokenBinding",
@@ -631,8 +697,9 @@ class MoeParser extends CstParser {
         }
       } else {
         this.statementJunk(t);
+        if (type === LBrace) this.state!.strayOpenBraces++;
         this.skip();
-        this.syncToStatement(this.depthAt(before + 1));
+        this.syncToStatement(before + 1);
       }
       if (this.position() === before) this.skip();
     }
@@ -648,6 +715,7 @@ class MoeParser extends CstParser {
         this.OR2(this.directionAlts);
         this.CONSUME(Identifier);
         this.CONSUME(Colon);
+        this.portTypeNotNextStatement();
         this.SUBRULE(this.type);
       },
     },
@@ -670,6 +738,7 @@ class MoeParser extends CstParser {
     {
       ALT: () => {
         this.CONSUME(Repeat);
+        this.noBodyInsteadOfHeader("a count after `repeat`");
         this.SUBRULE3(this.expr);
         this.OPTION2(this.repeatLabel);
         this.SUBRULE(this.body);
@@ -678,6 +747,7 @@ class MoeParser extends CstParser {
     {
       ALT: () => {
         this.CONSUME(If);
+        this.noBodyInsteadOfHeader("a condition after `if`");
         this.SUBRULE4(this.expr);
         this.SUBRULE2(this.body);
         this.OPTION3(this.elseBranch);
@@ -813,7 +883,6 @@ class MoeParser extends CstParser {
     };
   }
 
-  private readonly notBindingStart = () => this.LA(2).tokenType !== Eq;
   private readonly exprParts = this.makeOperandParts(10);
   private readonly operandOnlyParts = this.makeOperandParts(0);
 
@@ -955,6 +1024,28 @@ class MoeParser extends CstParser {
   // -------------------------------------------------------------------------------------------
   // Checks done while parsing
 
+  /** `in x:` + `y = ...`: a port has no default, so `y =` is the next statement, not a type. */
+  private portTypeNotNextStatement(): void {
+    if (this.RECORDING_PHASE || this.LA(1).tokenType !== Identifier) return;
+    if (this.LA(2).tokenType !== Eq) return;
+    const t = this.LA(1);
+    const message = `expected a type after \`:\`, found ${foundText(t)}`;
+    this.report(t, message, "write the port's type, e.g. `in x: f32[B, T, d]`");
+    throw new NoViableAltException(message, t, this.LA(0));
+  }
+
+  /**
+   * `if { ... }` / `repeat { ... }`: the `{` is the body, not a record, so the header is missing.
+   * Reported here (a record would give a confusing message) and the statement is abandoned.
+   */
+  private noBodyInsteadOfHeader(what: string): void {
+    if (this.RECORDING_PHASE || this.LA(1).tokenType !== LBrace) return;
+    const t = this.LA(1);
+    const message = `expected ${what}, found ${foundText(t)}`;
+    this.report(t, message);
+    throw new NoViableAltException(message, t, this.LA(0));
+  }
+
   /** A `with` operand cannot start with `-`/`!`; comparisons cannot be chained. */
   private checkWithAndComparisons(): void {
     const children = this.cstTop().children;
@@ -1012,8 +1103,25 @@ class MoeParser extends CstParser {
   }
 
   private depthAt(index: number): number {
-    const d = this.state!.depth;
+    const d = this.state!.scan.depth;
     return index < d.length ? d[index]! : 0;
+  }
+
+  /** Whether a `}` that closes nothing follows in the current item (so a `{` is missing). */
+  private strayRBraceAhead(): boolean {
+    const { tokens, strayRBraces } = this.state!.scan;
+    const here = this.position() + 1;
+    let lo = 0;
+    let hi = strayRBraces.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (strayRBraces[mid]! < here) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo === strayRBraces.length) return false;
+    const stray = strayRBraces[lo]!;
+    for (let j = here; j < stray; j++) if (ITEM_START.has(tokens[j]!.tokenType)) return false;
+    return true;
   }
 
   private rethrowUnlessRecognition(e: unknown): void {
@@ -1062,7 +1170,18 @@ class MoeParser extends CstParser {
    * brackets opened while skipping), at `;` or `}` at the statement's own depth, at an item
    * keyword or at the end of file.
    */
-  private syncToStatement(startDepth: number): void {
+  private syncToStatement(stmtStart: number): void {
+    const startDepth = this.depthAt(stmtStart);
+    // A bracket the broken statement opened and that is closed further on (say the `{` of
+    // `norm {` where `if` was forgotten) is skipped as a whole, so that the statements inside
+    // it are not taken for statements of the enclosing body.
+    const here = this.position() + 1;
+    const closeOf = this.state!.scan.closeOf;
+    let groupEnd = -1;
+    for (let k = stmtStart; k < here && k < closeOf.length; k++) {
+      if (closeOf[k]! >= here && closeOf[k]! > groupEnd) groupEnd = closeOf[k]!;
+    }
+    while (this.position() < groupEnd && this.LA(1).tokenType !== EOF) this.skip();
     let rel = 0;
     for (;;) {
       const t = this.LA(1);
@@ -1144,15 +1263,19 @@ class MoeParser extends CstParser {
    */
   canRecoverWithSingleTokenInsertion(expected: TokenType, follows: TokenType[]): boolean {
     if ((expected === Eq || expected === Colon) && this.atStatementStart()) return false;
-    if (expected === LBrace && this.LA(0).tokenType === Else) return false;
+    // A `{` is only invented when a `}` further on closes nothing; otherwise the invented body
+    // would swallow the enclosing block's `}`.
+    if (expected === LBrace && !this.strayRBraceAhead()) return false;
     if (!this.canTokenTypeBeInsertedInRecovery(expected)) return false;
     const t = this.LA(1);
     return follows.some((f) => tokenMatcher(t, f));
   }
 
-  /** Single-token deletion must not delete the start of the next statement or item. */
+  /** Single-token deletion must not delete the start of the next statement, nor a bracket. */
   canRecoverWithSingleTokenDeletion(expected: TokenType): boolean {
     if (this.atStatementStart()) return false;
+    const type = this.LA(1).tokenType;
+    if (OPENERS.has(type) || CLOSERS.has(type)) return false; // keep brackets balanced
     return this.LA(2).tokenType === expected;
   }
 
@@ -1281,8 +1404,10 @@ class MoeParser extends CstParser {
           owner = "the `else` body";
           if (actual.tokenType === If)
             hint = "`else if` is not supported: write `else { if c { ... } }`";
-        } else if (p["KwIf"] !== undefined) owner = "the body of `if`";
-        else if (p["KwRepeat"] !== undefined) owner = "the body of `repeat`";
+        } else if (p["KwIf"] !== undefined) {
+          owner = "the body of `if`";
+          if (actual.tokenType === Eq) hint = "use `==` to compare values";
+        } else if (p["KwRepeat"] !== undefined) owner = "the body of `repeat`";
         else {
           const kw = (["KwBlock", "KwModel", "KwPrimitive", "KwTrain"] as const).find(
             (k) => p[k] !== undefined,
@@ -1331,6 +1456,7 @@ class MoeParser extends CstParser {
     }
     const structural =
       type === EOF ||
+      (type === LBrace && rule === "params") ||
       ITEM_START.has(type) ||
       STMT_KEYWORD.has(type) ||
       CLOSERS.has(type) ||
@@ -1442,19 +1568,20 @@ export const moeParser = new MoeParser();
 export function newParseState(
   path: string,
   text: string,
-  depth: Int32Array,
+  scan: Prescan,
   lexErrors: number[],
 ): ParseState {
   return {
     path,
     text,
-    depth,
+    scan,
     lexErrors,
     diagnostics: [],
     reported: new Set(),
     gate: false,
     lastSync: 0,
     lineMap: undefined,
+    strayOpenBraces: 0,
     onItem: undefined,
   };
 }

@@ -144,6 +144,81 @@ describe("recovery", () => {
     ]);
   });
 
+  it("abandons a `repeat` without a body and keeps the enclosing block intact", () => {
+    const text = "block A {\n  repeat 3\n  y = 2\n}\nblock B { z = 1 }\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "3:3 expected `{` to start the body of `repeat`, found `y`",
+    ]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual([
+      "A{y=NumberLit}",
+      "B{z=NumberLit}",
+    ]);
+  });
+
+  it("invents the `{` of a body only when a `}` further on closes nothing", () => {
+    const text = "block A {\n  repeat 3\n    x = 1\n  }\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => d.at)).toEqual(["3:5"]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{RepeatStmt, y=NumberLit}"]);
+  });
+
+  it("skips the body of a statement whose keyword was forgotten", () => {
+    // `if` deleted: `norm { ... }` must not leave the statements of that body in the block.
+    const text = "block A {\n  norm {\n    x = 1\n  }\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => d.at)).toEqual(["2:8"]);
+    expect(outline(parseSource(text, "t.moe").file.items)).toEqual(["A{y=NumberLit}"]);
+  });
+
+  it("reports `if` without a condition once", () => {
+    expect(diagnosticsOf("block A {\n  if { x = 1 }\n  y = 2\n}\n")).toEqual([
+      {
+        code: "E0101",
+        at: "2:6",
+        end: "2:7",
+        message: "expected a condition after `if`, found `{`",
+      },
+    ]);
+  });
+
+  it("reports `=` in an `if` condition once, with a hint", () => {
+    expect(diagnosticsOf("block A {\n  if a = b {\n    x = 1\n  }\n  y = 2\n}\n")).toEqual([
+      {
+        code: "E0101",
+        at: "2:8",
+        end: "2:9",
+        message: "expected `{` to start the body of `if`, found `=`",
+        hint: "use `==` to compare values",
+      },
+    ]);
+  });
+
+  it("ends the body of `if` at an `else` when its `}` is missing", () => {
+    const text = "block A {\n  if c {\n    x = 1\n  else {\n    x = 2\n  }\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "4:3 expected `}` to close the body of `if` opened at 2:8, found `else`",
+    ]);
+    const a = parseSource(text, "t.moe").file.items[0] as ComponentDecl;
+    expect(a.body.map((s) => s.kind)).toEqual(["IfStmt", "Binding"]);
+    const ifStmt = a.body[0]!;
+    expect(ifStmt.kind === "IfStmt" && [ifStmt.then.length, ifStmt.else?.length]).toEqual([1, 1]);
+  });
+
+  it("excuses the missing `}` caused by a stray `{`", () => {
+    const text = "block A {\n  repeat 2 { {\n    x = 1\n  }\n  y = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual(["2:14 unexpected `{`"]);
+  });
+
+  it("reports a port without a type once", () => {
+    expect(diagnosticsOf("block A {\n  in x:\n  y = 2\n}\n")).toEqual([
+      {
+        code: "E0101",
+        at: "3:3",
+        end: "3:4",
+        message: "expected a type after `:`, found `y`",
+        hint: "write the port's type, e.g. `in x: f32[B, T, d]`",
+      },
+    ]);
+  });
+
   it("keeps a binding whose value is broken as an ErrorExpr", () => {
     const result = parseSource("block A {\n  x = f(1,\n  y = 2\n}\n", "t.moe");
     const a = result.file.items[0] as ComponentDecl;
@@ -151,5 +226,32 @@ describe("recovery", () => {
       ["x", "ErrorExpr"],
       ["y", "NumberLit"],
     ]);
+  });
+});
+
+describe("single-token typos in the grammar's cases", () => {
+  it("almost always give exactly one diagnostic", async () => {
+    const { readdirSync, readFileSync } = await import("node:fs");
+    const { tokenize } = await import("../../grammar/lexer.js");
+    const dir = new URL("./cases/", import.meta.url);
+    let mutations = 0;
+    let noisy = 0;
+    for (const name of readdirSync(dir)) {
+      if (!name.endsWith(".moe") || name.startsWith("recovery-")) continue;
+      const text = readFileSync(new URL(name, dir), "utf8");
+      for (const t of tokenize(text, name).tokens) {
+        const end = t.startOffset + t.image.length;
+        for (const mutated of [
+          text.slice(0, t.startOffset) + text.slice(end), // deleted
+          text.slice(0, t.startOffset) + t.image + " " + text.slice(t.startOffset), // doubled
+        ]) {
+          const n = parseSource(mutated, name).diagnostics.length;
+          mutations++;
+          if (n > 1) noisy++;
+        }
+      }
+    }
+    expect(mutations).toBeGreaterThan(1000);
+    expect(noisy / mutations).toBeLessThan(0.01);
   });
 });
