@@ -14,7 +14,9 @@ import type {
   BinaryOp,
   Binding,
   ComponentDecl,
+  ConstDecl,
   DimRef,
+  EnumDecl,
   Expr,
   Ident,
   ImportDecl,
@@ -27,11 +29,9 @@ import type {
   Span,
   Stmt,
   TasksDecl,
-  EnumDecl,
-  ConstDecl,
-  WeightDecl,
   TrainDecl,
   TypeRef,
+  WeightDecl,
 } from "./ast.js";
 import {
   Bang,
