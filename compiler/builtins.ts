@@ -704,7 +704,17 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
         signature: (doc as string).split(":")[0]!,
         doc: doc as string,
         params: params as BuiltinParam[],
-        rule: () => ({ k: "init", name: name as string }),
+        rule: (call: BuiltinCall): Value => {
+          // The initialiser's name carries its argument: normal(0.02), uniform(0.1).
+          const a = call.args.get((params as BuiltinParam[])[0]?.name ?? "");
+          const n =
+            a?.value.k === "float"
+              ? a.value.v
+              : a?.value.k === "int"
+                ? dimValue(a.value.v)
+                : undefined;
+          return { k: "init", name: n === undefined ? (name as string) : `${name}(${n})` };
+        },
       })),
     ] satisfies Builtin[]
   ).map((b) => [b.name, b]),

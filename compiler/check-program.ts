@@ -3,7 +3,8 @@
  * argument lists, expert signatures and task sets. Each component is checked once, with its
  * constructor parameters as symbols, so an error is reported where it is written.
  */
-import type { Diagnostic } from "./diagnostics.js";
+import type { Span } from "../grammar/ast.js";
+import { type Diagnostic, diagnostic } from "./diagnostics.js";
 import { Evaluator } from "./evaluator.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 
@@ -17,8 +18,10 @@ export function checkProgram(program: ResolvedProgram, diagnostics: Diagnostic[]
   const evaluator = new Evaluator(program, diagnostics, "check");
   for (const scope of program.scopes.values()) {
     for (const item of scope.module.ast.items) {
-      if (item.kind === "ComponentDecl") evaluator.checkComponent(item, scope.module.file);
-      else if (item.kind === "TrainDecl") evaluator.checkTrain(item, scope.module.file);
+      guardDepth(diagnostics, scope.module.file, item.span, () => {
+        if (item.kind === "ComponentDecl") evaluator.checkComponent(item, scope.module.file);
+        else if (item.kind === "TrainDecl") evaluator.checkTrain(item, scope.module.file);
+      });
     }
   }
   for (const scope of program.scopes.values()) {
@@ -35,4 +38,26 @@ export function checkProgram(program: ResolvedProgram, diagnostics: Diagnostic[]
     }
   }
   return { program, evaluator };
+}
+
+/**
+ * Runs `f`, turning a stack overflow (an expression nested hundreds of thousands deep, which
+ * the parser accepts as a flat chain) into a diagnostic instead of a crash.
+ */
+export function guardDepth(
+  diagnostics: Diagnostic[],
+  file: string,
+  span: Span,
+  f: () => void,
+): void {
+  try {
+    f();
+  } catch (err) {
+    if (!(err instanceof RangeError)) throw err;
+    diagnostics.push(
+      diagnostic("E0105", file, span, "this declaration is nested too deeply to check", {
+        hint: "split long expressions into several bindings",
+      }),
+    );
+  }
 }

@@ -16,6 +16,7 @@ import type {
   TypeRef,
 } from "../grammar/ast.js";
 import { bindArgs } from "./bind-args.js";
+import type { IrBuilder } from "./ir/builder.js";
 import { BUILTINS, type BuiltinArg } from "./builtins.js";
 import { type Diagnostic, type DiagnosticCode, diagnostic, suggest } from "./diagnostics.js";
 import {
@@ -125,12 +126,44 @@ interface Frame {
   top: Scope;
   /** Errors reported before this body was evaluated (unused-name warnings wait for a clean body). */
   errorsBefore: number;
+  /** Lower mode: the arguments an application binds to the `in` ports, in order. */
+  pendingInputs?: BuiltinArg[];
+  /** Lower mode: this is the model itself, whose `in` ports become IR inputs. */
+  rootInputs?: boolean;
 }
 
 const MAX_DEPTH = 64;
 const MAX_REPEAT = 100_000;
 
-export type EvalMode = "check" | "elaborate";
+/**
+ * `check`: generic, symbolic. `elaborate`: concrete, registers parameters. `lower`: concrete,
+ * inlines every application and emits IR through a `LoweringHooks` (see lower-model.ts).
+ */
+export type EvalMode = "check" | "elaborate" | "lower";
+
+/** What lowering adds to evaluation: IR for tensor expressions, parameters and inputs. */
+export interface LoweringHooks {
+  /** IR for a tensor-valued expression whose operands were already lowered. */
+  lowerExpr(
+    e: Expr,
+    value: Extract<Value, { k: "tensor" }>,
+    operand: (e: Expr) => Value | undefined,
+    file: string,
+  ): number | undefined;
+  /** The IR parameter at `path` (created on first use). */
+  param(
+    path: string,
+    t: TensorType,
+    trainable: boolean,
+    init: string | undefined,
+  ): number | undefined;
+  /** The IR input for a model port. */
+  input(name: string, t: TensorType): number | undefined;
+  /** Something the back end cannot do yet: reported once, as E0601. */
+  unsupported(file: string, span: Span, what: string): void;
+  /** The graph being built, for primitives that lower themselves. */
+  readonly builder: IrBuilder;
+}
 
 export class Evaluator {
   readonly unifier = new Unifier();
@@ -147,6 +180,10 @@ export class Evaluator {
   /** Expression → value, recorded when `recordTypes` is set (hovers and inlay hints). */
   readonly types = new Map<Expr, Value>();
   recordTypes = false;
+  /** Set in lower mode. */
+  lowering?: LoweringHooks;
+  /** The latest value of each expression (lower mode): operands of the expression being lowered. */
+  private readonly current = new Map<Expr, Value>();
 
   constructor(
     readonly program: ResolvedProgram,
@@ -493,7 +530,7 @@ export class Evaluator {
           return;
         }
         if (frame.lead === undefined) {
-          frame.lead = `…#${frame.instId}`;
+          frame.lead = `${this.mode === "lower" ? "?" : ""}…#${frame.instId}`;
           frame.freeAtoms.push(frame.lead);
         }
         out.lead = frame.lead;
@@ -510,7 +547,8 @@ export class Evaluator {
       const name = e.name.name;
       if (!frame.scope.lookup(name) && !this.lookupGlobal(frame, name)) {
         // A free dimension: named by the port that introduces it, fresh per instance.
-        const atom = `${name}#${frame.instId}`;
+        // Lowering binds free dims to the sizes of the actual inputs, so they are variables there.
+        const atom = `${this.mode === "lower" ? "?" : ""}${name}#${frame.instId}`;
         frame.freeAtoms.push(atom);
         const v: Value = { k: "int", v: dimAtom(atom), isDim: true };
         frame.top.vars.set(name, {
@@ -585,7 +623,21 @@ export class Evaluator {
           frame.inputs.push(port);
           if (t?.taskSet !== undefined && !frame.taskSets.includes(t.taskSet))
             frame.taskSets.push(t.taskSet);
-          this.define(frame, s.name, t ? { k: "tensor", t } : UNKNOWN, "in");
+          let value: Value = t ? { k: "tensor", t } : UNKNOWN;
+          if (frame.pendingInputs && t) {
+            const arg = frame.pendingInputs.shift();
+            if (arg?.value.k === "tensor") {
+              unifyTensor(this.unifier, t, arg.value.t);
+              value = arg.value;
+            } else value = UNKNOWN;
+          } else if (frame.rootInputs && t && this.lowering) {
+            const node = this.lowering.input(s.name.name, this.unifier.resolveTensor(t));
+            value =
+              node === undefined
+                ? UNKNOWN
+                : { k: "tensor", t: this.unifier.resolveTensor(t), node };
+          }
+          this.define(frame, s.name, value, "in");
         } else {
           frame.outputs.push(port);
           this.define(frame, s.name, t ? { k: "tensor", t } : UNKNOWN, "out");
@@ -619,6 +671,16 @@ export class Evaluator {
         if (t) {
           frame.weights.set(s.name.name, t);
           if (this.mode === "elaborate") this.registerParam(frame, s.name.name, t, s.span, init);
+          if (this.lowering) {
+            const node = this.lowering.param(
+              this.childPath(frame.prefix, s.name.name),
+              this.unifier.resolveTensor(t),
+              !frame.frozen,
+              init,
+            );
+            if (node !== undefined)
+              frame.scope.vars.get(s.name.name)!.value = { k: "tensor", t, node };
+          }
         }
         return;
       }
@@ -692,6 +754,7 @@ export class Evaluator {
       if (expected && value.k !== "unknown")
         this.expectTensor(value, expected, valueExpr.span, frame, `output \`${name}\``);
       found.v.assigned = true;
+      if (this.lowering) found.v.value = value;
       return;
     }
     if (found && found.v.role !== "dim") {
@@ -738,8 +801,9 @@ export class Evaluator {
     }
     const label = s.label?.name ?? "layers";
     const base = frame.prefix;
-    const iterations = this.mode === "elaborate" && count !== undefined ? count : 1;
-    if (this.mode === "elaborate" && count === undefined) {
+    const concrete = this.mode !== "check";
+    const iterations = concrete && count !== undefined ? count : 1;
+    if (concrete && count === undefined) {
       this.report(
         "E0314",
         frame.file,
@@ -857,7 +921,16 @@ export class Evaluator {
    * (the binding's name); `expected` guides bare enum members (`act: gelu`).
    */
   evalExpr(e: Expr, frame: Frame, hint?: string, expected?: ParamType): Value {
-    const v = this.evalExprInner(e, frame, hint, expected);
+    let v = this.evalExprInner(e, frame, hint, expected);
+    if (this.lowering) {
+      // Operators always make a new value, even where the type rule passed an operand through.
+      const computes = e.kind === "BinaryExpr" || e.kind === "UnaryExpr";
+      if (v.k === "tensor" && (v.node === undefined || computes)) {
+        const node = this.lowering.lowerExpr(e, v, (c) => this.current.get(c), frame.file);
+        if (node !== undefined) v = { ...v, node };
+      }
+      this.current.set(e, v);
+    }
     if (this.recordTypes) this.types.set(e, v);
     return v;
   }
@@ -1026,6 +1099,16 @@ export class Evaluator {
     if (obj.k === "unknown") return UNKNOWN;
     if (obj.k === "instance") {
       const w = obj.inst.weights.get(m);
+      if (w && this.lowering) {
+        const path = this.childPath(obj.inst.path ?? "", m);
+        const node = this.lowering.param(
+          path,
+          this.unifier.resolveTensor(w),
+          !obj.inst.frozen,
+          undefined,
+        );
+        return node === undefined ? UNKNOWN : { k: "tensor", t: w, node };
+      }
       if (w) return { k: "tensor", t: w };
       const c = obj.inst.children.get(m);
       if (c) return { k: "instance", inst: c };
@@ -1045,6 +1128,8 @@ export class Evaluator {
     }
     if (obj.k === "outputs") {
       const f = obj.fields.get(m);
+      const node = obj.nodes?.get(m);
+      if (f && node !== undefined) return { k: "tensor", t: f, node };
       if (f) return { k: "tensor", t: f };
       const close = suggest(m, obj.fields.keys());
       this.report("E0310", frame.file, e.member.span, `no output \`${m}\``, {
@@ -1606,6 +1691,7 @@ export class Evaluator {
       file: frame.file,
       path,
     };
+    wrapped.wrapOf = { base: b, adapter };
     if (adapter.perTask !== undefined) wrapped.perTask = adapter.perTask;
     if (adapter.role === "adapter") {
       const rule = PRIMITIVES.get(adapter.component);
@@ -1726,7 +1812,7 @@ export class Evaluator {
         });
         void vspan;
       }
-      frame.signatureOnly = this.mode === "check" || decl.form === "primitive";
+      frame.signatureOnly = this.mode !== "elaborate" || decl.form === "primitive";
       this.evalBody(decl.body, frame);
       const rule = decl.form === "primitive" ? PRIMITIVES.get(name) : undefined;
       if (decl.form === "primitive" && !rule) {
@@ -1756,6 +1842,7 @@ export class Evaluator {
         id: frame.instId,
         freeAtoms: frame.freeAtoms,
       };
+      if (task !== undefined) inst.task = task;
       if (rule?.construct) rule.construct(this.primitiveContext(caller, span, inst, frame));
       return inst;
     } finally {
@@ -1962,8 +2049,117 @@ export class Evaluator {
       return UNKNOWN;
     }
     const rule = inst.form === "primitive" ? PRIMITIVES.get(inst.component) : undefined;
+    if (this.lowering) {
+      // Type-check as usual, then inline the body on the actual tensors.
+      const typed = rule?.apply
+        ? rule.apply(this.primitiveContext(frame, span, inst), values)
+        : this.applyGeneric(inst, values, span, frame);
+      if (typed.k === "unknown") return typed;
+      return this.inlineApply(inst, values, span, frame);
+    }
     if (rule?.apply) return rule.apply(this.primitiveContext(frame, span, inst), values);
     return this.applyGeneric(inst, values, span, frame);
+  }
+
+  /** Lower mode: evaluates the instance's body with its inputs bound to the argument tensors. */
+  private inlineApply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
+    const lowering = this.lowering!;
+    if (inst.perTask !== undefined) {
+      lowering.unsupported(
+        frame.file,
+        span,
+        "applying a `per task` instance (segmented per-task kernels)",
+      );
+      return UNKNOWN;
+    }
+    if (inst.wrapOf) {
+      const { base, adapter } = inst.wrapOf;
+      const y = this.inlineApply(base, values, span, frame);
+      if (y.k !== "tensor" || y.node === undefined) return UNKNOWN;
+      if (adapter.role === "module")
+        return this.inlineApply(adapter, [{ value: y, span }], span, frame);
+      const rule = PRIMITIVES.get(adapter.component);
+      const x = values[0]!.value;
+      if (!rule?.lowerAdapter || x.k !== "tensor" || x.node === undefined) {
+        lowering.unsupported(frame.file, span, `the adapter ${adapter.component}`);
+        return UNKNOWN;
+      }
+      return rule.lowerAdapter(this.primitiveContext(frame, span, adapter), lowering, inst, x, y);
+    }
+    if (inst.form === "primitive") {
+      lowering.unsupported(frame.file, span, `the ${inst.component} layer`);
+      return UNKNOWN;
+    }
+    if (this.depth >= MAX_DEPTH) {
+      this.report("E0319", frame.file, span, `components nest deeper than ${MAX_DEPTH} levels`);
+      return UNKNOWN;
+    }
+    const callee = this.newFrame(
+      this.scopeOf(inst.declFile),
+      inst.declFile,
+      inst.path ?? "",
+      inst.frozen,
+    );
+    if (inst.task !== undefined) callee.task = inst.task;
+    for (const [name, v] of inst.args) {
+      callee.scope.vars.set(name, { value: v, span, role: "param", assigned: true, used: true });
+    }
+    callee.pendingInputs = [...values];
+    this.depth++;
+    this.sites.push({ file: frame.file, span, component: inst.component });
+    try {
+      this.evalBody(inst.decl.body, callee);
+    } finally {
+      this.depth--;
+      this.sites.pop();
+    }
+    return this.collectOutputs(callee);
+  }
+
+  private collectOutputs(frame: Frame): Value {
+    const outs = frame.outputs.map((p) => frame.top.vars.get(p.name)?.value ?? UNKNOWN);
+    if (outs.some((v) => v.k !== "tensor" || v.node === undefined)) return UNKNOWN;
+    const tensors = outs as Extract<Value, { k: "tensor" }>[];
+    if (tensors.length === 1) return tensors[0]!;
+    return {
+      k: "outputs",
+      fields: new Map(frame.outputs.map((p, i) => [p.name, tensors[i]!.t])),
+      nodes: new Map(frame.outputs.map((p, i) => [p.name, tensors[i]!.node!])),
+    };
+  }
+
+  /**
+   * Lower mode entry: constructs the model and evaluates its body with its `in` ports as IR
+   * inputs; returns the outputs by name.
+   */
+  lowerRoot(
+    decl: ComponentDecl,
+    file: string,
+    overrides: Map<string, Value>,
+  ): Map<string, Extract<Value, { k: "tensor" }>> | undefined {
+    const caller = this.newFrame(this.scopeOf(file), file, "", false);
+    const inst = this.construct(decl, file, [], decl.name.span, caller, "", {}, overrides);
+    if (!inst) return undefined;
+    const frame = this.newFrame(this.scopeOf(file), file, "", false);
+    for (const [name, v] of inst.args) {
+      frame.scope.vars.set(name, {
+        value: v,
+        span: decl.name.span,
+        role: "param",
+        assigned: true,
+        used: true,
+      });
+    }
+    frame.rootInputs = true;
+    this.sites.push({ file, span: decl.name.span, component: decl.name.name });
+    this.evalBody(decl.body, frame);
+    this.sites.pop();
+    const out = new Map<string, Extract<Value, { k: "tensor" }>>();
+    for (const p of frame.outputs) {
+      const v = frame.top.vars.get(p.name)?.value;
+      if (v?.k === "tensor" && v.node !== undefined) out.set(p.name, v);
+    }
+    return out;
   }
 
   /** Applies an instance by unifying its ports with the arguments. */

@@ -10,7 +10,7 @@
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { checkProgram, type CheckedProgram } from "./check-program.js";
+import { checkProgram, type CheckedProgram, guardDepth } from "./check-program.js";
 import { countParams, type ParamReport } from "./count-params.js";
 import { type Diagnostic, hasErrors } from "./diagnostics.js";
 import {
@@ -47,7 +47,9 @@ export function analyze(entries: readonly string[], fsView: FileSystemView): Ana
     const seen = new Set(diagnostics.map(diagnosticKey));
     for (const model of listModels(program, entries)) {
       const found: Diagnostic[] = [];
-      models.push(elaborateModel(program, model, new Map(), found));
+      guardDepth(found, model.file, model.decl.span, () => {
+        models.push(elaborateModel(program, model, new Map(), found));
+      });
       for (const d of found) {
         if (!seen.has(diagnosticKey(d))) diagnostics.push(d);
         seen.add(diagnosticKey(d));

@@ -8,7 +8,7 @@ import type { Span } from "../grammar/ast.js";
 import type { BuiltinArg } from "./builtins.js";
 import type { DiagnosticCode, RelatedInfo } from "./diagnostics.js";
 import { type Dim, dimAdd, dimConst, dimValue, formatDim } from "./dims.js";
-import type { MoeRecord } from "./evaluator.js";
+import type { EvalMode, LoweringHooks, MoeRecord } from "./evaluator.js";
 import type { Unifier } from "./unify.js";
 import {
   type Instance,
@@ -22,7 +22,7 @@ import {
 
 /** What a primitive rule may do while a component is constructed or applied. */
 export interface PrimitiveContext {
-  mode: "check" | "elaborate";
+  mode: EvalMode;
   file: string;
   span: Span;
   inst: Instance;
@@ -50,6 +50,14 @@ export interface PrimitiveRule {
   apply?(ctx: PrimitiveContext, args: BuiltinArg[]): Value;
   /** For adapters: attach to `base`, producing `wrapped` (same signature as base). */
   attach?(ctx: PrimitiveContext, adapter: Instance, base: Instance, wrapped: Instance): void;
+  /** For adapters, in lower mode: IR for the wrapped output given the input `x` and base output `y`. */
+  lowerAdapter?(
+    ctx: PrimitiveContext,
+    lowering: LoweringHooks,
+    wrapped: Instance,
+    x: Extract<Value, { k: "tensor" }>,
+    y: Extract<Value, { k: "tensor" }>,
+  ): Value;
 }
 
 // ---------------------------------------------------------------- argument helpers
@@ -518,6 +526,7 @@ const loraRule: PrimitiveRule = {
     requireRange(ctx, "alpha", (x) => x > 0, "positive");
     requireRange(ctx, "dropout", (x) => x >= 0 && x < 1, "in [0, 1)");
   },
+  lowerAdapter: lowerLora,
   attach(ctx, adapter, base, wrapped) {
     const inT = base.inputs[0]!.type;
     const outT = base.outputs[0]!.type;
@@ -544,6 +553,50 @@ const loraRule: PrimitiveRule = {
     ctx.registerParamAt(`${path}.lora_B`, b, "zeros");
   },
 };
+
+/** y + (alpha / r) · (x Aᵀ) Bᵀ, unmerged: the fuser folds it into the base matmul's epilogue. */
+function lowerLora(
+  ctx: PrimitiveContext,
+  lowering: LoweringHooks,
+  wrapped: Instance,
+  x: Extract<Value, { k: "tensor" }>,
+  y: Extract<Value, { k: "tensor" }>,
+): Value {
+  const adapter = ctx.inst;
+  const a = wrapped.weights.get("lora_A");
+  const b = wrapped.weights.get("lora_B");
+  const r = num(adapter, "r");
+  const alpha = num(adapter, "alpha");
+  const path = adapter.path ?? wrapped.path ?? "";
+  if (
+    !a ||
+    !b ||
+    r === undefined ||
+    alpha === undefined ||
+    x.node === undefined ||
+    y.node === undefined
+  )
+    return UNKNOWN;
+  const trainable = !adapter.frozen;
+  const A = lowering.param(
+    `${path}.lora_A.weight`,
+    ctx.unifier.resolveTensor(a),
+    trainable,
+    "normal(0.02)",
+  );
+  const B = lowering.param(
+    `${path}.lora_B.weight`,
+    ctx.unifier.resolveTensor(b),
+    trainable,
+    "zeros",
+  );
+  if (A === undefined || B === undefined) return UNKNOWN;
+  const ir = lowering.builder;
+  const xa = ir.matmul(x.node, ir.permute(A, [1, 0]));
+  const delta = ir.matmul(xa, ir.permute(B, [1, 0]));
+  const out = ir.binary("add", y.node, ir.binary("mul", delta, ir.constant(alpha / r)));
+  return { k: "tensor", t: y.t, node: out };
+}
 
 const adamwRule: PrimitiveRule = {
   role: "optimizer",

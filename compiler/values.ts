@@ -82,6 +82,10 @@ export interface Instance {
   id: number;
   /** The component's free dims (`B#7`, `…#7`), renamed to fresh variables at each application. */
   freeAtoms: string[];
+  /** The task whose instance this is, inside `per task`. */
+  task?: string;
+  /** For `base with adapter`: the two parts. */
+  wrapOf?: { base: Instance; adapter: Instance };
 }
 
 export type Value =
@@ -91,13 +95,13 @@ export type Value =
   | { k: "string"; v?: string }
   | { k: "enum"; enumName: string; member?: string }
   | { k: "taskset"; set: string; members: string[] }
-  | { k: "tensor"; t: TensorType }
+  | { k: "tensor"; t: TensorType; node?: number }
   | { k: "instance"; inst: Instance }
   | { k: "component"; decl: ComponentDecl; file: string }
   | { k: "builtin"; name: string }
   | { k: "list"; items: Value[]; count?: Dim; element?: Value }
   | { k: "record"; fields: Map<string, Value>; keySpans: Map<string, Span> }
-  | { k: "outputs"; fields: Map<string, TensorType> }
+  | { k: "outputs"; fields: Map<string, TensorType>; nodes?: Map<string, number> }
   | { k: "init"; name: string }
   | { k: "unknown" };
 

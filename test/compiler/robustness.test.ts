@@ -85,3 +85,13 @@ model M(w: Dim = 0) {
     }
   });
 });
+
+describe("deep expressions", () => {
+  it("a 100,000-term sum used by a model is a diagnostic, not a crash", () => {
+    const sum = Array.from({ length: 100_000 }, () => "1").join(" + ");
+    const a = run(
+      `const big = ${sum}\nmodel M(n: Int = big) {\n  in x: f32[B, 2]\n  out y: f32[B, 2]\n  y = x\n}\n`,
+    );
+    expect(a.diagnostics.some((d) => d.code === "E0105")).toBe(true);
+  });
+});

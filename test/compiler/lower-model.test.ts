@@ -1,0 +1,260 @@
+// Lowering: the IR of a model, run by the reference interpreter, computes what the model
+// means; checked against float64 code written independently here.
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import type { Diagnostic } from "../../compiler/diagnostics.js";
+import { selectModel } from "../../compiler/elaborate-model.js";
+import { verifyGraph } from "../../compiler/ir/verify.js";
+import { type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
+import { analyze, elaborate, nodeFileSystem } from "../../compiler/pipeline.js";
+import { type HostTensor, erf, interpret } from "../../runtime/reference/interpret.js";
+
+const examples = path.join(import.meta.dirname, "../../examples");
+
+function lower(
+  source: string | undefined,
+  file: string,
+  dims: Record<string, number>,
+  model?: string,
+) {
+  const overlay = new Map(source === undefined ? [] : [[file, source]]);
+  const analysis = analyze([file], nodeFileSystem(overlay));
+  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+  const chosen = selectModel(analysis.program, file, model);
+  if (typeof chosen === "string") throw new Error(chosen);
+  const diagnostics: Diagnostic[] = [];
+  const lowered = lowerModel(
+    analysis.program,
+    chosen,
+    new Map(),
+    new Map(Object.entries(dims)),
+    diagnostics,
+  );
+  return { lowered, diagnostics, analysis };
+}
+
+function lowerInline(source: string, dims: Record<string, number>): LoweredModel {
+  const { lowered, diagnostics } = lower(source, path.join(examples, "__lower__.moe"), dims);
+  expect(diagnostics).toEqual([]);
+  expect(verifyGraph(lowered!.graph)).toEqual([]);
+  return lowered!;
+}
+
+/** Deterministic values in [-1, 1), never all zero. */
+function values(n: number, seed: number): Float64Array {
+  let s = seed >>> 0 || 1;
+  return Float64Array.from({ length: n }, () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return ((s >>> 0) / 2 ** 32) * 2 - 1;
+  });
+}
+
+function leaves(m: LoweredModel, seed = 1): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  m.graph.nodes.forEach((n, i) => {
+    if (n.op !== "param" && n.op !== "input") return;
+    const size = n.shape.reduce((a, b) => a * b, 1);
+    out.set(n.name, { shape: n.shape, data: values(size, seed * 1000 + i) });
+  });
+  return out;
+}
+
+const at = (t: HostTensor, ...idx: number[]) => {
+  let flat = 0;
+  idx.forEach((v, i) => (flat = flat * t.shape[i]! + v));
+  return t.data[flat]!;
+};
+
+function expectClose(actual: ArrayLike<number>, expected: ArrayLike<number>, tol = 1e-12) {
+  expect(actual.length).toBe(expected.length);
+  for (let i = 0; i < actual.length; i++)
+    expect(Math.abs(actual[i]! - expected[i]!)).toBeLessThan(tol);
+}
+
+describe("lowering", () => {
+  it("Linear computes x·Wᵀ + b over leading dims", () => {
+    const m = lowerInline(
+      `import std.nn { Linear }
+model M() { in x: f32[B, T, 4]  out y: f32[B, T, 3]  proj = Linear(4, 3)  y = proj(x) }`,
+      { B: 2, T: 3 },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const w = l.get("proj.weight")!;
+    const b = l.get("proj.bias")!;
+    const expected: number[] = [];
+    for (let i = 0; i < 2; i++)
+      for (let t = 0; t < 3; t++)
+        for (let o = 0; o < 3; o++) {
+          let acc = at(b, o);
+          for (let k = 0; k < 4; k++) acc += at(x, i, t, k) * at(w, o, k);
+          expected.push(acc);
+        }
+    expect(y.shape).toEqual([2, 3, 3]);
+    expectClose(y.data, expected);
+  });
+
+  it("LayerNorm, FFN (exact GELU) and residuals", () => {
+    const m = lowerInline(
+      `import std.nn { LayerNorm, FFN }
+model M() { in x: f32[N, 6]  out y: f32[N, 6]
+  norm = LayerNorm(6)  ffn = FFN(6, 5)
+  y = x + ffn(norm(x)) }`,
+      { N: 4 },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const expected: number[] = [];
+    for (let r = 0; r < 4; r++) {
+      const row = [...Array(6).keys()].map((j) => at(x, r, j));
+      const mu = row.reduce((a, b) => a + b) / 6;
+      const v = row.reduce((a, b) => a + (b - mu) ** 2, 0) / 6;
+      const n = row.map(
+        (z, j) =>
+          ((z - mu) / Math.sqrt(v + 1e-5)) * at(l.get("norm.weight")!, j) +
+          at(l.get("norm.bias")!, j),
+      );
+      const h = [...Array(5).keys()].map((o) => {
+        let acc = at(l.get("ffn.up.bias")!, o);
+        for (let k = 0; k < 6; k++) acc += n[k]! * at(l.get("ffn.up.weight")!, o, k);
+        return 0.5 * acc * (1 + erf(acc / Math.SQRT2));
+      });
+      for (let o = 0; o < 6; o++) {
+        let acc = at(l.get("ffn.down.bias")!, o);
+        for (let k = 0; k < 5; k++) acc += h[k]! * at(l.get("ffn.down.weight")!, o, k);
+        expected.push(row[o]! + acc);
+      }
+    }
+    expectClose(y.data, expected);
+  });
+
+  it("causal multi-head attention", () => {
+    const [B, T, d, H] = [2, 5, 6, 3];
+    const m = lowerInline(
+      `import std.nn { Attention }
+model M() { in x: f32[B, T, ${d}]  out y: f32[B, T, ${d}]  attn = Attention(${d}, heads: ${H}, causal: true)  y = attn(x) }`,
+      { B, T },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const proj = (name: string, b: number, t: number) =>
+      [...Array(d).keys()].map((o) => {
+        let acc = at(l.get(`attn.${name}.bias`)!, o);
+        for (let k = 0; k < d; k++) acc += at(x, b, t, k) * at(l.get(`attn.${name}.weight`)!, o, k);
+        return acc;
+      });
+    const hd = d / H;
+    const expected: number[] = [];
+    for (let b = 0; b < B; b++) {
+      const q = [...Array(T).keys()].map((t) => proj("q", b, t));
+      const k = [...Array(T).keys()].map((t) => proj("k", b, t));
+      const v = [...Array(T).keys()].map((t) => proj("v", b, t));
+      for (let t = 0; t < T; t++) {
+        const mixed = new Array<number>(d).fill(0);
+        for (let h = 0; h < H; h++) {
+          const scores = [...Array(t + 1).keys()].map((s) => {
+            let acc = 0;
+            for (let j = 0; j < hd; j++) acc += q[t]![h * hd + j]! * k[s]![h * hd + j]!;
+            return acc / Math.sqrt(hd);
+          });
+          const mx = Math.max(...scores);
+          const e = scores.map((z) => Math.exp(z - mx));
+          const sum = e.reduce((a, c) => a + c);
+          for (let s = 0; s <= t; s++)
+            for (let j = 0; j < hd; j++) mixed[h * hd + j]! += (e[s]! / sum) * v[s]![h * hd + j]!;
+        }
+        for (let o = 0; o < d; o++) {
+          let acc = at(l.get("attn.o.bias")!, o);
+          for (let j = 0; j < d; j++) acc += mixed[j]! * at(l.get("attn.o.weight")!, o, j);
+          expected.push(acc);
+        }
+      }
+    }
+    expectClose(y.data, expected, 1e-10);
+  });
+
+  it("LoRA adds (alpha / r)·x·Aᵀ·Bᵀ to the base output", () => {
+    const m = lowerInline(
+      `import std.nn { Linear }
+import std.adapt { LoRA }
+model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, alpha: 6.0)  y = q(x) }`,
+      { N: 3 },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const expected: number[] = [];
+    for (let n = 0; n < 3; n++) {
+      const xa = [0, 1].map((r) =>
+        [0, 1, 2, 3].reduce((acc, k) => acc + at(x, n, k) * at(l.get("q.lora_A.weight")!, r, k), 0),
+      );
+      for (let o = 0; o < 3; o++) {
+        let acc = at(l.get("q.bias")!, o);
+        for (let k = 0; k < 4; k++) acc += at(x, n, k) * at(l.get("q.weight")!, o, k);
+        acc +=
+          3 *
+          (xa[0]! * at(l.get("q.lora_B.weight")!, o, 0) +
+            xa[1]! * at(l.get("q.lora_B.weight")!, o, 1));
+        expected.push(acc);
+      }
+    }
+    expectClose(y.data, expected);
+  });
+
+  it("gives the IR the parameters elaboration names, with tied weights once", () => {
+    for (const [file, model, dims] of [
+      ["gpt2.moe", "GPT2Mini", { B: 1, T: 4 }],
+      ["tiny-transformer.moe", undefined, { B: 2, T: 3 }],
+    ] as const) {
+      const full = path.join(examples, file);
+      const { lowered, diagnostics, analysis } = lower(undefined, full, dims, model);
+      expect(diagnostics).toEqual([]);
+      expect(verifyGraph(lowered!.graph)).toEqual([]);
+      const result = elaborate(analysis, full, model);
+      if ("error" in result) throw new Error(result.error);
+      const fromIr = lowered!.graph.nodes.flatMap((n) =>
+        n.op === "param" ? [`${n.name} [${n.shape}]`] : [],
+      );
+      const fromElaboration = result.model.params.map((p) => `${p.path} [${p.shape}]`);
+      expect(new Set(fromIr)).toEqual(new Set(fromElaboration));
+      expect(fromIr.length).toBe(fromElaboration.length);
+    }
+  });
+
+  it("records the id range of gathered inputs", () => {
+    const { lowered } = lower(
+      undefined,
+      path.join(examples, "gpt2.moe"),
+      { B: 1, T: 4 },
+      "GPT2Mini",
+    );
+    expect(lowered!.inputs).toEqual([{ name: "tokens", dtype: "i32", shape: [1, 4], max: 512 }]);
+  });
+
+  it("asks for the sizes of free input dims", () => {
+    const { lowered, diagnostics } = lower(
+      undefined,
+      path.join(examples, "gpt2.moe"),
+      { B: 1 },
+      "GPT2Mini",
+    );
+    expect(lowered).toBeUndefined();
+    expect(diagnostics.map((d) => [d.code, d.message, d.hint])).toEqual([
+      ["E0314", "the size of `T` (in input `tokens`) is not known", "pass it with --dim T=N"],
+    ]);
+  });
+
+  it("names what the back end cannot run yet", () => {
+    const { lowered, diagnostics } = lower(undefined, path.join(examples, "gpt2-adapters.moe"), {
+      B: 1,
+      T: 2,
+    });
+    expect(lowered).toBeUndefined();
+    expect(diagnostics.map((d) => d.code)).toEqual(["E0601"]);
+  });
+});
