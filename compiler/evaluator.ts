@@ -8,6 +8,7 @@
 import type {
   Arg,
   ComponentDecl,
+  EnumDecl,
   Expr,
   Ident,
   Span,
@@ -32,6 +33,7 @@ import {
   dimValue,
   formatDim,
 } from "./dims.js";
+import { lowerMoE } from "./lower-routing.js";
 import { PRIMITIVES, type PrimitiveContext } from "./primitives.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
@@ -73,11 +75,56 @@ export interface MoeRecord {
 /** The declared type of a constructor parameter. */
 export type ParamType =
   | { k: "Dim" | "Int" | "Float" | "Bool" | "String" | "Tasks" | "TaskMap" }
-  | { k: "enum"; name: string; members: string[] }
+  | { k: "enum"; name: string; members: string[]; decl?: EnumDecl; file?: string }
   | { k: "role"; role: InstanceRole }
   | { k: "list"; element: ParamType }
   | { k: "tensor"; t: TensorType }
   | { k: "error" };
+
+// ---------------------------------------------------------------- name references (editor)
+
+/** What kind of declaration a name use refers to. */
+export type ReferenceKind =
+  | "component"
+  | "tasks"
+  | "enum"
+  | "const"
+  | "train"
+  | "param"
+  | "port"
+  | "weight"
+  | "binding"
+  | "dim"
+  | "enumMember"
+  | "task";
+
+/** A declaration a name use refers to: the span of its name where it is declared. */
+export interface ReferenceTarget {
+  file: string;
+  span: Span;
+  kind: ReferenceKind;
+  name: string;
+}
+
+/**
+ * One name use resolved to its declaration, as the checker resolved it (flow-sensitively).
+ * A rebinding (`x = x + 1`) is recorded as a use of the first binding of `x`; later uses may
+ * point at the rebinding, so targets are followed transitively by the editor.
+ */
+export interface NameReference {
+  file: string;
+  span: Span;
+  target: ReferenceTarget;
+}
+
+const ROLE_KIND: Record<LocalVar["role"], ReferenceKind> = {
+  param: "param",
+  in: "port",
+  out: "port",
+  let: "binding",
+  weight: "weight",
+  dim: "dim",
+};
 
 interface LocalVar {
   value: Value;
@@ -180,6 +227,13 @@ export class Evaluator {
   /** Expression → value, recorded when `recordTypes` is set (hovers and inlay hints). */
   readonly types = new Map<Expr, Value>();
   recordTypes = false;
+  /** Name uses → declarations, recorded when `recordReferences` is set (go to definition, rename). */
+  readonly references: NameReference[] = [];
+  recordReferences = false;
+  private readonly referenceKeys = new Set<string>();
+  /** Every instance constructed, recorded when `recordInstances` is set (parameter counts per block). */
+  readonly instances: Instance[] = [];
+  recordInstances = false;
   /** Set in lower mode. */
   lowering?: LoweringHooks;
   /** The latest value of each expression (lower mode): operands of the expression being lowered. */
@@ -215,6 +269,23 @@ export class Evaluator {
     }
     this.diagnostics.push(diagnostic(code, file, span, message, { ...extra, related }));
     if (!code.startsWith("W")) this.errorCount++;
+  }
+
+  /** Records one name use (once per span; a component's header is evaluated at every use). */
+  private recordReference(file: string, span: Span, target: ReferenceTarget): void {
+    const key = `${file}|${span.start}|${span.end}`;
+    if (this.referenceKeys.has(key)) return;
+    this.referenceKeys.add(key);
+    this.references.push({ file, span, target });
+  }
+
+  private recordGlobalReference(file: string, span: Span, g: GlobalDecl): void {
+    this.recordReference(file, span, {
+      file: g.file,
+      span: g.decl.name.span,
+      kind: g.kind === "component" ? "component" : g.kind,
+      name: g.decl.name.name,
+    });
   }
 
   // ---------------------------------------------------------------- entry points
@@ -449,7 +520,14 @@ export class Evaluator {
     }
     const g = this.lookupGlobal(frame, name);
     if (g?.kind === "enum") {
-      return { k: "enum", name, members: g.decl.members.map((m) => m.name) };
+      if (this.recordReferences) this.recordGlobalReference(frame.file, t.name.span, g);
+      return {
+        k: "enum",
+        name,
+        members: g.decl.members.map((m) => m.name),
+        decl: g.decl,
+        file: g.file,
+      };
     }
     this.reportUnknownType(t.name, frame);
     return { k: "error" };
@@ -507,6 +585,7 @@ export class Evaluator {
       if (g?.kind === "tasks") {
         dtype = "task";
         taskSet = name;
+        if (this.recordReferences) this.recordGlobalReference(frame.file, t.name.span, g);
       } else {
         this.reportUnknownType(t.name, frame);
         return undefined;
@@ -734,6 +813,14 @@ export class Evaluator {
     const name = target.name;
     const found = frame.scope.lookup(name);
     const hint = this.childPath(frame.prefix, name);
+    if (found && this.recordReferences) {
+      this.recordReference(frame.file, target.span, {
+        file: frame.file,
+        span: found.v.span,
+        kind: ROLE_KIND[found.v.role],
+        name,
+      });
+    }
     if (found?.v.role === "in") {
       this.report(
         "E0312",
@@ -1011,6 +1098,7 @@ export class Evaluator {
           }
           fields.set(f.name.name, this.evalExpr(f.value, frame, undefined, expected));
           keySpans.set(f.name.name, f.name.span);
+          if (this.recordReferences) this.recordTaskName(frame, f.name);
         }
         return { k: "record", fields, keySpans };
       }
@@ -1039,6 +1127,23 @@ export class Evaluator {
     }
   }
 
+  /** A record key that names a task of a visible task set (`{ en_de: 300 }`). */
+  private recordTaskName(frame: Frame, key: Ident): void {
+    for (const g of frame.module.names.values()) {
+      if (g.kind !== "tasks") continue;
+      const member = g.decl.members.find((m) => m.name === key.name);
+      if (member) {
+        this.recordReference(frame.file, key.span, {
+          file: g.file,
+          span: member.span,
+          kind: "task",
+          name: key.name,
+        });
+        return;
+      }
+    }
+  }
+
   private freezeUnder(path: string): void {
     for (const p of this.params) {
       if (path === "" || p.path === path || p.path.startsWith(path + ".")) p.trainable = false;
@@ -1048,10 +1153,27 @@ export class Evaluator {
   private evalName(name: Ident, frame: Frame, expected?: ParamType): Value {
     const n = name.name;
     if (expected?.k === "enum" && expected.members.includes(n)) {
+      const member = expected.decl?.members.find((m) => m.name === n);
+      if (this.recordReferences && member && expected.file !== undefined) {
+        this.recordReference(frame.file, name.span, {
+          file: expected.file,
+          span: member.span,
+          kind: "enumMember",
+          name: n,
+        });
+      }
       return { k: "enum", enumName: expected.name, member: n };
     }
     const local = frame.scope.lookup(n);
     if (local) {
+      if (this.recordReferences) {
+        this.recordReference(frame.file, name.span, {
+          file: frame.file,
+          span: local.v.span,
+          kind: ROLE_KIND[local.v.role],
+          name: n,
+        });
+      }
       local.v.used = true;
       if (local.v.role === "out" && !local.v.assigned) {
         this.report(
@@ -1065,6 +1187,7 @@ export class Evaluator {
     }
     const g = this.lookupGlobal(frame, n);
     if (g) {
+      if (this.recordReferences) this.recordGlobalReference(frame.file, name.span, g);
       frame.module.imported.delete(n);
       return this.globalValue(g, frame, name.span);
     }
@@ -1097,6 +1220,17 @@ export class Evaluator {
     const obj = this.evalExpr(e.object, frame);
     const m = e.member.name;
     if (obj.k === "unknown") return UNKNOWN;
+    if (obj.k === "instance" && this.recordReferences) {
+      const d = findBodyDeclaration(obj.inst.decl.body, m);
+      if (d) {
+        this.recordReference(frame.file, e.member.span, {
+          file: obj.inst.declFile,
+          span: d.span,
+          kind: d.kind,
+          name: m,
+        });
+      }
+    }
     if (obj.k === "instance") {
       const w = obj.inst.weights.get(m);
       if (w && this.lowering) {
@@ -1786,6 +1920,14 @@ export class Evaluator {
         let v: Value;
         let vspan: Span;
         if (arg) {
+          if (arg.name && this.recordReferences) {
+            this.recordReference(caller.file, arg.name.span, {
+              file: declFile,
+              span: p.name.span,
+              kind: "param",
+              name: p.name.name,
+            });
+          }
           v = this.evalExpr(arg.value, caller, this.childPath(path, p.name.name), type);
           vspan = arg.value.span;
           v = this.pickPerTask(v, type, vspan, caller, opts, p.name.name);
@@ -1844,6 +1986,7 @@ export class Evaluator {
       };
       if (task !== undefined) inst.task = task;
       if (rule?.construct) rule.construct(this.primitiveContext(caller, span, inst, frame));
+      if (this.recordInstances) this.instances.push(inst);
       return inst;
     } finally {
       this.depth--;
@@ -2087,8 +2230,26 @@ export class Evaluator {
       return rule.lowerAdapter(this.primitiveContext(frame, span, adapter), lowering, inst, x, y);
     }
     if (inst.form === "primitive") {
-      lowering.unsupported(frame.file, span, `the ${inst.component} layer`);
-      return UNKNOWN;
+      if (inst.component !== "MoE") {
+        lowering.unsupported(frame.file, span, `the ${inst.component} layer`);
+        return UNKNOWN;
+      }
+      return lowerMoE(
+        {
+          ctx: this.primitiveContext(frame, span, inst),
+          lowering,
+          applyExpert: (expert, x) => {
+            const y = this.inlineApply(expert, [{ value: x, span }], span, frame);
+            return y.k === "tensor" ? y : undefined;
+          },
+          contextFor: (other) => this.primitiveContext(frame, span, other),
+          unsupported: (what) => {
+            lowering.unsupported(frame.file, span, what);
+            return UNKNOWN;
+          },
+        },
+        values,
+      );
     }
     if (this.depth >= MAX_DEPTH) {
       this.report("E0319", frame.file, span, `components nest deeper than ${MAX_DEPTH} levels`);
@@ -2296,6 +2457,27 @@ export class Evaluator {
 }
 
 // ---------------------------------------------------------------- helpers
+
+/** The `param` or binding that declares `name` in a component body (first one, any depth). */
+function findBodyDeclaration(
+  body: readonly Stmt[],
+  name: string,
+): { span: Span; kind: "weight" | "binding" } | undefined {
+  for (const s of body) {
+    if (s.kind === "WeightDecl" && s.name.name === name)
+      return { span: s.name.span, kind: "weight" };
+    if (s.kind === "Binding" && s.target.name === name)
+      return { span: s.target.span, kind: "binding" };
+    const nested =
+      s.kind === "RepeatStmt"
+        ? findBodyDeclaration(s.body, name)
+        : s.kind === "IfStmt"
+          ? (findBodyDeclaration(s.then, name) ?? findBodyDeclaration(s.else ?? [], name))
+          : undefined;
+    if (nested) return nested;
+  }
+  return undefined;
+}
 
 function snapshotTensors(scope: Scope): Map<string, TensorType> {
   const out = new Map<string, TensorType>();

@@ -549,7 +549,7 @@ const loraRule: PrimitiveRule = {
     wrapped.weights.set("lora_B", b);
     const path = adapter.path ?? wrapped.path ?? "";
     // PEFT's names: <module>.lora_A.weight [r, in], <module>.lora_B.weight [out, r]; B starts at zero.
-    ctx.registerParamAt(`${path}.lora_A`, a, "normal");
+    ctx.registerParamAt(`${path}.lora_A`, a, LORA_A_INIT);
     ctx.registerParamAt(`${path}.lora_B`, b, "zeros");
   },
 };
@@ -562,27 +562,31 @@ function lowerLora(
   x: Extract<Value, { k: "tensor" }>,
   y: Extract<Value, { k: "tensor" }>,
 ): Value {
+  const delta = x.node === undefined ? undefined : loraDelta(ctx, lowering, wrapped, x.node);
+  if (delta === undefined || y.node === undefined) return UNKNOWN;
+  return { k: "tensor", t: y.t, node: lowering.builder.binary("add", y.node, delta) };
+}
+
+/** The IR of (alpha / r) · (x Aᵀ) Bᵀ for the LoRA adapter of `wrapped` (ctx.inst). */
+export function loraDelta(
+  ctx: PrimitiveContext,
+  lowering: LoweringHooks,
+  wrapped: Instance,
+  x: number,
+): number | undefined {
   const adapter = ctx.inst;
   const a = wrapped.weights.get("lora_A");
   const b = wrapped.weights.get("lora_B");
   const r = num(adapter, "r");
   const alpha = num(adapter, "alpha");
   const path = adapter.path ?? wrapped.path ?? "";
-  if (
-    !a ||
-    !b ||
-    r === undefined ||
-    alpha === undefined ||
-    x.node === undefined ||
-    y.node === undefined
-  )
-    return UNKNOWN;
+  if (!a || !b || r === undefined || alpha === undefined) return undefined;
   const trainable = !adapter.frozen;
   const A = lowering.param(
     `${path}.lora_A.weight`,
     ctx.unifier.resolveTensor(a),
     trainable,
-    "normal(0.02)",
+    LORA_A_INIT,
   );
   const B = lowering.param(
     `${path}.lora_B.weight`,
@@ -590,13 +594,13 @@ function lowerLora(
     trainable,
     "zeros",
   );
-  if (A === undefined || B === undefined) return UNKNOWN;
+  if (A === undefined || B === undefined) return undefined;
   const ir = lowering.builder;
-  const xa = ir.matmul(x.node, ir.permute(A, [1, 0]));
-  const delta = ir.matmul(xa, ir.permute(B, [1, 0]));
-  const out = ir.binary("add", y.node, ir.binary("mul", delta, ir.constant(alpha / r)));
-  return { k: "tensor", t: y.t, node: out };
+  const xa = ir.matmul(x, ir.permute(A, [1, 0]));
+  return ir.binary("mul", ir.matmul(xa, ir.permute(B, [1, 0])), ir.constant(alpha / r));
 }
+
+const LORA_A_INIT = "normal(0.02)";
 
 const adamwRule: PrimitiveRule = {
   role: "optimizer",
