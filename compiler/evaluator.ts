@@ -1716,6 +1716,7 @@ export class Evaluator {
       return { k: "instance", inst };
     }
     let first: Instance | undefined;
+    const byTask = new Map<string, Instance>();
     for (const t of members) {
       const inst = this.construct(
         callee.decl,
@@ -1727,6 +1728,7 @@ export class Evaluator {
         { perTaskSet: set, taskPick: t },
       );
       if (!inst) return UNKNOWN;
+      byTask.set(t, inst);
       if (!first) first = inst;
       else if (signatureText(inst) !== signatureText(first)) {
         this.report(
@@ -1742,7 +1744,13 @@ export class Evaluator {
       }
     }
     if (!first) return UNKNOWN;
-    const wrapper: Instance = { ...first, perTask: set, path, id: this.nextId++ };
+    const wrapper: Instance = {
+      ...first,
+      perTask: set,
+      perTaskInstances: byTask,
+      path,
+      id: this.nextId++,
+    };
     return { k: "instance", inst: wrapper };
   }
 
@@ -2207,14 +2215,7 @@ export class Evaluator {
   /** Lower mode: evaluates the instance's body with its inputs bound to the argument tensors. */
   private inlineApply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     const lowering = this.lowering!;
-    if (inst.perTask !== undefined) {
-      lowering.unsupported(
-        frame.file,
-        span,
-        "applying a `per task` instance (segmented per-task kernels)",
-      );
-      return UNKNOWN;
-    }
+    if (inst.perTask !== undefined) return this.inlinePerTask(inst, values, span, frame);
     if (inst.wrapOf) {
       const { base, adapter } = inst.wrapOf;
       const y = this.inlineApply(base, values, span, frame);
@@ -2275,6 +2276,62 @@ export class Evaluator {
       this.sites.pop();
     }
     return this.collectOutputs(callee);
+  }
+
+  /**
+   * Lower mode, `per task` instances: every task's instance runs on the batch and each example
+   * keeps its own task's result (mask m_t = relu(1 - |id - t|), exact for integer ids). An
+   * example whose id is no task's (-1) bypasses: its output is its input.
+   */
+  private inlinePerTask(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
+    const ir = this.lowering!.builder;
+    const byTask = inst.perTaskInstances;
+    const ids = values[values.length - 1]!.value;
+    const inputs = values.slice(0, -1);
+    if (!byTask) {
+      this.lowering!.unsupported(frame.file, span, "an adapter attached with `with per task`");
+      return UNKNOWN;
+    }
+    if (ids.k !== "tensor" || ids.node === undefined) return UNKNOWN;
+    const idf = ir.cast(ids.node, "f32");
+    let acc: number | undefined;
+    let coverage: number | undefined;
+    let outType: TensorType | undefined;
+    let t = 0;
+    for (const taskInst of byTask.values()) {
+      const y = this.inlineApply(
+        { ...taskInst, perTask: undefined } as Instance,
+        inputs,
+        span,
+        frame,
+      );
+      if (y.k !== "tensor" || y.node === undefined) return UNKNOWN;
+      outType = y.t;
+      const mask = ir.unary(
+        "relu",
+        ir.binary("sub", ir.constant(1), ir.unary("abs", ir.binary("sub", idf, ir.constant(t)))),
+      );
+      // Task ids are [B]; broadcast over the example's remaining dims.
+      const yRank = ir.shape(y.node).length;
+      const idShape = ir.shape(mask);
+      const m = ir.reshape(mask, [...idShape, ...Array(yRank - idShape.length).fill(1)]);
+      const term = ir.binary("mul", y.node, m);
+      acc = acc === undefined ? term : ir.binary("add", acc, term);
+      coverage = coverage === undefined ? m : ir.binary("add", coverage, m);
+      t++;
+    }
+    if (acc === undefined || coverage === undefined || !outType) return UNKNOWN;
+    const x = inputs[0]?.value;
+    if (inputs.length === 1 && x?.k === "tensor" && x.node !== undefined) {
+      const same = ir.shape(x.node).join(",") === ir.shape(acc).join(",");
+      if (same)
+        acc = ir.binary(
+          "add",
+          acc,
+          ir.binary("mul", x.node, ir.binary("sub", ir.constant(1), coverage)),
+        );
+    }
+    return { k: "tensor", t: outType, node: acc };
   }
 
   private collectOutputs(frame: Frame): Value {

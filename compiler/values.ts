@@ -84,6 +84,8 @@ export interface Instance {
   freeAtoms: string[];
   /** The task whose instance this is, inside `per task`. */
   task?: string;
+  /** For `per task` instances (elaboration and lowering): each task's own instance. */
+  perTaskInstances?: Map<string, Instance>;
   /** For `base with adapter`: the two parts. */
   wrapOf?: { base: Instance; adapter: Instance };
 }

@@ -250,11 +250,43 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
   });
 
   it("names what the back end cannot run yet", () => {
-    const { lowered, diagnostics } = lower(undefined, path.join(examples, "gpt2-adapters.moe"), {
+    const { lowered, diagnostics } = lower(undefined, path.join(examples, "task-moe.moe"), {
       B: 1,
       T: 2,
     });
     expect(lowered).toBeUndefined();
     expect(diagnostics.map((d) => d.code)).toEqual(["E0601"]);
+  });
+
+  it("per-task adapters: a mixed-task batch equals each example run alone; -1 bypasses", () => {
+    const source = `import std.adapt { Bottleneck }
+tasks Lang { en_de, en_fr, de_en }
+model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
+  adapter = per task Bottleneck(4, r: { en_de: 2, en_fr: 3, de_en: 1 })
+  y = adapter(x, task) }`;
+    const mixed = lowerInline(source, { B: 4, T: 2 });
+    const single = lowerInline(source, { B: 1, T: 2 });
+    const l = leaves(mixed);
+    l.set("task", { shape: [4], data: Float64Array.from([2, 0, -1, 1]) });
+    const y = interpret(mixed.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    [2, 0, -1, 1].forEach((task, b) => {
+      const one = new Map(l);
+      one.set("x", { shape: [1, 2, 4], data: x.data.slice(b * 8, b * 8 + 8) });
+      one.set("task", { shape: [1], data: Float64Array.from([task]) });
+      const yb = interpret(single.graph, one).outputs.get("y")!;
+      expectClose(y.data.slice(b * 8, b * 8 + 8), yb.data);
+      // No task: the adapters are bypassed.
+      if (task === -1) expectClose(yb.data, one.get("x")!.data);
+    });
+    // Each task's adapter has its own width.
+    const widths = mixed.graph.nodes.flatMap((n) =>
+      n.op === "param" && n.name.endsWith("down.bias") ? [`${n.name} ${n.shape}`] : [],
+    );
+    expect(widths).toEqual([
+      "adapter.en_de.down.bias 2",
+      "adapter.en_fr.down.bias 3",
+      "adapter.de_en.down.bias 1",
+    ]);
   });
 });
