@@ -1,0 +1,89 @@
+/**
+ * Back end pass 3 (emit): WGSL for every kernel of a planned program, from a few templates
+ * (compiler/wgsl/): elementwise map (also copies, gather, concat, fills), matmul with a fused
+ * epilogue (variants chosen by the plan), row reductions (softmax, norms), non-last-axis
+ * reductions, scatter_add and fused attention. Sizes, strides and tile shapes are constants
+ * in the text, so each kernel is specialised to its shapes.
+ *
+ * The output is plain data: the runtime creates one pipeline per distinct WGSL text and binds
+ * the planned buffers in the order of `bindings`.
+ */
+import type { FusedProgram, KernelKind } from "./fuse-kernels.js";
+import type { BufferPlan } from "./plan-buffers.js";
+import { emitAttention } from "./wgsl/attention.js";
+import { type BindingType, KernelWriter } from "./wgsl/kernel-writer.js";
+import { emitMap, emitReduce, emitScatter } from "./wgsl/map.js";
+import { emitMatmul } from "./wgsl/matmul.js";
+import { emitRows } from "./wgsl/rows.js";
+
+export interface KernelBinding {
+  binding: number;
+  /** Index into the plan's buffers. */
+  buffer: number;
+  /** The stored tensor (node id) this binding reads or writes. */
+  storage: number;
+  access: "read" | "read_write";
+  type: BindingType;
+}
+
+export interface EmittedKernel {
+  name: string;
+  kind: KernelKind;
+  wgsl: string;
+  entryPoint: string;
+  bindings: KernelBinding[];
+  workgroupSize: [number, number, number];
+  /** dispatchWorkgroups(x, y, z). */
+  grid: [number, number, number];
+  /** IR nodes the kernel computes. */
+  nodes: number[];
+  /** matmul / attention variant, for reports and stats. */
+  variant?: string;
+}
+
+export function emitWgsl(program: FusedProgram, plan: BufferPlan): EmittedKernel[] {
+  return program.kernels.map((k, index) => {
+    const launch = plan.launches[index]!;
+    const w = new KernelWriter(program.graph, k);
+    let wgsl: string;
+    switch (k.kind) {
+      case "map":
+        wgsl = emitMap(w, launch);
+        break;
+      case "reduce":
+        wgsl = emitReduce(w, launch);
+        break;
+      case "scatter":
+        wgsl = emitScatter(w, launch);
+        break;
+      case "rows":
+        wgsl = emitRows(w, launch);
+        break;
+      case "matmul":
+        wgsl = emitMatmul(w, launch);
+        break;
+      case "attention":
+        wgsl = emitAttention(w, launch);
+        break;
+    }
+    const nodes = [...k.members];
+    for (const extra of [k.anchor, k.scores, k.softmax])
+      if (extra !== undefined && !nodes.includes(extra)) nodes.push(extra);
+    const emitted: EmittedKernel = {
+      name: k.name,
+      kind: k.kind,
+      wgsl,
+      entryPoint: "main",
+      bindings: w.bindings.map((b) => {
+        const buffer = plan.bufferOf[b.storage];
+        if (buffer === undefined) throw new Error(`internal: no buffer for storage ${b.storage}`);
+        return { ...b, buffer };
+      }),
+      workgroupSize: launch.workgroupSize,
+      grid: launch.grid,
+      nodes: nodes.sort((a, b) => a - b),
+    };
+    if (launch.matmul) emitted.variant = `${launch.matmul.name} (${launch.matmul.layout})`;
+    return emitted;
+  });
+}

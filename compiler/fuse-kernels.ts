@@ -1,0 +1,523 @@
+/**
+ * Back end pass 1 (fuse): groups the nodes of a tensor IR graph into GPU kernels.
+ *
+ * Memory traffic, not arithmetic, is what a small model's forward pass spends its time on, so
+ * every value that can be computed where it is consumed is: a kernel stores one value (its
+ * root) and evaluates the nodes that feed only it (its members) in registers. The rules:
+ *
+ *   - reshape, permute and slice never copy on their own: they become strided *views* that the
+ *     consuming kernel reads through (so `x @ transpose(weight)` reads the weight transposed and
+ *     the attention head split is free). A view is copied only where a later reshape cannot be
+ *     expressed with strides, or where it is a graph output; even then a permute of a kernel's
+ *     only result is folded into that kernel's store instead of a copy.
+ *   - elementwise ops (unary, binary with broadcasting, cast, iota, causal_mask, gather,
+ *     concat, constants) join the kernel of their consumers when all consumers are in one
+ *     kernel; chains become one pass.
+ *   - a matmul or a reduction along a non-last axis is an *anchor*: the elementwise chain that
+ *     consumes only it (bias, activation, residual, scaling) is its epilogue.
+ *   - reductions along the last axis and softmax make a *rows* kernel: one workgroup per row
+ *     evaluates the whole row-wise chain, which is what LayerNorm, RMSNorm and masked, scaled
+ *     softmax lower to.
+ *   - `softmax(mask(scale(Q @ Kᵀ))) @ V` becomes one attention kernel (online softmax) when the
+ *     scores are used nowhere else.
+ *
+ * The result is plain data (no WGSL, no device): plan-buffers.ts assigns buffers and launch
+ * sizes, emit-wgsl.ts writes the shaders.
+ */
+import { type IrDType, type IrGraph, type IrNode, inputsOf, numel } from "./ir/graph.js";
+
+/** How a kernel reads a value: a strided window onto the buffer of a stored tensor. */
+export interface View {
+  /** The node whose buffer holds the data (an input, a parameter or a kernel's stored value). */
+  storage: number;
+  dtype: IrDType;
+  /** First element, in elements. */
+  offset: number;
+  /** The value's logical shape. */
+  shape: number[];
+  /** Elements per step along each logical axis. */
+  strides: number[];
+}
+
+export type KernelKind = "map" | "matmul" | "rows" | "reduce" | "scatter" | "attention";
+
+/** One GPU kernel: computes `members` (and its anchor) and stores the value of `root`. */
+export interface FusedKernel {
+  kind: KernelKind;
+  /** A readable, unique name: kind and the root's node id (`matmul_12`). */
+  name: string;
+  /** The node whose value the kernel writes; its shape is the kernel's iteration space. */
+  root: number;
+  shape: number[];
+  /** Elementwise and row-wise nodes evaluated in the kernel, ascending ids (the root included
+   *  unless the root is the anchor or a copied view). */
+  members: number[];
+  /** matmul / non-last-axis reduce / scatter_add node whose result the members consume; for
+   *  "attention" the `P @ V` matmul. */
+  anchor?: number;
+  /** For "attention": the `Q @ Kᵀ` matmul and the softmax evaluated on the fly. */
+  scores?: number;
+  softmax?: number;
+  /** How each non-member value a member (or the anchor) consumes is read, by node id. */
+  loads: Record<number, View>;
+  /** Where the root's value is written (contiguous unless a permute was folded into it). */
+  out: View;
+}
+
+/** A tensor that owns a buffer. */
+export interface Storage {
+  /** The node that owns it (its id is the storage id). */
+  id: number;
+  role: "input" | "param" | "value";
+  dtype: IrDType;
+  shape: number[];
+  numel: number;
+  /** Input name or parameter path. */
+  name?: string;
+}
+
+export interface FusedProgram {
+  graph: IrGraph;
+  /** In execution order. */
+  kernels: FusedKernel[];
+  /** Every buffer-owning tensor, ascending ids. */
+  storages: Storage[];
+  /** Graph outputs; each view is contiguous (possibly at an offset into its storage). */
+  outputs: { name: string; view: View }[];
+}
+
+export interface FuseOptions {
+  /**
+   * Storage buffers a kernel may bind (the device's maxStorageBuffersPerShaderStage; 8 is
+   * WebGPU's default). Fusion stops growing a kernel before it would read more.
+   */
+  maxStorageBuffers?: number;
+  /** Turn the attention pattern into one kernel (default true; false keeps three). */
+  fuseAttention?: boolean;
+}
+
+/** Contiguous row-major strides. */
+export function contiguousStrides(shape: readonly number[]): number[] {
+  const out = new Array<number>(shape.length).fill(1);
+  for (let i = shape.length - 2; i >= 0; i--) out[i] = out[i + 1]! * shape[i + 1]!;
+  return out;
+}
+
+/** True when the view walks its elements in row-major order with no gaps (any offset). */
+export function isContiguous(v: View): boolean {
+  const c = contiguousStrides(v.shape);
+  return v.shape.every((d, i) => d === 1 || v.strides[i] === c[i]);
+}
+
+/** `view` reshaped without copying, or undefined when strides cannot express it. */
+export function reshapeView(v: View, shape: readonly number[]): View | undefined {
+  if (numel(shape) !== numel(v.shape)) return undefined;
+  if (isContiguous(v)) return { ...v, shape: [...shape], strides: contiguousStrides(shape) };
+  // Torch's stride computation: split the old dims into runs that are contiguous with each
+  // other; each run must be exactly covered by consecutive new dims.
+  const oldShape = v.shape.filter((d) => d !== 1);
+  const oldStrides = v.strides.filter((_, i) => v.shape[i] !== 1);
+  const strides = new Array<number>(shape.length).fill(0);
+  let viewD = shape.length - 1;
+  let chunkBase = oldStrides[oldStrides.length - 1] ?? 1;
+  let tensorNumel = 1;
+  let viewNumel = 1;
+  for (let d = oldShape.length - 1; d >= 0; d--) {
+    tensorNumel *= oldShape[d]!;
+    if (d === 0 || oldStrides[d - 1] !== tensorNumel * chunkBase) {
+      while (viewD >= 0 && (viewNumel < tensorNumel || shape[viewD] === 1)) {
+        strides[viewD] = viewNumel * chunkBase;
+        viewNumel *= shape[viewD]!;
+        viewD--;
+      }
+      if (viewNumel !== tensorNumel) return undefined;
+      if (d > 0) {
+        chunkBase = oldStrides[d - 1]!;
+        tensorNumel = 1;
+        viewNumel = 1;
+      }
+    }
+  }
+  while (viewD >= 0 && shape[viewD] === 1) strides[viewD--] = 1;
+  if (viewD !== -1) return undefined;
+  return { ...v, shape: [...shape], strides };
+}
+
+/** Ops that are evaluated per output element and can live inside another op's kernel. */
+const EXPRESSION_OPS = new Set<IrNode["op"]>([
+  "unary",
+  "binary",
+  "cast",
+  "iota",
+  "causal_mask",
+  "gather",
+  "concat",
+]);
+const VIEW_OPS = new Set<IrNode["op"]>(["reshape", "permute", "slice"]);
+
+/** How a consumer uses one of its inputs. */
+type UseKind = "expr" | "buffer";
+
+interface Use {
+  consumer: number; // -1 for a graph output
+  kind: UseKind;
+}
+
+interface Group {
+  kind: KernelKind;
+  root: number;
+  members: Set<number>;
+  anchor?: number;
+  /** Storages the members and anchor read (a bound on bindings while growing). */
+  reads: Set<number>;
+}
+
+function isLastAxisReduce(n: IrNode): boolean {
+  return n.op === "reduce" && n.axis === n.shape.length - 1;
+}
+
+function useKind(consumer: IrNode): UseKind {
+  switch (consumer.op) {
+    case "unary":
+    case "binary":
+    case "cast":
+    case "causal_mask":
+    case "softmax":
+      return "expr";
+    case "reduce":
+      return isLastAxisReduce(consumer) ? "expr" : "buffer";
+    default:
+      // matmul operands, non-last reductions, gather/concat/scatter operands and views all
+      // read a stored tensor.
+      return "buffer";
+  }
+}
+
+/** Inputs a node actually reads (iota only takes its input's shape). */
+function readsOf(n: IrNode): readonly number[] {
+  return n.op === "iota" ? [] : inputsOf(n);
+}
+
+export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedProgram {
+  const nodes = graph.nodes;
+  const maxReads = Math.max(2, (options.maxStorageBuffers ?? 8) - 1);
+  const node = (id: number) => nodes[id]!;
+
+  // Live nodes: reachable from the outputs.
+  const live = new Set<number>();
+  const stack = graph.outputs.map((o) => o.node);
+  while (stack.length > 0) {
+    const id = stack.pop()!;
+    if (live.has(id)) continue;
+    live.add(id);
+    for (const i of readsOf(node(id))) stack.push(i);
+  }
+
+  const uses = new Map<number, Use[]>();
+  for (const id of [...live].sort((a, b) => a - b)) {
+    uses.set(id, uses.get(id) ?? []);
+    const n = node(id);
+    for (const i of readsOf(n)) {
+      const list = uses.get(i) ?? [];
+      list.push({ consumer: id, kind: useKind(n) });
+      uses.set(i, list);
+    }
+  }
+  for (const o of graph.outputs) uses.get(o.node)!.push({ consumer: -1, kind: "buffer" });
+  const isOutput = new Set(graph.outputs.map((o) => o.node));
+  const ordered = [...live].sort((a, b) => a - b);
+
+  // ---- Views. A view op's input is stored (or is itself a view); a reshape that strides
+  // cannot express stores the view it reshapes.
+  const copied = new Set<number>(); // view-op nodes that get a buffer of their own
+  const storageOwner = (id: number): boolean => {
+    const n = node(id);
+    if (VIEW_OPS.has(n.op)) return copied.has(id);
+    return true; // every non-view node read through a view is stored
+  };
+  const rawView = (id: number): View => {
+    const n = node(id);
+    if (storageOwner(id)) {
+      return {
+        storage: id,
+        dtype: n.dtype,
+        offset: 0,
+        shape: [...n.shape],
+        strides: contiguousStrides(n.shape),
+      };
+    }
+    return composeView(id);
+  };
+  const composeView = (id: number): View => {
+    const n = node(id);
+    const src = rawView(inputsOf(n)[0]!);
+    switch (n.op) {
+      case "permute":
+        return {
+          ...src,
+          shape: n.perm.map((p) => src.shape[p]!),
+          strides: n.perm.map((p) => src.strides[p]!),
+        };
+      case "slice":
+        return {
+          ...src,
+          offset: src.offset + n.start * src.strides[n.axis]!,
+          shape: n.shape.slice(),
+          strides: src.strides.slice(),
+        };
+      case "reshape": {
+        const r = reshapeView(src, n.shape);
+        if (!r) throw new Error(`internal: reshape ${id} of a non-contiguous view`);
+        return r;
+      }
+      default:
+        throw new Error(`internal: ${n.op} is not a view`);
+    }
+  };
+  for (const id of ordered) {
+    const n = node(id);
+    if (n.op !== "reshape") continue;
+    if (!reshapeView(rawView(n.inputs[0]), n.shape)) copied.add(n.inputs[0]);
+  }
+  for (const o of graph.outputs) {
+    const n = node(o.node);
+    if (VIEW_OPS.has(n.op) && !isContiguous(rawView(o.node))) copied.add(o.node);
+  }
+  // A view op's source must be stored; the shapes of view chains are resolved above.
+
+  // ---- Groups, built from the outputs backwards: a node joins the kernel of its consumers
+  // when they all sit in one kernel that can evaluate it.
+  const groupOf = new Map<number, Group>();
+  const groups: Group[] = [];
+  const inlineConst = (id: number) =>
+    node(id).op === "const" && (uses.get(id) ?? []).every((u) => u.kind === "expr");
+
+  /** The storages `id` binds to read its inputs (constants in expressions are literals). */
+  const inputsRead = (id: number): number[] => {
+    const n = node(id);
+    const expr = useKind(n) === "expr";
+    return readsOf(n)
+      .filter((i) => !(expr && node(i).op === "const"))
+      .map((i) => rawView(i).storage);
+  };
+
+  const newGroup = (id: number): Group => {
+    const n = node(id);
+    let kind: KernelKind = "map";
+    let anchor: number | undefined;
+    if (n.op === "matmul") [kind, anchor] = ["matmul", id];
+    else if (n.op === "reduce" && !isLastAxisReduce(n)) [kind, anchor] = ["reduce", id];
+    else if (n.op === "scatter_add") [kind, anchor] = ["scatter", id];
+    else if (n.op === "softmax" || isLastAxisReduce(n)) kind = "rows";
+    const g: Group = { kind, root: id, members: new Set(), reads: new Set() };
+    if (anchor !== undefined) g.anchor = anchor;
+    else if (!VIEW_OPS.has(n.op)) g.members.add(id);
+    if (VIEW_OPS.has(n.op)) g.reads.add(rawComposeStorage(id));
+    else for (const s of inputsRead(id)) g.reads.add(s);
+    groups.push(g);
+    groupOf.set(id, g);
+    return g;
+  };
+  const rawComposeStorage = (id: number): number => composeView(id).storage;
+
+  const canJoin = (id: number, g: Group): boolean => {
+    const n = node(id);
+    const reads = new Set(g.reads);
+    for (const s of inputsRead(id)) reads.add(s);
+    if (reads.size > maxReads) return false;
+    if (EXPRESSION_OPS.has(n.op)) return true;
+    if (n.op === "matmul" || (n.op === "reduce" && !isLastAxisReduce(n))) {
+      return (
+        g.kind === "map" &&
+        g.anchor === undefined &&
+        n.shape.join(",") === node(g.root).shape.join(",")
+      );
+    }
+    if (n.op === "softmax" || isLastAxisReduce(n)) return g.kind === "map" || g.kind === "rows";
+    return false;
+  };
+
+  for (const id of [...ordered].reverse()) {
+    const n = node(id);
+    if (n.op === "input" || n.op === "param") continue;
+    if (VIEW_OPS.has(n.op)) {
+      if (copied.has(id)) newGroup(id);
+      continue;
+    }
+    const us = uses.get(id) ?? [];
+    if (n.op === "const") {
+      if (!inlineConst(id)) newGroup(id);
+      continue;
+    }
+    const forced =
+      isOutput.has(id) ||
+      us.length === 0 ||
+      us.some((u) => u.kind === "buffer") ||
+      n.op === "scatter_add";
+    const target = forced ? undefined : groupOf.get(us[0]!.consumer);
+    if (
+      target &&
+      us.every((u) => groupOf.get(u.consumer) === target && target.members.has(u.consumer)) &&
+      canJoin(id, target)
+    ) {
+      groupOf.set(id, target);
+      if (n.op === "matmul" || (n.op === "reduce" && !isLastAxisReduce(n))) {
+        target.anchor = id;
+        target.kind = n.op === "matmul" ? "matmul" : "reduce";
+      } else {
+        target.members.add(id);
+        if (n.op === "softmax" || isLastAxisReduce(n)) target.kind = "rows";
+      }
+      target.reads.delete(id);
+      for (const s of inputsRead(id)) target.reads.add(s);
+      continue;
+    }
+    newGroup(id);
+  }
+
+  // ---- Kernels.
+  const kernels: FusedKernel[] = [];
+  const stored = new Set<number>(); // storage ids written by kernels
+  for (const g of groups) {
+    const root = node(g.root);
+    const members = [...g.members].sort((a, b) => a - b);
+    const loads: Record<number, View> = {};
+    const load = (consumer: number) => {
+      const expr = useKind(node(consumer)) === "expr";
+      for (const id of readsOf(node(consumer))) {
+        if (g.members.has(id) || id === g.anchor) continue;
+        if (expr && node(id).op === "const") continue; // a literal
+        loads[id] = rawView(id);
+      }
+    };
+    for (const m of members) load(m);
+    if (g.anchor !== undefined) load(g.anchor);
+    if (VIEW_OPS.has(root.op)) loads[g.root] = composeView(g.root);
+    const kernel: FusedKernel = {
+      kind: g.kind,
+      name: `${g.kind}_${g.root}`,
+      root: g.root,
+      shape: [...root.shape],
+      members,
+      loads,
+      out: {
+        storage: g.root,
+        dtype: root.dtype,
+        offset: 0,
+        shape: [...root.shape],
+        strides: contiguousStrides(root.shape),
+      },
+    };
+    if (g.anchor !== undefined) kernel.anchor = g.anchor;
+    kernels.push(kernel);
+  }
+
+  // ---- Store views: a kernel whose only reader is a copied permute writes the permuted
+  // layout itself, and the copy disappears.
+  const kernelOf = new Map(kernels.map((k) => [k.root, k]));
+  for (const p of [...copied]) {
+    const pn = node(p);
+    if (pn.op !== "permute") continue;
+    const x = pn.inputs[0];
+    const producer = kernelOf.get(x);
+    const xn = node(x);
+    if (!producer || isOutput.has(x) || xn.op === "input" || xn.op === "param") continue;
+    if ((uses.get(x) ?? []).length !== 1) continue;
+    const pStrides = contiguousStrides(pn.shape);
+    const strides = new Array<number>(xn.shape.length).fill(0);
+    pn.perm.forEach((src, a) => (strides[src] = pStrides[a]!));
+    producer.out = { ...producer.out, storage: p, strides };
+    const copy = kernelOf.get(p)!;
+    kernels.splice(kernels.indexOf(copy), 1);
+    kernelOf.delete(p);
+    // Readers of p read its buffer, unchanged; readers of x do not exist.
+  }
+
+  if (options.fuseAttention ?? true) fuseAttention(graph, kernels, uses, isOutput, maxReads);
+
+  kernels.sort((a, b) => a.root - b.root);
+  for (const k of kernels) stored.add(k.out.storage);
+
+  // ---- Storages: leaves, and whatever a kernel writes.
+  const storages: Storage[] = [];
+  for (const id of ordered) {
+    const n = node(id);
+    if (n.op === "input" || n.op === "param") {
+      storages.push({
+        id,
+        role: n.op,
+        dtype: n.dtype,
+        shape: [...n.shape],
+        numel: numel(n.shape),
+        name: n.name,
+      });
+    } else if (stored.has(id)) {
+      storages.push({
+        id,
+        role: "value",
+        dtype: n.dtype,
+        shape: [...n.shape],
+        numel: numel(n.shape),
+      });
+    }
+  }
+
+  const outputs = graph.outputs.map((o) => ({ name: o.name, view: rawView(o.node) }));
+  for (const o of outputs) {
+    if (!isContiguous(o.view)) throw new Error(`internal: output ${o.name} is not contiguous`);
+  }
+  return { graph, kernels, storages, outputs };
+}
+
+/**
+ * `matmul(softmax(f(Q @ Kᵀ)), V)`, where f is elementwise (scaling, masking, bias) and neither
+ * the scores nor the probabilities are read elsewhere, becomes one kernel that streams over
+ * the keys with an online softmax: the [T, T] score matrix never reaches memory.
+ */
+function fuseAttention(
+  graph: IrGraph,
+  kernels: FusedKernel[],
+  uses: Map<number, Use[]>,
+  isOutput: Set<number>,
+  maxReads: number,
+): void {
+  const node = (id: number) => graph.nodes[id]!;
+  const byRoot = new Map(kernels.map((k) => [k.root, k]));
+  for (const pv of [...kernels]) {
+    if (pv.kind !== "matmul" || pv.anchor === undefined) continue;
+    const m2 = node(pv.anchor);
+    if (m2.op !== "matmul") continue;
+    const rows = byRoot.get(m2.inputs[0]);
+    if (!rows || rows.kind !== "rows") continue;
+    const sm = node(rows.root);
+    if (sm.op !== "softmax" || isOutput.has(sm.id) || uses.get(sm.id)!.length !== 1) continue;
+    // Only one softmax and no other reduction in the row kernel, and the [T, T] matrix must
+    // be the scores' shape.
+    const rowOps = rows.members.map(node);
+    if (rowOps.some((n) => n.op === "reduce" || (n.op === "softmax" && n.id !== sm.id))) continue;
+    if (m2.shape.slice(0, -2).join(",") !== sm.shape.slice(0, -2).join(",")) continue;
+    const scoreLoads = Object.keys(rows.loads)
+      .map(Number)
+      .filter((id) => node(id).op === "matmul");
+    if (scoreLoads.length !== 1) continue;
+    const qk = byRoot.get(scoreLoads[0]!);
+    if (!qk || qk.kind !== "matmul" || qk.members.length > 0 || qk.anchor !== qk.root) continue;
+    const m1 = node(qk.root);
+    if (isOutput.has(m1.id) || m1.shape.join(",") !== sm.shape.join(",")) continue;
+    if (!uses.get(m1.id)!.every((u) => rows.members.includes(u.consumer))) continue;
+    if (rows.out.storage !== sm.id || qk.out.storage !== m1.id) continue;
+    // Merge: the P @ V kernel computes the scores and the softmax itself.
+    const loads: Record<number, View> = { ...pv.loads, ...rows.loads, ...qk.loads };
+    delete loads[m1.id];
+    delete loads[sm.id];
+    if (new Set(Object.values(loads).map((v) => v.storage)).size > maxReads) continue;
+    pv.kind = "attention";
+    pv.name = `attention_${pv.root}`;
+    pv.members = [...new Set([...pv.members, ...rows.members])].sort((a, b) => a - b);
+    pv.scores = m1.id;
+    pv.softmax = sm.id;
+    pv.loads = loads;
+    kernels.splice(kernels.indexOf(rows), 1);
+    kernels.splice(kernels.indexOf(qk), 1);
+  }
+}

@@ -1,0 +1,374 @@
+/**
+ * Back end pass 2 (plan): decides, for a fused program, which GPU buffer holds each stored
+ * tensor and how each kernel is launched, and checks both against the device's limits.
+ *
+ *   - Buffers: parameters and inputs get buffers of their own (parameters are uploaded once,
+ *     inputs written before every run); every other stored value lives in a pool buffer from
+ *     the kernel that writes it to the last kernel that reads it (outputs to the end), and a
+ *     pool buffer is reused once its tensor is dead (best fit, growing the largest free one).
+ *     `peakBytes` is what the program allocates; `totalBytes` what it would without reuse.
+ *   - Launches: a kernel numbers its workgroups linearly; the grid spreads that count over
+ *     x, y and z so no dimension exceeds maxComputeWorkgroupsPerDimension.
+ *   - Limits: a tensor larger than a storage binding, a kernel that binds more storage buffers
+ *     than the device allows, or more workgroups than three grid dimensions hold is a one-line
+ *     LimitError naming the tensor and the limit. Workgroup sizes and shared-memory tiles that
+ *     do not fit are shrunk instead (they are the compiler's choice, not the model's).
+ *
+ * Limits are a plain object (the front end never opens a device): pass GpuContext.limits, or
+ * WEBGPU_DEFAULT_LIMITS to stay portable.
+ */
+import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
+import { type IrGraph, numel } from "./ir/graph.js";
+import { DEFAULT_TUNING, type MatmulVariant, type Tuning } from "./wgsl/variants.js";
+
+/** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */
+export interface DeviceLimits {
+  maxBufferSize: number;
+  maxStorageBufferBindingSize: number;
+  maxComputeWorkgroupStorageSize: number;
+  maxComputeInvocationsPerWorkgroup: number;
+  maxComputeWorkgroupSizeX: number;
+  maxComputeWorkgroupSizeY: number;
+  maxComputeWorkgroupSizeZ: number;
+  maxComputeWorkgroupsPerDimension: number;
+  maxStorageBuffersPerShaderStage: number;
+}
+
+/** The limits every WebGPU device has. */
+export const WEBGPU_DEFAULT_LIMITS: DeviceLimits = {
+  maxBufferSize: 268_435_456,
+  maxStorageBufferBindingSize: 134_217_728,
+  maxComputeWorkgroupStorageSize: 16_384,
+  maxComputeInvocationsPerWorkgroup: 256,
+  maxComputeWorkgroupSizeX: 256,
+  maxComputeWorkgroupSizeY: 256,
+  maxComputeWorkgroupSizeZ: 64,
+  maxComputeWorkgroupsPerDimension: 65_535,
+  maxStorageBuffersPerShaderStage: 8,
+};
+
+/** Any object with (some of) the limits: DeviceLimits, GpuContext.limits, a parsed JSON. */
+export type LimitsLike = Partial<DeviceLimits> | Readonly<Record<string, number>>;
+
+/** Fills in WebGPU's defaults for limits a partial or foreign limits object lacks. */
+export function resolveLimits(limits: LimitsLike = {}): DeviceLimits {
+  const out = { ...WEBGPU_DEFAULT_LIMITS };
+  for (const key of Object.keys(out) as (keyof DeviceLimits)[]) {
+    const v = (limits as Partial<Record<string, number>>)[key];
+    if (typeof v === "number" && Number.isFinite(v) && v > 0) out[key] = v;
+  }
+  return out;
+}
+
+/** A model that does not fit the device: the message is one line naming tensor and limit. */
+export class LimitError extends Error {
+  override readonly name = "LimitError";
+  constructor(
+    message: string,
+    readonly limit: keyof DeviceLimits,
+  ) {
+    super(message);
+  }
+}
+
+export interface PhysicalBuffer {
+  id: number;
+  /** Rounded up to 16 bytes (vec4 bindings). */
+  bytes: number;
+  role: "input" | "param" | "pool";
+}
+
+/** How one kernel is launched (and the template choices that shape it). */
+export interface Launch {
+  workgroupSize: [number, number, number];
+  /** Logical workgroups; the kernel derives its work from the linear workgroup index. */
+  workgroups: number;
+  grid: [number, number, number];
+  /** Bytes of workgroup memory the kernel declares. */
+  workgroupBytes: number;
+  /** matmul / attention: the variant after adapting it to the shape. */
+  matmul?: MatmulVariant & { layout: "nn" | "nt" };
+  /** rows: invocations per row. */
+  rowThreads?: number;
+}
+
+export interface BufferPlan {
+  buffers: PhysicalBuffer[];
+  /** Storage id (node id) → buffer id. */
+  bufferOf: Record<number, number>;
+  /** One per kernel, in program order. */
+  launches: Launch[];
+  /** Bytes allocated: parameters, inputs and the pool. */
+  peakBytes: number;
+  /** Bytes every stored tensor would take without reuse. */
+  totalBytes: number;
+  tuning: Tuning;
+}
+
+export function storageBytes(s: { numel: number }): number {
+  return Math.max(16, Math.ceil((s.numel * 4) / 16) * 16);
+}
+
+/** "blocks.0.ln_1.weight [768] f32", or the node and op for values without a name. */
+export function describeTensor(graph: IrGraph, id: number): string {
+  const n = graph.nodes[id]!;
+  const out = graph.outputs.find((o) => o.node === id);
+  const name =
+    n.op === "input" || n.op === "param"
+      ? `${n.op} ${n.name}`
+      : out
+        ? `output ${out.name} (%${id} ${n.op})`
+        : `%${id} (${n.op})`;
+  return `${name} [${n.shape.join(", ")}] ${n.dtype}`;
+}
+
+export function planBuffers(
+  program: FusedProgram,
+  limits: LimitsLike = WEBGPU_DEFAULT_LIMITS,
+  tuning: Tuning = DEFAULT_TUNING,
+): BufferPlan {
+  const lim = resolveLimits(limits);
+  const graph = program.graph;
+  const storageById = new Map(program.storages.map((s) => [s.id, s]));
+
+  for (const s of program.storages) {
+    const bytes = s.numel * 4;
+    for (const limit of ["maxStorageBufferBindingSize", "maxBufferSize"] as const) {
+      if (bytes > lim[limit]) {
+        throw new LimitError(
+          `tensor ${describeTensor(graph, s.id)} needs ${bytes} bytes, over ${limit} = ${lim[limit]}`,
+          limit,
+        );
+      }
+    }
+  }
+  program.kernels.forEach((k) => {
+    const bound = new Set([...Object.values(k.loads).map((v) => v.storage), k.out.storage]);
+    if (bound.size > lim.maxStorageBuffersPerShaderStage) {
+      throw new LimitError(
+        `kernel ${k.name} computing ${describeTensor(graph, k.root)} binds ${bound.size} storage buffers, over maxStorageBuffersPerShaderStage = ${lim.maxStorageBuffersPerShaderStage}`,
+        "maxStorageBuffersPerShaderStage",
+      );
+    }
+  });
+
+  // ---- Buffers.
+  const buffers: PhysicalBuffer[] = [];
+  const bufferOf: Record<number, number> = {};
+  for (const s of program.storages) {
+    if (s.role === "value") continue;
+    bufferOf[s.id] = buffers.length;
+    buffers.push({ id: buffers.length, bytes: storageBytes(s), role: s.role });
+  }
+  const lastUse = new Map<number, number>();
+  program.kernels.forEach((k, t) => {
+    for (const v of Object.values(k.loads)) lastUse.set(v.storage, t);
+  });
+  for (const o of program.outputs) lastUse.set(o.view.storage, Infinity);
+  const free: PhysicalBuffer[] = [];
+  const dying = new Map<number, number[]>(); // kernel index → storages dead after it
+  program.kernels.forEach((k, t) => {
+    const s = storageById.get(k.out.storage)!;
+    const need = storageBytes(s);
+    // Best fit among free pool buffers; else grow the largest; else a new one.
+    let pick: PhysicalBuffer | undefined;
+    for (const b of free) if (b.bytes >= need && (!pick || b.bytes < pick.bytes)) pick = b;
+    if (!pick && free.length > 0) {
+      pick = free.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+      pick.bytes = need;
+    }
+    if (pick) free.splice(free.indexOf(pick), 1);
+    else {
+      pick = { id: buffers.length, bytes: need, role: "pool" };
+      buffers.push(pick);
+    }
+    bufferOf[s.id] = pick.id;
+    const end = lastUse.get(s.id) ?? t; // written but never read: free right away
+    if (end !== Infinity) dying.set(end, [...(dying.get(end) ?? []), s.id]);
+    for (const dead of dying.get(t) ?? []) {
+      const st = storageById.get(dead)!;
+      if (st.role === "value") free.push(buffers[bufferOf[dead]!]!);
+    }
+  });
+  for (const b of buffers) {
+    if (b.bytes > lim.maxBufferSize) {
+      throw new LimitError(
+        `pool buffer ${b.id} needs ${b.bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
+        "maxBufferSize",
+      );
+    }
+  }
+
+  const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
+  const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);
+  const totalBytes = program.storages.reduce((a, s) => a + storageBytes(s), 0);
+  return { buffers, bufferOf, launches, peakBytes, totalBytes, tuning };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Launch geometry.
+
+/** Spreads `workgroups` over a grid whose dimensions stay within `maxPerDim`. */
+export function spreadGrid(
+  workgroups: number,
+  maxPerDim: number,
+  what: string,
+): [number, number, number] {
+  const w = Math.max(1, workgroups);
+  if (w <= maxPerDim) return [w, 1, 1];
+  const y = Math.ceil(w / maxPerDim);
+  if (y <= maxPerDim) return [Math.ceil(w / y), y, 1];
+  const z = Math.ceil(w / (maxPerDim * maxPerDim));
+  if (z > maxPerDim) {
+    throw new LimitError(
+      `${what} needs ${w} workgroups, over maxComputeWorkgroupsPerDimension³ = ${maxPerDim}³`,
+      "maxComputeWorkgroupsPerDimension",
+    );
+  }
+  const perZ = Math.ceil(w / z);
+  const yy = Math.ceil(perZ / maxPerDim);
+  return [Math.ceil(perZ / yy), yy, z];
+}
+
+function nextPow2(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** Threads per workgroup for 1-D kernels, within the device's limits. */
+function clampThreads(n: number, lim: DeviceLimits): number {
+  let t = Math.max(1, n);
+  while (t > lim.maxComputeInvocationsPerWorkgroup || t > lim.maxComputeWorkgroupSizeX) t >>= 1;
+  return Math.max(1, t);
+}
+
+/** The matmul dimensions of an anchor: batch count, m, n, k. */
+export function matmulDims(
+  graph: IrGraph,
+  id: number,
+): { batch: number; m: number; n: number; k: number } {
+  const n = graph.nodes[id]!;
+  const a = graph.nodes[(n as { inputs: number[] }).inputs[0]!]!;
+  const r = n.shape.length;
+  return {
+    batch: numel(n.shape.slice(0, -2)),
+    m: n.shape[r - 2]!,
+    n: n.shape[r - 1]!,
+    k: a.shape[a.shape.length - 1]!,
+  };
+}
+
+/** Whether the matmul's B operand is read along k (a transposed weight, Kᵀ). */
+export function matmulLayout(kernel: FusedKernel, graph: IrGraph): "nn" | "nt" {
+  const n = graph.nodes[kernel.anchor!]!;
+  const b = kernel.loads[(n as { inputs: number[] }).inputs[1]!];
+  if (!b) return "nn";
+  const r = b.shape.length;
+  return b.strides[r - 2] === 1 && b.strides[r - 1] !== 1 ? "nt" : "nn";
+}
+
+function adaptVariant(v: MatmulVariant, m: number, n: number, lim: DeviceLimits): MatmulVariant {
+  const out = { ...v };
+  if (out.tileK === 0) {
+    // A register block taller or wider than the matrix only wastes invocations.
+    out.tm = Math.min(out.tm, nextPow2(m));
+    out.tn = Math.min(out.tn, nextPow2(n));
+  }
+  while (
+    out.wx * out.wy > lim.maxComputeInvocationsPerWorkgroup ||
+    out.wx > lim.maxComputeWorkgroupSizeX ||
+    out.wy > lim.maxComputeWorkgroupSizeY
+  ) {
+    if (out.wx >= out.wy) out.wx >>= 1;
+    else out.wy >>= 1;
+  }
+  if (out.tileK > 0 && tileBytes(out) > lim.maxComputeWorkgroupStorageSize) {
+    out.tileK = 0; // registers only: always fits
+  }
+  return out;
+}
+
+/** Rows and columns of C one workgroup covers. */
+export function matmulTile(v: MatmulVariant): { bm: number; bn: number } {
+  return v.lanes === "cols"
+    ? { bm: v.wy * v.tm, bn: v.wx * v.tn }
+    : { bm: v.wx * v.tm, bn: v.wy * v.tn };
+}
+
+function tileBytes(v: MatmulVariant): number {
+  const { bm, bn } = matmulTile(v);
+  return (bm + bn) * v.tileK * 4;
+}
+
+function scheduleKernel(
+  program: FusedProgram,
+  k: FusedKernel,
+  lim: DeviceLimits,
+  tuning: Tuning,
+): Launch {
+  const graph = program.graph;
+  const what = `kernel ${k.name} computing ${describeTensor(graph, k.root)}`;
+  const size = numel(k.shape);
+  const launch = (
+    workgroupSize: [number, number, number],
+    workgroups: number,
+    workgroupBytes = 0,
+  ): Launch => ({
+    workgroupSize,
+    workgroups,
+    grid: spreadGrid(workgroups, lim.maxComputeWorkgroupsPerDimension, what),
+    workgroupBytes,
+  });
+  switch (k.kind) {
+    case "map":
+    case "reduce": {
+      const t = clampThreads(tuning.mapThreads, lim);
+      return launch([t, 1, 1], Math.ceil(size / t));
+    }
+    case "scatter": {
+      const d = k.shape[k.shape.length - 1]!;
+      const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(d)), lim);
+      return launch([t, 1, 1], Math.ceil(d / t));
+    }
+    case "rows": {
+      const extents = k.members.map((id) => {
+        const n = graph.nodes[id]!;
+        const src = n.op === "reduce" || n.op === "softmax" ? graph.nodes[n.inputs[0]]! : n;
+        return src.shape[src.shape.length - 1] ?? 1;
+      });
+      let t = clampThreads(Math.min(tuning.rowThreads, nextPow2(Math.max(1, ...extents))), lim);
+      while (t > 1 && t * 8 > lim.maxComputeWorkgroupStorageSize) t >>= 1;
+      const last = k.shape[k.shape.length - 1] ?? 1;
+      const rows = k.shape.length === 0 ? 1 : size / Math.max(1, last);
+      const l = launch([t, 1, 1], rows, t * 8);
+      l.rowThreads = t;
+      return l;
+    }
+    case "attention": {
+      // One invocation per query row.
+      const r = k.shape.length;
+      const rows = numel(k.shape.slice(0, -1));
+      const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(k.shape[r - 2] ?? 1)), lim);
+      return launch([t, 1, 1], Math.ceil(rows / t));
+    }
+    case "matmul": {
+      const { batch, m, n } = matmulDims(graph, k.anchor!);
+      const layout = matmulLayout(k, graph);
+      const v = adaptVariant(tuning.matmul[layout], m, n, lim);
+      const { bm, bn } = matmulTile(v);
+      const l = launch(
+        [v.wx, v.wy, 1],
+        Math.ceil(m / bm) * Math.ceil(n / bn) * batch,
+        v.tileK > 0 ? tileBytes(v) : 0,
+      );
+      l.matmul = { ...v, layout };
+      return l;
+    }
+  }
+}
+
+/** For reports: what each storage is. */
+export function storageRole(s: Storage): string {
+  return s.role === "value" ? "intermediate" : s.role;
+}

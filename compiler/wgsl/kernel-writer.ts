@@ -1,0 +1,495 @@
+/**
+ * What every WGSL template shares: storage bindings, literals, the math helpers WGSL lacks
+ * (erf, a tanh that neither overflows nor cancels, pow of negative bases), strided index
+ * arithmetic and the evaluation of a kernel's elementwise members at a coordinate.
+ *
+ * All shapes are concrete, so sizes and strides are baked into the code as constants: no
+ * uniform buffers, and the WGSL compiler folds the index arithmetic.
+ */
+import type { FusedKernel, View } from "../fuse-kernels.js";
+import type { IrDType, IrGraph, IrNode } from "../ir/graph.js";
+
+export type BindingType = "f32" | "i32" | "vec4<f32>";
+
+export interface EmittedBinding {
+  binding: number;
+  /** The storage (node id) bound here; plan-buffers maps it to a buffer. */
+  storage: number;
+  type: BindingType;
+  access: "read" | "read_write";
+}
+
+export const u32 = (n: number): string => {
+  if (!Number.isInteger(n) || n < 0 || n > 0xffffffff) {
+    throw new Error(`internal: ${n} is not a u32`);
+  }
+  return `${n}u`;
+};
+
+/**
+ * An f32 value as WGSL. WGSL has no literal for infinities and NaN, and a constant expression
+ * that evaluates to one is an error, so they are bit patterns read from private variables.
+ */
+export function f32Lit(v: number): string {
+  if (Number.isNaN(v)) return "bitcast<f32>(nan_bits)";
+  const f = Math.fround(v);
+  if (f === Infinity) return "bitcast<f32>(pinf_bits)";
+  if (f === -Infinity) return "bitcast<f32>(ninf_bits)";
+  if (Object.is(f, -0)) return "f32(-0.0)";
+  let s = String(f);
+  if (!/[.e]/.test(s)) s += ".0";
+  return `f32(${s})`;
+}
+
+export function i32Lit(v: number): string {
+  const i = Math.trunc(v);
+  if (i === -2147483648) return "i32(-2147483647 - 1)";
+  return `i32(${Math.max(-2147483647, Math.min(2147483647, i))})`;
+}
+
+export const NEG_INF = "bitcast<f32>(ninf_bits)";
+
+/** tanh x = x · Σ c_n x^{2n}. */
+const TANH_SERIES = [
+  1,
+  -1 / 3,
+  2 / 15,
+  -17 / 315,
+  62 / 2835,
+  -1382 / 155925,
+  21844 / 6081075,
+  -929569 / 638512875,
+  6404582 / 10854718875,
+];
+
+/** Helper functions, emitted once per module when used. */
+const HELPERS: Record<string, string> = {
+  is_ninf: `fn is_ninf(x: f32) -> bool {
+  return bitcast<u32>(x) == 0xff800000u;
+}`,
+  // erf for |x| < 1 by its Taylor series (12 terms: < 2e-9 truncation, relative accuracy
+  // near 0); erfc beyond by Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
+  erf_: `fn erf_(x: f32) -> f32 {
+  let a = abs(x);
+  if (a < 1.0) {
+    let z = x * x;
+    var p = ${f32Lit(erfTaylor(11))};
+${Array.from({ length: 11 }, (_, i) => `    p = p * z + ${f32Lit(erfTaylor(10 - i))};`).join("\n")}
+    return x * p;
+  }
+  return sign(x) * (1.0 - erfc_ge1(a));
+}`,
+  erfc_ge1: `fn erfc_ge1(a: f32) -> f32 {
+  let t = 1.0 / (1.0 + 0.5 * a);
+  let y = -a * a - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
+    t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
+    t * (-0.82215223 + t * 0.17087277))))))));
+  return t * exp(y);
+}`,
+  // Exact GELU: x·Φ(x). Far left it is x·erfc(|x|/√2)/2, computed without cancellation.
+  gelu_: `fn gelu_(x: f32) -> f32 {
+  let z = x * 0.70710678118654752;
+  if (z < -1.0) {
+    return 0.5 * x * erfc_ge1(-z);
+  }
+  return 0.5 * x * (1.0 + erf_(z));
+}`,
+  // tanh: odd Taylor polynomial near 0 (where (1-e)/(1+e) cancels), exp(-2|x|) beyond (no
+  // overflow for large |x|, unlike sinh/cosh).
+  tanh_: `fn tanh_(x: f32) -> f32 {
+  let a = abs(x);
+  if (a < 0.55) {
+    let z = x * x;
+    var p = ${f32Lit(TANH_SERIES[TANH_SERIES.length - 1]!)};
+${TANH_SERIES.slice(0, -1)
+  .reverse()
+  .map((c) => `    p = p * z + ${f32Lit(c)};`)
+  .join("\n")}
+    return x * p;
+  }
+  let e = exp(-2.0 * a);
+  return sign(x) * ((1.0 - e) / (1.0 + e));
+}`,
+  sigmoid_: `fn sigmoid_(x: f32) -> f32 {
+  if (x >= 0.0) {
+    return 1.0 / (1.0 + exp(-x));
+  }
+  let e = exp(x);
+  return e / (1.0 + e);
+}`,
+  // pow with numpy's semantics for negative bases and integer exponents.
+  pow_: `fn pow_(a: f32, b: f32) -> f32 {
+  if (b == 0.0) {
+    return 1.0;
+  }
+  if (a == 0.0) {
+    return select(bitcast<f32>(pinf_bits), 0.0, b > 0.0);
+  }
+  let r = exp2(b * log2(abs(a)));
+  if (a > 0.0) {
+    return r;
+  }
+  if (fract(b) != 0.0) {
+    return bitcast<f32>(nan_bits);
+  }
+  return select(r, -r, fract(b * 0.5) != 0.0);
+}`,
+};
+const HELPER_DEPS: Record<string, string[]> = {
+  erf_: ["erfc_ge1"],
+  gelu_: ["erf_", "erfc_ge1"],
+};
+
+/** 2/√π · (-1)^n / (n! (2n+1)): the Taylor coefficients of erf. */
+function erfTaylor(n: number): number {
+  let fact = 1;
+  for (let i = 2; i <= n; i++) fact *= i;
+  return ((2 / Math.sqrt(Math.PI)) * (n % 2 === 0 ? 1 : -1)) / (fact * (2 * n + 1));
+}
+
+/** Collects bindings and helper functions while a template writes one kernel. */
+export class KernelWriter {
+  readonly bindings: EmittedBinding[] = [];
+  private readonly names = new Map<string, string>();
+  private readonly helpers = new Set<string>();
+
+  constructor(
+    readonly graph: IrGraph,
+    readonly kernel: FusedKernel,
+  ) {}
+
+  node(id: number): IrNode {
+    return this.graph.nodes[id]!;
+  }
+
+  /** The variable bound to `storage` as an array of `type`. */
+  bind(storage: number, type: BindingType, access: "read" | "read_write" = "read"): string {
+    const key = `${storage}:${type}:${access}`;
+    const known = this.names.get(key);
+    if (known) return known;
+    const name = `${access === "read" ? "in" : "out"}_${storage}${type === "vec4<f32>" ? "_v4" : ""}`;
+    this.bindings.push({ binding: this.bindings.length, storage, type, access });
+    this.names.set(key, name);
+    return name;
+  }
+
+  /** Binds the storage behind `view` for scalar reads of its dtype. */
+  bindView(view: View): string {
+    return this.bind(view.storage, view.dtype);
+  }
+
+  use(helper: string): string {
+    for (const dep of HELPER_DEPS[helper] ?? []) this.helpers.add(dep);
+    this.helpers.add(helper);
+    return helper;
+  }
+
+  /** Module-scope declarations: bindings, then helpers. */
+  header(): string {
+    const lines = [
+      `var<private> ninf_bits: u32 = 0xff800000u;`,
+      `var<private> pinf_bits: u32 = 0x7f800000u;`,
+      `var<private> nan_bits: u32 = 0x7fc00000u;`,
+      ...this.bindings.map(
+        (b) =>
+          `@group(0) @binding(${b.binding}) var<storage, ${b.access}> ${
+            b.access === "read" ? "in" : "out"
+          }_${b.storage}${b.type === "vec4<f32>" ? "_v4" : ""}: array<${b.type}>;`,
+      ),
+    ];
+    for (const h of Object.keys(HELPERS)) if (this.helpers.has(h)) lines.push("", HELPERS[h]!);
+    return lines.join("\n");
+  }
+}
+
+/** The linear workgroup index of a (possibly 2-D/3-D) grid, and the early exit beyond it. */
+export function linearWorkgroup(grid: readonly number[], workgroups: number): string {
+  const [gx, gy] = grid as [number, number, number];
+  return [
+    `let wg = wid.x + wid.y * ${u32(gx)} + wid.z * ${u32(gx * gy)};`,
+    `  if (wg >= ${u32(workgroups)}) {`,
+    `    return;`,
+    `  }`,
+  ].join("\n");
+}
+
+/** Flat element offset of `view` at the given per-axis coordinates (WGSL u32 expressions). */
+export function viewIndex(view: View, coords: readonly string[]): string {
+  const terms: string[] = [];
+  if (view.offset !== 0) terms.push(u32(view.offset));
+  view.shape.forEach((d, k) => {
+    const s = view.strides[k]!;
+    if (d === 1 || s === 0) return;
+    terms.push(s === 1 ? coords[k]! : `${coords[k]} * ${u32(s)}`);
+  });
+  return terms.length === 0 ? "0u" : terms.join(" + ");
+}
+
+/** `u32` coordinate expressions of a flat index over `shape` (row-major). */
+export function unflatten(flat: string, shape: readonly number[]): string[] {
+  const out: string[] = [];
+  let stride = 1;
+  for (let k = shape.length - 1; k >= 0; k--) {
+    const d = shape[k]!;
+    if (d === 1) out[k] = "0u";
+    else {
+      const q = stride === 1 ? flat : `(${flat} / ${u32(stride)})`;
+      // The leading axis needs no modulo when flat < numel.
+      out[k] = k === 0 ? q : `(${q} % ${u32(d)})`;
+    }
+    stride *= d;
+  }
+  return out;
+}
+
+/** Everything a Block needs to know about its kernel. */
+export interface ExprContext {
+  writer: KernelWriter;
+  /** Rank of the iteration space the coordinates index. */
+  rank: number;
+  /** Values computed elsewhere (matmul accumulators, reductions), by node id. */
+  bound: Map<number, string>;
+  /** Row statistics of softmax members (rows kernels): max and sum of exp. */
+  softmaxStats?: Map<number, { max: string; sum: string }>;
+  /** Unique suffix for generated names. */
+  serial: { n: number };
+}
+
+/**
+ * Emits `let` statements evaluating kernel members at one point of the iteration space.
+ * A Block is one WGSL scope: values are computed once in it and reused.
+ */
+export class Block {
+  readonly lines: string[] = [];
+  private readonly cache = new Map<number, string>();
+
+  constructor(
+    private readonly ctx: ExprContext,
+    /** The coordinate of iteration axis k, as a u32 expression. */
+    private readonly coord: (k: number) => string,
+    private readonly indent = "  ",
+  ) {}
+
+  /** Coordinate k of a value of shape `shape`, broadcast into the iteration space. */
+  local(shape: readonly number[], k: number): string {
+    return shape[k] === 1 ? "0u" : this.coord(k + this.ctx.rank - shape.length);
+  }
+
+  localAll(shape: readonly number[]): string[] {
+    return shape.map((_, k) => this.local(shape, k));
+  }
+
+  private emit(expr: string, type: IrDType): string {
+    const name = `v${this.ctx.serial.n++}`;
+    this.lines.push(`${this.indent}let ${name}: ${type} = ${expr};`);
+    return name;
+  }
+
+  /** Reads `view` (the value of a node of the view's shape) at the current point. */
+  load(view: View): string {
+    const buf = this.ctx.writer.bindView(view);
+    return this.emit(`${buf}[${viewIndex(view, this.localAll(view.shape))}]`, view.dtype);
+  }
+
+  /** The value of node `id` as a WGSL expression of the node's dtype. */
+  value(id: number): string {
+    const bound = this.ctx.bound.get(id);
+    if (bound !== undefined) return bound;
+    const cached = this.cache.get(id);
+    if (cached !== undefined) return cached;
+    const v = this.compute(id);
+    this.cache.set(id, v);
+    return v;
+  }
+
+  /** value(id) converted to `dtype`. */
+  valueAs(id: number, dtype: IrDType): string {
+    const v = this.value(id);
+    return this.ctx.writer.node(id).dtype === dtype ? v : `${dtype}(${v})`;
+  }
+
+  private compute(id: number): string {
+    const w = this.ctx.writer;
+    const n = w.node(id);
+    const k = w.kernel;
+    const isMember = k.members.includes(id);
+    if (!isMember) {
+      const view = k.loads[id];
+      if (view) return this.load(view);
+      if (n.op === "const") return n.dtype === "f32" ? f32Lit(n.value) : i32Lit(n.value);
+      throw new Error(`internal: kernel ${k.name} has no way to read node ${id} (${n.op})`);
+    }
+    switch (n.op) {
+      case "const":
+        return n.dtype === "f32" ? f32Lit(n.value) : i32Lit(n.value);
+      case "unary":
+        return this.emit(unary(w, n.fn, this.value(n.inputs[0]), n.dtype), n.dtype);
+      case "binary": {
+        const [a, b] = n.inputs;
+        const bNode = w.node(b);
+        return this.emit(
+          binary(w, n.fn, this.valueAs(a, n.dtype), this.valueAs(b, n.dtype), n.dtype, bNode),
+          n.dtype,
+        );
+      }
+      case "cast":
+        return this.emit(`${n.dtype}(${this.value(n.inputs[0])})`, n.dtype);
+      case "iota":
+        return this.emit(`i32(${this.local(n.shape, n.shape.length - 1)})`, n.dtype);
+      case "causal_mask": {
+        const r = n.shape.length;
+        const x = this.valueAs(n.inputs[0], "f32");
+        const i = this.local(n.shape, r - 2);
+        const j = this.local(n.shape, r - 1);
+        return this.emit(`select(${x}, ${NEG_INF}, ${j} > ${i})`, "f32");
+      }
+      case "gather": {
+        const table = k.loads[n.inputs[0]]!;
+        const ids = k.loads[n.inputs[1]]!;
+        const r = n.shape.length;
+        const lead = this.localAll(n.shape).slice(0, r - 1);
+        const idsBuf = w.bindView(ids);
+        const idx = `${idsBuf}[${viewIndex(
+          ids,
+          ids.shape.map((d, q) => (d === 1 ? "0u" : lead[q]!)),
+        )}]`;
+        const rows = table.shape[0]!;
+        // Out-of-range ids read the nearest row (the reference interpreter rejects them).
+        const row = this.emit(`u32(clamp(i32(${idx}), 0, ${rows - 1}))`, "u32" as IrDType);
+        const col = this.local(n.shape, r - 1);
+        const buf = w.bindView(table);
+        return this.emit(`${buf}[${viewIndex(table, [row, col])}]`, table.dtype);
+      }
+      case "concat": {
+        const name = `v${this.ctx.serial.n++}`;
+        const at = this.local(n.shape, n.axis);
+        this.lines.push(`${this.indent}var ${name}: ${n.dtype};`);
+        let start = 0;
+        n.inputs.forEach((input, q) => {
+          const view = k.loads[input]!;
+          const size = view.shape[n.axis]!;
+          const coords = this.localAll(n.shape).map((c, a) =>
+            view.shape[a] === 1 ? "0u" : a === n.axis ? `(${at} - ${u32(start)})` : c,
+          );
+          const cond = q === n.inputs.length - 1 ? "" : `if (${at} < ${u32(start + size)}) `;
+          const prefix = q === 0 ? "" : "else ";
+          const buf = w.bindView(view);
+          this.lines.push(
+            `${this.indent}${prefix}${cond}{ ${name} = ${n.dtype}(${buf}[${viewIndex(view, coords)}]); }`,
+          );
+          start += size;
+        });
+        return name;
+      }
+      case "softmax": {
+        const stats = this.ctx.softmaxStats?.get(id);
+        if (!stats) throw new Error(`internal: softmax ${id} evaluated before its statistics`);
+        const e = this.valueAs(n.inputs[0], "f32");
+        const ex = this.emit(`exp(${e} - ${stats.max})`, "f32");
+        return this.emit(`select(0.0, ${ex} / ${stats.sum}, ${stats.sum} > 0.0)`, "f32");
+      }
+      default:
+        throw new Error(`internal: ${n.op} node ${id} cannot be evaluated inline`);
+    }
+  }
+}
+
+function unary(w: KernelWriter, fn: string, x: string, dtype: IrDType): string {
+  if (dtype === "i32") {
+    switch (fn) {
+      case "neg":
+        return `-${x}`;
+      case "abs":
+        return `abs(${x})`;
+      case "relu":
+        return `max(${x}, 0)`;
+      case "step":
+        return `select(0, 1, ${x} > 0)`;
+      default:
+        return `i32(${unary(w, fn, `f32(${x})`, "f32")})`;
+    }
+  }
+  switch (fn) {
+    case "neg":
+      return `-${x}`;
+    case "relu":
+      return `max(${x}, 0.0)`;
+    case "gelu":
+      return `${w.use("gelu_")}(${x})`;
+    case "gelu_tanh":
+      return `0.5 * ${x} * (1.0 + ${w.use("tanh_")}(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x})))`;
+    case "silu":
+      return `${x} * ${w.use("sigmoid_")}(${x})`;
+    case "tanh":
+      return `${w.use("tanh_")}(${x})`;
+    case "sigmoid":
+      return `${w.use("sigmoid_")}(${x})`;
+    case "exp":
+      return `exp(${x})`;
+    case "log":
+      return `log(${x})`;
+    case "sqrt":
+      return `sqrt(${x})`;
+    case "rsqrt":
+      // 1/sqrt rather than inverseSqrt, which some drivers approximate to ~12 bits.
+      return `(1.0 / sqrt(${x}))`;
+    case "abs":
+      return `abs(${x})`;
+    case "step":
+      return `select(0.0, 1.0, ${x} > 0.0)`;
+    default:
+      throw new Error(`internal: unknown unary ${fn}`);
+  }
+}
+
+function binary(
+  w: KernelWriter,
+  fn: string,
+  a: string,
+  b: string,
+  dtype: IrDType,
+  bNode: IrNode,
+): string {
+  switch (fn) {
+    case "add":
+      return `${a} + ${b}`;
+    case "sub":
+      return `${a} - ${b}`;
+    case "mul":
+      return `${a} * ${b}`;
+    case "div":
+      return `${a} / ${b}`;
+    case "max":
+      return `max(${a}, ${b})`;
+    case "min":
+      return `min(${a}, ${b})`;
+    case "pow": {
+      if (dtype === "i32") return `i32(${w.use("pow_")}(f32(${a}), f32(${b})))`;
+      // Constant exponents that have exact, cheaper forms.
+      if (bNode.op === "const") {
+        switch (bNode.value) {
+          case 1:
+            return a;
+          case 2:
+            return `${a} * ${a}`;
+          case 3:
+            return `${a} * ${a} * ${a}`;
+          case 0.5:
+            return `sqrt(${a})`;
+          case -1:
+            return `1.0 / ${a}`;
+          case -0.5:
+            return `1.0 / sqrt(${a})`;
+        }
+      }
+      return `${w.use("pow_")}(${a}, ${b})`;
+    }
+    default:
+      throw new Error(`internal: unknown binary ${fn}`);
+  }
+}
+
+/** WGSL text of a kernel module: header, then the entry point and any extra functions. */
+export function moduleText(writer: KernelWriter, body: string): string {
+  return `// ${writer.kernel.name}: generated by moec\n${writer.header()}\n\n${body}\n`;
+}

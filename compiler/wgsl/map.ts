@@ -1,0 +1,139 @@
+/**
+ * One invocation per output element: the elementwise-map template (fused elementwise chains,
+ * copies of views, gather, concat, iota, masks, constant fills), the reduction along a
+ * non-last axis (a loop per output element, with its epilogue), and scatter_add (one
+ * invocation per column, so no two invocations ever add into the same element).
+ */
+import { numel } from "../ir/graph.js";
+import type { Launch } from "../plan-buffers.js";
+import {
+  Block,
+  type ExprContext,
+  KernelWriter,
+  NEG_INF,
+  linearWorkgroup,
+  moduleText,
+  u32,
+  unflatten,
+  viewIndex,
+} from "./kernel-writer.js";
+
+function entry(launch: Launch, body: string[]): string {
+  const [x, y, z] = launch.workgroupSize;
+  return [
+    `@compute @workgroup_size(${x}, ${y}, ${z})`,
+    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
+    `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
+    ...body,
+    `}`,
+  ].join("\n");
+}
+
+/** Stores the root's value at coordinates `coords` (iteration space = the root's shape). */
+function store(w: KernelWriter, b: Block, coords: string[], indent = "  "): string {
+  const k = w.kernel;
+  const out = w.bind(k.out.storage, k.out.dtype, "read_write");
+  const isLoadedView = !k.members.includes(k.root) && k.anchor !== k.root && k.loads[k.root];
+  const v = isLoadedView ? b.load(k.loads[k.root]!) : b.valueAs(k.root, k.out.dtype);
+  return `${indent}${out}[${viewIndex(k.out, coords)}] = ${v};`;
+}
+
+export function emitMap(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const threads = launch.workgroupSize[0];
+  const size = numel(k.shape);
+  const coords = unflatten("gi", k.shape);
+  const ctx: ExprContext = { writer: w, rank: k.shape.length, bound: new Map(), serial: { n: 0 } };
+  const b = new Block(ctx, (a) => coords[a]!);
+  const st = store(w, b, coords);
+  return moduleText(
+    w,
+    entry(launch, [
+      `  let gi = wg * ${u32(threads)} + lidx;`,
+      `  if (gi >= ${u32(size)}) {`,
+      `    return;`,
+      `  }`,
+      ...b.lines,
+      st,
+    ]),
+  );
+}
+
+export function emitReduce(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const n = w.node(k.anchor!);
+  if (n.op !== "reduce") throw new Error("internal: reduce kernel without a reduce");
+  const input = k.loads[n.inputs[0]]!;
+  const threads = launch.workgroupSize[0];
+  const coords = unflatten("gi", k.shape);
+  const axisSize = input.shape[n.axis]!;
+  // The reduce's output has the input's rank (size 1 at the axis); its coordinates are the
+  // root's, right-aligned.
+  const rank = k.shape.length;
+  const outCoords = n.shape.map((d, a) => (d === 1 ? "0u" : coords[a + rank - n.shape.length]!));
+  const inCoords = outCoords.map((c, a) => (a === n.axis ? "r" : c));
+  const buf = w.bindView(input);
+  const load = `f32(${buf}[${viewIndex(input, inCoords)}])`;
+  const init = n.fn === "max" ? NEG_INF : "0.0";
+  const combine = n.fn === "max" ? `max(acc, ${load})` : `acc + ${load}`;
+  const result = n.fn === "mean" ? `acc / ${axisSize}.0` : "acc";
+  const ctx: ExprContext = {
+    writer: w,
+    rank,
+    bound: new Map([[n.id, "red"]]),
+    serial: { n: 0 },
+  };
+  const b = new Block(ctx, (a) => coords[a]!);
+  const st = store(w, b, coords);
+  return moduleText(
+    w,
+    entry(launch, [
+      `  let gi = wg * ${u32(threads)} + lidx;`,
+      `  if (gi >= ${u32(numel(k.shape))}) {`,
+      `    return;`,
+      `  }`,
+      `  var acc = ${init};`,
+      `  for (var r = 0u; r < ${u32(axisSize)}; r += 1u) {`,
+      `    acc = ${combine};`,
+      `  }`,
+      `  let red: ${n.dtype} = ${n.dtype}(${result});`,
+      ...b.lines,
+      st,
+    ]),
+  );
+}
+
+export function emitScatter(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const n = w.node(k.anchor!);
+  if (n.op !== "scatter_add") throw new Error("internal: scatter kernel without scatter_add");
+  const src = k.loads[n.inputs[0]]!;
+  const ids = k.loads[n.inputs[1]]!;
+  const threads = launch.workgroupSize[0];
+  const [rows, d] = n.shape as [number, number];
+  const out = w.bind(k.out.storage, k.out.dtype, "read_write");
+  const srcBuf = w.bindView(src);
+  const idsBuf = w.bindView(ids);
+  const count = numel(ids.shape);
+  const lead = unflatten("i", ids.shape);
+  const srcCoords = [...lead, "j"].slice(-src.shape.length);
+  return moduleText(
+    w,
+    entry(launch, [
+      `  let j = wg * ${u32(threads)} + lidx;`,
+      `  if (j >= ${u32(d)}) {`,
+      `    return;`,
+      `  }`,
+      `  for (var r = 0u; r < ${u32(rows)}; r += 1u) {`,
+      `    ${out}[${viewIndex(k.out, ["r", "j"])}] = 0.0;`,
+      `  }`,
+      `  for (var i = 0u; i < ${u32(count)}; i += 1u) {`,
+      `    let id = i32(${idsBuf}[${viewIndex(ids, lead)}]);`,
+      `    if (id >= 0 && id < ${rows}) {`,
+      `      let r = u32(id);`,
+      `      ${out}[${viewIndex(k.out, ["r", "j"])}] += f32(${srcBuf}[${viewIndex(src, srcCoords)}]);`,
+      `    }`,
+      `  }`,
+    ]),
+  );
+}

@@ -1,0 +1,139 @@
+/**
+ * The row-reduction template: one workgroup per row of the root (all axes but the last), for
+ * kernels that reduce along the last axis — softmax, LayerNorm, RMSNorm, `sum(x, -1)` and the
+ * elementwise chains around them. Each reduction is a phase: the invocations stride over the
+ * row evaluating the reduction's input (recomputed from memory, never stored), then combine
+ * their partial results in workgroup memory. Softmax is one phase with an online max/sum pair.
+ * A last loop evaluates and stores the root.
+ */
+import type { Launch } from "../plan-buffers.js";
+import {
+  Block,
+  type ExprContext,
+  KernelWriter,
+  NEG_INF,
+  linearWorkgroup,
+  moduleText,
+  u32,
+  unflatten,
+  viewIndex,
+} from "./kernel-writer.js";
+
+export function emitRows(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const t = launch.rowThreads ?? launch.workgroupSize[0];
+  const rank = k.shape.length;
+  const last = k.shape[rank - 1]!;
+  const rowShape = k.shape.slice(0, -1);
+  const rowCoords = unflatten("row", rowShape);
+  const coordIn = (j: string) => (a: number) => (a === rank - 1 ? j : rowCoords[a]!);
+  const ctx: ExprContext = {
+    writer: w,
+    rank,
+    bound: new Map(),
+    softmaxStats: new Map(),
+    serial: { n: 0 },
+  };
+  const body: string[] = [`  let row = wg;`];
+  const isNinf = w.use("is_ninf");
+  let phase = 0;
+
+  /** Tree reduction of red_a (and red_b) across the workgroup. */
+  const treeReduce = (combine: (indent: string) => string[]): string[] => {
+    if (t === 1) return [];
+    return [
+      `  workgroupBarrier();`,
+      `  for (var s = ${u32(t / 2)}; s > 0u; s = s / 2u) {`,
+      `    if (lidx < s) {`,
+      ...combine("      "),
+      `    }`,
+      `    workgroupBarrier();`,
+      `  }`,
+    ];
+  };
+
+  for (const id of k.members) {
+    const n = w.node(id);
+    if (n.op !== "reduce" && n.op !== "softmax") continue;
+    const input = w.node(n.inputs[0]);
+    const extent = input.shape[input.shape.length - 1]!;
+    const p = phase++;
+    const loop = new Block(ctx, coordIn("j"), "    ");
+    const x = loop.valueAs(input.id, "f32");
+    if (n.op === "reduce") {
+      const init = n.fn === "max" ? NEG_INF : "0.0";
+      const comb = (a: string, b: string) => (n.fn === "max" ? `max(${a}, ${b})` : `${a} + ${b}`);
+      body.push(
+        `  var acc${p}: f32 = ${init};`,
+        `  for (var j = lidx; j < ${u32(extent)}; j += ${u32(t)}) {`,
+        ...loop.lines,
+        `    acc${p} = ${comb(`acc${p}`, x)};`,
+        `  }`,
+        `  red_a[lidx] = acc${p};`,
+        ...treeReduce((i) => [`${i}red_a[lidx] = ${comb("red_a[lidx]", "red_a[lidx + s]")};`]),
+        `  let r${p}: ${n.dtype} = ${n.dtype}(${t === 1 ? `acc${p}` : "red_a[0]"}${n.fn === "mean" ? ` / ${extent}.0` : ""});`,
+        `  workgroupBarrier();`,
+      );
+      ctx.bound.set(id, `r${p}`);
+    } else {
+      // Online softmax statistics: m (running max) and s (sum of exp(x - m)).
+      body.push(
+        `  var m${p}: f32 = ${NEG_INF};`,
+        `  var s${p}: f32 = 0.0;`,
+        `  for (var j = lidx; j < ${u32(extent)}; j += ${u32(t)}) {`,
+        ...loop.lines,
+        `    if (!${isNinf}(${x})) {`,
+        `      if (${x} > m${p}) {`,
+        `        s${p} = select(s${p} * exp(m${p} - ${x}), 0.0, ${isNinf}(m${p})) + 1.0;`,
+        `        m${p} = ${x};`,
+        `      } else {`,
+        `        s${p} = s${p} + exp(${x} - m${p});`,
+        `      }`,
+        `    }`,
+        `  }`,
+        `  red_a[lidx] = m${p};`,
+        `  red_b[lidx] = s${p};`,
+        ...treeReduce((i) => [
+          `${i}let ma = red_a[lidx];`,
+          `${i}let mb = red_a[lidx + s];`,
+          `${i}let mm = max(ma, mb);`,
+          `${i}if (!${isNinf}(mm)) {`,
+          `${i}  red_b[lidx] = select(red_b[lidx] * exp(ma - mm), 0.0, ${isNinf}(ma)) +`,
+          `${i}    select(red_b[lidx + s] * exp(mb - mm), 0.0, ${isNinf}(mb));`,
+          `${i}  red_a[lidx] = mm;`,
+          `${i}}`,
+        ]),
+        `  let m${p}r = ${t === 1 ? `m${p}` : "red_a[0]"};`,
+        `  let s${p}r = ${t === 1 ? `s${p}` : "red_b[0]"};`,
+        // An all-masked row: every probability is 0, as in the reference.
+        `  let m${p}f = select(m${p}r, 0.0, ${isNinf}(m${p}r));`,
+        `  workgroupBarrier();`,
+      );
+      ctx.softmaxStats!.set(id, { max: `m${p}f`, sum: `s${p}r` });
+    }
+  }
+
+  const final = new Block(ctx, coordIn("j"), "    ");
+  const out = w.bind(k.out.storage, k.out.dtype, "read_write");
+  const v = final.valueAs(k.root, k.out.dtype);
+  const coords = k.shape.map((_, a) => coordIn("j")(a));
+  body.push(
+    `  for (var j = lidx; j < ${u32(last)}; j += ${u32(t)}) {`,
+    ...final.lines,
+    `    ${out}[${viewIndex(k.out, coords)}] = ${v};`,
+    `  }`,
+  );
+  return moduleText(
+    w,
+    [
+      `var<workgroup> red_a: array<f32, ${t}>;`,
+      `var<workgroup> red_b: array<f32, ${t}>;`,
+      ``,
+      `@compute @workgroup_size(${t}, 1, 1)`,
+      `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
+      `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
+      ...body,
+      `}`,
+    ].join("\n"),
+  );
+}

@@ -1,0 +1,413 @@
+/**
+ * Runs a compiled program (compiler/compile-graph.ts) on a WebGPU device.
+ *
+ *   const exe = await Executor.create(ctx, program);
+ *   exe.setParams(weights);                 // uploaded once
+ *   const outputs = await exe.run(inputs);  // one command encoder per call
+ *   exe.destroy();
+ *
+ * Shader modules and pipelines are created once per distinct WGSL text (and cached per device,
+ * so identical layers share them); buffers and bind groups once per executor. A run writes the
+ * inputs with queue.writeBuffer, encodes every dispatch in one compute pass, copies the outputs
+ * to mapped staging buffers and reads them back. With `timing`, each kernel gets its own pass
+ * and timestamp queries (or, without the timestamp-query feature, its own submit timed on the
+ * host), and stats() reports per-kernel times.
+ *
+ * Shader compilation errors are never swallowed: they surface as a ShaderError whose message
+ * has `kernel:line:col: message` and the offending source line.
+ */
+import type { CompiledProgram, ProgramTensor } from "../compiler/compile-graph.js";
+import type { EmittedKernel } from "../compiler/emit-wgsl.js";
+import type { GpuContext } from "./device.js";
+
+export type TensorData = Float32Array | Int32Array;
+
+export class ShaderError extends Error {
+  override readonly name = "ShaderError";
+  constructor(
+    message: string,
+    /** Each error as { line, col, message }. */
+    readonly messages: { line: number; col: number; message: string }[],
+  ) {
+    super(message);
+  }
+}
+
+export interface KernelStats {
+  name: string;
+  kind: string;
+  variant?: string;
+  calls: number;
+  /** Sum over timed runs, milliseconds. */
+  totalMs: number;
+  lastMs: number;
+}
+
+export interface ExecutorOptions {
+  /** Time every kernel (slower: one pass, or one submit, per kernel). */
+  timing?: boolean;
+}
+
+const pipelineCache = new WeakMap<GPUDevice, Map<string, Promise<GPUComputePipeline>>>();
+
+/**
+ * Compiles one kernel into a compute pipeline, reporting WGSL errors with line:col. Cached per
+ * device by WGSL text and binding layout.
+ */
+export function createKernelPipeline(
+  device: GPUDevice,
+  kernel: Pick<EmittedKernel, "name" | "wgsl" | "entryPoint" | "bindings">,
+): Promise<GPUComputePipeline> {
+  let cache = pipelineCache.get(device);
+  if (!cache) pipelineCache.set(device, (cache = new Map()));
+  const layoutKey = kernel.bindings.map((b) => `${b.binding}:${b.access}`).join(",");
+  const key = `${layoutKey}\n${kernel.entryPoint}\n${kernel.wgsl}`;
+  let p = cache.get(key);
+  if (!p) {
+    p = compilePipeline(device, kernel);
+    cache.set(key, p);
+    // A failed compile must not poison the cache for a fixed retry.
+    p.catch(() => cache.delete(key));
+  }
+  return p;
+}
+
+async function compilePipeline(
+  device: GPUDevice,
+  kernel: Pick<EmittedKernel, "name" | "wgsl" | "entryPoint" | "bindings">,
+): Promise<GPUComputePipeline> {
+  device.pushErrorScope("validation");
+  const module = device.createShaderModule({ label: kernel.name, code: kernel.wgsl });
+  const info = await module.getCompilationInfo();
+  const scopeError = await device.popErrorScope();
+  const errors = info.messages.filter((m) => m.type === "error");
+  if (errors.length > 0 || scopeError) {
+    const source = kernel.wgsl.split("\n");
+    const messages = errors.map((m) => ({ line: m.lineNum, col: m.linePos, message: m.message }));
+    const first = messages[0];
+    const text = first
+      ? `${kernel.name}:${first.line}:${first.col}: ${first.message.split("\n")[0]}` +
+        (source[first.line - 1] !== undefined ? `\n    ${source[first.line - 1]!.trim()}` : "") +
+        (messages.length > 1 ? `\n(and ${messages.length - 1} more)` : "")
+      : `${kernel.name}: ${scopeError!.message}`;
+    throw new ShaderError(`WGSL error in ${text}`, messages);
+  }
+  const layout = device.createBindGroupLayout({
+    label: kernel.name,
+    entries: kernel.bindings.map((b) => ({
+      binding: b.binding,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
+    })),
+  });
+  device.pushErrorScope("validation");
+  try {
+    return await device.createComputePipelineAsync({
+      label: kernel.name,
+      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+      compute: { module, entryPoint: kernel.entryPoint },
+    });
+  } catch (e) {
+    throw new ShaderError(
+      `pipeline creation failed for ${kernel.name}: ${e instanceof Error ? e.message : String(e)}`,
+      [],
+    );
+  } finally {
+    const err = await device.popErrorScope();
+    if (err)
+      throw new ShaderError(`pipeline creation failed for ${kernel.name}: ${err.message}`, []);
+  }
+}
+
+interface Prepared {
+  kernel: EmittedKernel;
+  pipeline: GPUComputePipeline;
+  bindGroup: GPUBindGroup;
+}
+
+export class Executor {
+  readonly #ctx: GpuContext;
+  readonly #program: CompiledProgram;
+  readonly #buffers: GPUBuffer[];
+  readonly #kernels: Prepared[];
+  readonly #staging = new Map<string, GPUBuffer>();
+  readonly #stats: KernelStats[];
+  readonly #timing: boolean;
+  #query: { set: GPUQuerySet; resolve: GPUBuffer; read: GPUBuffer } | null = null;
+  #paramsSet = new Set<string>();
+  #destroyed = false;
+
+  private constructor(
+    ctx: GpuContext,
+    program: CompiledProgram,
+    buffers: GPUBuffer[],
+    kernels: Prepared[],
+    options: ExecutorOptions,
+  ) {
+    this.#ctx = ctx;
+    this.#program = program;
+    this.#buffers = buffers;
+    this.#kernels = kernels;
+    this.#timing = options.timing ?? false;
+    this.#stats = program.kernels.map((k) => {
+      const s: KernelStats = { name: k.name, kind: k.kind, calls: 0, totalMs: 0, lastMs: 0 };
+      if (k.variant) s.variant = k.variant;
+      return s;
+    });
+  }
+
+  static async create(
+    ctx: GpuContext,
+    program: CompiledProgram,
+    options: ExecutorOptions = {},
+  ): Promise<Executor> {
+    const device = ctx.device;
+    const pipelines = await Promise.all(
+      program.kernels.map((k) => createKernelPipeline(device, k)),
+    );
+    device.pushErrorScope("validation");
+    device.pushErrorScope("out-of-memory");
+    const buffers = program.buffers.map((b) =>
+      device.createBuffer({
+        label: `moec ${b.role} ${b.id}`,
+        size: b.bytes,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      }),
+    );
+    const kernels = program.kernels.map((kernel, i) => {
+      const pipeline = pipelines[i]!;
+      const bindGroup = device.createBindGroup({
+        label: kernel.name,
+        layout: pipeline.getBindGroupLayout(0),
+        entries: kernel.bindings.map((b) => ({
+          binding: b.binding,
+          resource: { buffer: buffers[b.buffer]! },
+        })),
+      });
+      return { kernel, pipeline, bindGroup };
+    });
+    const oom = await device.popErrorScope();
+    const invalid = await device.popErrorScope();
+    if (oom || invalid) {
+      for (const b of buffers) b.destroy();
+      throw new Error(`could not allocate the program's buffers: ${(oom ?? invalid)!.message}`);
+    }
+    const exe = new Executor(ctx, program, buffers, kernels, options);
+    exe.poison();
+    return exe;
+  }
+
+  get program(): CompiledProgram {
+    return this.#program;
+  }
+
+  /** Uploads parameters by path. Names the program does not read are ignored. */
+  setParams(params: ReadonlyMap<string, TensorData> | Record<string, TensorData>): void {
+    this.#live();
+    const entries = params instanceof Map ? [...params] : Object.entries(params);
+    const byName = new Map(this.#program.params.map((p) => [p.name, p]));
+    for (const [name, data] of entries) {
+      const p = byName.get(name);
+      if (!p) continue;
+      this.#write(p, data, "parameter");
+      this.#paramsSet.add(name);
+    }
+  }
+
+  /** Fills every intermediate and output buffer with NaN (tests: unwritten data shows). */
+  poison(): void {
+    this.#live();
+    const queue = this.#ctx.device.queue;
+    this.#program.buffers.forEach((b, i) => {
+      if (b.role !== "pool") return;
+      queue.writeBuffer(this.#buffers[i]!, 0, new Float32Array(b.bytes / 4).fill(Number.NaN));
+    });
+  }
+
+  /** One forward pass: inputs by name → outputs by name. */
+  async run(
+    inputs: ReadonlyMap<string, TensorData> | Record<string, TensorData>,
+  ): Promise<Map<string, TensorData>> {
+    this.#live();
+    const device = this.#ctx.device;
+    const given = inputs instanceof Map ? inputs : new Map(Object.entries(inputs));
+    for (const p of this.#program.params) {
+      if (!this.#paramsSet.has(p.name)) throw new Error(`parameter ${p.name} was never set`);
+    }
+    for (const input of this.#program.inputs) {
+      const data = given.get(input.name);
+      if (!data) throw new Error(`missing input ${input.name}`);
+      this.#write(input, data, "input");
+    }
+    device.pushErrorScope("validation");
+    if (this.#timing) await this.#runTimed();
+    else {
+      const encoder = device.createCommandEncoder({ label: "moec forward" });
+      const pass = encoder.beginComputePass();
+      for (const k of this.#kernels) this.#dispatch(pass, k);
+      pass.end();
+      device.queue.submit([encoder.finish()]);
+    }
+    const result = await this.#readOutputs();
+    const err = await device.popErrorScope();
+    if (err) throw new Error(`GPU validation error while running the program: ${err.message}`);
+    return result;
+  }
+
+  /**
+   * Runs every kernel `reps` times back to back in one submit (inputs and parameters as they
+   * are) and returns milliseconds per repetition: for benchmarks.
+   */
+  async timeKernels(reps = 1): Promise<number> {
+    this.#live();
+    const device = this.#ctx.device;
+    const encoder = device.createCommandEncoder();
+    const pass = encoder.beginComputePass();
+    for (let r = 0; r < reps; r++) for (const k of this.#kernels) this.#dispatch(pass, k);
+    pass.end();
+    const t0 = performance.now();
+    device.queue.submit([encoder.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    return (performance.now() - t0) / reps;
+  }
+
+  /** Per-kernel times of the timed runs so far (zeros unless created with `timing`). */
+  stats(): KernelStats[] {
+    return this.#stats.map((s) => ({ ...s }));
+  }
+
+  destroy(): void {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    for (const b of this.#buffers) b.destroy();
+    for (const b of this.#staging.values()) b.destroy();
+    if (this.#query) {
+      this.#query.set.destroy();
+      this.#query.resolve.destroy();
+      this.#query.read.destroy();
+    }
+  }
+
+  #live(): void {
+    if (this.#destroyed) throw new Error("the executor was destroyed");
+  }
+
+  #write(t: ProgramTensor, data: TensorData, what: string): void {
+    const want = t.shape.reduce((a, b) => a * b, 1);
+    const ok = t.dtype === "i32" ? data instanceof Int32Array : data instanceof Float32Array;
+    if (!ok) {
+      throw new Error(
+        `${what} ${t.name} is ${t.dtype}: pass a ${t.dtype === "i32" ? "Int32Array" : "Float32Array"}`,
+      );
+    }
+    if (data.length !== want) {
+      throw new Error(
+        `${what} ${t.name} needs ${want} values for shape [${t.shape.join(", ")}], got ${data.length}`,
+      );
+    }
+    this.#ctx.device.queue.writeBuffer(
+      this.#buffers[t.buffer]!,
+      t.byteOffset,
+      data.buffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+  }
+
+  #dispatch(pass: GPUComputePassEncoder, k: Prepared): void {
+    pass.setPipeline(k.pipeline);
+    pass.setBindGroup(0, k.bindGroup);
+    pass.dispatchWorkgroups(...k.kernel.grid);
+  }
+
+  async #runTimed(): Promise<void> {
+    const device = this.#ctx.device;
+    const n = this.#kernels.length;
+    if (this.#ctx.features.includes("timestamp-query") && n > 0) {
+      if (!this.#query) {
+        this.#query = {
+          set: device.createQuerySet({ type: "timestamp", count: 2 * n }),
+          resolve: device.createBuffer({
+            size: 16 * n,
+            usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+          }),
+          read: device.createBuffer({
+            size: 16 * n,
+            usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+          }),
+        };
+      }
+      const q = this.#query;
+      const encoder = device.createCommandEncoder({ label: "moec forward (timed)" });
+      this.#kernels.forEach((k, i) => {
+        const pass = encoder.beginComputePass({
+          timestampWrites: {
+            querySet: q.set,
+            beginningOfPassWriteIndex: 2 * i,
+            endOfPassWriteIndex: 2 * i + 1,
+          },
+        });
+        this.#dispatch(pass, k);
+        pass.end();
+      });
+      encoder.resolveQuerySet(q.set, 0, 2 * n, q.resolve, 0);
+      encoder.copyBufferToBuffer(q.resolve, 0, q.read, 0, 16 * n);
+      device.queue.submit([encoder.finish()]);
+      await q.read.mapAsync(GPUMapMode.READ);
+      const ts = new BigInt64Array(q.read.getMappedRange().slice(0));
+      q.read.unmap();
+      for (let i = 0; i < n; i++) this.#record(i, Number(ts[2 * i + 1]! - ts[2 * i]!) / 1e6);
+      return;
+    }
+    for (let i = 0; i < n; i++) {
+      const encoder = device.createCommandEncoder();
+      const pass = encoder.beginComputePass();
+      this.#dispatch(pass, this.#kernels[i]!);
+      pass.end();
+      const t0 = performance.now();
+      device.queue.submit([encoder.finish()]);
+      await device.queue.onSubmittedWorkDone();
+      this.#record(i, performance.now() - t0);
+    }
+  }
+
+  #record(i: number, ms: number): void {
+    const s = this.#stats[i]!;
+    s.calls++;
+    s.totalMs += ms;
+    s.lastMs = ms;
+  }
+
+  async #readOutputs(): Promise<Map<string, TensorData>> {
+    const device = this.#ctx.device;
+    const encoder = device.createCommandEncoder({ label: "moec read back" });
+    const reads: { out: ProgramTensor; staging: GPUBuffer; bytes: number }[] = [];
+    for (const out of this.#program.outputs) {
+      const bytes = Math.max(4, out.shape.reduce((a, b) => a * b, 1) * 4);
+      let staging = this.#staging.get(out.name);
+      if (!staging) {
+        staging = device.createBuffer({
+          label: `moec output ${out.name}`,
+          size: Math.ceil(bytes / 4) * 4,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+        });
+        this.#staging.set(out.name, staging);
+      }
+      encoder.copyBufferToBuffer(this.#buffers[out.buffer]!, out.byteOffset, staging, 0, bytes);
+      reads.push({ out, staging, bytes });
+    }
+    device.queue.submit([encoder.finish()]);
+    await Promise.all(reads.map((r) => r.staging.mapAsync(GPUMapMode.READ)));
+    const result = new Map<string, TensorData>();
+    for (const { out, staging, bytes } of reads) {
+      const copy = staging.getMappedRange(0, bytes).slice(0);
+      staging.unmap();
+      const n = out.shape.reduce((a, b) => a * b, 1);
+      result.set(
+        out.name,
+        out.dtype === "i32" ? new Int32Array(copy, 0, n) : new Float32Array(copy, 0, n),
+      );
+    }
+    return result;
+  }
+}

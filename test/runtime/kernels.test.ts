@@ -1,0 +1,455 @@
+// Every kernel template on the real device against the float64 reference interpreter: fresh
+// seeded random inputs (never zeros), intermediate and output buffers poisoned with NaN, shapes
+// that are not multiples of any tile (1, 7, 33, 127, 67), relative L2 error < 1e-5. Fails, never
+// skips, without a WebGPU adapter (run scripts/setup.sh).
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { compileGraph } from "../../compiler/compile-graph.js";
+import { IrBuilder } from "../../compiler/ir/builder.js";
+import type { IrGraph } from "../../compiler/ir/graph.js";
+import {
+  DEFAULT_TUNING,
+  MATMUL_VARIANTS,
+  type MatmulVariant,
+  type Tuning,
+} from "../../compiler/wgsl/variants.js";
+import { type GpuContext, openDevice } from "../../runtime/device.js";
+import { type LeafSpec, checkGraph } from "./gpu-harness.js";
+import { attention, layerNorm, linear, transformerBlockGraph } from "./model-graphs.js";
+
+const TOL = 1e-5;
+
+let opened: GpuContext | undefined;
+let openError = "openDevice() was not called";
+
+beforeAll(async () => {
+  try {
+    opened = await openDevice();
+  } catch (e) {
+    openError = e instanceof Error ? e.message : String(e);
+  }
+});
+
+afterAll(async () => {
+  await opened?.close();
+});
+
+function gpu(): GpuContext {
+  if (!opened)
+    throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
+  return opened;
+}
+
+let seed = 100;
+
+/** Runs `graph` on the device and expects every output within TOL of the reference. */
+async function expectMatches(
+  graph: IrGraph,
+  opts: { tuning?: Tuning; specs?: Record<string, LeafSpec>; kernels?: number } = {},
+) {
+  const r = await checkGraph(gpu(), graph, { seed: seed++, ...opts });
+  for (const [name, err] of Object.entries(r.errors)) {
+    expect(err, `output ${name}: relative L2 error`).toBeLessThan(TOL);
+  }
+  if (opts.kernels !== undefined) expect(r.program.kernels.length).toBe(opts.kernels);
+  return r;
+}
+
+function graph(build: (b: IrBuilder) => void): IrGraph {
+  const b = new IrBuilder();
+  build(b);
+  return b.finish();
+}
+
+const withVariant = (v: MatmulVariant): Tuning => ({
+  ...DEFAULT_TUNING,
+  matmul: { nn: v, nt: v },
+});
+
+describe("matmul template", () => {
+  const shapes: [number, number, number][] = [
+    [1, 7, 33],
+    [7, 33, 1],
+    [33, 127, 7],
+    [127, 1, 67],
+    [67, 67, 127],
+    [64, 128, 64],
+  ];
+  for (const v of MATMUL_VARIANTS) {
+    it(`${v.name}: plain and transposed-B, m,k,n over 1, 7, 33, 127, 67`, async () => {
+      for (const [m, k, n] of shapes) {
+        await expectMatches(
+          graph((b) => {
+            const x = b.input("a", "f32", [m, k]);
+            b.output("nn", b.matmul(x, b.input("b", "f32", [k, n])));
+            // Linear: x @ transpose(weight), weight a parameter [n, k].
+            const w = b.param("w", [n, k], true, "normal");
+            b.output("nt", b.matmul(x, b.permute(w, [1, 0])));
+          }),
+          { tuning: withVariant(v) },
+        );
+      }
+    });
+  }
+
+  it("batched with broadcast batch dims and a shared 2-D right side", async () => {
+    for (const v of [MATMUL_VARIANTS[0]!, MATMUL_VARIANTS[1]!, MATMUL_VARIANTS[5]!]) {
+      await expectMatches(
+        graph((b) => {
+          const a = b.input("a", "f32", [2, 3, 7, 33]);
+          b.output("bcast", b.matmul(a, b.input("b", "f32", [1, 3, 33, 67])));
+          b.output("shared", b.matmul(a, b.input("w", "f32", [33, 5])));
+          b.output(
+            "left",
+            b.matmul(b.input("l", "f32", [7, 33]), b.input("r", "f32", [2, 1, 33, 4])),
+          );
+        }),
+        { tuning: withVariant(v) },
+      );
+    }
+  });
+
+  it("Linear + bias + GELU + residual is one kernel", async () => {
+    const g = graph((b) => {
+      const x = b.input("x", "f32", [2, 33, 67]);
+      const y = b.unary("gelu", linear(b, x, 67, 67, "fc"));
+      b.output("y", b.binary("add", y, x));
+    });
+    await expectMatches(g, { kernels: 1 });
+  });
+
+  it("epilogue with scaling, a per-row operand and an activation per variant", async () => {
+    for (const v of MATMUL_VARIANTS) {
+      await expectMatches(
+        graph((b) => {
+          const x = b.input("x", "f32", [7, 33]);
+          let y = linear(b, x, 33, 127, "fc");
+          y = b.binary("mul", y, b.constant(0.125));
+          y = b.binary("add", y, b.input("rowbias", "f32", [7, 1]));
+          b.output("y", b.unary("gelu_tanh", y));
+        }),
+        { tuning: withVariant(v), kernels: 1 },
+      );
+    }
+  });
+});
+
+describe("elementwise map template", () => {
+  it("fuses a unary/binary chain with broadcasting into one kernel", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [3, 7, 33]);
+        const y = b.input("y", "f32", [7, 1]);
+        const z = b.input("z", "f32", [33]);
+        let t = b.binary("add", x, y);
+        t = b.binary("mul", t, z);
+        t = b.unary("tanh", t);
+        t = b.binary("sub", t, b.unary("sigmoid", x));
+        t = b.binary("max", t, b.binary("min", z, y));
+        b.output("o", b.binary("div", t, b.binary("add", b.unary("abs", z), b.constant(1))));
+      }),
+      { kernels: 1 },
+    );
+  });
+
+  it("every unary function", async () => {
+    const fns = [
+      "neg",
+      "relu",
+      "gelu",
+      "gelu_tanh",
+      "silu",
+      "tanh",
+      "sigmoid",
+      "exp",
+      "abs",
+      "step",
+    ] as const;
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [127, 33]);
+        for (const fn of fns) b.output(fn, b.unary(fn, x));
+        const pos = b.input("pos", "f32", [127, 33]);
+        for (const fn of ["log", "sqrt", "rsqrt"] as const) b.output(fn, b.unary(fn, pos));
+      }),
+      { specs: { x: { lo: -6, hi: 6 }, pos: { lo: 0.01, hi: 10 } } },
+    );
+  });
+
+  it("GELU (erf) and tanh hold 1e-5 on small values too", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [4096]);
+        b.output("gelu", b.unary("gelu", x));
+        b.output("tanh", b.unary("tanh", x));
+        b.output("gelu_tanh", b.unary("gelu_tanh", x));
+        b.output("silu", b.unary("silu", x));
+      }),
+      { specs: { x: { lo: -1e-3, hi: 1e-3 } } },
+    );
+  });
+
+  it("pow with constant and variable exponents, negative bases", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 33]);
+        b.output("sq", b.binary("pow", x, b.constant(2)));
+        b.output("cube", b.binary("pow", x, b.constant(3)));
+        const p = b.input("p", "f32", [7, 33]);
+        b.output("gen", b.binary("pow", b.unary("abs", x), p));
+      }),
+      { specs: { p: { lo: -1.5, hi: 1.5 } } },
+    );
+  });
+
+  it("cast, iota and i32 arithmetic", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 33]);
+        const i = b.cast(x, "i32");
+        b.output("cast", i);
+        b.output("iota", b.iota(x));
+        b.output("int_ops", b.binary("add", b.binary("mul", i, b.iota(x)), b.constant(3, "i32")));
+        b.output("back", b.binary("mul", b.cast(b.iota(x), "f32"), x));
+      }),
+      { specs: { x: { lo: -50, hi: 50 } } },
+    );
+  });
+
+  it("a const output fills its buffer", async () => {
+    await expectMatches(
+      graph((b) => {
+        b.output("c", b.constant(1.5, "f32", [7, 33]));
+        b.output("x", b.binary("add", b.input("x", "f32", [7, 33]), b.constant(2, "f32", [7, 33])));
+      }),
+    );
+  });
+});
+
+describe("row-reduction template", () => {
+  it("softmax with scale and causal mask is one kernel", async () => {
+    for (const [t, s] of [
+      [1, 1],
+      [7, 7],
+      [33, 33],
+      [127, 127],
+      [5, 67],
+    ] as const) {
+      await expectMatches(
+        graph((b) => {
+          const x = b.input("x", "f32", [2, t, s]);
+          b.output("p", b.softmax(b.causalMask(b.binary("mul", x, b.constant(0.125)))));
+        }),
+        { kernels: 1, specs: { x: { lo: -20, hi: 20 } } },
+      );
+    }
+  });
+
+  it("plain softmax on long rows, and a fully masked row gives zeros", async () => {
+    await expectMatches(
+      graph((b) => {
+        b.output("p", b.softmax(b.input("x", "f32", [3, 1000])));
+        const x = b.input("y", "f32", [2, 3, 4]);
+        // Shift the mask up one row: row 0 of the first matrix becomes all -inf.
+        const masked = b.causalMask(b.slice(b.concat([x, x], 1), 1, 1, 4));
+        b.output("m", b.softmax(b.slice(masked, 2, 0, 3)));
+      }),
+    );
+  });
+
+  it("LayerNorm (as std.nn lowers it) is one kernel", async () => {
+    for (const d of [1, 7, 33, 127, 67]) {
+      await expectMatches(
+        graph((b) => b.output("y", layerNorm(b, b.input("x", "f32", [3, 5, d]), d, "ln"))),
+        { kernels: 1, specs: { x: { lo: -3, hi: 5 } } },
+      );
+    }
+  });
+
+  it("RMSNorm and a variance written as E[x²] − E[x]² are one kernel each", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 67]);
+        const ms = b.reduce("mean", b.binary("mul", x, x), -1, true);
+        const w = b.param("w", [67], true, "ones");
+        b.output(
+          "rms",
+          b.binary(
+            "mul",
+            b.binary("mul", x, b.unary("rsqrt", b.binary("add", ms, b.constant(1e-6)))),
+            w,
+          ),
+        );
+      }),
+      { kernels: 1 },
+    );
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 33]);
+        const m = b.reduce("mean", x, -1, true);
+        const v = b.binary(
+          "sub",
+          b.reduce("mean", b.binary("mul", x, x), -1, true),
+          b.binary("mul", m, m),
+        );
+        b.output(
+          "y",
+          b.binary(
+            "div",
+            b.binary("sub", x, m),
+            b.unary("sqrt", b.binary("add", v, b.constant(1e-5))),
+          ),
+        );
+      }),
+      { kernels: 1 },
+    );
+  });
+});
+
+describe("reductions", () => {
+  it("sum, mean and max along every axis, keepdim or not", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 33, 5]);
+        for (const fn of ["sum", "mean", "max"] as const)
+          for (const axis of [0, 1, 2]) b.output(`${fn}${axis}`, b.reduce(fn, x, axis, axis === 1));
+      }),
+    );
+  });
+
+  it("a non-last-axis reduction takes an epilogue", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [127, 33]);
+        b.output(
+          "y",
+          b.unary("exp", b.binary("mul", b.reduce("mean", x, 0, true), b.constant(0.5))),
+        );
+      }),
+      { kernels: 1 },
+    );
+  });
+});
+
+describe("gather, scatter and copies", () => {
+  it("gather with i32 ids, fused with a positional add", async () => {
+    await expectMatches(
+      graph((b) => {
+        const table = b.param("wte", [127, 33], true, "normal");
+        const ids = b.input("ids", "i32", [3, 7]);
+        const pos = b.param("wpe", [7, 33], true, "normal");
+        b.output("h", b.binary("add", b.gather(table, ids), pos));
+      }),
+      { kernels: 1, specs: { ids: { ints: 127 } } },
+    );
+  });
+
+  it("scatter_add accumulates repeated ids", async () => {
+    await expectMatches(
+      graph((b) => {
+        const src = b.input("src", "f32", [3, 33, 7]);
+        const ids = b.input("ids", "i32", [3, 33]);
+        b.output("grad", b.scatterAdd(src, ids, 5));
+      }),
+      { specs: { ids: { ints: 5 } } },
+    );
+  });
+
+  it("permute outputs are copies; permutes feeding elementwise ops are strided reads", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [2, 7, 33, 5]);
+        b.output("p", b.permute(x, [2, 0, 3, 1]));
+        b.output("t", b.permute(x, [0, 1, 3, 2]));
+        b.output("e", b.binary("add", b.permute(x, [3, 1, 2, 0]), b.constant(1)));
+        // reshape of a permute needs the copy; reshape of a contiguous value is free.
+        b.output("r", b.reshape(b.permute(x, [1, 0, 2, 3]), [14, 165]));
+      }),
+    );
+  });
+
+  it("concat, slice and iota", async () => {
+    await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 33]);
+        const y = b.input("y", "f32", [7, 5]);
+        const z = b.input("z", "f32", [7, 1]);
+        b.output("cat", b.concat([x, y, z], 1));
+        b.output("cat0", b.concat([x, b.slice(x, 0, 2, 3)], 0));
+        b.output("sl", b.slice(x, 1, 4, 20));
+        b.output("sl_add", b.binary("add", b.slice(x, 1, 3, 5), y));
+        b.output("iota", b.iota(y));
+      }),
+    );
+  });
+});
+
+describe("attention", () => {
+  it("scaled causal attention end to end is one kernel after the projections", async () => {
+    for (const [B, T, d, heads] of [
+      [1, 1, 8, 2],
+      [2, 7, 16, 2],
+      [1, 33, 24, 3],
+    ] as const) {
+      const r = await expectMatches(
+        graph((b) =>
+          b.output("y", attention(b, b.input("x", "f32", [B, T, d]), B, T, d, heads, "attn")),
+        ),
+      );
+      // q, k, v projections, the attention kernel, the output projection.
+      expect(r.program.kernels.map((k) => k.kind)).toEqual([
+        "matmul",
+        "matmul",
+        "matmul",
+        "attention",
+        "matmul",
+      ]);
+    }
+  });
+
+  it("without fusion it is scores, softmax and P·V, each right", async () => {
+    const g = graph((b) => {
+      const q = b.input("q", "f32", [2, 3, 33, 8]);
+      const k = b.input("k", "f32", [2, 3, 33, 8]);
+      const v = b.input("v", "f32", [2, 3, 33, 8]);
+      const s = b.binary("mul", b.matmul(q, b.permute(k, [0, 1, 3, 2])), b.constant(0.35));
+      const p = b.softmax(b.causalMask(s));
+      b.output("o", b.matmul(p, v));
+      b.output("p", p); // the probabilities are an output: no fused attention
+    });
+    const r = await expectMatches(g);
+    expect(r.program.kernels.map((k) => k.kind)).toEqual(["matmul", "rows", "matmul"]);
+  });
+
+  it("a transformer block matches the reference", async () => {
+    await expectMatches(transformerBlockGraph(2, 7, 16, 2, 24), { kernels: 9 });
+  });
+});
+
+describe("program-level behaviour", () => {
+  it("reuses buffers across a multi-kernel graph and still computes the right values", async () => {
+    const g = graph((b) => {
+      let h = b.input("x", "f32", [33, 64]);
+      for (let i = 0; i < 6; i++) {
+        h = b.unary("relu", linear(b, layerNorm(b, h, 64, `l${i}.ln`), 64, 64, `l${i}.fc`));
+      }
+      b.output("y", h);
+    });
+    const r = await expectMatches(g);
+    const pools = r.program.buffers.filter((x) => x.role === "pool");
+    expect(r.program.kernels.length).toBe(12);
+    expect(pools.length).toBeLessThan(12); // 12 stored values share fewer buffers
+    expect(r.program.memory.peakBytes).toBeLessThan(r.program.memory.totalBytes);
+  });
+
+  it("dispatches more than 65535 workgroups in one dimension through a 2-D grid", async () => {
+    const n = 64 * 70_000 + 5;
+    const g = graph((b) =>
+      b.output("y", b.binary("mul", b.unary("neg", b.input("x", "f32", [n])), b.constant(3))),
+    );
+    const program = compileGraph(g, { ...gpu().limits, maxComputeWorkgroupsPerDimension: 65_535 });
+    expect(program.kernels[0]!.grid[1]).toBeGreaterThan(1);
+    expect(program.kernels[0]!.grid[0]).toBeLessThanOrEqual(65_535);
+    await expectMatches(g);
+  });
+});
