@@ -49,6 +49,8 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
   { name: "reg4x4-rows-8x8", tm: 4, tn: 4, wx: 8, wy: 8, lanes: "rows", vector: true, tileK: 0 },
   { name: "reg4x4-cols-16x4", tm: 4, tn: 4, wx: 16, wy: 4, lanes: "cols", vector: true, tileK: 0 },
   { name: "reg4x4-rows-4x16", tm: 4, tn: 4, wx: 4, wy: 16, lanes: "rows", vector: true, tileK: 0 },
+  { name: "reg8x4-cols-8x8", tm: 8, tn: 4, wx: 8, wy: 8, lanes: "cols", vector: true, tileK: 0 },
+  { name: "reg4x8-rows-8x8", tm: 4, tn: 8, wx: 8, wy: 8, lanes: "rows", vector: true, tileK: 0 },
   { name: "reg2x4-cols-16x8", tm: 2, tn: 4, wx: 16, wy: 8, lanes: "cols", vector: true, tileK: 0 },
   {
     name: "tile64-4x4-16x16",

@@ -1,0 +1,200 @@
+/**
+ * Picks the matmul variants for an adapter by timing them, and remembers the choice.
+ *
+ * Which variant is fastest depends on the hardware far more than on the model: on lavapipe
+ * (CPU emulation) barrier-free register blocks win by an order of magnitude, on real GPUs
+ * shared-memory tiles do. `autotune(ctx)` times every candidate (compiler/wgsl/variants.ts) on
+ * a few representative shapes for both operand layouts and caches the winners in
+ * `$MOEC_CACHE_DIR/autotune.json` (default `~/.cache/moec/`), keyed by the adapter's identity
+ * (vendor, architecture, device, description) and the template version, so later runs on the
+ * same adapter start at once. The file is written atomically (temp file + rename): concurrent
+ * processes never see half a file.
+ */
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+
+import { compileGraph } from "../compiler/compile-graph.js";
+import { IrBuilder } from "../compiler/ir/builder.js";
+import {
+  DEFAULT_TUNING,
+  MATMUL_VARIANTS,
+  type MatmulVariant,
+  type Tuning,
+  matmulVariant,
+} from "../compiler/wgsl/variants.js";
+import type { GpuContext } from "./device.js";
+import { Executor } from "./executor.js";
+
+/** Bump when the templates change enough to invalidate cached choices. */
+export const TEMPLATE_VERSION = 1;
+
+export type MatmulLayout = "nn" | "nt";
+
+export interface BenchOptions {
+  /** "nn": C = A·B with B [k, n]; "nt" (default "nn"): C = A·Wᵀ with W a [n, k] parameter. */
+  layout?: MatmulLayout;
+  /** Roughly how long to time, in milliseconds (default 300). */
+  budgetMs?: number;
+}
+
+/**
+ * GFLOP/s of one m×k by k×n matmul on the device (2·m·n·k flops per run), the best of a few
+ * timed batches after a warm-up run. Uses `variant` (name or object) for the matmul, or the
+ * default tuning's choice for the layout.
+ */
+export async function benchMatmul(
+  ctx: GpuContext,
+  m: number,
+  n: number,
+  k: number,
+  variant?: MatmulVariant | string,
+  options: BenchOptions = {},
+): Promise<number> {
+  const layout = options.layout ?? "nn";
+  const v =
+    typeof variant === "string"
+      ? matmulVariant(variant)
+      : (variant ?? DEFAULT_TUNING.matmul[layout]);
+  const b = new IrBuilder();
+  const a = b.input("a", "f32", [m, k]);
+  const right =
+    layout === "nn"
+      ? b.input("b", "f32", [k, n])
+      : b.permute(b.param("w", [n, k], true, "normal"), [1, 0]);
+  b.output("c", b.matmul(a, right));
+  const program = compileGraph(b.finish(), ctx.limits, {
+    tuning: { ...DEFAULT_TUNING, matmul: { nn: v, nt: v } },
+  });
+  const exe = await Executor.create(ctx, program);
+  try {
+    const fill = (len: number) => {
+      const x = new Float32Array(len);
+      for (let i = 0; i < len; i++) x[i] = ((i * 7919) % 1000) / 1000 - 0.5;
+      return x;
+    };
+    if (layout === "nt") exe.setParams({ w: fill(n * k) });
+    const inputs: Record<string, Float32Array> = { a: fill(m * k) };
+    if (layout === "nn") inputs.b = fill(k * n);
+    await exe.run(inputs); // compiles lazily-built driver state, uploads the inputs
+    const budget = options.budgetMs ?? 300;
+    const first = await exe.timeKernels(1);
+    const reps = Math.max(1, Math.min(50, Math.floor(budget / 3 / Math.max(first, 0.01))));
+    let best = first;
+    for (let trial = 0; trial < 3; trial++) best = Math.min(best, await exe.timeKernels(reps));
+    return (2 * m * n * k) / (best * 1e6);
+  } finally {
+    exe.destroy();
+  }
+}
+
+/** What identifies an adapter for the cache. */
+export function adapterKey(ctx: Pick<GpuContext, "info">): string {
+  const i = ctx.info;
+  return [i.vendor, i.architecture, i.device, i.description, `templates v${TEMPLATE_VERSION}`].join(
+    " | ",
+  );
+}
+
+export function defaultCacheDir(): string {
+  return process.env.MOEC_CACHE_DIR || path.join(os.homedir(), ".cache", "moec");
+}
+
+interface CacheFile {
+  version: 1;
+  entries: Record<
+    string,
+    { tuning: Tuning; measured: Record<string, Record<string, number>>; date: string }
+  >;
+}
+
+function readCache(file: string): CacheFile {
+  try {
+    const parsed = JSON.parse(fs.readFileSync(file, "utf8")) as CacheFile;
+    if (parsed && parsed.version === 1 && typeof parsed.entries === "object") return parsed;
+  } catch {
+    // Missing or unreadable: start afresh (the file is only a cache).
+  }
+  return { version: 1, entries: {} };
+}
+
+/** Writes `text` to `file` so readers see the old or the new content, never a mix. */
+function writeAtomic(file: string, text: string): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
+  try {
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+}
+
+export interface AutotuneOptions {
+  /** Folder of autotune.json (default $MOEC_CACHE_DIR or ~/.cache/moec). */
+  cacheDir?: string;
+  /** Measure even when the cache has an entry for this adapter. */
+  force?: boolean;
+  /** Candidates (default: every variant in compiler/wgsl/variants.ts). */
+  variants?: readonly MatmulVariant[];
+  /** [m, n, k] shapes to time; the score is the geometric mean of GFLOP/s over them. */
+  shapes?: [number, number, number][];
+  /** Timing budget per measurement in ms. */
+  budgetMs?: number;
+  /** Progress lines (e.g. console.error). */
+  log?: (line: string) => void;
+}
+
+/** The cached tuning for this adapter, or undefined. */
+export function loadTuning(
+  ctx: Pick<GpuContext, "info">,
+  cacheDir = defaultCacheDir(),
+): Tuning | undefined {
+  return readCache(path.join(cacheDir, "autotune.json")).entries[adapterKey(ctx)]?.tuning;
+}
+
+/** The tuned variants for `ctx`'s adapter: from the cache, or measured now and cached. */
+export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): Promise<Tuning> {
+  const dir = options.cacheDir ?? defaultCacheDir();
+  const file = path.join(dir, "autotune.json");
+  const key = adapterKey(ctx);
+  if (!options.force) {
+    const cached = readCache(file).entries[key];
+    if (cached) return cached.tuning;
+  }
+  const variants = options.variants ?? MATMUL_VARIANTS;
+  const shapes = options.shapes ?? [
+    [384, 384, 384],
+    [64, 512, 512],
+  ];
+  const measured: Record<string, Record<string, number>> = { nn: {}, nt: {} };
+  const best: Partial<Record<MatmulLayout, MatmulVariant>> = {};
+  for (const layout of ["nn", "nt"] as const) {
+    let bestScore = -1;
+    for (const v of variants) {
+      let logSum = 0;
+      for (const [m, n, k] of shapes) {
+        const g = await benchMatmul(ctx, m, n, k, v, { layout, budgetMs: options.budgetMs ?? 150 });
+        logSum += Math.log(Math.max(g, 1e-9));
+      }
+      const score = Math.exp(logSum / shapes.length);
+      measured[layout]![v.name] = Number(score.toFixed(3));
+      options.log?.(`autotune ${layout} ${v.name}: ${score.toFixed(2)} GFLOP/s`);
+      if (score > bestScore) {
+        bestScore = score;
+        best[layout] = v;
+      }
+    }
+  }
+  const tuning: Tuning = {
+    ...DEFAULT_TUNING,
+    adapter: ctx.info.description || ctx.info.device,
+    matmul: { nn: best.nn!, nt: best.nt! },
+  };
+  // Re-read just before writing so entries other processes added meanwhile survive.
+  const cache = readCache(file);
+  cache.entries[key] = { tuning, measured, date: new Date().toISOString() };
+  writeAtomic(file, `${JSON.stringify(cache, null, 2)}\n`);
+  return tuning;
+}
