@@ -8,8 +8,8 @@
  * The output is plain data: the runtime creates one pipeline per distinct WGSL text and binds
  * the planned buffers in the order of `bindings`.
  */
-import type { FusedProgram, KernelKind } from "./fuse-kernels.js";
-import type { BufferPlan } from "./plan-buffers.js";
+import type { FusedKernel, FusedProgram, KernelKind } from "./fuse-kernels.js";
+import type { BufferPlan, Launch } from "./plan-buffers.js";
 import { emitAttention } from "./wgsl/attention.js";
 import { type BindingType, KernelWriter } from "./wgsl/kernel-writer.js";
 import { emitMap, emitReduce, emitScatter } from "./wgsl/map.js";
@@ -41,31 +41,38 @@ export interface EmittedKernel {
   variant?: string;
 }
 
+function emitKernel(
+  program: FusedProgram,
+  k: FusedKernel,
+  launch: Launch,
+): { wgsl: string; w: KernelWriter } {
+  const w = new KernelWriter(program.graph, k);
+  switch (k.kind) {
+    case "map":
+      return { wgsl: emitMap(w, launch), w };
+    case "reduce":
+      return { wgsl: emitReduce(w, launch), w };
+    case "scatter":
+      return { wgsl: emitScatter(w, launch), w };
+    case "rows":
+      return { wgsl: emitRows(w, launch), w };
+    case "matmul":
+      return { wgsl: emitMatmul(w, launch), w };
+    case "attention":
+      return { wgsl: emitAttention(w, launch), w };
+  }
+}
+
 export function emitWgsl(program: FusedProgram, plan: BufferPlan): EmittedKernel[] {
   return program.kernels.map((k, index) => {
-    const launch = plan.launches[index]!;
-    const w = new KernelWriter(program.graph, k);
-    let wgsl: string;
-    switch (k.kind) {
-      case "map":
-        wgsl = emitMap(w, launch);
-        break;
-      case "reduce":
-        wgsl = emitReduce(w, launch);
-        break;
-      case "scatter":
-        wgsl = emitScatter(w, launch);
-        break;
-      case "rows":
-        wgsl = emitRows(w, launch);
-        break;
-      case "matmul":
-        wgsl = emitMatmul(w, launch);
-        break;
-      case "attention":
-        wgsl = emitAttention(w, launch);
-        break;
+    const planned = plan.launches[index]!;
+    // A storage read both as vec4 and as scalars takes two bindings; if that exceeds the
+    // device's limit, the kernel is emitted again with scalar loads only.
+    let { wgsl, w } = emitKernel(program, k, planned);
+    if (w.bindings.length > plan.limits.maxStorageBuffersPerShaderStage) {
+      ({ wgsl, w } = emitKernel(program, k, { ...planned, scalarOnly: true }));
     }
+    const launch = planned;
     const nodes = [...k.members];
     for (const extra of [k.anchor, k.scores, k.softmax])
       if (extra !== undefined && !nodes.includes(extra)) nodes.push(extra);

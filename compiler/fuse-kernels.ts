@@ -323,6 +323,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   const canJoin = (id: number, g: Group): boolean => {
     const n = node(id);
     const reads = new Set(g.reads);
+    reads.delete(id); // read by the group until now, computed in it from here on
     for (const s of inputsRead(id)) reads.add(s);
     if (reads.size > maxReads) return false;
     if (EXPRESSION_OPS.has(n.op)) return true;
@@ -504,6 +505,9 @@ function fuseAttention(
     if (!qk || qk.kind !== "matmul" || qk.members.length > 0 || qk.anchor !== qk.root) continue;
     const m1 = node(qk.root);
     if (isOutput.has(m1.id) || m1.shape.join(",") !== sm.shape.join(",")) continue;
+    // The query row and the output row live in registers: keep them modest.
+    const headDims = [node(inputsOf(m1)[0]!).shape.at(-1)!, m2.shape.at(-1)!];
+    if (headDims.some((d) => d > 512)) continue;
     if (!uses.get(m1.id)!.every((u) => rows.members.includes(u.consumer))) continue;
     if (rows.out.storage !== sm.id || qk.out.storage !== m1.id) continue;
     // Merge: the P @ V kernel computes the scores and the softmax itself.

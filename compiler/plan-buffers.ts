@@ -90,6 +90,8 @@ export interface Launch {
   matmul?: MatmulVariant & { layout: "nn" | "nt" };
   /** rows: invocations per row. */
   rowThreads?: number;
+  /** Emit scalar loads only (set when vec4 bindings would exceed the binding limit). */
+  scalarOnly?: boolean;
 }
 
 export interface BufferPlan {
@@ -103,6 +105,7 @@ export interface BufferPlan {
   /** Bytes every stored tensor would take without reuse. */
   totalBytes: number;
   tuning: Tuning;
+  limits: DeviceLimits;
 }
 
 export function storageBytes(s: { numel: number }): number {
@@ -202,7 +205,7 @@ export function planBuffers(
   const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
   const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);
   const totalBytes = program.storages.reduce((a, s) => a + storageBytes(s), 0);
-  return { buffers, bufferOf, launches, peakBytes, totalBytes, tuning };
+  return { buffers, bufferOf, launches, peakBytes, totalBytes, tuning, limits: lim };
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -70,6 +70,23 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   const causal = g.nodes[sm.inputs[0]]!.op === "causal_mask";
   const keyEnd = causal ? `min(${u32(tk)}, i + 1u)` : u32(tk);
 
+  // vec4 path: Q rows, Kᵀ columns and V rows contiguous and 16-byte aligned (the layout
+  // std.nn.Attention produces); the register arrays are then unrolled with constant indices
+  // so the compiler can keep them out of indexed (gathered) memory.
+  const r4 = (view: typeof Q, axis: number) =>
+    view.dtype === "f32" &&
+    view.strides[axis] === 1 &&
+    view.offset % 4 === 0 &&
+    view.shape.every((d, a) => a === axis || d === 1 || view.strides[a]! % 4 === 0);
+  const vec =
+    !launch.scalarOnly &&
+    d0 % 4 === 0 &&
+    hd % 4 === 0 &&
+    d0 <= 128 &&
+    hd <= 128 &&
+    r4(Q, Q.shape.length - 1) &&
+    r4(Kt, Kt.shape.length - 2) &&
+    r4(V, V.shape.length - 1);
   const body = [
     `  let gi = wg * ${u32(threads)} + lidx;`,
     `  if (gi >= ${u32(tq * batchShape.reduce((a, b) => a * b, 1))}) {`,
@@ -77,44 +94,93 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     `  }`,
     `  let i = gi % ${u32(tq)};`,
     `  let bt = gi / ${u32(tq)};`,
-    `  var qrow: array<f32, ${d0}>;`,
-    `  for (var q = 0u; q < ${u32(d0)}; q += 1u) {`,
-    `    qrow[q] = ${rd(Q, at(Q, "i", "q"))};`,
-    `  }`,
-    `  var o: array<f32, ${hd}>;`,
-    `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-    `    o[x] = 0.0;`,
-    `  }`,
-    `  var m: f32 = ${NEG_INF};`,
-    `  var l: f32 = 0.0;`,
-    `  for (var j = 0u; j < ${keyEnd}; j += 1u) {`,
-    `    var score: f32 = 0.0;`,
-    `    for (var q = 0u; q < ${u32(d0)}; q += 1u) {`,
-    `      score += qrow[q] * ${rd(Kt, at(Kt, "q", "j"))};`,
-    `    }`,
+  ];
+  const update: string[] = [];
+  if (vec) {
+    const q4 = w.bind(Q.storage, "vec4<f32>");
+    const k4 = w.bind(Kt.storage, "vec4<f32>");
+    const v4 = w.bind(V.storage, "vec4<f32>");
+    const nq = d0 / 4;
+    const nx = hd / 4;
+    body.push(`  let q_base = (${at(Q, "i", "0u")}) / 4u;`);
+    for (let c = 0; c < nq; c++) body.push(`  let q${c} = ${q4}[q_base + ${c}u];`);
+    for (let c = 0; c < nx; c++) body.push(`  var o${c} = vec4<f32>(0.0);`);
+    body.push(
+      `  var m: f32 = ${NEG_INF};`,
+      `  var l: f32 = 0.0;`,
+      `  for (var j = 0u; j < ${keyEnd}; j += 1u) {`,
+      `    let k_base = (${at(Kt, "0u", "j")}) / 4u;`,
+      `    let score = ${Array.from({ length: nq }, (_, c) => `dot(q${c}, ${k4}[k_base + ${c}u])`).join(" +\n      ")};`,
+    );
+    update.push(`        let v_base = (${at(V, "j", "0u")}) / 4u;`);
+    const corr = Array.from({ length: nx }, (_, c) => `        o${c} = o${c} * corr;`);
+    const acc = Array.from(
+      { length: nx },
+      (_, c) => `        o${c} = o${c} + p * ${v4}[v_base + ${c}u];`,
+    );
+    update.push(`__CORR__`, ...corr, `__ACC__`, ...acc);
+  } else {
+    body.push(
+      `  var qrow: array<f32, ${d0}>;`,
+      `  for (var q = 0u; q < ${u32(d0)}; q += 1u) {`,
+      `    qrow[q] = ${rd(Q, at(Q, "i", "q"))};`,
+      `  }`,
+      `  var o: array<f32, ${hd}>;`,
+      `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+      `    o[x] = 0.0;`,
+      `  }`,
+      `  var m: f32 = ${NEG_INF};`,
+      `  var l: f32 = 0.0;`,
+      `  for (var j = 0u; j < ${keyEnd}; j += 1u) {`,
+      `    var score: f32 = 0.0;`,
+      `    for (var q = 0u; q < ${u32(d0)}; q += 1u) {`,
+      `      score += qrow[q] * ${rd(Kt, at(Kt, "q", "j"))};`,
+      `    }`,
+    );
+  }
+  const rescale = vec
+    ? update.slice(update.indexOf("__CORR__") + 1, update.indexOf("__ACC__"))
+    : [
+        `        for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+        `          o[x] = o[x] * corr;`,
+        `        }`,
+      ];
+  const accumulate = vec
+    ? [update[0]!, ...update.slice(update.indexOf("__ACC__") + 1)]
+    : [
+        `        for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+        `          o[x] = o[x] + p * ${rd(V, at(V, "j", "x"))};`,
+        `        }`,
+      ];
+  body.push(
     ...s.lines,
     `    if (!${isNinf}(${e})) {`,
     `      var p: f32 = 1.0;`,
     `      if (${e} > m) {`,
     `        let corr = select(exp(m - ${e}), 0.0, ${isNinf}(m));`,
     `        l = l * corr;`,
-    `        for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-    `          o[x] = o[x] * corr;`,
-    `        }`,
+    ...rescale,
     `        m = ${e};`,
     `      } else {`,
     `        p = exp(${e} - m);`,
     `      }`,
     `      l = l + p;`,
-    `      for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-    `        o[x] = o[x] + p * ${rd(V, at(V, "j", "x"))};`,
-    `      }`,
+    ...accumulate.map((line) => line.slice(2)),
     `    }`,
     `  }`,
-    `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-    `    epilogue(select(0.0, o[x] / l, l > 0.0), bt, i, x);`,
-    `  }`,
-  ];
+  );
+  if (vec) {
+    body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0);`);
+    for (let c = 0; c < hd / 4; c++)
+      for (let x = 0; x < 4; x++)
+        body.push(`  epilogue(o${c}[${x}] * inv_l, bt, i, ${u32(4 * c + x)});`);
+  } else {
+    body.push(
+      `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+      `    epilogue(select(0.0, o[x] / l, l > 0.0), bt, i, x);`,
+      `  }`,
+    );
+  }
   const epi = epilogueFunction(w, pv.id, batchShape);
   return moduleText(
     w,

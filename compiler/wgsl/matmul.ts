@@ -86,13 +86,14 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
   const tilesM = Math.ceil(M / bm);
   const { tm, tn } = v;
 
+  const vector = v.vector && v.tileK === 0 && !launch.scalarOnly;
   const f32A = A.dtype === "f32";
   const f32B = B.dtype === "f32";
-  const vecA = v.vector && f32A && K % 4 === 0 && sAk === 1 && aligned4(A, ra - 1);
-  const vecBk = v.vector && f32B && K % 4 === 0 && sBk === 1 && aligned4(B, rb - 2);
+  const vecA = vector && f32A && K % 4 === 0 && sAk === 1 && aligned4(A, ra - 1);
+  const vecBk = vector && f32B && K % 4 === 0 && sBk === 1 && aligned4(B, rb - 2);
   const vecBn =
-    v.vector && !vecBk && f32B && N % 4 === 0 && tn % 4 === 0 && sBn === 1 && aligned4(B, rb - 1);
-  const kv = (vecA || vecBk || vecBn) && K % 4 === 0 && v.tileK === 0 ? 4 : 1;
+    vector && !vecBk && f32B && N % 4 === 0 && tn % 4 === 0 && sBn === 1 && aligned4(B, rb - 1);
+  const kv = (vecA || vecBk || vecBn) && K % 4 === 0 ? 4 : 1;
 
   const bufA = vecA ? w.bind(A.storage, "vec4<f32>") : w.bindView(A);
   const bufB = vecBk || vecBn ? w.bind(B.storage, "vec4<f32>") : w.bindView(B);

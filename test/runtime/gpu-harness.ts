@@ -91,10 +91,20 @@ export interface CheckResult {
 export async function checkGraph(
   ctx: GpuContext,
   graph: IrGraph,
-  opts: { seed?: number; tuning?: Tuning; specs?: Record<string, LeafSpec> } = {},
+  opts: {
+    seed?: number;
+    tuning?: Tuning;
+    specs?: Record<string, LeafSpec>;
+    /** Compile for these limits (at most the device's) instead of the device's own. */
+    limits?: Record<string, number>;
+  } = {},
 ): Promise<CheckResult> {
   const leaves = randomLeaves(graph, opts.seed ?? 1, opts.specs);
-  const program = compileGraph(graph, ctx.limits, opts.tuning ? { tuning: opts.tuning } : {});
+  const program = compileGraph(
+    graph,
+    { ...ctx.limits, ...opts.limits },
+    opts.tuning ? { tuning: opts.tuning } : {},
+  );
   const exe = await Executor.create(ctx, program);
   try {
     const params = new Map<string, TensorData>();

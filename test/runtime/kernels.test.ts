@@ -45,7 +45,12 @@ let seed = 100;
 /** Runs `graph` on the device and expects every output within TOL of the reference. */
 async function expectMatches(
   graph: IrGraph,
-  opts: { tuning?: Tuning; specs?: Record<string, LeafSpec>; kernels?: number } = {},
+  opts: {
+    tuning?: Tuning;
+    specs?: Record<string, LeafSpec>;
+    kernels?: number;
+    limits?: Record<string, number>;
+  } = {},
 ) {
   const r = await checkGraph(gpu(), graph, { seed: seed++, ...opts });
   for (const [name, err] of Object.entries(r.errors)) {
@@ -249,6 +254,7 @@ describe("row-reduction template", () => {
     await expectMatches(
       graph((b) => {
         b.output("p", b.softmax(b.input("x", "f32", [3, 1000])));
+        b.output("mask", b.causalMask(b.input("s", "f32", [2, 5, 7]))); // stores -inf
         const x = b.input("y", "f32", [2, 3, 4]);
         // Shift the mask up one row: row 0 of the first matrix becomes all -inf.
         const masked = b.causalMask(b.slice(b.concat([x, x], 1), 1, 1, 4));
@@ -390,6 +396,7 @@ describe("attention", () => {
       [1, 1, 8, 2],
       [2, 7, 16, 2],
       [1, 33, 24, 3],
+      [1, 5, 18, 3], // head_dim 6: the scalar (non-vec4) path
     ] as const) {
       const r = await expectMatches(
         graph((b) =>
@@ -440,6 +447,21 @@ describe("program-level behaviour", () => {
     expect(r.program.kernels.length).toBe(12);
     expect(pools.length).toBeLessThan(12); // 12 stored values share fewer buffers
     expect(r.program.memory.peakBytes).toBeLessThan(r.program.memory.totalBytes);
+  });
+
+  it("falls back to scalar loads when vec4 bindings would exceed the binding limit", async () => {
+    const g = graph((b) => {
+      const x = b.input("x", "f32", [8, 16]);
+      b.output("y", b.binary("add", linear(b, x, 16, 16, "fc"), x)); // x read as vec4 and f32
+    });
+    const r = await expectMatches(g, {
+      limits: { maxStorageBuffersPerShaderStage: 4 },
+      kernels: 1,
+    });
+    expect(r.program.kernels[0]!.bindings.length).toBe(4);
+    expect(r.program.kernels[0]!.wgsl).not.toContain("vec4");
+    const wide = await expectMatches(g, { kernels: 1 });
+    expect(wide.program.kernels[0]!.bindings.length).toBe(5);
   });
 
   it("dispatches more than 65535 workgroups in one dimension through a 2-D grid", async () => {
