@@ -18,8 +18,10 @@ import { emitRows } from "./wgsl/rows.js";
 
 export interface KernelBinding {
   binding: number;
-  /** Index into the plan's buffers. */
+  /** Index into the plan's buffers, and the byte range of it that is bound. */
   buffer: number;
+  byteOffset: number;
+  byteSize: number;
   /** The stored tensor (node id) this binding reads or writes. */
   storage: number;
   access: "read" | "read_write";
@@ -43,10 +45,14 @@ export interface EmittedKernel {
 
 function emitKernel(
   program: FusedProgram,
+  plan: BufferPlan,
   k: FusedKernel,
   launch: Launch,
 ): { wgsl: string; w: KernelWriter } {
-  const w = new KernelWriter(program.graph, k);
+  const w = new KernelWriter(program.graph, k, {
+    windowBytes: plan.windowBytes,
+    storageBytes: (id) => plan.storageBytes[id]!,
+  });
   switch (k.kind) {
     case "map":
       return { wgsl: emitMap(w, launch), w };
@@ -68,9 +74,9 @@ export function emitWgsl(program: FusedProgram, plan: BufferPlan): EmittedKernel
     const planned = plan.launches[index]!;
     // A storage read both as vec4 and as scalars takes two bindings; if that exceeds the
     // device's limit, the kernel is emitted again with scalar loads only.
-    let { wgsl, w } = emitKernel(program, k, planned);
+    let { wgsl, w } = emitKernel(program, plan, k, planned);
     if (w.bindings.length > plan.limits.maxStorageBuffersPerShaderStage) {
-      ({ wgsl, w } = emitKernel(program, k, { ...planned, scalarOnly: true }));
+      ({ wgsl, w } = emitKernel(program, plan, k, { ...planned, scalarOnly: true }));
     }
     const launch = planned;
     const nodes = [...k.members];
@@ -84,7 +90,10 @@ export function emitWgsl(program: FusedProgram, plan: BufferPlan): EmittedKernel
       bindings: w.bindings.map((b) => {
         const buffer = plan.bufferOf[b.storage];
         if (buffer === undefined) throw new Error(`internal: no buffer for storage ${b.storage}`);
-        return { ...b, buffer };
+        const bytes = plan.storageBytes[b.storage]!;
+        const byteOffset = (b.window ?? 0) * plan.windowBytes;
+        const byteSize = Math.min(bytes - byteOffset, plan.windowBytes);
+        return { ...b, buffer, byteOffset, byteSize };
       }),
       workgroupSize: launch.workgroupSize,
       grid: launch.grid,

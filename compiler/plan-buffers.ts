@@ -106,6 +106,10 @@ export interface BufferPlan {
   totalBytes: number;
   tuning: Tuning;
   limits: DeviceLimits;
+  /** Storages larger than this are bound as several windows of this many bytes. */
+  windowBytes: number;
+  /** Bytes each storage's bindings cover (its data, rounded up to 16). */
+  storageBytes: Record<number, number>;
 }
 
 export function storageBytes(s: { numel: number }): number {
@@ -134,22 +138,34 @@ export function planBuffers(
   const graph = program.graph;
   const storageById = new Map(program.storages.map((s) => [s.id, s]));
 
+  // A tensor larger than one storage binding is bound as several windows (see
+  // wgsl/kernel-writer.ts); only the buffer size itself is a hard limit.
+  const windowBytes = Math.floor(lim.maxStorageBufferBindingSize / 256) * 256;
+  const windowsOf = (id: number) => {
+    const s = storageById.get(id)!;
+    const bytes = storageBytes(s);
+    return bytes > windowBytes ? Math.ceil(bytes / windowBytes) : 1;
+  };
   for (const s of program.storages) {
     const bytes = s.numel * 4;
-    for (const limit of ["maxStorageBufferBindingSize", "maxBufferSize"] as const) {
-      if (bytes > lim[limit]) {
-        throw new LimitError(
-          `tensor ${describeTensor(graph, s.id)} needs ${bytes} bytes, over ${limit} = ${lim[limit]}`,
-          limit,
-        );
-      }
+    if (bytes > lim.maxBufferSize) {
+      throw new LimitError(
+        `tensor ${describeTensor(graph, s.id)} needs ${bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
+        "maxBufferSize",
+      );
     }
   }
   program.kernels.forEach((k) => {
     const bound = new Set([...Object.values(k.loads).map((v) => v.storage), k.out.storage]);
-    if (bound.size > lim.maxStorageBuffersPerShaderStage) {
+    const bindings = [...bound].reduce((a, id) => a + windowsOf(id), 0);
+    if (bindings > lim.maxStorageBuffersPerShaderStage) {
+      const big = [...bound].filter((id) => windowsOf(id) > 1);
+      const why =
+        big.length > 0
+          ? ` (${big.map((id) => `${describeTensor(graph, id)} is over maxStorageBufferBindingSize = ${lim.maxStorageBufferBindingSize}, bound as ${windowsOf(id)} windows`).join("; ")})`
+          : "";
       throw new LimitError(
-        `kernel ${k.name} computing ${describeTensor(graph, k.root)} binds ${bound.size} storage buffers, over maxStorageBuffersPerShaderStage = ${lim.maxStorageBuffersPerShaderStage}`,
+        `kernel ${k.name} computing ${describeTensor(graph, k.root)} needs ${bindings} storage buffer bindings, over maxStorageBuffersPerShaderStage = ${lim.maxStorageBuffersPerShaderStage}${why}`,
         "maxStorageBuffersPerShaderStage",
       );
     }
@@ -205,7 +221,19 @@ export function planBuffers(
   const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
   const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);
   const totalBytes = program.storages.reduce((a, s) => a + storageBytes(s), 0);
-  return { buffers, bufferOf, launches, peakBytes, totalBytes, tuning, limits: lim };
+  const bytesOf: Record<number, number> = {};
+  for (const s of program.storages) bytesOf[s.id] = storageBytes(s);
+  return {
+    buffers,
+    bufferOf,
+    launches,
+    peakBytes,
+    totalBytes,
+    tuning,
+    limits: lim,
+    windowBytes,
+    storageBytes: bytesOf,
+  };
 }
 
 // ---------------------------------------------------------------------------------------------

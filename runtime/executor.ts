@@ -181,7 +181,7 @@ export class Executor {
         layout: pipeline.getBindGroupLayout(0),
         entries: kernel.bindings.map((b) => ({
           binding: b.binding,
-          resource: { buffer: buffers[b.buffer]! },
+          resource: { buffer: buffers[b.buffer]!, offset: b.byteOffset, size: b.byteSize },
         })),
       });
       return { kernel, pipeline, bindGroup };

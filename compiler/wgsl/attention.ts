@@ -54,7 +54,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     return viewIndex(view, coords);
   };
   const rd = (view: typeof Q, idx: string) =>
-    `${view.dtype === "f32" ? "" : "f32"}(${w.bindView(view)}[${idx}])`;
+    `${view.dtype === "f32" ? "" : "f32"}(${w.bindView(view).get(idx)})`;
 
   // The score chain between Q·Kᵀ and the softmax, evaluated at (batch, i, j).
   const ctx: ExprContext = {
@@ -103,20 +103,20 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     const nq = d0 / 4;
     const nx = hd / 4;
     body.push(`  let q_base = (${at(Q, "i", "0u")}) / 4u;`);
-    for (let c = 0; c < nq; c++) body.push(`  let q${c} = ${q4}[q_base + ${c}u];`);
+    for (let c = 0; c < nq; c++) body.push(`  let q${c} = ${q4.get(`q_base + ${c}u`)};`);
     for (let c = 0; c < nx; c++) body.push(`  var o${c} = vec4<f32>(0.0);`);
     body.push(
       `  var m: f32 = ${NEG_INF};`,
       `  var l: f32 = 0.0;`,
       `  for (var j = 0u; j < ${keyEnd}; j += 1u) {`,
       `    let k_base = (${at(Kt, "0u", "j")}) / 4u;`,
-      `    let score = ${Array.from({ length: nq }, (_, c) => `dot(q${c}, ${k4}[k_base + ${c}u])`).join(" +\n      ")};`,
+      `    let score = ${Array.from({ length: nq }, (_, c) => `dot(q${c}, ${k4.get(`k_base + ${c}u`)})`).join(" +\n      ")};`,
     );
     update.push(`        let v_base = (${at(V, "j", "0u")}) / 4u;`);
     const corr = Array.from({ length: nx }, (_, c) => `        o${c} = o${c} * corr;`);
     const acc = Array.from(
       { length: nx },
-      (_, c) => `        o${c} = o${c} + p * ${v4}[v_base + ${c}u];`,
+      (_, c) => `        o${c} = o${c} + p * ${v4.get(`v_base + ${c}u`)};`,
     );
     update.push(`__CORR__`, ...corr, `__ACC__`, ...acc);
   } else {

@@ -17,6 +17,8 @@ export interface EmittedBinding {
   storage: number;
   type: BindingType;
   access: "read" | "read_write";
+  /** For a storage bound as several windows: which one (0-based). */
+  window?: number;
 }
 
 export const u32 = (n: number): string => {
@@ -151,15 +153,37 @@ function bindingName(b: { binding: number; access: "read" | "read_write" }): str
   return `${b.access === "read" ? "in" : "out"}${b.binding}`;
 }
 
+/** Reads and writes one bound storage at a flat element index (of the bound type). */
+export interface Buf {
+  get(index: string): string;
+  /** A statement (no indentation, with its semicolon). */
+  set(index: string, value: string): string;
+}
+
+/**
+ * How a storage is bound: as one binding, or — when it is larger than one storage binding may
+ * be — as several consecutive windows of `windowBytes`, selected by index in the shader.
+ */
+export interface BindingLayout {
+  /** Bytes of each window (a multiple of 256: binding offsets must be aligned). */
+  windowBytes: number;
+  /** Bytes of a storage's data (what its bindings cover). */
+  storageBytes(storage: number): number;
+}
+
+const NO_WINDOWS: BindingLayout = { windowBytes: Infinity, storageBytes: () => 0 };
+
 /** Collects bindings and helper functions while a template writes one kernel. */
 export class KernelWriter {
   readonly bindings: EmittedBinding[] = [];
-  private readonly names = new Map<string, string>();
+  private readonly bufs = new Map<string, Buf>();
   private readonly helpers = new Set<string>();
+  private readonly accessors: string[] = [];
 
   constructor(
     readonly graph: IrGraph,
     readonly kernel: FusedKernel,
+    private readonly layout: BindingLayout = NO_WINDOWS,
   ) {}
 
   node(id: number): IrNode {
@@ -167,22 +191,59 @@ export class KernelWriter {
   }
 
   /**
-   * The variable bound to `storage` as an array of `type`. Names follow binding order, not
-   * storage ids, so identical layers get identical text and share one pipeline.
+   * Access to `storage` as an array of `type`. Names follow binding order, not storage ids, so
+   * identical layers get identical text and share one pipeline.
    */
-  bind(storage: number, type: BindingType, access: "read" | "read_write" = "read"): string {
+  bind(storage: number, type: BindingType, access: "read" | "read_write" = "read"): Buf {
     const key = `${storage}:${type}:${access}`;
-    const known = this.names.get(key);
+    const known = this.bufs.get(key);
     if (known) return known;
-    const binding = this.bindings.length;
-    const name = bindingName({ binding, access });
-    this.bindings.push({ binding, storage, type, access });
-    this.names.set(key, name);
-    return name;
+    const bytes = this.layout.storageBytes(storage);
+    const windows =
+      bytes > this.layout.windowBytes ? Math.ceil(bytes / this.layout.windowBytes) : 1;
+    const names: string[] = [];
+    for (let window = 0; window < windows; window++) {
+      const binding = this.bindings.length;
+      const b: EmittedBinding = { binding, storage, type, access };
+      if (windows > 1) b.window = window;
+      this.bindings.push(b);
+      names.push(bindingName(b));
+    }
+    let buf: Buf;
+    if (windows === 1) {
+      const name = names[0]!;
+      buf = { get: (i) => `${name}[${i}]`, set: (i, v) => `${name}[${i}] = ${v};` };
+    } else {
+      // Window w holds elements [w·E, (w+1)·E) of the storage.
+      const per = this.layout.windowBytes / (type === "vec4<f32>" ? 16 : 4);
+      const fn = `${names[0]}_at`;
+      const branches = (leaf: (name: string, index: string) => string) =>
+        names
+          .map((name, w) => {
+            const index = w === 0 ? "i" : `i - ${u32(w * per)}`;
+            if (w === names.length - 1) return `  ${leaf(name, index)}`;
+            return `  if (i < ${u32((w + 1) * per)}) {\n    ${leaf(name, index)}\n  }`;
+          })
+          .join("\n");
+      if (access === "read") {
+        this.accessors.push(
+          `fn ${fn}(i: u32) -> ${type} {\n${branches((n, i) => `return ${n}[${i}];`)}\n}`,
+        );
+        buf = { get: (i) => `${fn}(${i})`, set: () => "" };
+      } else {
+        this.accessors.push(
+          `fn ${fn}_get(i: u32) -> ${type} {\n${branches((n, i) => `return ${n}[${i}];`)}\n}`,
+          `fn ${fn}_set(i: u32, v: ${type}) {\n${branches((n, i) => `${n}[${i}] = v;\n    return;`)}\n}`,
+        );
+        buf = { get: (i) => `${fn}_get(${i})`, set: (i, v) => `${fn}_set(${i}, ${v});` };
+      }
+    }
+    this.bufs.set(key, buf);
+    return buf;
   }
 
   /** Binds the storage behind `view` for scalar reads of its dtype. */
-  bindView(view: View): string {
+  bindView(view: View): Buf {
     return this.bind(view.storage, view.dtype);
   }
 
@@ -192,7 +253,7 @@ export class KernelWriter {
     return helper;
   }
 
-  /** Module-scope declarations: bindings, then helpers. */
+  /** Module-scope declarations: bindings, window accessors, then helpers. */
   header(): string {
     const lines = [
       `var<private> ninf_bits: u32 = 0xff800000u;`,
@@ -203,6 +264,7 @@ export class KernelWriter {
           `@group(0) @binding(${b.binding}) var<storage, ${b.access}> ${bindingName(b)}: array<${b.type}>;`,
       ),
     ];
+    for (const a of this.accessors) lines.push("", a);
     for (const h of Object.keys(HELPERS)) if (this.helpers.has(h)) lines.push("", HELPERS[h]!);
     return lines.join("\n");
   }
@@ -294,7 +356,7 @@ export class Block {
   /** Reads `view` (the value of a node of the view's shape) at the current point. */
   load(view: View): string {
     const buf = this.ctx.writer.bindView(view);
-    return this.emit(`${buf}[${viewIndex(view, this.localAll(view.shape))}]`, view.dtype);
+    return this.emit(buf.get(viewIndex(view, this.localAll(view.shape))), view.dtype);
   }
 
   /** The value of node `id` as a WGSL expression of the node's dtype. */
@@ -355,16 +417,18 @@ export class Block {
         const r = n.shape.length;
         const lead = this.localAll(n.shape).slice(0, r - 1);
         const idsBuf = w.bindView(ids);
-        const idx = `${idsBuf}[${viewIndex(
-          ids,
-          ids.shape.map((d, q) => (d === 1 ? "0u" : lead[q]!)),
-        )}]`;
+        const idx = idsBuf.get(
+          viewIndex(
+            ids,
+            ids.shape.map((d, q) => (d === 1 ? "0u" : lead[q]!)),
+          ),
+        );
         const rows = table.shape[0]!;
         // Out-of-range ids read the nearest row (the reference interpreter rejects them).
         const row = this.emit(`u32(clamp(i32(${idx}), 0, ${rows - 1}))`, "u32" as IrDType);
         const col = this.local(n.shape, r - 1);
         const buf = w.bindView(table);
-        return this.emit(`${buf}[${viewIndex(table, [row, col])}]`, table.dtype);
+        return this.emit(buf.get(viewIndex(table, [row, col])), table.dtype);
       }
       case "concat": {
         const name = `v${this.ctx.serial.n++}`;
@@ -381,7 +445,7 @@ export class Block {
           const prefix = q === 0 ? "" : "else ";
           const buf = w.bindView(view);
           this.lines.push(
-            `${this.indent}${prefix}${cond}{ ${name} = ${n.dtype}(${buf}[${viewIndex(view, coords)}]); }`,
+            `${this.indent}${prefix}${cond}{ ${name} = ${n.dtype}(${buf.get(viewIndex(view, coords))}); }`,
           );
           start += size;
         });

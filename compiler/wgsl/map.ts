@@ -35,7 +35,7 @@ function store(w: KernelWriter, b: Block, coords: string[], indent = "  "): stri
   const out = w.bind(k.out.storage, k.out.dtype, "read_write");
   const isLoadedView = !k.members.includes(k.root) && k.anchor !== k.root && k.loads[k.root];
   const v = isLoadedView ? b.load(k.loads[k.root]!) : b.valueAs(k.root, k.out.dtype);
-  return `${indent}${out}[${viewIndex(k.out, coords)}] = ${v};`;
+  return `${indent}${out.set(viewIndex(k.out, coords), v)}`;
 }
 
 export function emitMap(w: KernelWriter, launch: Launch): string {
@@ -73,7 +73,7 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
   const outCoords = n.shape.map((d, a) => (d === 1 ? "0u" : coords[a + rank - n.shape.length]!));
   const inCoords = outCoords.map((c, a) => (a === n.axis ? "r" : c));
   const buf = w.bindView(input);
-  const load = `f32(${buf}[${viewIndex(input, inCoords)}])`;
+  const load = `f32(${buf.get(viewIndex(input, inCoords))})`;
   const init = n.fn === "max" ? NEG_INF : "0.0";
   const combine = n.fn === "max" ? `max(acc, ${load})` : `acc + ${load}`;
   const result = n.fn === "mean" ? `acc / ${axisSize}.0` : "acc";
@@ -125,13 +125,14 @@ export function emitScatter(w: KernelWriter, launch: Launch): string {
       `    return;`,
       `  }`,
       `  for (var r = 0u; r < ${u32(rows)}; r += 1u) {`,
-      `    ${out}[${viewIndex(k.out, ["r", "j"])}] = 0.0;`,
+      `    ${out.set(viewIndex(k.out, ["r", "j"]), "0.0")}`,
       `  }`,
       `  for (var i = 0u; i < ${u32(count)}; i += 1u) {`,
-      `    let id = i32(${idsBuf}[${viewIndex(ids, lead)}]);`,
+      `    let id = i32(${idsBuf.get(viewIndex(ids, lead))});`,
       `    if (id >= 0 && id < ${rows}) {`,
       `      let r = u32(id);`,
-      `      ${out}[${viewIndex(k.out, ["r", "j"])}] += f32(${srcBuf}[${viewIndex(src, srcCoords)}]);`,
+      `      let at = ${viewIndex(k.out, ["r", "j"])};`,
+      `      ${out.set("at", `${out.get("at")} + f32(${srcBuf.get(viewIndex(src, srcCoords))})`)}`,
       `    }`,
       `  }`,
     ]),

@@ -17,6 +17,7 @@ import type { View } from "../fuse-kernels.js";
 import { type Launch, matmulDims, matmulTile } from "../plan-buffers.js";
 import {
   Block,
+  type Buf,
   type ExprContext,
   KernelWriter,
   linearWorkgroup,
@@ -60,7 +61,7 @@ export function epilogueFunction(
   return [
     `fn ${name}(acc: f32, bt: u32, i: u32, j: u32) {`,
     ...b.lines,
-    `  ${out}[${viewIndex(k.out, coords)}] = ${v};`,
+    `  ${out.set(viewIndex(k.out, coords), v)}`,
     `}`,
   ].join("\n");
 }
@@ -97,8 +98,8 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
 
   const bufA = vecA ? w.bind(A.storage, "vec4<f32>") : w.bindView(A);
   const bufB = vecBk || vecBn ? w.bind(B.storage, "vec4<f32>") : w.bindView(B);
-  const rd = (buf: string, isF32: boolean, idx: string) =>
-    isF32 ? `${buf}[${idx}]` : `f32(${buf}[${idx}])`;
+  const rd = (buf: Buf, isF32: boolean, idx: string) =>
+    isF32 ? buf.get(idx) : `f32(${buf.get(idx)})`;
 
   const rowsX = v.lanes === "rows";
   const lines: string[] = [
@@ -173,7 +174,7 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
     // a(r, kk): scalar A[row r, k + kk]
     const aAt = (r: number, kk: number) => (vecA ? `a${r}.${comp[kk]}` : `a${r}_${kk}`);
     for (let r = 0; r < tm; r++) {
-      if (vecA) lines.push(`    let a${r} = ${bufA}[ar${r} + kq];`);
+      if (vecA) lines.push(`    let a${r} = ${bufA.get(`ar${r} + kq`)};`);
       else
         for (let kk = 0; kk < kv; kk++)
           lines.push(
@@ -183,14 +184,16 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
     if (vecBn) {
       for (let kk = 0; kk < kv; kk++)
         for (let c = 0; c < groups; c++)
-          lines.push(`    let b${kk}_${c} = ${bufB}[bc${c} + (k + ${kk}u) * ${u32(sBk / 4)}];`);
+          lines.push(
+            `    let b${kk}_${c} = ${bufB.get(`bc${c} + (k + ${kk}u) * ${u32(sBk / 4)}`)};`,
+          );
       for (let r = 0; r < tm; r++)
         for (let c = 0; c < groups; c++) {
           const terms = Array.from({ length: kv }, (_, kk) => `${aAt(r, kk)} * b${kk}_${c}`);
           lines.push(`    acc_${r}_${c} += ${terms.join(" + ")};`);
         }
     } else if (vecBk) {
-      for (let c = 0; c < tn; c++) lines.push(`    let b${c} = ${bufB}[bc${c} + kq];`);
+      for (let c = 0; c < tn; c++) lines.push(`    let b${c} = ${bufB.get(`bc${c} + kq`)};`);
       for (let r = 0; r < tm; r++)
         for (let c = 0; c < tn; c++) {
           if (vecA) lines.push(`    acc_${r}_${c} += dot(a${r}, b${c});`);

@@ -120,7 +120,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
   body.push(
     `  for (var j = lidx; j < ${u32(last)}; j += ${u32(t)}) {`,
     ...final.lines,
-    `    ${out}[${viewIndex(k.out, coords)}] = ${v};`,
+    `    ${out.set(viewIndex(k.out, coords), v)}`,
     `  }`,
   );
   return moduleText(

@@ -133,12 +133,12 @@ describe("planBuffers", () => {
     }
   });
 
-  it("names the tensor and the limit when a tensor does not fit a binding", () => {
+  it("names the tensor and the limit when a tensor does not fit a buffer", () => {
     const g = graph((b) => {
       const w = b.param("embed.weight", [50257, 768], true, "normal");
       b.output("y", b.gather(w, b.input("ids", "i32", [4])));
     });
-    const small = { ...WEBGPU_DEFAULT_LIMITS, maxStorageBufferBindingSize: 128 << 20 };
+    const small = { ...WEBGPU_DEFAULT_LIMITS, maxBufferSize: 128 << 20 };
     expect(() => compileGraph(g, small)).toThrow(LimitError);
     try {
       compileGraph(g, small);
@@ -146,8 +146,31 @@ describe("planBuffers", () => {
       const msg = (e as Error).message;
       expect(msg).not.toContain("\n");
       expect(msg).toContain("embed.weight");
-      expect(msg).toContain("maxStorageBufferBindingSize");
+      expect(msg).toContain("maxBufferSize");
     }
+  });
+
+  it("binds a tensor larger than one binding as several windows", () => {
+    const g = graph((b) => {
+      const w = b.param("embed.weight", [50257, 768], true, "normal");
+      b.output("y", b.gather(w, b.input("ids", "i32", [4])));
+    });
+    const p = compileGraph(g, { ...WEBGPU_DEFAULT_LIMITS, maxBufferSize: 1 << 30 });
+    const wid = g.nodes.find((n) => n.op === "param")!.id;
+    const table = p.kernels[0]!.bindings.filter((x) => x.storage === wid);
+    expect(table.length).toBe(2); // 154 MB over 128 MB windows
+    expect(table[1]!.byteOffset).toBe(table[0]!.byteSize);
+    expect(table[0]!.byteSize).toBeLessThanOrEqual(
+      WEBGPU_DEFAULT_LIMITS.maxStorageBufferBindingSize,
+    );
+    // With too few bindings for the windows, the error says why.
+    expect(() =>
+      compileGraph(g, {
+        ...WEBGPU_DEFAULT_LIMITS,
+        maxBufferSize: 1 << 30,
+        maxStorageBufferBindingSize: 1 << 20,
+      }),
+    ).toThrow(/maxStorageBuffersPerShaderStage.*embed\.weight.*windows/);
   });
 
   it("spreads large dispatches over a 2-D or 3-D grid", () => {

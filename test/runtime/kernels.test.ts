@@ -464,6 +464,27 @@ describe("program-level behaviour", () => {
     expect(wide.program.kernels[0]!.bindings.length).toBe(5);
   });
 
+  it("reads and writes tensors larger than one binding through windows", async () => {
+    // 16 KiB windows: most tensors below span several bindings.
+    const limits = { maxStorageBufferBindingSize: 16384, maxStorageBuffersPerShaderStage: 16 };
+    const g = graph((b) => {
+      const table = b.param("wte", [300, 16], true, "normal");
+      const ids = b.input("ids", "i32", [2, 40]);
+      const h = b.binary("add", b.gather(table, ids), b.param("wpe", [40, 16], true, "normal"));
+      const n = layerNorm(b, h, 16, "ln");
+      b.output("logits", b.matmul(n, b.permute(table, [1, 0])));
+      b.output("nn", b.matmul(b.input("a", "f32", [70, 64]), b.input("w", "f32", [64, 20])));
+      b.output("grad", b.scatterAdd(h, ids, 300));
+      b.output("big", b.unary("exp", b.input("x", "f32", [6000])));
+    });
+    const r = await expectMatches(g, { limits, specs: { ids: { ints: 300 } } });
+    expect(r.program.kernels.some((k) => k.bindings.some((x) => x.byteOffset > 0))).toBe(true);
+    const att = graph((b) =>
+      b.output("y", attention(b, b.input("x", "f32", [1, 80, 64]), 1, 80, 64, 2, "a")),
+    );
+    await expectMatches(att, { limits });
+  });
+
   it("dispatches more than 65535 workgroups in one dimension through a 2-D grid", async () => {
     const n = 64 * 70_000 + 5;
     const g = graph((b) =>
