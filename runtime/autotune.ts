@@ -163,7 +163,8 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
     const cached = readCache(file).entries[key];
     if (cached) return cached.tuning;
   }
-  const variants = options.variants ?? MATMUL_VARIANTS;
+  // The naive variant is a correctness baseline, never a contender.
+  const variants = options.variants ?? MATMUL_VARIANTS.filter((v) => !v.name.startsWith("naive"));
   const shapes = options.shapes ?? [
     [384, 384, 384],
     [64, 512, 512],
@@ -172,15 +173,25 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
   const best: Partial<Record<MatmulLayout, MatmulVariant>> = {};
   for (const layout of ["nn", "nt"] as const) {
     let bestScore = -1;
+    const firstShape: number[] = [];
     for (const v of variants) {
       let logSum = 0;
+      let timed = 0;
       for (const [m, n, k] of shapes) {
         const g = await benchMatmul(ctx, m, n, k, v, { layout, budgetMs: options.budgetMs ?? 150 });
         logSum += Math.log(Math.max(g, 1e-9));
+        timed++;
+        // A candidate at under a third of the best on the first shape cannot win: skip the rest.
+        if (timed === 1) {
+          firstShape.push(g);
+          if (g < Math.max(...firstShape) / 3) break;
+        }
       }
-      const score = Math.exp(logSum / shapes.length);
+      const score = Math.exp(logSum / timed) * (timed < shapes.length ? 0 : 1);
       measured[layout]![v.name] = Number(score.toFixed(3));
-      options.log?.(`autotune ${layout} ${v.name}: ${score.toFixed(2)} GFLOP/s`);
+      options.log?.(
+        `autotune ${layout} ${v.name}: ${timed < shapes.length ? "pruned" : `${score.toFixed(2)} GFLOP/s`}`,
+      );
       if (score > bestScore) {
         bestScore = score;
         best[layout] = v;

@@ -192,9 +192,7 @@ export class Executor {
       for (const b of buffers) b.destroy();
       throw new Error(`could not allocate the program's buffers: ${(oom ?? invalid)!.message}`);
     }
-    const exe = new Executor(ctx, program, buffers, kernels, options);
-    exe.poison();
-    return exe;
+    return new Executor(ctx, program, buffers, kernels, options);
   }
 
   get program(): CompiledProgram {
@@ -240,17 +238,21 @@ export class Executor {
       this.#write(input, data, "input");
     }
     device.pushErrorScope("validation");
-    if (this.#timing) await this.#runTimed();
-    else {
-      const encoder = device.createCommandEncoder({ label: "moec forward" });
-      const pass = encoder.beginComputePass();
-      for (const k of this.#kernels) this.#dispatch(pass, k);
-      pass.end();
-      device.queue.submit([encoder.finish()]);
+    let result: Map<string, TensorData> | undefined;
+    try {
+      if (this.#timing) await this.#runTimed();
+      else {
+        const encoder = device.createCommandEncoder({ label: "moec forward" });
+        const pass = encoder.beginComputePass();
+        for (const k of this.#kernels) this.#dispatch(pass, k);
+        pass.end();
+        device.queue.submit([encoder.finish()]);
+      }
+      result = await this.#readOutputs();
+    } finally {
+      const err = await device.popErrorScope();
+      if (err) throw new Error(`GPU validation error while running the program: ${err.message}`);
     }
-    const result = await this.#readOutputs();
-    const err = await device.popErrorScope();
-    if (err) throw new Error(`GPU validation error while running the program: ${err.message}`);
     return result;
   }
 
