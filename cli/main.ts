@@ -54,6 +54,17 @@ program
     process.exitCode = await runDoctor({ json: opts.json === true });
   });
 
+program
+  .command("lsp")
+  .description("run the language server (editor/lsp) over stdin/stdout")
+  .option("--stdio", "talk the Language Server Protocol over stdin/stdout (the only transport)")
+  .allowUnknownOption() // clients append their own flags (--clientProcessId=...)
+  .action(async () => {
+    // Loaded lazily: the other commands do not need the protocol libraries.
+    const { startServer } = await import("../editor/lsp/server.js");
+    startServer();
+  });
+
 async function main(argv: string[]): Promise<void> {
   const verbose = argv.includes("--verbose");
   try {

@@ -230,7 +230,7 @@ export class Evaluator {
   /** Name uses → declarations, recorded when `recordReferences` is set (go to definition, rename). */
   readonly references: NameReference[] = [];
   recordReferences = false;
-  private readonly referenceKeys = new Set<string>();
+  private readonly referenceKeys = new Map<string, Set<number>>();
   /** Every instance constructed, recorded when `recordInstances` is set (parameter counts per block). */
   readonly instances: Instance[] = [];
   recordInstances = false;
@@ -273,9 +273,11 @@ export class Evaluator {
 
   /** Records one name use (once per span; a component's header is evaluated at every use). */
   private recordReference(file: string, span: Span, target: ReferenceTarget): void {
-    const key = `${file}|${span.start}|${span.end}`;
-    if (this.referenceKeys.has(key)) return;
-    this.referenceKeys.add(key);
+    // Two names of one file never start at the same offset.
+    let seen = this.referenceKeys.get(file);
+    if (!seen) this.referenceKeys.set(file, (seen = new Set()));
+    if (seen.has(span.start)) return;
+    seen.add(span.start);
     this.references.push({ file, span, target });
   }
 

@@ -3,7 +3,7 @@
  * `.moe` files), and report unreadable modules and import cycles. Pure over a file-system view.
  */
 import * as path from "node:path";
-import type { Comment, ImportDecl, SourceFile } from "../grammar/ast.js";
+import type { Comment, ImportDecl, ParseResult, SourceFile } from "../grammar/ast.js";
 import { parseSource } from "../grammar/parse.js";
 import { type Diagnostic, diagnostic, suggest } from "./diagnostics.js";
 
@@ -38,16 +38,20 @@ export function stdModulePath(fsView: FileSystemView, parts: string[]): string {
   return path.join(fsView.stdlibDir, ...parts.slice(1)) + ".moe";
 }
 
+/** How a module's text becomes an AST: `parseSource`, or a cache of it (the language server's). */
+export type ParseFunction = (text: string, file: string) => ParseResult;
+
 export function loadModules(
   entries: readonly string[],
   fsView: FileSystemView,
   diagnostics: Diagnostic[],
+  parse: ParseFunction = parseSource,
 ): ModuleGraph {
   const modules = new Map<string, LoadedModule>();
   const stdlibDir = path.resolve(fsView.stdlibDir);
 
   const load = (file: string, text: string): LoadedModule => {
-    const parsed = parseSource(text, file);
+    const parsed = parse(text, file);
     diagnostics.push(...parsed.diagnostics);
     const mod: LoadedModule = {
       file,

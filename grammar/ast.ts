@@ -102,9 +102,10 @@ export interface TrainDecl {
   span: Span;
 }
 
-/** A constructor parameter `d: Dim = 256`. */
+/** A constructor parameter `d: Dim = 256`, with the `///` comment written before it. */
 export interface ParamDecl {
   kind: "ParamDecl";
+  doc?: string;
   name: Ident;
   type: TypeRef;
   default?: Expr;

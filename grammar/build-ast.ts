@@ -309,7 +309,7 @@ class Builder {
       node.default = this.exprOrError(sub(n, "expr"), after);
       node.span = sp(name.startOffset, Math.max(after, node.default.span.end));
     }
-    return node;
+    return this.doc(node, name);
   }
 
   // -------------------------------------------------------------------------------------------
