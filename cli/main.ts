@@ -43,6 +43,18 @@ program
   });
 
 program
+  .command("fmt")
+  .description("format .moe files in place; --check lists the files that would change (exit 1)")
+  .argument("[files...]", ".moe files")
+  .option("--check", "write nothing; list unformatted files and exit 1 if there are any")
+  .option("--stdin", "format standard input to standard output (FILE names it in messages)")
+  .action(async (files: string[], opts: { check?: boolean; stdin?: boolean }) => {
+    // Loaded lazily: only this command needs Prettier's printer.
+    const { runFmt } = await import("./fmt-command.js");
+    process.exitCode = runFmt(files, opts);
+  });
+
+program
   .command("doctor")
   .description(
     "show the WebGPU adapter moec runs on, its limits, and whether it is a software driver",
