@@ -94,6 +94,16 @@ describe("moec fmt", () => {
     expect(broken.stderr).toContain("error[E0101]");
   });
 
+  it("finds the examples and the standard library formatted", () => {
+    const files = ["examples", "stdlib"].flatMap((d) =>
+      readdirSync(join(root, d))
+        .filter((f) => f.endsWith(".moe"))
+        .map((f) => join(root, d, f)),
+    );
+    const r = moec(["fmt", "--check", ...files]);
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+  });
+
   it("is a usage error without files, and an error for a missing file", () => {
     expect(moec(["fmt"]).status).toBe(2);
     const missing = moec(["fmt", "nope.moe"]);
