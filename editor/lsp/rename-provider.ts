@@ -51,6 +51,13 @@ export function rename(view: DocumentView, offset: number, newName: string): Wor
   if (!IDENTIFIER.test(newName) || KEYWORDS.has(newName)) {
     throw new ResponseError(ErrorCodes.InvalidParams, `\`${newName}\` is not a valid name`);
   }
+  const clash = conflicting(view, decl, newName);
+  if (clash) {
+    throw new ResponseError(
+      ErrorCodes.InvalidParams,
+      `\`${newName}\` is already defined here (${clash})`,
+    );
+  }
   const changes: Record<string, TextEdit[]> = {};
   const lines = new Map<string, string[]>();
   for (const occ of occurrencesAcrossWorkspace(view, decl, true)) {
@@ -69,4 +76,22 @@ export function rename(view: DocumentView, offset: number, newName: string): Wor
     (changes[occ.location.uri] ??= []).push({ range: occ.location.range, newText: newName });
   }
   return { changes };
+}
+
+const LOCAL_KINDS = new Set(["param", "port", "weight", "binding", "dim"]);
+
+/** A declaration the new name would collide with: in the same body for locals, the same file for globals. */
+function conflicting(view: DocumentView, decl: SymbolDecl, newName: string): string | undefined {
+  const index = view.workspace.analysisOf(decl.file)?.index ?? view.analysis.index;
+  for (const d of index.declarations.values()) {
+    if (d.name !== newName || d.file !== decl.file || d.key === decl.key) continue;
+    if (LOCAL_KINDS.has(decl.kind)) {
+      if (LOCAL_KINDS.has(d.kind) && d.owner === decl.owner) return `a ${d.kind} of the same body`;
+    } else if (decl.kind === "task" || decl.kind === "enumMember") {
+      if (d.parent === decl.parent) return `a member of ${decl.parent?.name.name}`;
+    } else if (!LOCAL_KINDS.has(d.kind) && d.kind !== "task" && d.kind !== "enumMember") {
+      return `a ${d.kind === "component" ? "component" : d.kind} of this file`;
+    }
+  }
+  return undefined;
 }

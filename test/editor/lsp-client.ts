@@ -63,6 +63,8 @@ export class LspClient {
   private readonly waiters: (() => void)[] = [];
   private versions = new Map<string, number>();
   stderr = "";
+  /** `window/logMessage` notifications (the server logs internal errors there). */
+  logs: { type: number; message: string }[] = [];
 
   private constructor(
     readonly child: ChildProcess,
@@ -94,6 +96,10 @@ export class LspClient {
       if (client) client.received(p);
       else pending.push(p);
     });
+    const logs: { type: number; message: string }[] = [];
+    connection.onNotification("window/logMessage", (m: { type: number; message: string }) => {
+      logs.push(m);
+    });
     connection.onRequest("workspace/codeLens/refresh", () => null);
     connection.onRequest("workspace/semanticTokens/refresh", () => null);
     connection.onRequest("workspace/inlayHint/refresh", () => null);
@@ -108,6 +114,7 @@ export class LspClient {
     })) as InitializeResult;
     await connection.sendNotification("initialized", {});
     client = new LspClient(child, connection, result);
+    client.logs = logs;
     client.stderr = stderr;
     child.stderr!.on("data", (d: Buffer) => (client!.stderr += d.toString()));
     for (const p of pending) client.received(p);

@@ -14,7 +14,7 @@ import type {
 } from "vscode-languageserver";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { analyze, nodeFileSystem, reportParams } from "../../compiler/pipeline.js";
-import { LspClient, fileUri, positionOf, repoRoot, withCursors } from "./lsp-client.js";
+import { LspClient, fileUri, positionAt, positionOf, repoRoot, withCursors } from "./lsp-client.js";
 
 const PARTS = `import std.nn { Linear }
 
@@ -205,7 +205,11 @@ describe("go to definition", () => {
     const route = fs.readFileSync(path.join(repoRoot, "stdlib/route.moe"), "utf8");
     expect(await definitionAt(main.uri, MAIN, "k: 2")).toEqual({
       uri: stdlib("route.moe"),
-      range: rangeAt(route, "TopK(k", 1, 0, 5),
+      range: (() => {
+        const at = route.indexOf("k: Int", route.indexOf("primitive TopK("));
+        const start = positionAt(route, at);
+        return { start, end: { line: start.line, character: start.character + 1 } };
+      })(),
     });
   });
 
@@ -354,6 +358,13 @@ describe("rename", () => {
         newName: "block",
       }),
     ).rejects.toThrow("`block` is not a valid name");
+    await expect(
+      client.request("textDocument/rename", {
+        textDocument: { uri: main.uri },
+        position: positionOf(MAIN, "norm ="),
+        newName: "moe",
+      }),
+    ).rejects.toThrow("`moe` is already defined here (a binding of the same body)");
     const ok = await client.request<{ range: Range; placeholder: string }>(
       "textDocument/prepareRename",
       {
