@@ -4,6 +4,9 @@
  */
 import { Command, CommanderError, Option } from "commander";
 import { runCheck } from "./check-command.js";
+import { type CompileOptions, runCompile } from "./compile-command.js";
+import { collect } from "./model-options.js";
+import { type RunOptions, runRun } from "./run-command.js";
 import { runParams } from "./params-command.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
 
@@ -52,6 +55,60 @@ program
     // Loaded lazily: only this command needs Prettier's printer.
     const { runFmt } = await import("./fmt-command.js");
     process.exitCode = runFmt(files, opts);
+  });
+
+program
+  .command("compile")
+  .description(
+    "lower a model at fixed sizes and write a bundle: manifest.json, ir.json, plan.json, kernels/*.wgsl",
+  )
+  .argument("<file>", ".moe file")
+  .option("--model <name>", "the model to compile (default: the last model in the file)")
+  .option("-o, --output <dir>", "bundle directory (default: <model>.moec)")
+  .option(
+    "--dim <name=size>",
+    "size of a free input dimension, e.g. --dim T=128 (repeatable)",
+    collect,
+  )
+  .option("--set <name=value>", "override a model parameter (repeatable)", collect)
+  .option("--emit <stage>", "print one stage instead: ast, ir, wgsl or plan")
+  .action((file: string, opts: CompileOptions) => {
+    process.exitCode = runCompile(file, opts);
+  });
+
+program
+  .command("run")
+  .description("run a model (.moe file or compiled bundle) on the WebGPU device")
+  .argument("<target>", ".moe file or bundle directory")
+  .option("--model <name>", "the model to run (default: the last model in the file)")
+  .option("--weights <file>", "parameters from a safetensors file (default: seeded initialisation)")
+  .option("--inputs <file>", "inputs from a safetensors file (default: seeded random inputs)")
+  .option(
+    "--dim <name=size>",
+    "size of a free input dimension, e.g. --dim T=16 (repeatable)",
+    collect,
+  )
+  .option("--set <name=value>", "override a model parameter (repeatable)", collect)
+  .option("--task <name>", "run every example as this task")
+  .option("--seed <n>", "seed for initialisation and random inputs", "0")
+  .option("-o, --output <file>", "write the outputs to a safetensors file")
+  .option("--stats", "time every kernel")
+  .option("--tune", "tune the kernels for this adapter first if it was never tuned (see moec tune)")
+  .option("--backend <name>", "gpu (default) or reference (the float64 CPU interpreter)")
+  .option("--json", "machine-readable summary")
+  .action(async (target: string, opts: RunOptions) => {
+    process.exitCode = await runRun(target, opts);
+  });
+
+program
+  .command("tune")
+  .description("measure the matmul kernel variants on this adapter and cache the fastest")
+  .option("--force", "measure again even if this adapter was tuned")
+  .option("--json", "machine-readable result")
+  .action(async (opts: { force?: boolean; json?: boolean }) => {
+    // Loaded lazily: only device commands touch the GPU.
+    const { runTune } = await import("./tune-command.js");
+    process.exitCode = await runTune(opts);
   });
 
 program

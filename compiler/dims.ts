@@ -156,5 +156,5 @@ export function formatDim(d: Dim, compact = false): string {
  * component's free dims (`?B#12`) print as the name the user wrote (`B`).
  */
 export function displayAtom(atom: string): string {
-  return atom.replace(/^\?/, "").replace(/#\d+$/, "");
+  return atom.replace(/^\?/, "").replace(/#v?\d+$/, "");
 }

@@ -43,12 +43,30 @@ function member(inst: Instance, name: string): string | undefined {
 /** A constant tensor built from scalar constants (small tables: task maps, masks). */
 function constantTable(ir: IrBuilder, rows: number[][]): number {
   const rowNodes = rows.map((row) =>
-    ir.concat(
+    concatChunked(
+      ir,
       row.map((v) => ir.reshape(ir.constant(v), [1, 1])),
       1,
     ),
   );
-  return rowNodes.length === 1 ? rowNodes[0]! : ir.concat(rowNodes, 0);
+  return concatChunked(ir, rowNodes, 0);
+}
+
+/**
+ * Concatenation of many tensors as a tree of small concats: a kernel reads each input through
+ * its own binding, and devices allow as few as 8 storage buffers per shader stage.
+ */
+function concatChunked(ir: IrBuilder, xs: number[], axis: number, chunk = 6): number {
+  let level = xs;
+  while (level.length > 1) {
+    const next: number[] = [];
+    for (let i = 0; i < level.length; i += chunk) {
+      const part = level.slice(i, i + chunk);
+      next.push(part.length === 1 ? part[0]! : ir.concat(part, axis));
+    }
+    level = next;
+  }
+  return level[0]!;
 }
 
 /** `w[..., e]` kept as a trailing axis of size 1, to scale a [..., d] tensor. */
@@ -310,7 +328,7 @@ function lowerTokenMix(
     const dOut = ir.shape(ye.node)[1]!;
     outs.push(ir.reshape(ye.node, [M, 1, dOut]));
   }
-  const Y = outs.length === 1 ? outs[0]! : ir.concat(outs, 1); // [M, E, dOut]
+  const Y = concatChunked(ir, outs, 1); // [M, E, dOut]
   const emitWeights =
     member(router, "emit") === "softmax_experts"
       ? ir.softmax(scaled)

@@ -4,8 +4,9 @@
  *
  *   source ─parse─▶ AST ─load─▶ module graph ─resolve─▶ scopes ─check─▶ typed program
  *          ─elaborate─▶ concrete model ─count─▶ parameter report
+ *          ─lower─▶ tensor IR ─fuse─▶ kernels ─plan─▶ buffers, dispatches ─emit─▶ WGSL
  *
- * The back end (lower → fuse → plan → emit WGSL) follows the same pattern.
+ * The last three are compileGraph's (compiler/compile-graph.ts); the runtime executes the result.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -20,6 +21,7 @@ import {
   selectModel,
 } from "./elaborate-model.js";
 import { type FileSystemView, type ModuleGraph, loadModules } from "./load-modules.js";
+import { type LoweredModel, lowerModel } from "./lower-model.js";
 import { type ResolvedProgram, resolveNames } from "./resolve-names.js";
 import type { Value } from "./values.js";
 
@@ -74,6 +76,27 @@ export function elaborate(
   if (typeof chosen === "string") return { error: chosen };
   const diagnostics: Diagnostic[] = [];
   const model = elaborateModel(analysis.program, chosen, overrides, diagnostics);
+  return { model, diagnostics };
+}
+
+/**
+ * Back end, first step: lower one model to the tensor IR with its free input dims bound
+ * (`dims`: B, T, ...). The remaining steps (fuse → plan → emit WGSL) are compileGraph's.
+ */
+export function lower(
+  analysis: Analysis,
+  file: string,
+  modelName: string | undefined,
+  overrides: Map<string, Value>,
+  dims: ReadonlyMap<string, number>,
+): { model: LoweredModel | undefined; diagnostics: Diagnostic[] } | { error: string } {
+  const chosen = selectModel(analysis.program, file, modelName);
+  if (typeof chosen === "string") return { error: chosen };
+  const diagnostics: Diagnostic[] = [];
+  let model: LoweredModel | undefined;
+  guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
+    model = lowerModel(analysis.program, chosen, overrides, dims, diagnostics);
+  });
   return { model, diagnostics };
 }
 

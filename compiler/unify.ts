@@ -6,6 +6,7 @@
  */
 import {
   type Dim,
+  displayAtom,
   dimAtoms,
   dimEquals,
   dimScale,
@@ -29,7 +30,8 @@ export class Unifier {
   private counter = 0;
 
   fresh(base: string): string {
-    return `?${base.replace(/^\?/, "").replace(/#\d+$/, "")}#${++this.counter}`;
+    // `#v` keeps these apart from the per-instance atoms (`B#12`), which lowering makes variables too.
+    return `?${displayAtom(base)}#v${++this.counter}`;
   }
 
   resolve(d: Dim): Dim {

@@ -1,0 +1,65 @@
+/**
+ * `moec compile FILE`: lowers a model at fixed sizes and writes a bundle (manifest, IR, plan,
+ * one WGSL file per kernel), or prints one stage with `--emit ast|ir|wgsl|plan`.
+ */
+import * as path from "node:path";
+import { printGraph } from "../compiler/ir/print.js";
+import { compileForBundle, writeBundle } from "./bundle.js";
+import { type ModelOptions, lowerFromSource } from "./model-options.js";
+import { LimitError } from "../compiler/plan-buffers.js";
+import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+
+export interface CompileOptions extends ModelOptions {
+  output?: string;
+  emit?: string;
+}
+
+const STAGES = ["ast", "ir", "wgsl", "plan"] as const;
+
+export function runCompile(file: string, options: CompileOptions): number {
+  const emit = options.emit;
+  if (emit !== undefined && !(STAGES as readonly string[]).includes(emit)) {
+    throw new CliError(`--emit must be one of ${STAGES.join(", ")}, found "${emit}"`, EXIT_USAGE);
+  }
+  const { analysis, lowered, entry } = lowerFromSource(file, options);
+  if (emit === "ast") {
+    const ast = analysis.graph.modules.get(entry)!.ast;
+    process.stdout.write(JSON.stringify(ast, null, 2) + "\n");
+    return 0;
+  }
+  if (emit === "ir") {
+    process.stdout.write(printGraph(lowered.graph));
+    return 0;
+  }
+  let code;
+  try {
+    code = compileForBundle(lowered.graph);
+  } catch (err) {
+    // Too large for WebGPU's default limits (the bundle's target): a device limit, not a bug.
+    if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
+    throw err;
+  }
+  if (emit === "wgsl") {
+    for (const k of code.kernels) process.stdout.write(`// ---- kernel ${k.name}\n${k.wgsl}\n`);
+    return 0;
+  }
+  if (emit === "plan") {
+    process.stdout.write(JSON.stringify(code.plan, null, 2) + "\n");
+    return 0;
+  }
+  const out = options.output ?? `${lowered.name.toLowerCase()}.moec`;
+  writeBundle(out, lowered, displayPath(entry), code);
+  const dims = [...lowered.dims].map(([k, v]) => `${k}=${v}`).join(", ");
+  const lines = [
+    `compiled ${lowered.name} (${dims || "no free dims"}): ${code.kernels.length} kernels, ${lowered.graph.nodes.length} IR nodes`,
+  ];
+  if (code.memory) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+    lines.push(
+      `device memory: peak ${mib(code.memory.peakBytes)} for ${mib(code.memory.tensorBytes)} of tensors`,
+    );
+  }
+  lines.push(`wrote ${displayPath(path.resolve(out))}/`);
+  process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}

@@ -1,0 +1,63 @@
+/**
+ * Options shared by `moec compile` and `moec run`: which model, its parameter overrides
+ * (`--set`) and the sizes of its free input dims (`--dim`), and lowering with them.
+ */
+import { hasErrors } from "../compiler/diagnostics.js";
+import type { LoweredModel } from "../compiler/lower-model.js";
+import { type Analysis, analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
+import { resolveInputFiles } from "./check-command.js";
+import { parseOverride } from "./params-command.js";
+import { CliError, EXIT_USAGE, displayPath, printDiagnostics } from "./report.js";
+
+export interface ModelOptions {
+  model?: string;
+  set?: string[];
+  dim?: string[];
+  json?: boolean;
+}
+
+/** `--dim T=16` → T ↦ 16. */
+export function parseDims(specs: readonly string[] = []): Map<string, number> {
+  const dims = new Map<string, number>();
+  for (const spec of specs) {
+    const m = /^([\p{L}_][\p{L}\p{N}_]*)=(\d+)$/u.exec(spec);
+    if (!m)
+      throw new CliError(
+        `--dim expects NAME=SIZE with a positive integer, found "${spec}"`,
+        EXIT_USAGE,
+      );
+    const size = Number(m[2]);
+    if (size < 1) throw new CliError(`--dim ${m[1]}: the size must be at least 1`, EXIT_USAGE);
+    dims.set(m[1]!, size);
+  }
+  return dims;
+}
+
+/** Commander collector for repeatable options. */
+export function collect(value: string, previous: string[] = []): string[] {
+  return [...previous, value];
+}
+
+/**
+ * Checks the file and lowers one model at the given sizes. Diagnostics go to stderr and
+ * become a CliError (exit 1) when there are errors.
+ */
+export function lowerFromSource(
+  file: string,
+  options: ModelOptions,
+): { analysis: Analysis; lowered: LoweredModel; entry: string } {
+  const [entry] = resolveInputFiles([file]);
+  const analysis = analyze([entry!], nodeFileSystem());
+  if (hasErrors(analysis.diagnostics)) {
+    printDiagnostics(analysis.diagnostics, analysis);
+    throw new CliError(`${displayPath(entry!)} has errors; see above`);
+  }
+  const overrides = new Map((options.set ?? []).map(parseOverride));
+  const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim));
+  if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
+  if (hasErrors(result.diagnostics) || !result.model) {
+    printDiagnostics(result.diagnostics, analysis);
+    throw new CliError(`cannot lower ${displayPath(entry!)}; see above`);
+  }
+  return { analysis, lowered: result.model, entry: entry! };
+}

@@ -1,0 +1,194 @@
+/**
+ * `moec run FILE|BUNDLE`: lowers the model (or loads a compiled bundle), prepares weights and
+ * inputs, runs it on the WebGPU device (or the reference interpreter) and reports or saves
+ * the outputs.
+ */
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { performance } from "node:perf_hooks";
+import type { IrGraph } from "../compiler/ir/graph.js";
+import { LimitError } from "../compiler/plan-buffers.js";
+import type { LoweredInput } from "../compiler/lower-model.js";
+import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
+import { checksum, prepareInputs, prepareWeights, runReference } from "../runtime/run-model.js";
+import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
+import { writeSafetensorsFile } from "../runtime/safetensors.js";
+import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
+import { type ModelOptions, lowerFromSource } from "./model-options.js";
+import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+
+export interface RunOptions extends ModelOptions {
+  weights?: string;
+  inputs?: string;
+  task?: string;
+  seed?: string;
+  output?: string;
+  stats?: boolean;
+  tune?: boolean;
+  backend?: string;
+}
+
+/** What one run produced, for printing and for tests. */
+export interface RunResult {
+  model: string;
+  backend: string;
+  device?: string;
+  dims: Record<string, number>;
+  outputs: Map<string, TypedTensor>;
+  /** Milliseconds: the first forward call (pipelines, uploads) and a steady-state one. */
+  timings: { firstMs: number; steadyMs?: number };
+  kernels?: { name: string; ms: number }[];
+  memory?: { peakBytes: number; tensorBytes: number };
+}
+
+function openTensors(file: string | undefined, what: string): SafetensorsFile | undefined {
+  if (file === undefined) return undefined;
+  if (!fs.existsSync(file)) throw new CliError(`${what} ${file}: no such file`);
+  try {
+    return readSafetensorsFile(file);
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
+  }
+}
+
+function parseSeed(seed: string | undefined): number {
+  if (seed === undefined) return 0;
+  if (!/^\d+$/.test(seed))
+    throw new CliError(`--seed expects a non-negative integer, found "${seed}"`, EXIT_USAGE);
+  return Number(seed);
+}
+
+export async function executeRun(target: string, options: RunOptions): Promise<RunResult> {
+  const backend = options.backend ?? "gpu";
+  if (backend !== "gpu" && backend !== "reference") {
+    throw new CliError(`--backend must be gpu or reference, found "${backend}"`, EXIT_USAGE);
+  }
+  const seed = parseSeed(options.seed);
+  let graph: IrGraph;
+  let inputs: LoweredInput[];
+  let name: string;
+  let dims: Map<string, number>;
+  let bundled: RunnableProgram | undefined;
+  if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
+    const bundle = readBundle(target);
+    if (options.dim?.length || options.set?.length || options.model) {
+      throw new CliError(
+        `${displayPath(target)} is a compiled bundle: its model and sizes are fixed (${[...bundle.dims].map(([k, v]) => `${k}=${v}`).join(", ")}); recompile to change them`,
+        EXIT_USAGE,
+      );
+    }
+    ({ graph, inputs, name, dims } = bundle);
+    if (bundle.code) bundled = programFromBundle(bundle.code);
+  } else {
+    const { lowered } = lowerFromSource(target, options);
+    ({ graph, inputs, name, dims } = lowered);
+  }
+  const weightsFile = openTensors(options.weights, "--weights");
+  const inputsFile = openTensors(options.inputs, "--inputs");
+  let weights: Map<string, TypedTensor>;
+  let feeds: Map<string, TypedTensor>;
+  try {
+    weights = prepareWeights(graph, weightsFile, seed);
+    feeds = prepareInputs(inputs, inputsFile, seed, options.task);
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
+  }
+  const dimsRecord = Object.fromEntries(dims);
+  if (backend === "reference") {
+    const t0 = performance.now();
+    const outputs = runReference(graph, weights, feeds);
+    return {
+      model: name,
+      backend,
+      dims: dimsRecord,
+      outputs,
+      timings: { firstMs: performance.now() - t0 },
+    };
+  }
+  // Loaded lazily: only a GPU run touches the device.
+  const { runOnGpu } = await import("../runtime/run-gpu.js");
+  const { DeviceError } = await import("../runtime/device.js");
+  try {
+    const result = await runOnGpu(graph, weights, feeds, {
+      stats: options.stats === true,
+      tune: options.tune === true,
+      ...(bundled ? { bundled } : {}),
+      log: (line) => process.stderr.write(`moec: ${line}\n`),
+    });
+    return { model: name, backend, dims: dimsRecord, ...result };
+  } catch (err) {
+    if (err instanceof DeviceError || err instanceof LimitError)
+      throw new CliError(err.message, EXIT_DEVICE);
+    throw err;
+  }
+}
+
+export async function runRun(target: string, options: RunOptions): Promise<number> {
+  const result = await executeRun(target, options);
+  if (options.output) {
+    writeSafetensorsFile(options.output, weightsToSafetensors(result.outputs), {
+      model: result.model,
+      backend: result.backend,
+    });
+  }
+  const outputs = [...result.outputs].map(([name, t]) => ({
+    name,
+    dtype: t.dtype,
+    shape: t.shape,
+    checksum: checksum(t),
+  }));
+  if (options.json) {
+    process.stdout.write(
+      JSON.stringify(
+        {
+          model: result.model,
+          backend: result.backend,
+          device: result.device,
+          dims: result.dims,
+          outputs,
+          timings: result.timings,
+          ...(result.kernels ? { kernels: result.kernels } : {}),
+          ...(result.memory ? { memory: result.memory } : {}),
+          ...(options.output ? { wrote: options.output } : {}),
+        },
+        null,
+        2,
+      ) + "\n",
+    );
+    return 0;
+  }
+  const where = result.device ? `${result.backend}: ${result.device}` : result.backend;
+  const dims = Object.entries(result.dims)
+    .map(([k, v]) => `${k}=${v}`)
+    .join(", ");
+  const lines = [`model ${result.model} on ${where}${dims ? ` (${dims})` : ""}`];
+  for (const o of outputs) {
+    const c = o.checksum;
+    lines.push(
+      `  ${o.name}  ${o.dtype}[${o.shape.join(", ")}]  mean ${fmt(c.mean)}  absmax ${fmt(c.absMax)}  l2 ${fmt(c.l2)}`,
+    );
+  }
+  const t = result.timings;
+  lines.push(
+    `  time ${t.steadyMs !== undefined ? `${t.steadyMs.toFixed(2)} ms per call (first call ${t.firstMs.toFixed(1)} ms)` : `${t.firstMs.toFixed(1)} ms`}`,
+  );
+  if (result.memory) {
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
+    lines.push(
+      `  device memory: peak ${mib(result.memory.peakBytes)} for ${mib(result.memory.tensorBytes)} of tensors`,
+    );
+  }
+  if (options.stats && result.kernels) {
+    lines.push("  kernels:");
+    for (const k of result.kernels) lines.push(`    ${k.ms.toFixed(3).padStart(9)} ms  ${k.name}`);
+  }
+  if (options.output) lines.push(`wrote ${displayPath(path.resolve(options.output))}`);
+  process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}
+
+function fmt(x: number): string {
+  return Math.abs(x) >= 1e4 || (Math.abs(x) < 1e-3 && x !== 0) ? x.toExponential(3) : x.toFixed(4);
+}

@@ -1,0 +1,42 @@
+/**
+ * `moec tune`: measures the matmul kernel variants on this adapter and caches the fastest
+ * (keyed by the adapter's identity), so later runs and benchmarks use them.
+ */
+import { autotune, defaultCacheDir, loadTuning } from "../runtime/autotune.js";
+import { DeviceError, adapterSummary, openDevice } from "../runtime/device.js";
+import { CliError, EXIT_DEVICE } from "./report.js";
+
+export async function runTune(options: { force?: boolean; json?: boolean }): Promise<number> {
+  let ctx;
+  try {
+    ctx = await openDevice();
+  } catch (err) {
+    if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
+    throw err;
+  }
+  try {
+    const cached = loadTuning(ctx);
+    const log = options.json ? undefined : (line: string) => process.stderr.write(`${line}\n`);
+    const tuning =
+      cached && !options.force
+        ? cached
+        : await autotune(ctx, { force: true, ...(log ? { log } : {}) });
+    const result = {
+      adapter: adapterSummary(ctx),
+      cached: cached !== undefined && !options.force,
+      cache: defaultCacheDir(),
+      matmul: { nn: tuning.matmul.nn.name, nt: tuning.matmul.nt.name },
+    };
+    if (options.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
+    else {
+      process.stdout.write(
+        `${result.cached ? "already tuned" : "tuned"} ${result.adapter}\n` +
+          `  matmul x·w: ${result.matmul.nn}\n  matmul x·wᵀ: ${result.matmul.nt}\n` +
+          `  cache: ${result.cache}${result.cached ? " (moec tune --force measures again)" : ""}\n`,
+      );
+    }
+    return 0;
+  } finally {
+    await ctx.close();
+  }
+}

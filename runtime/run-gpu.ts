@@ -1,0 +1,86 @@
+/**
+ * Running a model on the WebGPU device: open the device, pick the matmul variants tuned for
+ * this adapter (measured once, cached on disk), compile the graph against the device's limits
+ * (or take a bundle's kernels as compiled), upload weights once, run, read back.
+ */
+import { performance } from "node:perf_hooks";
+import { type CompiledProgram, compileGraph } from "../compiler/compile-graph.js";
+import type { IrGraph } from "../compiler/ir/graph.js";
+import { DEFAULT_TUNING } from "../compiler/wgsl/variants.js";
+import { autotune, loadTuning } from "./autotune.js";
+import { adapterSummary, openDevice } from "./device.js";
+import { Executor, type TensorData } from "./executor.js";
+import type { TypedTensor } from "./weights.js";
+
+/** The parts of a compiled program the executor runs (all a bundle stores). */
+type RunnableProgram = Pick<
+  CompiledProgram,
+  "kernels" | "buffers" | "inputs" | "params" | "outputs" | "memory"
+>;
+
+export interface GpuRunResult {
+  device: string;
+  outputs: Map<string, TypedTensor>;
+  timings: { firstMs: number; steadyMs?: number };
+  kernels?: { name: string; ms: number }[];
+  memory: { peakBytes: number; tensorBytes: number };
+}
+
+export async function runOnGpu(
+  graph: IrGraph,
+  weights: ReadonlyMap<string, TypedTensor>,
+  inputs: ReadonlyMap<string, TypedTensor>,
+  options: {
+    stats: boolean;
+    tune?: boolean;
+    bundled?: RunnableProgram;
+    log?: (line: string) => void;
+  },
+): Promise<GpuRunResult> {
+  const ctx = await openDevice();
+  let exe: Executor | undefined;
+  try {
+    let program: RunnableProgram;
+    if (options.bundled) program = options.bundled;
+    else {
+      // Tuned variants when this adapter was tuned (`moec tune`), else the defaults: measuring
+      // every variant takes a minute on a software driver, too long to do unasked.
+      let tuning = loadTuning(ctx);
+      if (!tuning && options.tune) {
+        options.log?.(`tuning matmul kernels for ${adapterSummary(ctx)} (cached afterwards)`);
+        tuning = await autotune(ctx, options.log ? { log: options.log } : {});
+      }
+      program = compileGraph(graph, ctx.limits, tuning ?? DEFAULT_TUNING);
+    }
+    // The executor reads only the runnable parts of a program.
+    exe = await Executor.create(ctx, program as CompiledProgram, { timing: options.stats });
+    const params = new Map<string, TensorData>();
+    for (const [name, t] of weights) params.set(name, t.data as TensorData);
+    exe.setParams(params);
+    const feeds = new Map<string, TensorData>();
+    for (const [name, t] of inputs) feeds.set(name, t.data as TensorData);
+    let t0 = performance.now();
+    let out = await exe.run(feeds);
+    const firstMs = performance.now() - t0;
+    // A second call shows the steady state (pipelines and uploads done).
+    t0 = performance.now();
+    out = await exe.run(feeds);
+    const steadyMs = performance.now() - t0;
+    const outputs = new Map<string, TypedTensor>();
+    for (const o of program.outputs) {
+      const data = out.get(o.name)!;
+      outputs.set(o.name, { dtype: o.dtype, shape: o.shape, data });
+    }
+    const result: GpuRunResult = {
+      device: adapterSummary(ctx),
+      outputs,
+      timings: { firstMs, steadyMs },
+      memory: { peakBytes: program.memory.peakBytes, tensorBytes: program.memory.totalBytes },
+    };
+    if (options.stats) result.kernels = exe.stats().map((k) => ({ name: k.name, ms: k.lastMs }));
+    return result;
+  } finally {
+    exe?.destroy();
+    await ctx.close();
+  }
+}

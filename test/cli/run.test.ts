@@ -1,0 +1,243 @@
+// `moec run` end to end: the CLI runs each example on the WebGPU device (a child process, one
+// device each) and its outputs equal the float64 reference interpreter's on the same seeded
+// weights and inputs. Also bundles, and the one-line errors of bad input.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { executeRun } from "../../cli/run-command.js";
+import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
+import { weightsToSafetensors } from "../../runtime/weights.js";
+
+const root = path.join(import.meta.dirname, "../..");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-run-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function moec(args: string[]) {
+  const r = spawnSync(
+    process.execPath,
+    ["--import", "tsx", path.join(root, "cli/main.ts"), ...args],
+    {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 240_000,
+    },
+  );
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+/** Runs `args` on the GPU through the CLI and compares every output with the reference. */
+async function expectGpuMatchesReference(name: string, file: string, args: string[]) {
+  const out = path.join(tmp, `${name}.safetensors`);
+  const r = moec(["run", file, ...args, "--seed", "3", "-o", out]);
+  expect(r.stderr.replace(/Warning: .*\n/g, "")).toBe("");
+  expect(r.code).toBe(0);
+  const gpu = readSafetensorsFile(out);
+  const opts: Record<string, unknown> = { backend: "reference", seed: "3", dim: [], set: [] };
+  for (let i = 0; i < args.length; i += 2) {
+    const key = args[i]!.replace(/^--/, "");
+    if (key === "dim" || key === "set") (opts[key] as string[]).push(args[i + 1]!);
+    else opts[key] = args[i + 1];
+  }
+  const ref = await executeRun(path.join(root, file), opts);
+  expect(gpu.names().sort()).toEqual([...ref.outputs.keys()].sort());
+  for (const [k, t] of ref.outputs) {
+    const g = gpu.read(k);
+    expect(g.shape).toEqual(t.shape);
+    expect(relL2(g.data, t.data)).toBeLessThan(1e-5);
+    expect([...(g.data as Float32Array)].every(Number.isFinite)).toBe(true);
+  }
+  return r.stdout;
+}
+
+describe("moec run on the GPU equals the reference", () => {
+  it("GPT-2 (mini) with tied embeddings", async () => {
+    const stdout = await expectGpuMatchesReference("gpt2", "examples/gpt2.moe", [
+      "--dim",
+      "B=2",
+      "--dim",
+      "T=7",
+    ]);
+    expect(stdout).toMatch(/logits {2}f32\[2, 7, 512\]/);
+  });
+
+  it("a small transformer, also through a compiled bundle", async () => {
+    await expectGpuMatchesReference("tiny", "examples/tiny-transformer.moe", [
+      "--dim",
+      "B=2",
+      "--dim",
+      "T=5",
+    ]);
+    const bundle = path.join(tmp, "tiny.moec");
+    const c = moec([
+      "compile",
+      "examples/tiny-transformer.moe",
+      "--dim",
+      "B=2",
+      "--dim",
+      "T=5",
+      "-o",
+      bundle,
+    ]);
+    expect(c.code).toBe(0);
+    const manifest = JSON.parse(fs.readFileSync(path.join(bundle, "manifest.json"), "utf8"));
+    expect(manifest.kernels.length).toBeGreaterThan(0);
+    for (const k of manifest.kernels)
+      expect(fs.readFileSync(path.join(bundle, k.file), "utf8")).toMatch(/@compute/);
+    const viaBundle = path.join(tmp, "tiny-bundle.safetensors");
+    expect(moec(["run", bundle, "--seed", "3", "-o", viaBundle]).code).toBe(0);
+    const a = readSafetensorsFile(viaBundle).read("logits").data;
+    const b = readSafetensorsFile(path.join(tmp, "tiny.safetensors")).read("logits").data;
+    expect(relL2(a, b)).toBeLessThan(1e-6);
+  });
+
+  it("AT-MoE: grouped LoRA experts on a frozen base", async () => {
+    await expectGpuMatchesReference("atmoe", "examples/at-moe.moe", [
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=5",
+      "--set",
+      "layers=1",
+      "--set",
+      "d=32",
+      "--set",
+      "vocab=100",
+    ]);
+  });
+
+  it("per-task residual adapters on GPT-2 with a mixed-task batch", async () => {
+    await expectGpuMatchesReference("adapters", "examples/gpt2-adapters.moe", [
+      "--dim",
+      "B=3",
+      "--dim",
+      "T=4",
+      "--set",
+      "layers=1",
+      "--set",
+      "d=48",
+      "--set",
+      "heads=4",
+      "--set",
+      "vocab=100",
+    ]);
+  });
+
+  it("mixture of tokens", async () => {
+    await expectGpuMatchesReference("mot", "examples/mixture-of-tokens.moe", [
+      "--dim",
+      "B=8",
+      "--dim",
+      "T=3",
+      "--set",
+      "layers=1",
+      "--set",
+      "d=32",
+      "--set",
+      "vocab=50",
+      "--set",
+      "experts=4",
+      "--set",
+      "group=4",
+    ]);
+  });
+});
+
+describe("moec run: bad input is one line and a non-zero exit", () => {
+  it("reports a corrupt weights file (exit 1)", () => {
+    const bad = path.join(tmp, "bad.safetensors");
+    fs.writeFileSync(bad, Buffer.from([1, 2, 3]));
+    const r = moec([
+      "run",
+      "examples/gpt2.moe",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=2",
+      "--weights",
+      bad,
+      "--backend",
+      "reference",
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^moec: .*bad\.safetensors: too short/);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+  });
+
+  it("reports weights that do not fit the model, all at once (exit 1)", () => {
+    const weights = path.join(tmp, "gpt2-weights.safetensors");
+    const wte = {
+      dtype: "f32" as const,
+      shape: [512, 32],
+      data: new Float32Array(512 * 32).fill(0.5),
+    };
+    writeSafetensorsFile(weights, weightsToSafetensors(new Map([["gpt.wte.weight", wte]])));
+    const r = moec([
+      "run",
+      "examples/gpt2.moe",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=2",
+      "--weights",
+      weights,
+      "--backend",
+      "reference",
+    ]);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split("\n");
+    expect(lines[0]).toMatch(
+      /^moec: .*gpt2-weights\.safetensors: 36 problems: missing gpt\.wpe\.weight \[128, 64\];/,
+    );
+    expect(lines).toContain("  gpt.wte.weight has shape [512, 32], expected [512, 64]");
+    expect(lines).toHaveLength(37);
+  });
+
+  it("asks for free dims (exit 1, with the diagnostic)", () => {
+    const r = moec(["run", "examples/gpt2.moe", "--dim", "B=1", "--backend", "reference"]);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/error\[E0314\]: the size of `T` \(in input `tokens`\) is not known/);
+    expect(r.stderr).toMatch(/hint: pass it with --dim T=N/);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+
+  it("rejects an unknown task and wrong usage", () => {
+    const task = moec([
+      "run",
+      "examples/gpt2-adapters.moe",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=2",
+      "--set",
+      "layers=1",
+      "--set",
+      "d=32",
+      "--set",
+      "heads=2",
+      "--set",
+      "vocab=50",
+      "--task",
+      "translat",
+      "--backend",
+      "reference",
+    ]);
+    expect(task.code).toBe(1);
+    expect(task.stderr.trim()).toBe(
+      "moec: unknown task `translat`; the tasks are translate, summarize, dialogue",
+    );
+    expect(moec(["run", "examples/gpt2.moe", "--backend", "cpu"]).code).toBe(2);
+    expect(moec(["run", "examples/gpt2.moe", "--dim", "T"]).code).toBe(2);
+  });
+});
