@@ -77,13 +77,17 @@ export function benchFrontend(): string[] {
  * The language server's re-check of the same file after a keystroke-sized edit inside a block
  * (alternately near the top, in the middle and near the end): its parses and per-body check
  * results are reused (editor/lsp/parse-cache.ts, check-cache.ts), the models re-elaborated.
+ * The first check of the file is a full one; the server then fills the per-body cache while
+ * idle (`CheckCache.warm`), as done here before timing.
  */
 function lspRecheck(source: string, file: string): number {
   const overlay = new Map([[file, source]]);
   const fsView = nodeFileSystem(overlay);
   const parses = new ParseCache();
   const checks = new CheckCache();
-  analyzeDocument(file, 0, fsView, parses.parse, checks);
+  const parse = parses.forEntry(file);
+  const first = analyzeDocument(file, 0, fsView, parse, checks);
+  checks.warm(first.program, file); // as the server does while the user is not typing
   const line = "  y = x + z + moe(norm(z))";
   const sites = [0.1, 0.5, 0.9].map((f) => source.indexOf(line, Math.floor(source.length * f)));
   const times: number[] = [];
@@ -92,8 +96,8 @@ function lspRecheck(source: string, file: string): number {
     const edited = source.slice(0, at) + line + " + z" + source.slice(at + line.length);
     overlay.set(file, r % 2 === 0 ? edited : source);
     const t = performance.now();
-    analyzeDocument(file, r + 1, fsView, parses.parse, checks);
+    analyzeDocument(file, r + 1, fsView, parse, checks);
     times.push(performance.now() - t);
   }
-  return median(times.slice(4));
+  return median(times.slice(1));
 }

@@ -41,6 +41,8 @@ export class CheckCache {
   /** Diagnostics of the other modules at the last full check (only unused imports are allowed). */
   private otherModules: Diagnostic[] | undefined;
   private bodies = new Map<string, BodyResult>();
+  /** Set by a full check: the per-body results are not known yet (see `warm`). */
+  private cold = true;
   readonly stats: CheckStats = { full: 0, incremental: 0, lastChecked: 0 };
 
   /** Checks `program` with `entry` as the edited file, adding diagnostics as checkProgram does. */
@@ -68,6 +70,7 @@ export class CheckCache {
     const before = diagnostics.length;
     checkProgram(program, diagnostics);
     this.stats.full++;
+    this.cold = true;
     const added = diagnostics.slice(before);
     const others = added.filter((d) => d.file !== entry);
     // Bodies of other modules must be clean for the per-body run to be exact, and while two
@@ -83,6 +86,25 @@ export class CheckCache {
     const usable =
       others.every((d) => d.code === "W0503") && withProblems.size <= 1 && !withProblems.has(-1);
     this.otherModules = usable ? others : undefined;
+  }
+
+  /** Whether `warm` has work to do. */
+  get needsWarmup(): boolean {
+    return this.cold && this.otherModules !== undefined;
+  }
+
+  /**
+   * After a full check, checks every body on its own ahead of the next edit (the server does
+   * this when idle), so that edit only re-checks the body it touched.
+   */
+  warm(program: ResolvedProgram, entry: string): void {
+    const scope = program.scopes.get(entry);
+    if (!this.needsWarmup || !scope) return;
+    const signatures = signaturesOf(program, entry);
+    if (signatures.length !== this.signatures.length) return;
+    if (!signatures.every((s, i) => s === this.signatures[i])) return;
+    this.incremental(program, scope, entry);
+    this.cold = false;
   }
 
   /** The per-body run, or undefined when it would not be exactly checkProgram's. */
@@ -109,6 +131,7 @@ export class CheckCache {
       results.push(r);
     }
     this.bodies = next;
+    this.cold = false;
     scope.imported.clear();
     for (const [k, v] of allImported) scope.imported.set(k, v);
     if (results.filter((r) => r.diagnostics.length > 0).length > 1) return undefined;

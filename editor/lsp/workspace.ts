@@ -194,13 +194,10 @@ export class Workspace {
 
   /** Checks a document now (its importers are scheduled after it). */
   recheck(doc: OpenDocument): EditorAnalysis {
-    const analysis = analyzeDocument(
-      doc.path,
-      doc.doc.version,
-      this.fsView,
-      this.parseCache.parse,
-      doc.checkCache,
-    );
+    // The document's previous AST is read by nobody once this analysis replaces the last one,
+    // so its reparse may move the unchanged items in place (other modules' parses are shared).
+    const parse = this.parseCache.forEntry(doc.path);
+    const analysis = analyzeDocument(doc.path, doc.doc.version, this.fsView, parse, doc.checkCache);
     doc.latest = analysis;
     if (!analysis.syntaxErrors || !doc.answering) {
       doc.answering = analysis;
@@ -214,6 +211,14 @@ export class Workspace {
       }
     }
     this.events.analyzed(doc, analysis);
+    if (doc.checkCache.needsWarmup) {
+      // Per-body results for the next edit, computed while the user is not typing.
+      setTimeout(() => {
+        if (doc.latest === analysis && doc.timer === undefined) {
+          doc.checkCache.warm(analysis.program, doc.path);
+        }
+      }, this.debounceMs);
+    }
     return analysis;
   }
 

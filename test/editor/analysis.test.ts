@@ -75,7 +75,7 @@ describe("analyzeDocument", () => {
         }
         text = lines.join("\n");
         overlay.set(file, text);
-        const a = analyzeDocument(file, step, fsView, parses.parse, checks);
+        const a = analyzeDocument(file, step, fsView, parses.forEntry(file), checks);
         expect(a.diagnostics, `step ${step}`).toEqual(analyze([file], fsView).diagnostics);
       }
       expect(checks.stats.incremental).toBeGreaterThan(0);
