@@ -1,8 +1,13 @@
 // `npm run bench`: every benchmark in one process, results side by side.
 import { benchFrontend } from "./frontend.js";
+import { benchMoec } from "./moec.js";
 
 const sections: [string, () => string[] | Promise<string[]>][] = [
   ["Front end (issue #2)", benchFrontend],
+  [
+    "GPU: moec against TF.js WebGPU/wasm and onnxruntime-node, same process (issues #3, #4)",
+    benchMoec,
+  ],
 ];
 
 for (const [title, run] of sections) {

@@ -1,0 +1,226 @@
+/**
+ * moec's side of the benchmarks, on the WebGPU device, with the peers (TF.js WebGPU and wasm,
+ * onnxruntime-node) run in the same process and printed side by side as ratios:
+ * - matmul 1024³ f32 (issue #3: ≥ 3× TF.js WebGPU; also vs moec's naive kernel and ORT);
+ * - one transformer block d=512, T=256, 8 heads (issue #3: ≥ 4× TF.js WebGPU), with peak
+ *   device memory against the sum of live tensors' sizes;
+ * - the MoE layer T=1024, d=512, h=1024, E=8 (issue #4): moec's dense soft mixture for now.
+ * Every moec program is checked against the reference interpreter before it is timed.
+ */
+import * as path from "node:path";
+import { compileGraph } from "../compiler/compile-graph.js";
+import type { IrGraph } from "../compiler/ir/graph.js";
+import { analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
+import { DEFAULT_TUNING, type Tuning } from "../compiler/wgsl/variants.js";
+import { benchMatmul, loadTuning } from "../runtime/autotune.js";
+import { type GpuContext, adapterSummary, openDevice } from "../runtime/device.js";
+import { Executor, type TensorData } from "../runtime/executor.js";
+import { type HostTensor, interpret } from "../runtime/reference/interpret.js";
+import { initWeights, randomInputs } from "../runtime/weights.js";
+import { paramSpecs } from "../runtime/run-model.js";
+import { type PeerSuiteResult, runPeerSuite } from "./peers/suite.js";
+import { DEFAULT_MOE, DEFAULT_TRANSFORMER, moeName, transformerName } from "./peers/workloads.js";
+
+const BLOCK_SOURCE = (d: number, heads: number) => `import std.nn { TransformerBlock }
+model Block() {
+  in x: f32[B, T, ${d}]
+  out y: f32[B, T, ${d}]
+  layer = TransformerBlock(${d}, ${heads}, ${4 * d}, act: gelu_tanh)
+  y = layer(x)
+}`;
+
+const MOE_SOURCE = (d: number, hidden: number, experts: number) => `import std.nn { FFN }
+import std.route { MoE, Soft }
+model Layer() {
+  in x: f32[N, ${d}]
+  out y: f32[N, ${d}]
+  moe = MoE(router: Soft(), experts: [FFN(${d}, ${hidden}, act: gelu_tanh); ${experts}])
+  y = moe(x)
+}`;
+
+function lowerSource(source: string, dims: Record<string, number>): IrGraph {
+  const file = path.resolve("bench-model.moe");
+  const analysis = analyze([file], nodeFileSystem(new Map([[file, source]])));
+  const result = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)));
+  if ("error" in result || !result.model) {
+    const why =
+      "error" in result
+        ? result.error
+        : [...analysis.diagnostics, ...result.diagnostics].map((d) => d.message).join("; ");
+    throw new Error(`bench model did not lower: ${why}`);
+  }
+  return result.model.graph;
+}
+
+/** Relative L2 distance of a GPU output from the float64 reference. */
+function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num / den);
+}
+
+interface MoecTiming {
+  ms: number;
+  kernels: number;
+  check: string;
+  memory: { peakBytes: number; totalBytes: number };
+}
+
+/** Compiles, checks once against the reference, then times steady-state calls. */
+async function timeGraph(
+  ctx: GpuContext,
+  graph: IrGraph,
+  tuning: Tuning,
+  reps: number,
+): Promise<MoecTiming> {
+  const program = compileGraph(graph, ctx.limits, tuning);
+  const exe = await Executor.create(ctx, program);
+  try {
+    const weights = initWeights(paramSpecs(graph), 1);
+    const inputs = randomInputs(
+      graph.nodes.flatMap((n) =>
+        n.op === "input" ? [{ name: n.name, dtype: n.dtype, shape: n.shape }] : [],
+      ),
+      1,
+    );
+    exe.setParams(new Map([...weights].map(([k, v]) => [k, v.data as TensorData])));
+    const feeds = new Map([...inputs].map(([k, v]) => [k, v.data as TensorData]));
+    const out = await exe.run(feeds);
+    const leaves = new Map<string, HostTensor>();
+    for (const [k, v] of [...weights, ...inputs])
+      leaves.set(k, { shape: v.shape, data: Float64Array.from(v.data) });
+    const ref = interpret(graph, leaves).outputs;
+    const worst = Math.max(
+      ...graph.outputs.map((o) => relL2(out.get(o.name)!, ref.get(o.name)!.data)),
+    );
+    const check =
+      worst < 1e-5
+        ? `ok (rel L2 ${worst.toExponential(1)})`
+        : `WRONG (rel L2 ${worst.toExponential(1)})`;
+    await exe.timeKernels(1);
+    const samples: number[] = [];
+    for (let i = 0; i < reps; i++) samples.push(await exe.timeKernels(1));
+    samples.sort((a, b) => a - b);
+    return {
+      ms: samples[Math.floor(samples.length / 2)]!,
+      kernels: program.kernels.length,
+      check,
+      memory: program.memory,
+    };
+  } finally {
+    exe.destroy();
+  }
+}
+
+const pad = (s: string, n: number) => s.padEnd(n);
+const ms = (x: number) => `${x.toFixed(x < 10 ? 2 : 1)} ms`.padStart(11);
+
+function peerLines(
+  peers: PeerSuiteResult,
+  workload: string,
+  moecMs: number,
+  goal?: { peer: string; ratio: number },
+): string[] {
+  const lines: string[] = [];
+  for (const t of peers.timings.filter((p) => p.name === workload)) {
+    const ratio = t.ms / moecMs;
+    const verdict =
+      goal && t.peer === goal.peer
+        ? `  (goal ≥ ${goal.ratio}×: ${ratio >= goal.ratio ? "met" : "NOT met"})`
+        : "";
+    const gf =
+      t.gflops !== undefined ? `${t.gflops.toFixed(1).padStart(7)} GFLOP/s` : "".padStart(15);
+    lines.push(
+      `  ${pad(t.peer + (t.note ? ` (${t.note})` : ""), 34)}${ms(t.ms)} ${gf}   moec ${ratio >= 1 ? `${ratio.toFixed(2)}× faster` : `${(1 / ratio).toFixed(2)}× slower`}${verdict}  [${t.check.ok ? "checked" : "WRONG"}]`,
+    );
+  }
+  for (const f of peers.failures.filter((p) => p.name === workload || p.name === "(open)")) {
+    lines.push(`  ${pad(f.peer, 34)}failed: ${f.error}`);
+  }
+  return lines;
+}
+
+export async function benchMoec(): Promise<string[]> {
+  const ctx = await openDevice();
+  const lines: string[] = [`device: ${adapterSummary(ctx)}`];
+  try {
+    const tuned = loadTuning(ctx);
+    const tuning = tuned ?? DEFAULT_TUNING;
+    lines.push(
+      `kernels: ${tuned ? "tuned for this adapter (moec tune)" : "default variants (run `moec tune` to tune)"}`,
+    );
+    const log = (line: string) => process.stderr.write(`  … ${line}\n`);
+    const peers = await runPeerSuite({ ctx, log });
+
+    // Matmul 1024³.
+    const n = 1024;
+    const flops = 2 * n * n * n;
+    const best = await benchMatmul(ctx, n, n, n, tuning.matmul.nn);
+    const naive = await benchMatmul(ctx, n, n, n, "naive-16x16");
+    const moecMs = flops / best / 1e6;
+    const check = await timeGraph(
+      ctx,
+      lowerSource(
+        `model M() { in a: f32[256, 256]  in b: f32[256, 256]  out c: f32[256, 256]  c = a @ b }`,
+        {},
+      ),
+      tuning,
+      1,
+    );
+    lines.push(
+      "",
+      `matmul 1024×1024×1024 f32 (moec kernel ${tuning.matmul.nn.name}; 256³ check against the reference: ${check.check})`,
+    );
+    lines.push(`  ${pad("moec", 34)}${ms(moecMs)} ${best.toFixed(1).padStart(7)} GFLOP/s`);
+    lines.push(
+      `  ${pad("moec naive kernel", 34)}${ms(flops / naive / 1e6)} ${naive.toFixed(1).padStart(7)} GFLOP/s   moec ${(best / naive).toFixed(2)}× faster`,
+    );
+    lines.push(
+      ...peerLines(peers, "matmul 1024x1024x1024", moecMs, { peer: "tfjs-webgpu", ratio: 3 }),
+    );
+
+    // One transformer block.
+    const tc = DEFAULT_TRANSFORMER;
+    const block = await timeGraph(
+      ctx,
+      lowerSource(BLOCK_SOURCE(tc.d, tc.heads), { B: tc.B, T: tc.T }),
+      tuning,
+      5,
+    );
+    const mib = (b: number) => `${(b / 2 ** 20).toFixed(1)} MiB`;
+    lines.push(
+      "",
+      `transformer block d=${tc.d} T=${tc.T} heads=${tc.heads} B=${tc.B} (${block.kernels} kernels; ${block.check})`,
+    );
+    lines.push(
+      `  ${pad("moec", 34)}${ms(block.ms)}   peak device memory ${mib(block.memory.peakBytes)} for ${mib(block.memory.totalBytes)} of tensors`,
+    );
+    const tname = transformerName(tc);
+    lines.push(...peerLines(peers, tname, block.ms, { peer: "tfjs-webgpu", ratio: 4 }));
+
+    // The MoE layer: dense soft mixture (all experts on all tokens) until sparse top-k lands.
+    const mc = DEFAULT_MOE;
+    const moe = await timeGraph(
+      ctx,
+      lowerSource(MOE_SOURCE(mc.d, mc.hidden, mc.E), { N: mc.T }),
+      tuning,
+      1,
+    );
+    const mname = moeName(mc);
+    lines.push(
+      "",
+      `MoE layer T=${mc.T} d=${mc.d} hidden=${mc.hidden} E=${mc.E} top-${mc.topk} (${moe.check})`,
+    );
+    lines.push(
+      `  ${pad("moec dense soft mixture (all E)", 34)}${ms(moe.ms)}   ${moe.kernels} kernels; sparse top-k routing is issue #4`,
+    );
+    lines.push(...peerLines(peers, mname, moe.ms));
+    return lines;
+  } finally {
+    await ctx.close();
+  }
+}
