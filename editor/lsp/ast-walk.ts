@@ -2,15 +2,7 @@
  * Generic walks over the AST (plain data: every node is an object with a `span`), used by the
  * providers to find what is under the cursor and to visit declarations.
  */
-import type {
-  ComponentDecl,
-  Expr,
-  Item,
-  SourceFile,
-  Span,
-  Stmt,
-  TrainDecl,
-} from "../../grammar/ast.js";
+import type { ComponentDecl, Expr, SourceFile, Span, Stmt, TrainDecl } from "../../grammar/ast.js";
 
 /** Any AST node (including record fields, which have a span but no kind). */
 export interface AstNode {
@@ -104,8 +96,4 @@ export function allStatements(body: readonly Stmt[]): Stmt[] {
   };
   visit(body);
   return out;
-}
-
-export function itemName(item: Item): string | undefined {
-  return item.kind === "ImportDecl" ? undefined : item.name.name;
 }

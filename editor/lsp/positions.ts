@@ -35,10 +35,6 @@ export function spanToRange(map: LineMap, span: Span): Range {
   return { start: offsetToPosition(map, span.start), end: offsetToPosition(map, span.end) };
 }
 
-export function spanContains(span: Span, offset: number): boolean {
-  return span.start <= offset && offset <= span.end;
-}
-
 /** A file path for a document URI (`file:` URIs; others become a stable virtual path). */
 export function uriToPath(uri: string): string {
   if (uri.startsWith("file:")) return path.resolve(fileURLToPath(uri));

@@ -7,7 +7,6 @@ import type { ComponentDecl, ParamDecl, Span, TrainDecl } from "../../grammar/as
 import { formatDim } from "../../compiler/dims.js";
 import type { Unifier } from "../../compiler/unify.js";
 import { type TensorType, type Value, formatTensorType } from "../../compiler/values.js";
-import { allStatements } from "./ast-walk.js";
 
 /** Source text of a span, with runs of whitespace collapsed (multi-line headers read on one line). */
 export function sourceText(text: string, span: Span): string {
@@ -36,17 +35,6 @@ export function portLines(text: string, decl: ComponentDecl | TrainDecl): string
       out.push(`  ${s.direction} ${s.name.name}: ${sourceText(text, s.type.span)}`);
   }
   return out;
-}
-
-/** `(f32[..., d]) -> f32[..., d]`: how an instance of a component is applied. */
-export function applicationText(text: string, decl: ComponentDecl): string {
-  const ports = decl.body.filter((s) => s.kind === "PortDecl");
-  const ins = ports.filter((p) => p.direction === "in");
-  const outs = ports.filter((p) => p.direction === "out");
-  const t = (p: (typeof ports)[number]) => `${p.name.name}: ${sourceText(text, p.type.span)}`;
-  const result =
-    outs.length === 1 ? sourceText(text, outs[0]!.type.span) : `{ ${outs.map(t).join(", ")} }`;
-  return `(${ins.map(t).join(", ")}) -> ${result}`;
 }
 
 export function tensorText(t: TensorType, unifier?: Unifier): string {
@@ -126,16 +114,4 @@ export function shortCount(n: number): string {
     }
   }
   return String(Math.round(n));
-}
-
-/** The declaration of `name` in a component body (a `param` weight or a binding). */
-export function bodyDeclarationText(
-  text: string,
-  decl: ComponentDecl,
-  name: string,
-): string | undefined {
-  for (const s of allStatements(decl.body)) {
-    if (s.kind === "WeightDecl" && s.name.name === name) return sourceText(text, s.span);
-  }
-  return undefined;
 }
