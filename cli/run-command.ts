@@ -10,7 +10,14 @@ import type { IrGraph } from "../compiler/ir/graph.js";
 import { LimitError } from "../compiler/plan-buffers.js";
 import type { LoweredInput } from "../compiler/lower-model.js";
 import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
-import { checksum, prepareInputs, prepareWeights, runReference } from "../runtime/run-model.js";
+import {
+  checksum,
+  paramSpecs,
+  prepareInputs,
+  prepareWeights,
+  runReference,
+} from "../runtime/run-model.js";
+import { WEIGHT_MAPS } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
 import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
@@ -19,6 +26,8 @@ import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
 export interface RunOptions extends ModelOptions {
   weights?: string;
+  weightsMap?: string;
+  initMissing?: boolean;
   inputs?: string;
   task?: string;
   seed?: string;
@@ -84,12 +93,36 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     const { lowered } = lowerFromSource(target, options);
     ({ graph, inputs, name, dims } = lowered);
   }
-  const weightsFile = openTensors(options.weights, "--weights");
+  let weightsFile = openTensors(options.weights, "--weights");
+  if (options.weightsMap !== undefined) {
+    const map = WEIGHT_MAPS.get(options.weightsMap);
+    if (!map) {
+      throw new CliError(
+        `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
+        EXIT_USAGE,
+      );
+    }
+    if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
+    try {
+      weightsFile = map.apply(
+        weightsFile,
+        paramSpecs(graph).map((p) => p.path),
+      );
+    } catch (err) {
+      if (err instanceof WeightsError) throw new CliError(err.message);
+      throw err;
+    }
+  }
   const inputsFile = openTensors(options.inputs, "--inputs");
   let weights: Map<string, TypedTensor>;
   let feeds: Map<string, TypedTensor>;
   try {
-    weights = prepareWeights(graph, weightsFile, seed);
+    weights = prepareWeights(
+      graph,
+      weightsFile,
+      seed,
+      options.initMissing ? { missing: "init" } : {},
+    );
     feeds = prepareInputs(inputs, inputsFile, seed, options.task);
   } catch (err) {
     if (err instanceof WeightsError) throw new CliError(err.message);

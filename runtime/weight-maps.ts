@@ -1,0 +1,182 @@
+/**
+ * Named maps from other ecosystems' checkpoint layouts to moec parameter paths, applied with
+ * `moec run --weights-map NAME`. A map presents the checkpoint as a virtual safetensors file
+ * whose tensors already have moec's names, shapes and layouts, so loading checks every name
+ * and shape against the model before any data is read, as for a native checkpoint.
+ */
+import { type ReadTensor, SafetensorsFile, type TensorInfo, WeightsError } from "./safetensors.js";
+
+/** How one moec tensor is made from one checkpoint tensor. */
+interface Derived {
+  source: string;
+  shape: number[];
+  /** Columns [start, start + count) of a 2-D source, or elements of a 1-D one. */
+  columns?: { start: number; count: number };
+  /** Transpose a 2-D result (Conv1D [in, out] → Linear [out, in]). */
+  transpose?: boolean;
+}
+
+/** A checkpoint seen through a map: moec names, derived on read. */
+class MappedCheckpoint extends SafetensorsFile {
+  constructor(
+    private readonly inner: SafetensorsFile,
+    private readonly derived: Map<string, Derived>,
+  ) {
+    super(
+      inner.fileName,
+      inner.metadata,
+      [...derived].map(([name, d]) => ({
+        name,
+        dtype: inner.info(d.source).dtype,
+        shape: d.shape,
+        begin: 0,
+        end: 0,
+      })),
+      0,
+      // Never read: every tensor is derived from the inner file in read().
+      { read: () => new Uint8Array(0), fresh: true },
+    );
+  }
+
+  override info(name: string): TensorInfo {
+    const t = this.tensors.get(name);
+    if (!t)
+      throw new WeightsError("not-found", this.fileName, `${this.fileName}: no tensor "${name}"`);
+    return t;
+  }
+
+  override read(name: string): ReadTensor {
+    const d = this.derived.get(name);
+    if (!d)
+      throw new WeightsError("not-found", this.fileName, `${this.fileName}: no tensor "${name}"`);
+    const src = this.inner.read(d.source);
+    const data = src.data as Float32Array;
+    let out: Float32Array;
+    if (d.columns && src.shape.length === 2) {
+      const [rows, cols] = src.shape as [number, number];
+      out = new Float32Array(rows * d.columns.count);
+      for (let r = 0; r < rows; r++) {
+        out.set(
+          data.subarray(r * cols + d.columns.start, r * cols + d.columns.start + d.columns.count),
+          r * d.columns.count,
+        );
+      }
+      if (d.transpose) out = transpose(out, rows, d.columns.count);
+    } else if (d.columns) {
+      out = data.slice(d.columns.start, d.columns.start + d.columns.count);
+    } else if (d.transpose && src.shape.length === 2) {
+      out = transpose(data, src.shape[0]!, src.shape[1]!);
+    } else out = Float32Array.from(data);
+    return { name, dtype: src.dtype, shape: d.shape, data: out };
+  }
+}
+
+function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(x.length);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) out[c * rows + r] = x[r * cols + c]!;
+  return out;
+}
+
+/**
+ * Hugging Face GPT-2 (`GPT2LMHeadModel` or `GPT2Model` safetensors) onto moec's GPT-2 layout
+ * (`examples/gpt2.moe`: `wte`, `wpe`, `h.N.layer.{ln_1, attn.{q,k,v,o}, ln_2, mlp.{up,down}}`,
+ * `ln_f`, under whatever prefix the model binds it). Conv1D weights are stored [in, out]: they
+ * are transposed; `c_attn` holds q, k and v side by side and is split. `lm_head.weight` is the
+ * tied `wte.weight` and the causal-mask buffers are not parameters: both are left out.
+ */
+function hfGpt2(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile {
+  const wte = paramPaths.find((p) => p.endsWith("wte.weight"));
+  if (!wte) {
+    throw new WeightsError(
+      "mismatch",
+      file.fileName,
+      `${file.fileName}: --weights-map hf-gpt2 needs a model with a GPT-2 layout (no parameter ends in wte.weight)`,
+    );
+  }
+  const prefix = wte.slice(0, -"wte.weight".length);
+  const hfPrefix = file.has("transformer.wte.weight") ? "transformer." : "";
+  const derived = new Map<string, Derived>();
+  const keep = (ours: string, theirs: string, extra: Partial<Derived> = {}) => {
+    if (!file.has(theirs)) return;
+    const info = file.info(theirs);
+    let shape = [...info.shape];
+    if (extra.columns)
+      shape = shape.length === 2 ? [shape[0]!, extra.columns.count] : [extra.columns.count];
+    if (extra.transpose && shape.length === 2) shape = [shape[1]!, shape[0]!];
+    derived.set(prefix + ours, { source: theirs, shape, ...extra });
+  };
+  keep("wte.weight", `${hfPrefix}wte.weight`);
+  keep("wpe.weight", `${hfPrefix}wpe.weight`);
+  keep("ln_f.weight", `${hfPrefix}ln_f.weight`);
+  keep("ln_f.bias", `${hfPrefix}ln_f.bias`);
+  for (const name of file.names()) {
+    const m = new RegExp(`^${hfPrefix.replace(".", "\\.")}h\\.(\\d+)\\.(.+)$`).exec(name);
+    if (!m) continue;
+    const [, i, rest] = m as unknown as [string, string, string];
+    const ours = `h.${i}.layer.`;
+    switch (rest) {
+      case "ln_1.weight":
+      case "ln_1.bias":
+      case "ln_2.weight":
+      case "ln_2.bias":
+        keep(ours + rest, name);
+        break;
+      case "attn.c_attn.weight":
+      case "attn.c_attn.bias": {
+        const info = file.info(name);
+        const width = info.shape[info.shape.length - 1]! / 3;
+        const kind = rest.endsWith("weight") ? "weight" : "bias";
+        ["q", "k", "v"].forEach((p, j) =>
+          keep(`${ours}attn.${p}.${kind}`, name, {
+            columns: { start: j * width, count: width },
+            transpose: kind === "weight",
+          }),
+        );
+        break;
+      }
+      case "attn.c_proj.weight":
+        keep(`${ours}attn.o.weight`, name, { transpose: true });
+        break;
+      case "attn.c_proj.bias":
+        keep(`${ours}attn.o.bias`, name);
+        break;
+      case "mlp.c_fc.weight":
+        keep(`${ours}mlp.up.weight`, name, { transpose: true });
+        break;
+      case "mlp.c_fc.bias":
+        keep(`${ours}mlp.up.bias`, name);
+        break;
+      case "mlp.c_proj.weight":
+        keep(`${ours}mlp.down.weight`, name, { transpose: true });
+        break;
+      case "mlp.c_proj.bias":
+        keep(`${ours}mlp.down.bias`, name);
+        break;
+      default:
+        // attn.bias / attn.masked_bias: the causal mask as a buffer, not a parameter.
+        if (!rest.endsWith("attn.bias") && !rest.endsWith("attn.masked_bias")) {
+          derived.set(name, { source: name, shape: [...file.info(name).shape] });
+        }
+    }
+  }
+  // Anything else the checkpoint holds (except the tied head) shows up as unexpected.
+  for (const name of file.names()) {
+    if (name === "lm_head.weight" || name.startsWith(`${hfPrefix}h.`) || derived.has(name))
+      continue;
+    if ([...derived.values()].some((d) => d.source === name)) continue;
+    derived.set(name, { source: name, shape: [...file.info(name).shape] });
+  }
+  return new MappedCheckpoint(file, derived);
+}
+
+/** The maps `--weights-map` accepts. */
+export const WEIGHT_MAPS: ReadonlyMap<
+  string,
+  { describe: string; apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile }
+> = new Map([
+  [
+    "hf-gpt2",
+    { describe: "Hugging Face GPT-2 (transformer.h.N.attn.c_attn, Conv1D layouts)", apply: hfGpt2 },
+  ],
+]);
