@@ -46,6 +46,7 @@ export interface DocumentStatus {
   pending: boolean;
   elapsedMs: number | undefined;
   parses: { hits: number; incremental: number; full: number };
+  checks: { full: number; incremental: number; lastChecked: number } | undefined;
 }
 
 export function startServer(
@@ -222,6 +223,7 @@ export function startServer(
       pending: doc?.timer !== undefined,
       elapsedMs: doc?.latest?.elapsedMs,
       parses: { ...workspace.parseCache.stats },
+      checks: doc ? { ...doc.checkCache.stats } : undefined,
     };
   });
 

@@ -61,38 +61,73 @@ export function declKey(file: string, span: Span): string {
   return `${file}#${span.start}`;
 }
 
+/** A map keyed by (file, offset), without building a string per key. */
+class SpanMap<T> {
+  private readonly files = new Map<string, Map<number, T>>();
+  get(file: string, start: number): T | undefined {
+    return this.files.get(file)?.get(start);
+  }
+  set(file: string, start: number, value: T): void {
+    let m = this.files.get(file);
+    if (!m) this.files.set(file, (m = new Map()));
+    m.set(start, value);
+  }
+  delete(file: string, start: number): void {
+    this.files.get(file)?.delete(start);
+  }
+  *values(): IterableIterator<T> {
+    for (const m of this.files.values()) yield* m.values();
+  }
+}
+
+/** A name use: where it is written and the (file, offset) of what it refers to. */
+interface Use {
+  file: string;
+  span: Span;
+  targetFile: string;
+  /** The target's offset; -1 for a module (the file itself). */
+  targetStart: number;
+}
+
 export class SymbolIndex {
   readonly declarations = new Map<string, SymbolDecl>();
-  private readonly uses = new Map<string, { file: string; span: Span; target: string }>();
+  private readonly decls = new SpanMap<SymbolDecl>();
+  private readonly uses = new SpanMap<Use>();
   private readonly byFile = new Map<string, Occurrence[]>();
   private readonly byKey = new Map<string, Occurrence[]>();
 
   constructor(readonly analysis: EditorAnalysis) {
     for (const mod of analysis.graph.modules.values()) this.collectDeclarations(mod.file);
     for (const r of analysis.entryReferences()) {
-      const target = declKey(r.target.file, r.target.span);
-      if (!this.declarations.has(target)) {
-        this.declarations.set(target, {
-          key: target,
-          file: r.target.file,
-          span: r.target.span,
-          name: r.target.name,
-          kind: r.target.kind,
+      const t = r.target;
+      if (!this.decls.get(t.file, t.span.start)) {
+        this.decls.set(t.file, t.span.start, {
+          key: declKey(t.file, t.span),
+          file: t.file,
+          span: t.span,
+          name: t.name,
+          kind: t.kind,
         });
       }
-      this.uses.set(declKey(r.file, r.span), { file: r.file, span: r.span, target });
+      this.uses.set(r.file, r.span.start, {
+        file: r.file,
+        span: r.span,
+        targetFile: t.file,
+        targetStart: t.span.start,
+      });
     }
     for (const mod of analysis.graph.modules.values()) this.collectImports(mod.file);
     // A binding that is recorded as a use is a rebinding, not a declaration.
-    for (const key of this.uses.keys()) this.declarations.delete(key);
+    for (const u of this.uses.values()) this.decls.delete(u.file, u.span.start);
     for (const mod of analysis.graph.modules.values()) this.collectDims(mod.file);
-    for (const d of this.declarations.values()) {
+    for (const d of this.decls.values()) {
+      this.declarations.set(d.key, d);
       if (d.kind !== "module")
         this.add({ file: d.file, span: d.span, key: d.key, declaration: true });
     }
     for (const u of this.uses.values()) {
-      const key = this.resolve(u.target);
-      if (key !== undefined) this.add({ file: u.file, span: u.span, key, declaration: false });
+      const d = this.resolve(u);
+      if (d) this.add({ file: u.file, span: u.span, key: d.key, declaration: false });
     }
     for (const list of this.byFile.values()) list.sort((a, b) => a.span.start - b.span.start);
   }
@@ -107,12 +142,12 @@ export class SymbolIndex {
   }
 
   /** Follows uses of uses (rebindings) to the declaration. */
-  private resolve(key: string): string | undefined {
-    let k = key;
+  private resolve(use: Use): SymbolDecl | undefined {
+    let u = use;
     for (let i = 0; i < 64; i++) {
-      const u = this.uses.get(k);
-      if (!u) return this.declarations.has(k) ? k : undefined;
-      k = u.target;
+      const next = this.uses.get(u.targetFile, u.targetStart);
+      if (!next) return this.decls.get(u.targetFile, u.targetStart);
+      u = next;
     }
     return undefined;
   }
@@ -124,7 +159,14 @@ export class SymbolIndex {
     extra: Pick<SymbolDecl, "node" | "owner" | "parent"> = {},
   ): void {
     const key = declKey(file, name.span);
-    this.declarations.set(key, { key, file, span: name.span, name: name.name, kind, ...extra });
+    this.decls.set(file, name.span.start, {
+      key,
+      file,
+      span: name.span,
+      name: name.name,
+      kind,
+      ...extra,
+    });
   }
 
   private collectDeclarations(file: string): void {
@@ -169,10 +211,9 @@ export class SymbolIndex {
   private collectImports(file: string): void {
     const mod = this.analysis.graph.modules.get(file)!;
     for (const [decl, target] of mod.importTargets) {
-      const moduleKey = `module:${target}`;
-      if (!this.declarations.has(moduleKey)) {
-        this.declarations.set(moduleKey, {
-          key: moduleKey,
+      if (!this.decls.get(target, -1)) {
+        this.decls.set(target, -1, {
+          key: `module:${target}`,
           file: target,
           span: { start: 0, end: 0 },
           name:
@@ -180,18 +221,24 @@ export class SymbolIndex {
           kind: "module",
         });
       }
-      this.uses.set(declKey(file, decl.module.span), {
+      this.uses.set(file, decl.module.span.start, {
         file,
         span: decl.module.span,
-        target: moduleKey,
+        targetFile: target,
+        targetStart: -1,
       });
       const scope = this.analysis.program.scopes.get(target);
       for (const imp of decl.names) {
         const found = scope?.names.get(imp.name.name);
         if (!found || found.file !== target) continue;
-        const key = declKey(found.file, found.decl.name.span);
         for (const id of [imp.name, imp.alias]) {
-          if (id) this.uses.set(declKey(file, id.span), { file, span: id.span, target: key });
+          if (!id) continue;
+          this.uses.set(file, id.span.start, {
+            file,
+            span: id.span,
+            targetFile: found.file,
+            targetStart: found.decl.name.span.start,
+          });
         }
       }
     }
@@ -207,10 +254,10 @@ export class SymbolIndex {
         forEachNode(s.type, (n) => {
           if (n.kind !== "NameExpr") return;
           const name = (n as unknown as { name: Ident }).name;
-          const key = declKey(file, name.span);
-          if (this.uses.has(key)) return;
-          if (!this.declarations.has(key)) this.declare(file, name, "dim", { owner: item });
-          else this.declarations.get(key)!.owner = item;
+          if (this.uses.get(file, name.span.start)) return;
+          const d = this.decls.get(file, name.span.start);
+          if (!d) this.declare(file, name, "dim", { owner: item });
+          else d.owner = item;
         });
       }
     }
@@ -220,16 +267,23 @@ export class SymbolIndex {
   at(file: string, offset: number): Occurrence | undefined {
     const list = this.byFile.get(file);
     if (!list) return undefined;
-    let best: Occurrence | undefined;
-    for (const o of list) {
-      if (o.span.start > offset) break;
-      if (
-        offset <= o.span.end &&
-        (!best || o.span.end - o.span.start <= best.span.end - best.span.start)
-      )
-        best = o;
+    // Names do not overlap: the last occurrence starting at or before the offset, or the one
+    // before it when the offset is right after a name.
+    let lo = 0;
+    let hi = list.length - 1;
+    let last = -1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      if (list[mid]!.span.start <= offset) {
+        last = mid;
+        lo = mid + 1;
+      } else hi = mid - 1;
     }
-    return best;
+    for (let i = last; i >= 0 && i >= last - 1; i--) {
+      const o = list[i]!;
+      if (o.span.start <= offset && offset <= o.span.end) return o;
+    }
+    return undefined;
   }
 
   occurrencesOf(key: string): Occurrence[] {
