@@ -227,10 +227,13 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
           return t ? { k: "tensor", t } : UNKNOWN;
         },
       },
-      {
-        name: "softmax",
-        signature: "softmax(x, axis: Int = -1)",
-        doc: "Softmax along `axis`, computed in float32 with the maximum subtracted.",
+      ...["softmax", "log_softmax"].map((name): Builtin => ({
+        name,
+        signature: `${name}(x, axis: Int = -1)`,
+        doc:
+          name === "softmax"
+            ? "Softmax along `axis`, computed in float32 with the maximum subtracted."
+            : "Log of softmax along `axis`.",
         params: [
           { name: "x", required: true },
           { name: "axis", default: int(-1) },
@@ -241,22 +244,7 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
           resolveAxis(call, t, intArg(call, "axis") ?? -1, call.span);
           return { k: "tensor", t };
         },
-      },
-      {
-        name: "log_softmax",
-        signature: "log_softmax(x, axis: Int = -1)",
-        doc: "Log of softmax along `axis`.",
-        params: [
-          { name: "x", required: true },
-          { name: "axis", default: int(-1) },
-        ],
-        rule(call) {
-          const t = tensorArg(call, "x");
-          if (!t) return UNKNOWN;
-          resolveAxis(call, t, intArg(call, "axis") ?? -1, call.span);
-          return { k: "tensor", t };
-        },
-      },
+      })),
       ...["mean", "sum", "max", "variance"].map((name): Builtin => ({
         name,
         signature: `${name}(x, axis: Int = -1, keepdim: Bool = false)`,

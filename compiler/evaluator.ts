@@ -11,6 +11,7 @@ import type {
   EnumDecl,
   Expr,
   Ident,
+  ParamDecl,
   Span,
   Stmt,
   TrainDecl,
@@ -295,24 +296,7 @@ export class Evaluator {
   /** Checks one block or model generically (parameters as symbols). */
   checkComponent(decl: ComponentDecl, file: string): void {
     const frame = this.newFrame(this.scopeOf(file), file, "", false);
-    for (const p of decl.params) {
-      const type = this.evalParamType(p.type, frame);
-      if (p.default) {
-        const v = this.evalExpr(p.default, frame, undefined, type);
-        this.checkParamValue(v, type, p.default.span, frame, `default of \`${p.name.name}\``);
-      } else if (decl.form === "model") {
-        this.report(
-          "E0316",
-          file,
-          p.name.span,
-          `model parameter \`${p.name.name}\` needs a default`,
-          {
-            hint: `a model is an entry point: write \`${p.name.name}: ${typeText(p.type)} = ...\``,
-          },
-        );
-      }
-      this.define(frame, p.name, this.symbolicValue(p.name.name, type), "param");
-    }
+    this.bindSymbolicParams(decl.params, frame, decl.form === "model");
     frame.signatureOnly = decl.form === "primitive";
     this.evalBody(decl.body, frame);
     if (decl.form !== "primitive") this.finishBody(frame, decl.body);
@@ -321,14 +305,7 @@ export class Evaluator {
   /** Checks a training program: its body, and that it binds `loss` and `optimizer`. */
   checkTrain(decl: TrainDecl, file: string): void {
     const frame = this.newFrame(this.scopeOf(file), file, "", false);
-    for (const p of decl.params) {
-      const type = this.evalParamType(p.type, frame);
-      if (p.default) {
-        const v = this.evalExpr(p.default, frame, undefined, type);
-        this.checkParamValue(v, type, p.default.span, frame, `default of \`${p.name.name}\``);
-      }
-      this.define(frame, p.name, this.symbolicValue(p.name.name, type), "param");
-    }
+    this.bindSymbolicParams(decl.params, frame, false);
     this.evalBody(decl.body, frame);
     const loss = frame.top.vars.get("loss");
     const opt = frame.top.vars.get("optimizer");
@@ -383,6 +360,35 @@ export class Evaluator {
       );
     }
     this.finishBody(frame, decl.body);
+  }
+
+  /**
+   * Binds constructor parameters as symbols for a generic check, checking their defaults;
+   * `needDefaults` (models, the entry points) makes a missing default an error.
+   */
+  private bindSymbolicParams(
+    params: readonly ParamDecl[],
+    frame: Frame,
+    needDefaults: boolean,
+  ): void {
+    for (const p of params) {
+      const type = this.evalParamType(p.type, frame);
+      if (p.default) {
+        const v = this.evalExpr(p.default, frame, undefined, type);
+        this.checkParamValue(v, type, p.default.span, frame, `default of \`${p.name.name}\``);
+      } else if (needDefaults) {
+        this.report(
+          "E0316",
+          frame.file,
+          p.name.span,
+          `model parameter \`${p.name.name}\` needs a default`,
+          {
+            hint: `a model is an entry point: write \`${p.name.name}: ${typeText(p.type)} = ...\``,
+          },
+        );
+      }
+      this.define(frame, p.name, this.symbolicValue(p.name.name, type), "param");
+    }
   }
 
   /** Instantiates a model with its defaults (and overrides), registering every parameter. */
