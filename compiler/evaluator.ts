@@ -461,7 +461,10 @@ export class Evaluator {
   }
 
   private lookupGlobal(frame: Frame, name: string): GlobalDecl | undefined {
-    return frame.module.names.get(name);
+    const g = frame.module.names.get(name);
+    // Any resolution is a use of an import (as a value, a type like `Lang[B]`, or `act: Act`).
+    if (g) frame.module.imported.delete(name);
+    return g;
   }
 
   private globalValue(g: GlobalDecl, frame: Frame, span: Span): Value {
