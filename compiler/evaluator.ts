@@ -2478,7 +2478,8 @@ export class Evaluator {
       );
       return false;
     }
-    const exp = this.unifier.resolveTensor(expected);
+    // Unification never changes a dtype, so the unresolved type answers the dtype checks.
+    const exp = expected;
     if (v.t.dtype === "task" && exp.dtype === "task" && v.t.taskSet !== exp.taskSet) {
       this.report(
         "E0404",
@@ -2493,7 +2494,7 @@ export class Evaluator {
         "E0304",
         frame.file,
         span,
-        `${what}: expected ${formatTensorType(exp)}, found ${formatTensorType(v.t)}`,
+        `${what}: expected ${formatTensorType(this.unifier.resolveTensor(exp))}, found ${formatTensorType(v.t)}`,
         {
           hint:
             exp.dtype === "task"

@@ -76,7 +76,7 @@ export class Unifier {
 
   /** A tensor type with every solved variable replaced. */
   resolveTensor(t: TensorType): TensorType {
-    if (t.lead === undefined && !t.dims.some(hasVariable)) return t;
+    if ((t.lead === undefined || !this.leads.has(t.lead)) && !t.dims.some(hasVariable)) return t;
     let dims = t.dims.map((d) => this.resolve(d));
     let lead = t.lead;
     for (let i = 0; lead !== undefined && i < 64; i++) {
