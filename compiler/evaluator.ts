@@ -225,6 +225,11 @@ export class Evaluator {
   /** Construction sites being elaborated, outermost first. */
   private readonly sites: { file: string; span: Span; component: string }[] = [];
   private readonly constCache = new Map<string, Value>();
+  /** Check mode: signatures of components by (component, arguments); see construct. */
+  private readonly signatures = new Map<
+    string,
+    { inputs: Port[]; outputs: Port[]; weights: Map<string, TensorType>; freeAtoms: string[] }
+  >();
   /** Expression → value, recorded when `recordTypes` is set (hovers and inlay hints). */
   readonly types = new Map<Expr, Value>();
   recordTypes = false;
@@ -1974,7 +1979,32 @@ export class Evaluator {
         void vspan;
       }
       frame.signatureOnly = this.mode !== "elaborate" || decl.form === "primitive";
-      this.evalBody(decl.body, frame);
+      // A generic check needs only the signature, which depends on nothing but the arguments:
+      // the same component with the same arguments (Linear(d, h) in every layer) is evaluated once.
+      const cacheKey =
+        this.mode === "check" &&
+        decl.form !== "primitive" &&
+        !this.recordTypes &&
+        !this.recordReferences
+          ? signatureKey(declFile, name, argValues, task)
+          : undefined;
+      const cached = cacheKey === undefined ? undefined : this.signatures.get(cacheKey);
+      if (cached) {
+        frame.inputs = cached.inputs;
+        frame.outputs = cached.outputs;
+        frame.weights = new Map(cached.weights);
+        frame.freeAtoms = cached.freeAtoms;
+      } else {
+        this.evalBody(decl.body, frame);
+        if (cacheKey !== undefined) {
+          this.signatures.set(cacheKey, {
+            inputs: frame.inputs,
+            outputs: frame.outputs,
+            weights: frame.weights,
+            freeAtoms: frame.freeAtoms,
+          });
+        }
+      }
       const rule = decl.form === "primitive" ? PRIMITIVES.get(name) : undefined;
       if (decl.form === "primitive" && !rule) {
         this.report(
@@ -2546,6 +2576,45 @@ function findBodyDeclaration(
     if (nested) return nested;
   }
   return undefined;
+}
+
+/**
+ * A cache key for a component's signature under these arguments, or undefined when an
+ * argument has no stable identity (instances, lists, records: evaluated every time).
+ */
+function signatureKey(
+  file: string,
+  component: string,
+  args: ReadonlyMap<string, Value>,
+  task: string | undefined,
+): string | undefined {
+  const parts = [file, component, task ?? ""];
+  for (const [name, v] of args) {
+    let text: string;
+    switch (v.k) {
+      case "int":
+        text = `${v.isDim ? "D" : "I"}${[...v.v].map(([k, c]) => `${c}${k}`).join("+")}`;
+        break;
+      case "float":
+      case "bool":
+      case "string":
+        text = `${v.k}:${v.v === undefined ? "?" : String(v.v)}`;
+        break;
+      case "enum":
+        text = `enum:${v.enumName}.${v.member ?? "?"}`;
+        break;
+      case "taskset":
+        text = `tasks:${v.set}`;
+        break;
+      case "unknown":
+        text = "?";
+        break;
+      default:
+        return undefined;
+    }
+    parts.push(`${name}=${text}`);
+  }
+  return parts.join("|");
 }
 
 function snapshotTensors(scope: Scope): Map<string, TensorType> {
