@@ -2653,9 +2653,10 @@ function scalarNumber(v: Value): number | undefined | null {
   return null;
 }
 
+/** `LayerNorm` → `layer_norm`, `TaskMoE` → `task_moe`, `RMSNorm` → `rms_norm`, `FFN` → `ffn`. */
 export function snakeCase(name: string): string {
   return name
-    .replace(/([a-z0-9])([A-Z])/g, "$1_$2")
+    .replace(/([a-z0-9])([A-Z][a-z])/g, "$1_$2")
     .replace(/([A-Z]+)([A-Z][a-z])/g, "$1_$2")
     .toLowerCase();
 }

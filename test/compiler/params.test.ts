@@ -115,4 +115,21 @@ model M() {
     const r = reportParams(result.model);
     expect(r.backbone).toBe(50257 * 768 + 1024 * 768 + 2 * 7_087_872 + 2 * 768);
   });
+
+  it("names anonymous instances after their component, counted per scope", () => {
+    const r = inline(`
+import std.nn { LayerNorm, RMSNorm }
+model M() {
+  in x: f32[B, 4]
+  out y: f32[B, 4]
+  y = RMSNorm(4)(LayerNorm(4)(LayerNorm(4)(x)))
+}`);
+    expect(r.params.map((p) => p.name)).toEqual([
+      "rms_norm_0.weight",
+      "layer_norm_0.weight",
+      "layer_norm_0.bias",
+      "layer_norm_1.weight",
+      "layer_norm_1.bias",
+    ]);
+  });
 });
