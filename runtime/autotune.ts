@@ -27,7 +27,7 @@ import type { GpuContext } from "./device.js";
 import { Executor } from "./executor.js";
 
 /** Bump when the templates change enough to invalidate cached choices. */
-export const TEMPLATE_VERSION = 1;
+export const TEMPLATE_VERSION = 2;
 
 export type MatmulLayout = "nn" | "nt";
 

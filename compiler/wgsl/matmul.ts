@@ -109,8 +109,11 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
   ];
   const batch = unflatten("bt", batchShape);
   lines.push(`  let a_base = ${batchBase(A, batch)};`, `  let b_base = ${batchBase(B, batch)};`);
-  const lr = rowsX ? "lid.x" : "lid.y";
-  const lc = rowsX ? "lid.y" : "lid.x";
+  // A workgroup axis of size 1 contributes nothing: leaving its id out keeps the other
+  // operand's addresses uniform across the workgroup (one scalar load on SIMD emulations).
+  const lidOr0 = (axis: "x" | "y") => ((axis === "x" ? v.wx : v.wy) === 1 ? "0u" : `lid.${axis}`);
+  const lr = rowsX ? lidOr0("x") : lidOr0("y");
+  const lc = rowsX ? lidOr0("y") : lidOr0("x");
   lines.push(
     `  let row0 = tile_m * ${u32(bm)} + ${lr} * ${u32(tm)};`,
     `  let col0 = tile_n * ${u32(bn)} + ${lc} * ${u32(tn)};`,
