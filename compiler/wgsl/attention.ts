@@ -17,6 +17,7 @@ import {
   unflatten,
   viewIndex,
 } from "./kernel-writer.js";
+import type { View } from "../fuse-kernels.js";
 import { epilogueFunction } from "./matmul.js";
 
 export function emitAttention(w: KernelWriter, launch: Launch): string {
@@ -87,6 +88,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     r4(Q, Q.shape.length - 1) &&
     r4(Kt, Kt.shape.length - 2) &&
     r4(V, V.shape.length - 1);
+  if (vec) return emitAttentionRows(w, launch, { Q, Kt, V, d0, hd, tq, tk, causal, s, e, at });
   const body = [
     `  let gi = wg * ${u32(threads)} + lidx;`,
     `  if (gi >= ${u32(tq * batchShape.reduce((a, b) => a * b, 1))}) {`,
@@ -180,6 +182,116 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
       `    epilogue(select(0.0, o[x] / l, l > 0.0), bt, i, x);`,
       `  }`,
     );
+  }
+  const epi = epilogueFunction(w, pv.id, batchShape);
+  return moduleText(
+    w,
+    [
+      epi,
+      ``,
+      `@compute @workgroup_size(${threads}, 1, 1)`,
+      `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
+      `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
+      ...body,
+      `}`,
+    ].join("\n"),
+  );
+}
+
+/** Query rows per invocation in the vec4 path: the K and V rows loaded once serve them all. */
+const ATTENTION_ROWS = 8;
+
+/**
+ * The vec4 path, ATTENTION_ROWS query rows per invocation: on lavapipe every loaded scalar
+ * costs a per-lane bounds-checked load, so sharing each key's K and V rows between several
+ * queries divides the load count. The launch still counts one invocation per row; the
+ * invocations past the row groups return at once.
+ */
+function emitAttentionRows(
+  w: KernelWriter,
+  launch: Launch,
+  o: {
+    Q: View;
+    Kt: View;
+    V: View;
+    d0: number;
+    hd: number;
+    tq: number;
+    tk: number;
+    causal: boolean;
+    s: Block;
+    e: string;
+    at: (view: View, row: string, col: string) => string;
+  },
+): string {
+  const k = w.kernel;
+  const pv = w.graph.nodes[k.anchor!]!;
+  const { Q, Kt, V, d0, hd, tq, tk, causal, s, e, at } = o;
+  const batchShape = k.shape.slice(0, -2);
+  const threads = launch.workgroupSize[0];
+  const isNinf = w.use("is_ninf");
+  const R = ATTENTION_ROWS;
+  const groups = Math.ceil(tq / R);
+  const nb = batchShape.reduce((a, b) => a * b, 1);
+  const q4 = w.bind(Q.storage, "vec4<f32>");
+  const k4 = w.bind(Kt.storage, "vec4<f32>");
+  const v4 = w.bind(V.storage, "vec4<f32>");
+  const nq = d0 / 4;
+  const nx = hd / 4;
+  const body = [
+    `  let gi = wg * ${u32(threads)} + lidx;`,
+    `  if (gi >= ${u32(groups * nb)}) {`,
+    `    return;`,
+    `  }`,
+    `  let i0 = (gi % ${u32(groups)}) * ${u32(R)};`,
+    `  let bt = gi / ${u32(groups)};`,
+  ];
+  for (let r = 0; r < R; r++) {
+    body.push(`  let q_base${r} = (${at(Q, `min(i0 + ${r}u, ${u32(tq - 1)})`, "0u")}) / 4u;`);
+    for (let c = 0; c < nq; c++) body.push(`  let q${r}_${c} = ${q4.get(`q_base${r} + ${c}u`)};`);
+    for (let c = 0; c < nx; c++) body.push(`  var o${r}_${c} = vec4<f32>(0.0);`);
+    body.push(`  var m${r}: f32 = ${NEG_INF};`, `  var l${r}: f32 = 0.0;`);
+  }
+  const keyEnd = causal ? `min(${u32(tk)}, i0 + ${u32(R)})` : u32(tk);
+  body.push(
+    `  for (var j = 0u; j < ${keyEnd}; j += 1u) {`,
+    `    let k_base = (${at(Kt, "0u", "j")}) / 4u;`,
+  );
+  for (let c = 0; c < nq; c++) body.push(`    let kk${c} = ${k4.get(`k_base + ${c}u`)};`);
+  body.push(`    let v_base = (${at(V, "j", "0u")}) / 4u;`);
+  for (let c = 0; c < nx; c++) body.push(`    let vv${c} = ${v4.get(`v_base + ${c}u`)};`);
+  for (let r = 0; r < R; r++) {
+    const dotq = Array.from({ length: nq }, (_, c) => `dot(q${r}_${c}, kk${c})`).join(" + ");
+    body.push(
+      `    {`,
+      `      let i = min(i0 + ${r}u, ${u32(tq - 1)});`,
+      `      let score = ${dotq};`,
+      ...s.lines.map((line) => `  ${line}`),
+      `      let ev = ${e};`,
+      `      if (!${isNinf}(ev)) {`,
+      `        let mn = max(m${r}, ev);`,
+      `        let corr = select(exp(m${r} - mn), 0.0, ${isNinf}(m${r}));`,
+      `        let p = exp(ev - mn);`,
+      `        l${r} = l${r} * corr + p;`,
+      ...Array.from(
+        { length: nx },
+        (_, c) => `        o${r}_${c} = o${r}_${c} * corr + p * vv${c};`,
+      ),
+      `        m${r} = mn;`,
+      `      }`,
+      `    }`,
+    );
+  }
+  body.push(`  }`);
+  for (let r = 0; r < R; r++) {
+    body.push(
+      `  if (i0 + ${r}u < ${u32(tq)}) {`,
+      `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0);`,
+    );
+    for (let c = 0; c < nx; c++)
+      for (let x = 0; x < 4; x++)
+        body.push(`    epilogue(o${r}_${c}[${x}] * inv_l, bt, i0 + ${r}u, ${u32(4 * c + x)});`);
+    body.push(`  }`);
   }
   const epi = epilogueFunction(w, pv.id, batchShape);
   return moduleText(

@@ -13,6 +13,7 @@ import {
   planBuffers,
   spreadGrid,
 } from "../../compiler/plan-buffers.js";
+import { DEFAULT_TUNING, matmulVariant } from "../../compiler/wgsl/variants.js";
 import { linear, transformerBlockGraph } from "../runtime/model-graphs.js";
 
 function graph(build: (b: IrBuilder) => void): IrGraph {
@@ -214,12 +215,15 @@ describe("emitWgsl", () => {
     const g = graph((b) =>
       b.output("y", b.matmul(b.input("a", "f32", [64, 128]), b.input("b", "f32", [128, 32]))),
     );
-    const k = compileGraph(g).kernels[0]!;
+    // A vec4 variant (the lavapipe default loads scalars: see compiler/wgsl/variants.ts).
+    const v = matmulVariant("reg4x4-cols-8x8");
+    const vec = { ...DEFAULT_TUNING, matmul: { nn: v, nt: v } };
+    const k = compileGraph(g, WEBGPU_DEFAULT_LIMITS, vec).kernels[0]!;
     expect(k.wgsl).toContain("array<vec4<f32>>");
     expect(k.bindings.map((x) => x.access)).toEqual(["read", "read", "read_write"]);
     const odd = graph((b) =>
       b.output("y", b.matmul(b.input("a", "f32", [7, 33]), b.input("b", "f32", [33, 5]))),
     );
-    expect(compileGraph(odd).kernels[0]!.wgsl).not.toContain("vec4");
+    expect(compileGraph(odd, WEBGPU_DEFAULT_LIMITS, vec).kernels[0]!.wgsl).not.toContain("vec4");
   });
 });

@@ -397,6 +397,8 @@ describe("attention", () => {
       [2, 7, 16, 2],
       [1, 33, 24, 3],
       [1, 5, 18, 3], // head_dim 6: the scalar (non-vec4) path
+      [3, 127, 32, 2], // query rows in groups of 8: a partial last group per batch
+      [2, 6, 16, 4],
     ] as const) {
       const r = await expectMatches(
         graph((b) =>
@@ -454,13 +456,16 @@ describe("program-level behaviour", () => {
       const x = b.input("x", "f32", [8, 16]);
       b.output("y", b.binary("add", linear(b, x, 16, 16, "fc"), x)); // x read as vec4 and f32
     });
+    // A vec4 variant (the lavapipe default loads scalars: see compiler/wgsl/variants.ts).
+    const tuning = withVariant(MATMUL_VARIANTS.find((v) => v.name === "reg4x4-cols-8x8")!);
     const r = await expectMatches(g, {
       limits: { maxStorageBuffersPerShaderStage: 4 },
       kernels: 1,
+      tuning,
     });
     expect(r.program.kernels[0]!.bindings.length).toBe(4);
     expect(r.program.kernels[0]!.wgsl).not.toContain("vec4");
-    const wide = await expectMatches(g, { kernels: 1 });
+    const wide = await expectMatches(g, { kernels: 1, tuning });
     expect(wide.program.kernels[0]!.bindings.length).toBe(5);
   });
 
