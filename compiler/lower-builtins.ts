@@ -4,7 +4,7 @@
  * compositions of primitives, so the IR stays small.
  */
 import type { IrBuilder } from "./ir/builder.js";
-import type { UnaryOp } from "./ir/graph.js";
+import { UNARY_OPS, type UnaryOp } from "./ir/graph.js";
 import type { Value } from "./values.js";
 
 /** An argument with its IR node (tensors) or its number (compile-time scalars). */
@@ -21,19 +21,8 @@ export type BuiltinLowering = (
   shape: number[],
 ) => number | undefined;
 
-const UNARY: readonly UnaryOp[] = [
-  "relu",
-  "gelu",
-  "gelu_tanh",
-  "silu",
-  "tanh",
-  "sigmoid",
-  "exp",
-  "log",
-  "sqrt",
-  "rsqrt",
-  "abs",
-];
+/** The IR's unary ops that are also language builtins (`neg` is `-x`; `step` is internal). */
+const UNARY: readonly UnaryOp[] = UNARY_OPS.filter((op) => op !== "neg" && op !== "step");
 
 function axisOf(ir: IrBuilder, x: number, a: LowerArg | undefined, fallback: number): number {
   const rank = ir.shape(x).length;
