@@ -4,7 +4,9 @@
  * - matmul 1024³ f32 (issue #3: ≥ 3× TF.js WebGPU; also vs moec's naive kernel and ORT);
  * - one transformer block d=512, T=256, 8 heads (issue #3: ≥ 4× TF.js WebGPU), with peak
  *   device memory against the sum of live tensors' sizes;
- * - the MoE layer T=1024, d=512, h=1024, E=8 (issue #4): moec's dense soft mixture for now.
+ * - the MoE layer T=1024, d=512, h=1024, E=8 top-2 and T=256, E=64 (issue #4): moec's sparse
+ *   top-k (router, grouping, expert GEMMs, combine: all on the device), and its dense soft
+ *   mixture for comparison; the expert GEMMs' GFLOP/s against moec's plain matmul.
  * Every moec program is checked against the reference interpreter before it is timed.
  */
 import * as path from "node:path";
@@ -29,12 +31,17 @@ model Block() {
   y = layer(x)
 }`;
 
-const MOE_SOURCE = (d: number, hidden: number, experts: number) => `import std.nn { FFN }
-import std.route { MoE, Soft }
+const MOE_SOURCE = (
+  d: number,
+  hidden: number,
+  experts: number,
+  router: string,
+) => `import std.nn { FFN }
+import std.route { MoE, Soft, TopK }
 model Layer() {
   in x: f32[N, ${d}]
   out y: f32[N, ${d}]
-  moe = MoE(router: Soft(), experts: [FFN(${d}, ${hidden}, act: gelu_tanh); ${experts}])
+  moe = MoE(router: ${router}, experts: [FFN(${d}, ${hidden}, act: gelu_tanh); ${experts}])
   y = moe(x)
 }`;
 
@@ -68,6 +75,8 @@ interface MoecTiming {
   kernels: number;
   check: string;
   memory: { peakBytes: number; totalBytes: number };
+  /** With `perKernel`: each kernel's time in one timed run (its own submit or pass). */
+  perKernel?: { name: string; ms: number; nodes: number[] }[];
 }
 
 /** Compiles, checks once against the reference, then times steady-state calls. */
@@ -76,6 +85,7 @@ async function timeGraph(
   graph: IrGraph,
   tuning: Tuning,
   reps: number,
+  perKernel = false,
 ): Promise<MoecTiming> {
   const program = compileGraph(graph, ctx.limits, tuning);
   const exe = await Executor.create(ctx, program);
@@ -105,12 +115,26 @@ async function timeGraph(
     const samples: number[] = [];
     for (let i = 0; i < reps; i++) samples.push(await exe.timeKernels(1));
     samples.sort((a, b) => a - b);
-    return {
+    const result: MoecTiming = {
       ms: samples[Math.floor(samples.length / 2)]!,
       kernels: program.kernels.length,
       check,
       memory: program.memory,
     };
+    if (perKernel) {
+      const timed = await Executor.create(ctx, program, { timing: true });
+      try {
+        timed.setParams(new Map([...weights].map(([k, v]) => [k, v.data as TensorData])));
+        await timed.run(feeds);
+        await timed.run(feeds);
+        result.perKernel = timed
+          .stats()
+          .map((st, i) => ({ name: st.name, ms: st.lastMs, nodes: program.kernels[i]!.nodes }));
+      } finally {
+        timed.destroy();
+      }
+    }
+    return result;
   } finally {
     exe.destroy();
   }
@@ -202,23 +226,45 @@ export async function benchMoec(): Promise<string[]> {
     const tname = transformerName(tc);
     lines.push(...peerLines(peers, tname, block.ms, { peer: "tfjs-webgpu", ratio: 4 }));
 
-    // The MoE layer: dense soft mixture (all experts on all tokens) until sparse top-k lands.
-    const mc = DEFAULT_MOE;
-    const moe = await timeGraph(
-      ctx,
-      lowerSource(MOE_SOURCE(mc.d, mc.hidden, mc.E), { N: mc.T }),
-      tuning,
-      1,
-    );
-    const mname = moeName(mc);
-    lines.push(
-      "",
-      `MoE layer T=${mc.T} d=${mc.d} hidden=${mc.hidden} E=${mc.E} top-${mc.topk} (${moe.check})`,
-    );
-    lines.push(
-      `  ${pad("moec dense soft mixture (all E)", 34)}${ms(moe.ms)}   ${moe.kernels} kernels; sparse top-k routing is issue #4`,
-    );
-    lines.push(...peerLines(peers, mname, moe.ms));
+    // The MoE layers: sparse top-k (the peers' workload) and moec's own dense soft mixture.
+    for (const mc of [DEFAULT_MOE, { ...DEFAULT_MOE, T: 256, E: 64 }]) {
+      const graph = lowerSource(MOE_SOURCE(mc.d, mc.hidden, mc.E, `TopK(${mc.topk})`), {
+        N: mc.T,
+      });
+      const moe = await timeGraph(ctx, graph, tuning, 3, true);
+      // The expert GEMMs' rate: useful FLOPs (k rows per token) over the expert kernels' time.
+      const expertKernels = (moe.perKernel ?? []).filter((k) =>
+        k.nodes.some((id) => graph.nodes[id]!.op === "expert_matmul"),
+      );
+      const expertMs = expertKernels.reduce((a, k) => a + k.ms, 0);
+      const expertFlops = 2 * 2 * mc.T * mc.topk * mc.d * mc.hidden;
+      const expertRate = expertFlops / expertMs / 1e6;
+      const mname = moeName(mc);
+      lines.push(
+        "",
+        `MoE layer T=${mc.T} d=${mc.d} hidden=${mc.hidden} E=${mc.E} top-${mc.topk}, dropless (${moe.check})`,
+      );
+      lines.push(
+        `  ${pad("moec sparse top-k", 34)}${ms(moe.ms)}   ${moe.kernels} kernels, no host round trip; expert GEMMs ${expertMs.toFixed(1)} ms = ${expertRate.toFixed(1)} GFLOP/s, ${((100 * expertRate) / best).toFixed(0)}% of moec's matmul (goal ≥ 70%)`,
+      );
+      if (mc.E <= 8) {
+        const dense = await timeGraph(
+          ctx,
+          lowerSource(MOE_SOURCE(mc.d, mc.hidden, mc.E, "Soft()"), { N: mc.T }),
+          tuning,
+          1,
+        );
+        lines.push(
+          `  ${pad("moec dense soft mixture (all E)", 34)}${ms(dense.ms)}   moec sparse ${(dense.ms / moe.ms).toFixed(2)}× faster  (${dense.check})`,
+        );
+      }
+      lines.push(...peerLines(peers, mname, moe.ms, { peer: "tfjs-webgpu", ratio: 5 }));
+      const wasm = peers.timings.find((t) => t.name === mname && t.peer === "tfjs-wasm");
+      if (wasm)
+        lines.push(
+          `  goal: no slower than tfjs-wasm: ${moe.ms <= wasm.ms ? "met" : "NOT met"} (${(moe.ms / wasm.ms).toFixed(2)}× its time)`,
+        );
+    }
     return lines;
   } finally {
     await ctx.close();

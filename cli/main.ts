@@ -97,7 +97,14 @@ program
   .option("--task <name>", "run every example as this task")
   .option("--seed <n>", "seed for initialisation and random inputs", "0")
   .option("-o, --output <file>", "write the outputs to a safetensors file")
-  .option("--stats", "time every kernel")
+  .option(
+    "--stats",
+    "time every kernel, and report each MoE layer's routing (tokens per expert, dropped, losses, entropy, group weights)",
+  )
+  .option(
+    "--trace-routing <file>",
+    "write each token's experts and weights per MoE layer to a safetensors file",
+  )
   .option("--tune", "tune the kernels for this adapter first if it was never tuned (see moec tune)")
   .option("--backend <name>", "gpu (default) or reference (the float64 CPU interpreter)")
   .option("--json", "machine-readable summary")

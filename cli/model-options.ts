@@ -14,6 +14,8 @@ export interface ModelOptions {
   set?: string[];
   dim?: string[];
   json?: boolean;
+  /** Lower with the MoE layers' routing outputs (moec run --stats / --trace-routing). */
+  routing?: boolean;
 }
 
 /** `--dim T=16` → T ↦ 16. */
@@ -53,7 +55,9 @@ export function lowerFromSource(
     throw new CliError(`${displayPath(entry!)} has errors; see above`);
   }
   const overrides = new Map((options.set ?? []).map(parseOverride));
-  const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim));
+  const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim), {
+    routingStats: options.routing === true,
+  });
   if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
   if (hasErrors(result.diagnostics) || !result.model) {
     printDiagnostics(result.diagnostics, analysis);

@@ -8,7 +8,7 @@ import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import type { IrGraph } from "../compiler/ir/graph.js";
 import { LimitError } from "../compiler/plan-buffers.js";
-import type { LoweredInput } from "../compiler/lower-model.js";
+import { type LoweredInput, ROUTING_PREFIX } from "../compiler/lower-model.js";
 import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
 import {
   checksum,
@@ -33,6 +33,7 @@ export interface RunOptions extends ModelOptions {
   seed?: string;
   output?: string;
   stats?: boolean;
+  traceRouting?: string;
   tune?: boolean;
   backend?: string;
 }
@@ -90,7 +91,8 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     ({ graph, inputs, name, dims } = bundle);
     if (bundle.code) bundled = programFromBundle(bundle.code);
   } else {
-    const { lowered } = lowerFromSource(target, options);
+    const routing = options.stats === true || options.traceRouting !== undefined;
+    const { lowered } = lowerFromSource(target, { ...options, routing });
     ({ graph, inputs, name, dims } = lowered);
   }
   let weightsFile = openTensors(options.weights, "--weights");
@@ -158,15 +160,59 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   }
 }
 
+/** The routing outputs of a run, by MoE layer and statistic (`routing:<layer>.<stat>`). */
+export function routingReport(
+  outputs: ReadonlyMap<string, TypedTensor>,
+): Map<string, Map<string, TypedTensor>> {
+  const layers = new Map<string, Map<string, TypedTensor>>();
+  for (const [name, t] of outputs) {
+    if (!name.startsWith(ROUTING_PREFIX)) continue;
+    const rest = name.slice(ROUTING_PREFIX.length);
+    const dot = rest.lastIndexOf(".");
+    const layer = rest.slice(0, dot);
+    if (!layers.has(layer)) layers.set(layer, new Map());
+    layers.get(layer)!.set(rest.slice(dot + 1), t);
+  }
+  return layers;
+}
+
+/** Per-token choices, for --trace-routing. */
+const TRACE_OUTPUTS = new Set(["experts", "weights", "tokens"]);
+
 export async function runRun(target: string, options: RunOptions): Promise<number> {
   const result = await executeRun(target, options);
+  const modelOutputs = new Map(
+    [...result.outputs].filter(([name]) => !name.startsWith(ROUTING_PREFIX)),
+  );
+  const routing = routingReport(result.outputs);
   if (options.output) {
-    writeSafetensorsFile(options.output, weightsToSafetensors(result.outputs), {
+    writeSafetensorsFile(options.output, weightsToSafetensors(modelOutputs), {
       model: result.model,
       backend: result.backend,
     });
   }
-  const outputs = [...result.outputs].map(([name, t]) => ({
+  if (options.traceRouting) {
+    const trace = new Map<string, TypedTensor>();
+    for (const [layer, stats] of routing)
+      for (const [what, t] of stats) if (TRACE_OUTPUTS.has(what)) trace.set(`${layer}.${what}`, t);
+    if (trace.size === 0)
+      throw new CliError("--trace-routing: the model has no sparse MoE layer to trace");
+    writeSafetensorsFile(options.traceRouting, weightsToSafetensors(trace), {
+      model: result.model,
+    });
+  }
+  const summaries = [...routing].map(([layer, stats]) => ({
+    layer,
+    stats: Object.fromEntries(
+      [...stats]
+        .filter(([what]) => !TRACE_OUTPUTS.has(what))
+        .map(([what, t]) => [
+          what,
+          t.shape.length === 1 && t.shape[0] === 1 ? t.data[0]! : [...t.data],
+        ]),
+    ),
+  }));
+  const outputs = [...modelOutputs].map(([name, t]) => ({
     name,
     dtype: t.dtype,
     shape: t.shape,
@@ -184,6 +230,9 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
           timings: result.timings,
           ...(result.kernels ? { kernels: result.kernels } : {}),
           ...(result.memory ? { memory: result.memory } : {}),
+          ...(options.stats && summaries.length > 0
+            ? { routing: Object.fromEntries(summaries.map((r) => [r.layer, r.stats])) }
+            : {}),
           ...(options.output ? { wrote: options.output } : {}),
         },
         null,
@@ -217,7 +266,19 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
     lines.push("  kernels:");
     for (const k of result.kernels) lines.push(`    ${k.ms.toFixed(3).padStart(9)} ms  ${k.name}`);
   }
+  if (options.stats && summaries.length > 0) {
+    lines.push("  routing:");
+    for (const { layer, stats } of summaries) {
+      const parts = Object.entries(stats).map(([what, v]) =>
+        Array.isArray(v)
+          ? `${what.replaceAll("_", " ")} [${v.map((x) => (Number.isInteger(x) ? String(x) : x.toFixed(3))).join(", ")}]`
+          : `${what.replaceAll("_", " ")} ${Number.isInteger(v) ? v : fmt(v)}`,
+      );
+      lines.push(`    ${layer}`, `      ${parts.join("  ")}`);
+    }
+  }
   if (options.output) lines.push(`wrote ${displayPath(path.resolve(options.output))}`);
+  if (options.traceRouting) lines.push(`wrote ${displayPath(path.resolve(options.traceRouting))}`);
   process.stdout.write(lines.join("\n") + "\n");
   return 0;
 }

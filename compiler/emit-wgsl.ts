@@ -2,7 +2,8 @@
  * Back end pass 3 (emit): WGSL for every kernel of a planned program, from a few templates
  * (compiler/wgsl/): elementwise map (also copies, gather, concat, fills), matmul with a fused
  * epilogue (variants chosen by the plan), row reductions (softmax, norms), non-last-axis
- * reductions, scatter_add and fused attention. Sizes, strides and tile shapes are constants
+ * reductions, scatter_add, fused attention, and the routing kernels (top-k, running sums,
+ * rows grouped by expert). Sizes, strides and tile shapes are constants
  * in the text, so each kernel is specialised to its shapes.
  *
  * The output is plain data: the runtime creates one pipeline per distinct WGSL text and binds
@@ -14,6 +15,7 @@ import { emitAttention } from "./wgsl/attention.js";
 import { type BindingType, KernelWriter } from "./wgsl/kernel-writer.js";
 import { emitMap, emitReduce, emitScatter } from "./wgsl/map.js";
 import { emitMatmul } from "./wgsl/matmul.js";
+import { emitGroupRows, emitScan, emitTopk } from "./wgsl/routing.js";
 import { emitRows } from "./wgsl/rows.js";
 
 export interface KernelBinding {
@@ -66,6 +68,12 @@ function emitKernel(
       return { wgsl: emitMatmul(w, launch), w };
     case "attention":
       return { wgsl: emitAttention(w, launch), w };
+    case "topk":
+      return { wgsl: emitTopk(w, launch), w };
+    case "scan":
+      return { wgsl: emitScan(w, launch), w };
+    case "group":
+      return { wgsl: emitGroupRows(w, launch), w };
   }
 }
 

@@ -211,6 +211,10 @@ export interface LoweringHooks {
   unsupported(file: string, span: Span, what: string): void;
   /** The graph being built, for primitives that lower themselves. */
   readonly builder: IrBuilder;
+  /** Whether MoE layers should also output their routing (statistics and per-token choices). */
+  readonly routingStats: boolean;
+  /** Records one routing output of the MoE layer at `layer` (a parameter path). */
+  routing(layer: string, name: string, node: number): void;
 }
 
 export class Evaluator {

@@ -39,7 +39,8 @@ export interface View {
   strides: number[];
 }
 
-export type KernelKind = "map" | "matmul" | "rows" | "reduce" | "scatter" | "attention";
+export type KernelKind =
+  "map" | "matmul" | "rows" | "reduce" | "scatter" | "attention" | "topk" | "scan" | "group";
 
 /** One GPU kernel: computes `members` (and its anchor) and stores the value of `root`. */
 export interface FusedKernel {
@@ -170,6 +171,11 @@ interface Group {
   anchor?: number;
   /** Storages the members and anchor read (a bound on bindings while growing). */
   reads: Set<number>;
+}
+
+/** Ops the matmul template computes (with a fused epilogue). */
+function isMatmul(n: IrNode): boolean {
+  return n.op === "matmul" || n.op === "expert_matmul";
 }
 
 function isLastAxisReduce(n: IrNode): boolean {
@@ -305,7 +311,10 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     const n = node(id);
     let kind: KernelKind = "map";
     let anchor: number | undefined;
-    if (n.op === "matmul") [kind, anchor] = ["matmul", id];
+    if (n.op === "matmul" || n.op === "expert_matmul") [kind, anchor] = ["matmul", id];
+    else if (n.op === "topk") [kind, anchor] = ["topk", id];
+    else if (n.op === "cumsum") [kind, anchor] = ["scan", id];
+    else if (n.op === "group_rows") [kind, anchor] = ["group", id];
     else if (n.op === "reduce" && !isLastAxisReduce(n)) [kind, anchor] = ["reduce", id];
     else if (n.op === "scatter_add") [kind, anchor] = ["scatter", id];
     else if (n.op === "softmax" || isLastAxisReduce(n)) kind = "rows";
@@ -327,7 +336,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     for (const s of inputsRead(id)) reads.add(s);
     if (reads.size > maxReads) return false;
     if (EXPRESSION_OPS.has(n.op)) return true;
-    if (n.op === "matmul" || (n.op === "reduce" && !isLastAxisReduce(n))) {
+    if (isMatmul(n) || (n.op === "reduce" && !isLastAxisReduce(n))) {
       return (
         g.kind === "map" &&
         g.anchor === undefined &&
@@ -362,9 +371,9 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
       canJoin(id, target)
     ) {
       groupOf.set(id, target);
-      if (n.op === "matmul" || (n.op === "reduce" && !isLastAxisReduce(n))) {
+      if (isMatmul(n) || (n.op === "reduce" && !isLastAxisReduce(n))) {
         target.anchor = id;
-        target.kind = n.op === "matmul" ? "matmul" : "reduce";
+        target.kind = isMatmul(n) ? "matmul" : "reduce";
       } else {
         target.members.add(id);
         if (n.op === "softmax" || isLastAxisReduce(n)) target.kind = "rows";

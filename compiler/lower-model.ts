@@ -10,6 +10,7 @@ import { BUILTINS } from "./builtins.js";
 import { type Diagnostic, diagnostic } from "./diagnostics.js";
 import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "./dims.js";
 import { Evaluator, type LoweringHooks } from "./evaluator.js";
+import { pruneGraph } from "./ir/prune-graph.js";
 import { IrBuilder } from "./ir/builder.js";
 import type { IrDType, IrGraph, BinaryOp } from "./ir/graph.js";
 import { BUILTIN_LOWERINGS, type LowerArg } from "./lower-builtins.js";
@@ -17,6 +18,22 @@ import type { ResolvedProgram } from "./resolve-names.js";
 import type { TensorType, Value } from "./values.js";
 
 /** A model input as the runtime sees it. `max` bounds integer ids (vocabulary, task count). */
+export interface LowerOptions {
+  /**
+   * Also output each MoE layer's routing: tokens per expert, dropped tokens, balance and
+   * z losses, router entropy, group weights, and each token's experts and weights. These
+   * outputs are named `routing:<layer>.<what>` (see routingOutputName).
+   */
+  routingStats?: boolean;
+}
+
+/** Routing outputs are named so no model port can clash with them. */
+export const ROUTING_PREFIX = "routing:";
+
+export function routingOutputName(layer: string, what: string): string {
+  return `${ROUTING_PREFIX}${layer}.${what}`;
+}
+
 export interface LoweredInput {
   name: string;
   dtype: IrDType;
@@ -42,6 +59,8 @@ class Lowering implements LoweringHooks {
   readonly inputs: LoweredInput[] = [];
   readonly usedDims = new Map<string, number>();
   private readonly reportedUnsupported = new Set<string>();
+  /** Routing outputs, in the order the layers were lowered. */
+  readonly routingOutputs: { name: string; node: number }[] = [];
   evaluator!: Evaluator;
 
   constructor(
@@ -49,7 +68,12 @@ class Lowering implements LoweringHooks {
     private readonly diagnostics: Diagnostic[],
     private readonly modelFile: string,
     private readonly modelSpan: Span,
+    readonly routingStats: boolean,
   ) {}
+
+  routing(layer: string, name: string, node: number): void {
+    if (this.routingStats) this.routingOutputs.push({ name: routingOutputName(layer, name), node });
+  }
 
   /** Concrete shape of a type, binding free input dims from `dims`; undefined if unknown. */
   concreteShape(t: TensorType, bindFree: boolean, what: string): number[] | undefined {
@@ -249,8 +273,15 @@ export function lowerModel(
   overrides: Map<string, Value>,
   dims: ReadonlyMap<string, number>,
   diagnostics: Diagnostic[],
+  options: LowerOptions = {},
 ): LoweredModel | undefined {
-  const lowering = new Lowering(dims, diagnostics, model.file, model.decl.name.span);
+  const lowering = new Lowering(
+    dims,
+    diagnostics,
+    model.file,
+    model.decl.name.span,
+    options.routingStats ?? false,
+  );
   const evaluator = new Evaluator(program, diagnostics, "lower");
   evaluator.lowering = lowering;
   lowering.evaluator = evaluator;
@@ -273,11 +304,12 @@ export function lowerModel(
     }
     lowering.builder.output(port.name.name, v.node);
   }
+  for (const o of lowering.routingOutputs) lowering.builder.output(o.name, o.node);
   for (const [name, size] of dims)
     if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
   return {
     name: model.decl.name.name,
-    graph: lowering.builder.finish(),
+    graph: pruneGraph(lowering.builder.finish()),
     inputs: lowering.inputs,
     dims: lowering.usedDims,
   };

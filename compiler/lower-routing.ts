@@ -4,14 +4,15 @@
  * existing IR ops. `Soft` (dense softmax mixture), `Grouped` (AT-MoE: softmax over groups ×
  * normalisation within the group, with a factorised path for LoRA experts on a shared base),
  * `TokenMix` (mixture of tokens: merge → experts → emit) and `TaskMap` (a static
- * task → experts table). The sparse routers (top-k, expert choice) need the routing ops of
- * the sparse back end and are reported as not supported yet.
+ * task → experts table). The sparse routers (top-k, expert choice, task routing) are
+ * lower-sparse-routing.ts.
  */
 import type { IrBuilder } from "./ir/builder.js";
 import type { LoweringHooks } from "./evaluator.js";
 import { type PrimitiveContext, loraDelta } from "./primitives.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "./values.js";
 import { dimConst, dimValue } from "./dims.js";
+import { lowerSparseMoE } from "./lower-sparse-routing.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
 
@@ -135,7 +136,6 @@ export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
     }
     return ys;
   };
-  const outType: TensorType = inst.outputs[0]?.type ?? x.t;
   let y: number | undefined;
   switch (routerInst.component) {
     case "Soft": {
@@ -182,8 +182,35 @@ export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
       y = lowerTokenMix(r, routerInst, x, leaves, gate);
       break;
     }
+    case "TopK":
+    case "ExpertChoice":
+    case "TaskRoute": {
+      const task = args[1]?.value;
+      y = lowerSparseMoE({
+        r,
+        router: routerInst,
+        experts: leaves,
+        x,
+        task: task?.k === "tensor" ? task : undefined,
+        gate: (name, rows, width) =>
+          lowering.param(
+            `${rp}.${name}.weight`,
+            { dtype: "f32", dims: [dimConst(rows), dimConst(width)] },
+            trainable,
+            "normal(0.02)",
+          ),
+        param: (name, shape, init) =>
+          lowering.param(
+            `${rp}.${name}.weight`,
+            { dtype: "f32", dims: shape.map(dimConst) },
+            trainable,
+            init,
+          ),
+      });
+      break;
+    }
     default:
-      return r.unsupported(`the ${routerInst.component} router (sparse routing kernels)`);
+      return r.unsupported(`the ${routerInst.component} router`);
   }
   if (y === undefined) return UNKNOWN;
   const shared = inst.args.get("shared");
@@ -195,6 +222,9 @@ export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
       y = ir.binary("add", y, ys.node);
     }
   }
+  // The type in concrete dims: the declared output's dims are the MoE's own (unresolved) free
+  // dims, which a consumer such as a per-task adapter cannot unify with its ports.
+  const outType: TensorType = { dtype: "f32", dims: ir.shape(y).map(dimConst) };
   return { k: "tensor", t: outType, node: y };
 }
 
@@ -224,6 +254,21 @@ function lowerGrouped(
   } else {
     const gl = logitsOf(groupGate);
     wg = member(router, "outer") === "normalize" ? normalizeScores(ir, gl) : ir.softmax(gl);
+  }
+  if (r.lowering.routingStats) {
+    // The group weights each layer used, averaged over its tokens (AT-MoE's interpretability).
+    const flat = ir.reshape(wg, [
+      ir
+        .shape(wg)
+        .slice(0, -1)
+        .reduce((a, b) => a * b, 1),
+      G,
+    ]);
+    r.lowering.routing(
+      r.ctx.inst.path ?? "moe",
+      "group_weights",
+      ir.reduce("mean", flat, 0, false),
+    );
   }
   const el = logitsOf(expertGate);
   const weights: number[] = [];

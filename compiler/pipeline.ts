@@ -21,7 +21,7 @@ import {
   selectModel,
 } from "./elaborate-model.js";
 import { type FileSystemView, type ModuleGraph, loadModules } from "./load-modules.js";
-import { type LoweredModel, lowerModel } from "./lower-model.js";
+import { type LowerOptions, type LoweredModel, lowerModel } from "./lower-model.js";
 import { type ResolvedProgram, resolveNames } from "./resolve-names.js";
 import type { Value } from "./values.js";
 
@@ -89,13 +89,14 @@ export function lower(
   modelName: string | undefined,
   overrides: Map<string, Value>,
   dims: ReadonlyMap<string, number>,
+  options: LowerOptions = {},
 ): { model: LoweredModel | undefined; diagnostics: Diagnostic[] } | { error: string } {
   const chosen = selectModel(analysis.program, file, modelName);
   if (typeof chosen === "string") return { error: chosen };
   const diagnostics: Diagnostic[] = [];
   let model: LoweredModel | undefined;
   guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
-    model = lowerModel(analysis.program, chosen, overrides, dims, diagnostics);
+    model = lowerModel(analysis.program, chosen, overrides, dims, diagnostics, options);
   });
   return { model, diagnostics };
 }

@@ -282,9 +282,11 @@ export function matmulDims(
   const n = graph.nodes[id]!;
   const a = graph.nodes[(n as { inputs: number[] }).inputs[0]!]!;
   const r = n.shape.length;
+  // An expert matmul walks the slots of its row order (rows grouped by expert, padded).
+  const m = n.op === "expert_matmul" ? graph.nodes[n.inputs[3]]!.shape[0]! : n.shape[r - 2]!;
   return {
     batch: numel(n.shape.slice(0, -2)),
-    m: n.shape[r - 2]!,
+    m,
     n: n.shape[r - 1]!,
     k: a.shape[a.shape.length - 1]!,
   };
@@ -383,10 +385,36 @@ function scheduleKernel(
       const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(k.shape[r - 2] ?? 1)), lim);
       return launch([t, 1, 1], Math.ceil(rows / t));
     }
+    case "topk": {
+      const t = clampThreads(tuning.mapThreads, lim);
+      const node = graph.nodes[k.anchor!]!;
+      return launch([t, 1, 1], Math.ceil(size / node.shape[node.shape.length - 1]! / t));
+    }
+    case "scan": {
+      const node = graph.nodes[k.anchor!]!;
+      const t = clampThreads(tuning.mapThreads, lim);
+      const axis = node.op === "cumsum" ? node.axis : 0;
+      return launch([t, 1, 1], Math.ceil(size / node.shape[axis]! / t));
+    }
+    case "group": {
+      const node = graph.nodes[k.anchor!]!;
+      const experts = node.op === "group_rows" ? node.experts : 0;
+      const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(experts + 1)), lim);
+      return launch([t, 1, 1], Math.ceil((experts + 1) / t));
+    }
     case "matmul": {
       const { batch, m, n } = matmulDims(graph, k.anchor!);
       const layout = matmulLayout(k, graph);
       const v = adaptVariant(tuning.matmul[layout], m, n, lim);
+      const anchor = graph.nodes[k.anchor!]!;
+      if (anchor.op === "expert_matmul") {
+        // Rows are walked in group_rows order: an invocation's register block must stay
+        // inside one expert's segment, which shared-memory tiles (whole workgroups) do not.
+        const order = graph.nodes[anchor.inputs[3]]!;
+        const align = order.op === "group_rows" ? order.align : 1;
+        v.tileK = 0;
+        while (v.tm > 1 && align % v.tm !== 0) v.tm >>= 1;
+      }
       const { bm, bn } = matmulTile(v);
       const l = launch(
         [v.wx, v.wy, 1],

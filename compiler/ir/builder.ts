@@ -18,6 +18,11 @@ export function broadcast(a: readonly number[], b: readonly number[]): number[] 
   return out;
 }
 
+/** The length of group_rows' result for `rows` ids over `experts` experts. */
+export function groupRowsLength(rows: number, experts: number, align: number): number {
+  return Math.ceil((rows + (experts + 1) * (align - 1)) / align) * align;
+}
+
 type Omit2<T> = T extends unknown ? Omit<T, "id"> : never;
 
 export class IrBuilder {
@@ -201,6 +206,43 @@ export class IrBuilder {
   cast(x: number, dtype: IrDType): number {
     if (this.node(x).dtype === dtype) return x;
     return this.add({ op: "cast", inputs: [x], dtype, shape: [...this.shape(x)] });
+  }
+
+  cumsum(x: number, axis: number): number {
+    const n = this.node(x);
+    const ax = axis < 0 ? n.shape.length + axis : axis;
+    return this.add({ op: "cumsum", axis: ax, inputs: [x], dtype: n.dtype, shape: [...n.shape] });
+  }
+
+  topk(x: number, k: number): number {
+    const s = this.shape(x);
+    return this.add({ op: "topk", k, inputs: [x], dtype: "i32", shape: [...s.slice(0, -1), k] });
+  }
+
+  groupRows(ids: number, experts: number, align: number): number {
+    const rows = this.shape(ids)[0]!;
+    const length = groupRowsLength(rows, experts, align);
+    return this.add({
+      op: "group_rows",
+      experts,
+      align,
+      inputs: [ids],
+      dtype: "i32",
+      shape: [length],
+    });
+  }
+
+  expertMatmul(x: number, w: number, ids: number, order: number): number {
+    const sx = this.shape(x);
+    const sw = this.shape(w);
+    if (sx.length !== 2 || sw.length !== 3 || sx[1] !== sw[1])
+      throw new Error(`internal: expert_matmul of [${sx}] and [${sw}]`);
+    return this.add({
+      op: "expert_matmul",
+      inputs: [x, w, ids, order],
+      dtype: "f32",
+      shape: [sx[0]!, sw[2]!],
+    });
   }
 
   output(name: string, node: number): void {

@@ -26,8 +26,11 @@ export const UNARY_OPS = [
 ] as const;
 export type UnaryOp = (typeof UNARY_OPS)[number];
 
-/** Binary elementwise functions, with numpy broadcasting. */
-export const BINARY_OPS = ["add", "sub", "mul", "div", "max", "min", "pow"] as const;
+/**
+ * Binary elementwise functions, with numpy broadcasting. `eq` and `lt` give 1 or 0 in the
+ * operands' dtype (their gradient is zero).
+ */
+export const BINARY_OPS = ["add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt"] as const;
 export type BinaryOp = (typeof BINARY_OPS)[number];
 
 /** Reductions along one axis. */
@@ -98,7 +101,41 @@ export type IrNode =
       dtype: IrDType;
       shape: number[];
     }
-  | { id: number; op: "cast"; inputs: [number]; dtype: IrDType; shape: number[] };
+  | { id: number; op: "cast"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** Running sum along `axis` (inclusive). */
+  | { id: number; op: "cumsum"; axis: number; inputs: [number]; dtype: IrDType; shape: number[] }
+  /**
+   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
+   * the lower position. Not differentiable (its consumers take values with gather).
+   */
+  | { id: number; op: "topk"; k: number; inputs: [number]; dtype: IrDType; shape: number[] }
+  /**
+   * The rows of ids [R] (i32) grouped by id, for kernels that want rows of one expert together:
+   * for each expert 0..experts-1, then for the rows whose id is outside that range (dropped),
+   * the row numbers in increasing order followed by -1 up to the next multiple of `align`;
+   * -1 fills the rest. Length: the smallest multiple of `align` ≥ R + (experts + 1)(align - 1).
+   */
+  | {
+      id: number;
+      op: "group_rows";
+      experts: number;
+      align: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /**
+   * Per-row expert matmul: y[r] = x[r] @ w[ids[r]] for x [R, K], w [E, K, N], ids [R] (i32);
+   * rows whose id is outside 0..E-1 are zero. `order` (group_rows of ids) only schedules the
+   * work: a GPU kernel walks rows grouped by expert, so each tile reads one expert's weights.
+   */
+  | {
+      id: number;
+      op: "expert_matmul";
+      inputs: [number, number, number, number];
+      dtype: IrDType;
+      shape: number[];
+    };
 
 export type IrOpName = IrNode["op"];
 

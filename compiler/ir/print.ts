@@ -25,6 +25,12 @@ function attrs(n: IrNode): string {
       return ` axis=${n.axis} start=${n.start} size=${n.size}`;
     case "scatter_add":
       return ` rows=${n.rows}`;
+    case "cumsum":
+      return ` axis=${n.axis}`;
+    case "topk":
+      return ` k=${n.k}`;
+    case "group_rows":
+      return ` experts=${n.experts} align=${n.align}`;
     default:
       return "";
   }

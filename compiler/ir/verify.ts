@@ -2,7 +2,7 @@
  * The IR verifier: every input refers to an earlier node, and every node's shape and dtype are
  * what its op's rule gives. Tests run it after every pass.
  */
-import { broadcast } from "./builder.js";
+import { broadcast, groupRowsLength } from "./builder.js";
 import { type IrGraph, type IrNode, inputsOf, numel } from "./graph.js";
 
 export function verifyGraph(g: IrGraph): string[] {
@@ -68,6 +68,18 @@ function expectedShape(g: IrGraph, n: IrNode): number[] | undefined {
         if (n.start + n.size > out[n.axis]!) return [];
         out[n.axis] = n.size;
         return out;
+      }
+      case "cumsum":
+        return s(n.inputs[0]);
+      case "topk": {
+        const x = s(n.inputs[0]);
+        return n.k <= x[x.length - 1]! ? [...x.slice(0, -1), n.k] : [];
+      }
+      case "group_rows":
+        return [groupRowsLength(s(n.inputs[0])[0]!, n.experts, n.align)];
+      case "expert_matmul": {
+        const [x, w] = [s(n.inputs[0]), s(n.inputs[1])];
+        return x[1] === w[1] ? [x[0]!, w[2]!] : [];
       }
       default:
         return undefined;

@@ -173,9 +173,13 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   );
   if (vec) {
     body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0);`);
-    for (let c = 0; c < hd / 4; c++)
-      for (let x = 0; x < 4; x++)
-        body.push(`  epilogue(o${c}[${x}] * inv_l, bt, i, ${u32(4 * c + x)});`);
+    body.push(
+      `  var orow: array<vec4<f32>, ${hd / 4}>;`,
+      ...Array.from({ length: hd / 4 }, (_, c) => `  orow[${c}] = o${c} * inv_l;`),
+      `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+      `    epilogue(orow[x / 4u][x % 4u], bt, i, x);`,
+      `  }`,
+    );
   } else {
     body.push(
       `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
@@ -197,6 +201,9 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     ].join("\n"),
   );
 }
+
+/** The lowest finite f32. */
+const LOWEST = "-3.4028234663852886e38";
 
 /** Query rows per invocation in the vec4 path: the K and V rows loaded once serve them all. */
 const ATTENTION_ROWS = 8;
@@ -229,8 +236,10 @@ function emitAttentionRows(
   const { Q, Kt, V, d0, hd, tq, tk, causal, s, e, at } = o;
   const batchShape = k.shape.slice(0, -2);
   const threads = launch.workgroupSize[0];
-  const isNinf = w.use("is_ninf");
-  const R = ATTENTION_ROWS;
+  // Loads through window accessors (tensors larger than one binding) are inlined at every
+  // use; fewer unrolled rows keep such kernels' compile time reasonable on lavapipe.
+  const windowed = [Q, Kt, V].some((view) => w.windowCount(view.storage) > 1);
+  const R = windowed ? 2 : ATTENTION_ROWS;
   const groups = Math.ceil(tq / R);
   const nb = batchShape.reduce((a, b) => a * b, 1);
   const q4 = w.bind(Q.storage, "vec4<f32>");
@@ -250,7 +259,10 @@ function emitAttentionRows(
     body.push(`  let q_base${r} = (${at(Q, `min(i0 + ${r}u, ${u32(tq - 1)})`, "0u")}) / 4u;`);
     for (let c = 0; c < nq; c++) body.push(`  let q${r}_${c} = ${q4.get(`q_base${r} + ${c}u`)};`);
     for (let c = 0; c < nx; c++) body.push(`  var o${r}_${c} = vec4<f32>(0.0);`);
-    body.push(`  var m${r}: f32 = ${NEG_INF};`, `  var l${r}: f32 = 0.0;`);
+    // The running max starts at the lowest finite float, not -inf, so the update needs no
+    // branch: a masked score (-inf) then gives p = 0 and corr = 1. Branches in these unrolled
+    // rows made lavapipe's first-dispatch compile seconds slower.
+    body.push(`  var m${r}: f32 = ${LOWEST};`, `  var l${r}: f32 = 0.0;`);
   }
   const keyEnd = causal ? `min(${u32(tk)}, i0 + ${u32(R)})` : u32(tk);
   body.push(
@@ -267,31 +279,28 @@ function emitAttentionRows(
       `      let i = min(i0 + ${r}u, ${u32(tq - 1)});`,
       `      let score = ${dotq};`,
       ...s.lines.map((line) => `  ${line}`),
-      `      let ev = ${e};`,
-      `      if (!${isNinf}(ev)) {`,
-      `        let mn = max(m${r}, ev);`,
-      `        let corr = select(exp(m${r} - mn), 0.0, ${isNinf}(m${r}));`,
-      `        let p = exp(ev - mn);`,
-      `        l${r} = l${r} * corr + p;`,
-      ...Array.from(
-        { length: nx },
-        (_, c) => `        o${r}_${c} = o${r}_${c} * corr + p * vv${c};`,
-      ),
-      `        m${r} = mn;`,
-      `      }`,
+      `      let mn = max(m${r}, ${e});`,
+      `      let corr = exp(m${r} - mn);`,
+      `      let p = exp(${e} - mn);`,
+      `      l${r} = l${r} * corr + p;`,
+      ...Array.from({ length: nx }, (_, c) => `      o${r}_${c} = o${r}_${c} * corr + p * vv${c};`),
+      `      m${r} = mn;`,
       `    }`,
     );
   }
-  body.push(`  }`);
+  // Each row's result goes through one local array and a loop over the epilogue: inlining
+  // R·hd epilogue calls made lavapipe's first-dispatch compile several times slower.
+  body.push(`  }`, `  var orow: array<vec4<f32>, ${nx}>;`);
   for (let r = 0; r < R; r++) {
     body.push(
       `  if (i0 + ${r}u < ${u32(tq)}) {`,
       `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0);`,
+      ...Array.from({ length: nx }, (_, c) => `    orow[${c}] = o${r}_${c} * inv_l;`),
+      `    for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
+      `      epilogue(orow[x / 4u][x % 4u], bt, i0 + ${r}u, x);`,
+      `    }`,
+      `  }`,
     );
-    for (let c = 0; c < nx; c++)
-      for (let x = 0; x < 4; x++)
-        body.push(`    epilogue(o${r}_${c}[${x}] * inv_l, bt, i0 + ${r}u, ${u32(4 * c + x)});`);
-    body.push(`  }`);
   }
   const epi = epilogueFunction(w, pv.id, batchShape);
   return moduleText(

@@ -198,9 +198,7 @@ export class KernelWriter {
     const key = `${storage}:${type}:${access}`;
     const known = this.bufs.get(key);
     if (known) return known;
-    const bytes = this.layout.storageBytes(storage);
-    const windows =
-      bytes > this.layout.windowBytes ? Math.ceil(bytes / this.layout.windowBytes) : 1;
+    const windows = this.windowCount(storage);
     const names: string[] = [];
     for (let window = 0; window < windows; window++) {
       const binding = this.bindings.length;
@@ -226,9 +224,15 @@ export class KernelWriter {
           })
           .join("\n");
       if (access === "read") {
-        this.accessors.push(
-          `fn ${fn}(i: u32) -> ${type} {\n${branches((n, i) => `return ${n}[${i}];`)}\n}`,
+        // Reads select instead of branching: every window is read (an index past a binding's
+        // end is clamped by WebGPU's robust access) and the right value kept. Branchy
+        // accessors inlined into unrolled kernels took lavapipe minutes to compile.
+        const reads = names.map((name, w) =>
+          w === 0
+            ? `  var v = ${name}[i];`
+            : `  v = select(v, ${name}[i - ${u32(w * per)}], i >= ${u32(w * per)});`,
         );
+        this.accessors.push(`fn ${fn}(i: u32) -> ${type} {\n${reads.join("\n")}\n  return v;\n}`);
         buf = { get: (i) => `${fn}(${i})`, set: () => "" };
       } else {
         this.accessors.push(
@@ -240,6 +244,12 @@ export class KernelWriter {
     }
     this.bufs.set(key, buf);
     return buf;
+  }
+
+  /** How many bindings (windows) a storage needs. */
+  windowCount(storage: number): number {
+    const bytes = this.layout.storageBytes(storage);
+    return bytes > this.layout.windowBytes ? Math.ceil(bytes / this.layout.windowBytes) : 1;
   }
 
   /** Binds the storage behind `view` for scalar reads of its dtype. */
@@ -533,6 +543,11 @@ function binary(
       return `max(${a}, ${b})`;
     case "min":
       return `min(${a}, ${b})`;
+    case "eq":
+    case "lt": {
+      const [zero, one] = dtype === "i32" ? ["0", "1"] : ["0.0", "1.0"];
+      return `select(${zero}, ${one}, ${a} ${fn === "eq" ? "==" : "<"} ${b})`;
+    }
     case "pow": {
       if (dtype === "i32") return `i32(${w.use("pow_")}(f32(${a}), f32(${b})))`;
       // Constant exponents that have exact, cheaper forms.

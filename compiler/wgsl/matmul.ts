@@ -70,7 +70,11 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const g = w.graph;
   const anchor = g.nodes[k.anchor!]!;
-  if (anchor.op !== "matmul") throw new Error("internal: matmul kernel without a matmul");
+  if (anchor.op !== "matmul" && anchor.op !== "expert_matmul")
+    throw new Error("internal: matmul kernel without a matmul");
+  // An expert matmul walks the slots of its row order: slot s holds row order[s] (-1: none),
+  // and an invocation's tm slots lie in one expert's segment, so its B is one expert's matrix.
+  const expert = anchor.op === "expert_matmul";
   const v = launch.matmul!;
   const { m: M, n: N, k: K } = matmulDims(g, anchor.id);
   const A = k.loads[anchor.inputs[0]]!;
@@ -107,17 +111,46 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
     `  let tile_m = (wg / ${u32(tilesN)}) % ${u32(tilesM)};`,
     `  let bt = wg / ${u32(tilesN * tilesM)};`,
   ];
-  const batch = unflatten("bt", batchShape);
-  lines.push(`  let a_base = ${batchBase(A, batch)};`, `  let b_base = ${batchBase(B, batch)};`);
   // A workgroup axis of size 1 contributes nothing: leaving its id out keeps the other
   // operand's addresses uniform across the workgroup (one scalar load on SIMD emulations).
   const lidOr0 = (axis: "x" | "y") => ((axis === "x" ? v.wx : v.wy) === 1 ? "0u" : `lid.${axis}`);
   const lr = rowsX ? lidOr0("x") : lidOr0("y");
   const lc = rowsX ? lidOr0("y") : lidOr0("x");
-  lines.push(
-    `  let row0 = tile_m * ${u32(bm)} + ${lr} * ${u32(tm)};`,
-    `  let col0 = tile_n * ${u32(bn)} + ${lc} * ${u32(tn)};`,
-  );
+  const batch = unflatten("bt", batchShape);
+  let steps = u32(K / kv);
+  let rowOf = (r: number) => `min(row0 + ${r}u, ${u32(M - 1)})`;
+  if (expert) {
+    const ids = k.loads[anchor.inputs[2]]!;
+    const order = k.loads[anchor.inputs[3]]!;
+    const idsBuf = w.bindView(ids);
+    const orderBuf = w.bindView(order);
+    const E = B.shape[0]!;
+    const slot = (r: number) => `order_${r}`;
+    rowOf = (r: number) => `u32(max(${slot(r)}, 0))`;
+    lines.push(
+      `  let a_base = ${viewIndex({ ...A, shape: [], strides: [] }, [])};`,
+      `  let row0 = tile_m * ${u32(bm)} + ${lr} * ${u32(tm)};`,
+      `  if (row0 >= ${u32(M)}) {`,
+      `    return;`,
+      `  }`,
+    );
+    for (let r = 0; r < tm; r++)
+      lines.push(`  let ${slot(r)} = i32(${orderBuf.get(viewIndex(order, [`row0 + ${r}u`]))});`);
+    lines.push(
+      `  if (${slot(0)} < 0) {`,
+      `    return;`,
+      `  }`,
+      `  let ex = i32(${idsBuf.get(viewIndex(ids, [`u32(${slot(0)})`]))});`,
+      `  let valid = ex >= 0 && ex < ${E};`,
+      `  let b_base = ${u32(B.offset)} + u32(select(0, ex, valid)) * ${u32(B.strides[0]!)};`,
+      `  let k_steps = select(0u, ${steps}, valid);`,
+    );
+    steps = "k_steps";
+  } else {
+    lines.push(`  let a_base = ${batchBase(A, batch)};`, `  let b_base = ${batchBase(B, batch)};`);
+  }
+  if (!expert) lines.push(`  let row0 = tile_m * ${u32(bm)} + ${lr} * ${u32(tm)};`);
+  lines.push(`  let col0 = tile_n * ${u32(bn)} + ${lc} * ${u32(tn)};`);
 
   const accType = vecBn ? "vec4<f32>" : "f32";
   const groups = vecBn ? tn / 4 : tn;
@@ -157,7 +190,7 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
   } else {
     // Row and column bases, clamped so edge blocks read inside the matrices.
     for (let r = 0; r < tm; r++) {
-      const base = `a_base + min(row0 + ${r}u, ${u32(M - 1)}) * ${u32(sAm)}`;
+      const base = `a_base + ${rowOf(r)} * ${u32(sAm)}`;
       lines.push(`  let ar${r} = ${vecA ? `(${base}) / 4u` : base};`);
     }
     if (vecBn) {
@@ -169,8 +202,7 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
         lines.push(`  let bc${c} = ${vecBk ? `(${base}) / 4u` : base};`);
       }
     }
-    const steps = K / kv;
-    lines.push(`  for (var kq = 0u; kq < ${u32(steps)}; kq += 1u) {`);
+    lines.push(`  for (var kq = 0u; kq < ${steps}; kq += 1u) {`);
     if (kv === 4) lines.push(`    let k = kq * 4u;`);
     else lines.push(`    let k = kq;`);
     const comp = ["x", "y", "z", "w"];
@@ -223,17 +255,39 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
     lines.push(`  }`);
   }
 
-  // Stores through the epilogue, guarded at the matrix edges.
+  // Stores through the epilogue, guarded at the matrix edges. The block goes through a local
+  // array and one loop rather than tm·tn inlined epilogue calls: unrolled, a 16×16 block with a
+  // GELU epilogue took lavapipe's LLVM back end 25-40 s to compile on first dispatch; looped, 2 s.
+  lines.push(`  var res: array<f32, ${tm * tn}>;`);
+  if (expert) {
+    // Each slot's row (or -1); the loop below indexes them.
+    lines.push(
+      `  var rows = array<i32, ${tm}>(${Array.from({ length: tm }, (_, r) => `order_${r}`).join(", ")});`,
+    );
+  }
   for (let r = 0; r < tm; r++) {
     for (let c = 0; c < tn; c++) {
       const value = vecBn ? `acc_${r}_${Math.floor(c / 4)}[${c % 4}]` : `acc_${r}_${c}`;
-      lines.push(
-        `  if (row0 + ${r}u < ${u32(M)} && col0 + ${c}u < ${u32(N)}) {`,
-        `    epilogue(${value}, bt, row0 + ${r}u, col0 + ${c}u);`,
-        `  }`,
-      );
+      lines.push(`  res[${r * tn + c}] = ${value};`);
     }
   }
+  lines.push(
+    `  for (var r = 0u; r < ${u32(tm)}; r += 1u) {`,
+    `    for (var c = 0u; c < ${u32(tn)}; c += 1u) {`,
+    ...(expert
+      ? [
+          `      if (rows[r] >= 0 && col0 + c < ${u32(N)}) {`,
+          `        epilogue(res[r * ${u32(tn)} + c], bt, u32(rows[r]), col0 + c);`,
+          `      }`,
+        ]
+      : [
+          `      if (row0 + r < ${u32(M)} && col0 + c < ${u32(N)}) {`,
+          `        epilogue(res[r * ${u32(tn)} + c], bt, row0 + r, col0 + c);`,
+          `      }`,
+        ]),
+    `    }`,
+    `  }`,
+  );
 
   const shared =
     v.tileK > 0

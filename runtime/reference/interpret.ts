@@ -81,6 +81,8 @@ export const BINARY_FUNCTIONS: Record<string, (a: number, b: number) => number> 
   max: Math.max,
   min: Math.min,
   pow: Math.pow,
+  eq: (a, b) => (a === b ? 1 : 0),
+  lt: (a, b) => (a < b ? 1 : 0),
 };
 
 function evalNode(n: IrNode, get: (id: number) => HostTensor): Float64Array {
@@ -234,6 +236,68 @@ function evalNode(n: IrNode, get: (id: number) => HostTensor): Float64Array {
             out[(o * n.shape[n.axis]! + offset) * inner + j] = x.data[o * size * inner + j]!;
         }
         offset += size;
+      }
+      return out;
+    }
+    case "cumsum": {
+      const x = get(n.inputs[0]).data;
+      const size = n.shape[n.axis]!;
+      const inner = numel(n.shape.slice(n.axis + 1));
+      const outer = numel(n.shape.slice(0, n.axis));
+      for (let o = 0; o < outer; o++)
+        for (let i = 0; i < inner; i++) {
+          let acc = 0;
+          for (let j = 0; j < size; j++) {
+            const at = (o * size + j) * inner + i;
+            out[at] = acc += x[at]!;
+          }
+        }
+      return out;
+    }
+    case "topk": {
+      const x = get(n.inputs[0]);
+      const d = x.shape[x.shape.length - 1]!;
+      for (let r = 0; r < out.length / n.k; r++) {
+        const row = Array.from({ length: d }, (_, j) => j);
+        // Stable sort: equal values keep the lower position first.
+        row.sort((a, b) => x.data[r * d + b]! - x.data[r * d + a]! || a - b);
+        for (let j = 0; j < n.k; j++) out[r * n.k + j] = row[j]!;
+      }
+      return out;
+    }
+    case "group_rows": {
+      const ids = get(n.inputs[0]).data;
+      out.fill(-1);
+      let at = 0;
+      for (let e = 0; e <= n.experts; e++) {
+        for (let r = 0; r < ids.length; r++) {
+          const id = ids[r]!;
+          const inRange = id >= 0 && id < n.experts;
+          if (e < n.experts ? id === e : !inRange) out[at++] = r;
+        }
+        at = Math.ceil(at / n.align) * n.align;
+      }
+      return out;
+    }
+    case "expert_matmul": {
+      const x = get(n.inputs[0]);
+      const w = get(n.inputs[1]);
+      const ids = get(n.inputs[2]).data;
+      const order = get(n.inputs[3]).data;
+      const [E, K, N] = w.shape as [number, number, number];
+      // The schedule must cover every row once, whatever the kernel does with it.
+      const seen = new Uint8Array(ids.length);
+      for (const r of order) if (r >= 0) seen[r]! += 1;
+      if (seen.some((c) => c !== 1))
+        throw new Error("expert_matmul: order does not cover every row once");
+      for (let r = 0; r < ids.length; r++) {
+        const e = ids[r]!;
+        if (!(e >= 0 && e < E)) continue;
+        for (let j = 0; j < N; j++) {
+          let acc = 0;
+          for (let q = 0; q < K; q++) acc += x.data[r * K + q]! * w.data[(e * K + q) * N + j]!;
+          out[r * N + j] = acc;
+        }
       }
       return out;
     }

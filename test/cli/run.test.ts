@@ -134,6 +134,21 @@ describe("moec run on the GPU equals the reference", () => {
     ]);
   });
 
+  it("task-based MoE: task-aware top-k with capacity, a task map, per-task adapters", async () => {
+    await expectGpuMatchesReference("task-moe", "examples/task-moe.moe", [
+      "--dim",
+      "B=3",
+      "--dim",
+      "T=5",
+      "--set",
+      "layers=1",
+      "--set",
+      "d=32",
+      "--set",
+      "vocab=50",
+    ]);
+  });
+
   it("mixture of tokens", async () => {
     await expectGpuMatchesReference("mot", "examples/mixture-of-tokens.moe", [
       "--dim",
@@ -151,6 +166,60 @@ describe("moec run on the GPU equals the reference", () => {
       "--set",
       "group=4",
     ]);
+  });
+});
+
+describe("moec run shows the routing", () => {
+  it("--stats reports each MoE layer; --trace-routing writes each token's experts", () => {
+    const trace = path.join(tmp, "trace.safetensors");
+    const args = ["--dim", "B=3", "--dim", "T=4", "--set", "layers=2", "--set", "d=16"];
+    const r = moec([
+      "run",
+      "examples/task-moe.moe",
+      ...args,
+      "--set",
+      "vocab=20",
+      "--backend",
+      "reference",
+      "--stats",
+      "--json",
+      "--trace-routing",
+      trace,
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const summary = JSON.parse(r.stdout);
+    expect(Object.keys(summary.routing)).toEqual(["blocks.0.ffn.moe", "blocks.1.ffn.moe"]);
+    // 12 tokens, top-2 over 8 experts, capacity 1.25: at most ceil(1.25·2·12/8) = 4 each.
+    for (const layer of Object.values(summary.routing) as Record<string, number & number[]>[]) {
+      const load = layer.tokens_per_expert as number[];
+      expect(load).toHaveLength(8);
+      expect(Math.max(...load)).toBeLessThanOrEqual(4);
+      expect(load.reduce((a, b) => a + b) + layer.dropped!).toBe(24);
+      expect(layer.entropy).toBeGreaterThan(0);
+      expect(layer.entropy).toBeLessThanOrEqual(Math.log(8) + 1e-6);
+      expect(layer.balance_loss).toBeGreaterThan(0);
+      expect(layer.z_loss).toBeGreaterThan(0);
+    }
+    // The model's outputs stay the model's: no routing tensors among them.
+    expect(summary.outputs.map((o: { name: string }) => o.name)).toEqual(["logits"]);
+    const t = readSafetensorsFile(trace);
+    expect(t.names().sort()).toEqual([
+      "blocks.0.ffn.moe.experts",
+      "blocks.0.ffn.moe.weights",
+      "blocks.1.ffn.moe.experts",
+      "blocks.1.ffn.moe.weights",
+    ]);
+    const experts = t.read("blocks.0.ffn.moe.experts");
+    const weights = t.read("blocks.0.ffn.moe.weights");
+    expect(experts.shape).toEqual([12, 2]);
+    // Kept choices name an expert; a dropped one is -1 with weight 0.
+    for (let i = 0; i < 24; i++) {
+      const e = experts.data[i]!;
+      expect(e).toBeGreaterThanOrEqual(-1);
+      expect(e).toBeLessThan(8);
+      if (e === -1) expect(weights.data[i]).toBe(0);
+    }
   });
 });
 

@@ -1,0 +1,83 @@
+// Shared by the MoE lowering tests: lower a source string, seeded leaves, and the float64
+// helpers (rows, linear layers, softmax, an FFN expert) the expected values are written with.
+import * as path from "node:path";
+import { expect } from "vitest";
+import type { Diagnostic } from "../../compiler/diagnostics.js";
+import { selectModel } from "../../compiler/elaborate-model.js";
+import { verifyGraph } from "../../compiler/ir/verify.js";
+import { type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
+import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
+import type { HostTensor } from "../../runtime/reference/interpret.js";
+
+const file = path.join(import.meta.dirname, "../../examples/__routing__.moe");
+
+export function lower(source: string, dims: Record<string, number>): LoweredModel {
+  const analysis = analyze([file], nodeFileSystem(new Map([[file, source]])));
+  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+  const model = selectModel(analysis.program, file, undefined);
+  if (typeof model === "string") throw new Error(model);
+  const diagnostics: Diagnostic[] = [];
+  const lowered = lowerModel(
+    analysis.program,
+    model,
+    new Map(),
+    new Map(Object.entries(dims)),
+    diagnostics,
+  );
+  expect(diagnostics).toEqual([]);
+  expect(verifyGraph(lowered!.graph)).toEqual([]);
+  return lowered!;
+}
+
+export function values(n: number, seed: number): Float64Array {
+  let s = (seed * 2654435761) >>> 0 || 7;
+  return Float64Array.from({ length: n }, () => {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    return ((s >>> 0) / 2 ** 32) * 2 - 1;
+  });
+}
+
+export function leaves(
+  m: LoweredModel,
+  fixed: Record<string, number[]> = {},
+): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  m.graph.nodes.forEach((n, i) => {
+    if (n.op !== "param" && n.op !== "input") return;
+    const size = n.shape.reduce((a, b) => a * b, 1);
+    const data = fixed[n.name] ? Float64Array.from(fixed[n.name]!) : values(size, i + 1);
+    out.set(n.name, { shape: n.shape, data });
+  });
+  return out;
+}
+
+export type Mat = number[][];
+export const row = (t: HostTensor, i: number): number[] => {
+  const d = t.shape[t.shape.length - 1]!;
+  return [...t.data.slice(i * d, (i + 1) * d)];
+};
+export const mat = (t: HostTensor): Mat =>
+  [...Array(t.data.length / t.shape[t.shape.length - 1]!).keys()].map((i) => row(t, i));
+export const linear = (x: number[], w: Mat, b?: number[]) =>
+  w.map((wr, o) => wr.reduce((a, wv, k) => a + wv * x[k]!, b ? b[o]! : 0));
+export const softmax = (z: number[]) => {
+  const m = Math.max(...z);
+  const e = z.map((v) => Math.exp(v - m));
+  const s = e.reduce((a, b) => a + b);
+  return e.map((v) => v / s);
+};
+export const relu = (v: number[]) => v.map((z) => Math.max(0, z));
+export const close = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+  expect(a.length).toBe(b.length);
+  for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-10);
+};
+
+/** std.nn.FFN(act: relu) at parameter path `p`, on one row. */
+export const ffn = (l: Map<string, HostTensor>, p: string, x: number[]) =>
+  linear(
+    relu(linear(x, mat(l.get(`${p}.up.weight`)!), row(l.get(`${p}.up.bias`)!, 0))),
+    mat(l.get(`${p}.down.weight`)!),
+    row(l.get(`${p}.down.bias`)!, 0),
+  );

@@ -1,0 +1,136 @@
+// The routing kernels (top-k, running sums, rows grouped by expert, the expert matmul with its
+// fused epilogue) on the real device against the float64 reference interpreter: seeded random
+// inputs, outputs poisoned with NaN first, awkward sizes (1, 7, 33, more experts than rows,
+// experts with no rows, dropped rows, ties). Integer results must be equal, floats within 1e-5.
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+import { IrBuilder } from "../../compiler/ir/builder.js";
+import type { IrGraph } from "../../compiler/ir/graph.js";
+import { type GpuContext, openDevice } from "../../runtime/device.js";
+import { type LeafSpec, checkGraph } from "./gpu-harness.js";
+
+let opened: GpuContext | undefined;
+let openError = "openDevice() was not called";
+
+beforeAll(async () => {
+  try {
+    opened = await openDevice();
+  } catch (e) {
+    openError = e instanceof Error ? e.message : String(e);
+  }
+});
+
+afterAll(async () => {
+  await opened?.close();
+});
+
+function gpu(): GpuContext {
+  if (!opened)
+    throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
+  return opened;
+}
+
+let seed = 500;
+
+async function expectMatches(graph: IrGraph, specs: Record<string, LeafSpec> = {}) {
+  const r = await checkGraph(gpu(), graph, { seed: seed++, specs });
+  for (const [name, err] of Object.entries(r.errors)) {
+    const node = graph.nodes[graph.outputs.find((o) => o.name === name)!.node]!;
+    if (node.dtype === "i32") {
+      expect([...r.gpu.get(name)!], `output ${name}`).toEqual([...r.ref.get(name)!.data]);
+    } else expect(err, `output ${name}: relative L2 error`).toBeLessThan(1e-5);
+  }
+  return r;
+}
+
+describe("topk", () => {
+  it.each([
+    [1, 1, 1],
+    [7, 5, 2],
+    [33, 8, 8],
+    [3, 67, 7],
+  ])("rows %i, width %i, k %i", async (rows, width, k) => {
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", [rows, width]);
+    b.output("ids", b.topk(x, k));
+    await expectMatches(b.finish());
+  });
+
+  it("breaks ties by the lower position, and reads a transposed view", async () => {
+    const b = new IrBuilder();
+    // Integer-valued scores in 0..2 make many ties.
+    const x = b.cast(b.input("x", "i32", [9, 6]), "f32");
+    b.output("ids", b.topk(x, 4));
+    b.output("by_column", b.topk(b.permute(b.binary("mul", x, b.constant(0.5)), [1, 0]), 3));
+    await expectMatches(b.finish(), { x: { ints: 3 } });
+  });
+});
+
+describe("cumsum", () => {
+  it.each([
+    [[1], 0],
+    [[7, 3], 0],
+    [[33, 5], 1],
+    [[2, 9, 4], 1],
+  ])("shape %j along %i", async (shape, axis) => {
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", shape);
+    b.output("y", b.cumsum(x, axis));
+    await expectMatches(b.finish());
+  });
+});
+
+describe("group_rows", () => {
+  it.each([
+    [1, 1, 4],
+    [7, 3, 4],
+    [33, 9, 16],
+    [5, 12, 8], // more experts than rows: most have none
+  ])("%i rows over %i experts, align %i", async (rows, experts, align) => {
+    const b = new IrBuilder();
+    // ids in -1..experts: -1 and `experts` are dropped rows.
+    const ids = b.binary("sub", b.input("ids", "i32", [rows]), b.constant(1, "i32"));
+    b.output("order", b.groupRows(ids, experts, align));
+    await expectMatches(b.finish(), { ids: { ints: experts + 2 } });
+  });
+});
+
+describe("expert_matmul", () => {
+  it.each([
+    [1, 4, 3, 1, "nn"],
+    [7, 8, 5, 3, "nt"],
+    [33, 12, 20, 4, "nt"],
+    [9, 5, 7, 16, "nn"], // more experts than rows
+    [40, 64, 33, 5, "nn"],
+  ] as const)("%i rows, K %i, N %i, %i experts (%s)", async (rows, K, N, E, layout) => {
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", [rows, K]);
+    const ids = b.binary("sub", b.input("ids", "i32", [rows]), b.constant(1, "i32"));
+    // Experts' weights as std.nn.Linear stores them ([out, in], read transposed) or [in, out].
+    const w =
+      layout === "nt"
+        ? b.permute(b.param("w", [E, N, K], true, "normal"), [0, 2, 1])
+        : b.param("w", [E, K, N], true, "normal");
+    const order = b.groupRows(ids, E, 16);
+    const y = b.expertMatmul(x, w, ids, order);
+    // The epilogue: each row's own expert bias, then an activation.
+    const bias = b.gather(
+      b.param("b", [E, N], true, "normal"),
+      b.binary("max", ids, b.constant(0, "i32")),
+    );
+    b.output("y", b.unary("gelu", b.binary("add", y, bias)));
+    b.output("plain", b.expertMatmul(x, w, ids, order));
+    await expectMatches(b.finish(), { ids: { ints: E + 1 } });
+  });
+});
+
+describe("eq and lt", () => {
+  it("compare in f32 and i32", async () => {
+    const b = new IrBuilder();
+    const a = b.input("a", "i32", [7, 5]);
+    const c = b.input("c", "i32", [5]);
+    b.output("eq", b.binary("eq", a, c));
+    b.output("lt", b.binary("lt", b.cast(a, "f32"), b.cast(c, "f32")));
+    await expectMatches(b.finish(), { a: { ints: 3 }, c: { ints: 3 } });
+  });
+});
