@@ -102,6 +102,11 @@ program
     "time every kernel, and report each MoE layer's routing (tokens per expert, dropped, losses, entropy, group weights)",
   )
   .option(
+    "--pin-groups <layer=w1,w2,...>",
+    "fix the group weights of a Grouped MoE layer, e.g. blocks.2=0.7,0.3,0 (repeatable)",
+    collect,
+  )
+  .option(
     "--trace-routing <file>",
     "write each token's experts and weights per MoE layer to a safetensors file",
   )

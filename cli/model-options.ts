@@ -16,6 +16,28 @@ export interface ModelOptions {
   json?: boolean;
   /** Lower with the MoE layers' routing outputs (moec run --stats / --trace-routing). */
   routing?: boolean;
+  /** `--pin-groups LAYER=w1,w2,...` (repeatable): group weights of Grouped MoE layers. */
+  pinGroups?: string[];
+}
+
+/** `blocks.2=0.7,0.3,0` → blocks.2 ↦ [0.7, 0.3, 0]: non-negative weights summing to 1. */
+export function parsePins(specs: readonly string[] = []): Map<string, number[]> {
+  const out = new Map<string, number[]>();
+  for (const spec of specs) {
+    const m = /^([A-Za-z_][\w.]*)=(.+)$/.exec(spec);
+    const weights = m ? m[2]!.split(",").map((w) => Number(w.trim())) : [];
+    if (!m || weights.some((w) => !Number.isFinite(w) || w < 0)) {
+      throw new CliError(
+        `--pin-groups expects LAYER=w1,w2,... with non-negative weights, found "${spec}"`,
+        EXIT_USAGE,
+      );
+    }
+    const sum = weights.reduce((a, b) => a + b, 0);
+    if (Math.abs(sum - 1) > 1e-6)
+      throw new CliError(`--pin-groups ${m[1]}: the weights sum to ${sum}, not 1`, EXIT_USAGE);
+    out.set(m[1]!, weights);
+  }
+  return out;
 }
 
 /** `--dim T=16` → T ↦ 16. */
@@ -57,11 +79,20 @@ export function lowerFromSource(
   const overrides = new Map((options.set ?? []).map(parseOverride));
   const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim), {
     routingStats: options.routing === true,
+    pinGroups: parsePins(options.pinGroups),
   });
   if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
   if (hasErrors(result.diagnostics) || !result.model) {
     printDiagnostics(result.diagnostics, analysis);
     throw new CliError(`cannot lower ${displayPath(entry!)}; see above`);
+  }
+  const pins = result.model.pins;
+  if (pins?.problems.length) throw new CliError(pins.problems[0]!);
+  if (pins?.unused.length) {
+    const layers = pins.groupedLayers.length
+      ? `its Grouped MoE layers: ${pins.groupedLayers.join(", ")}`
+      : "it has no Grouped MoE layer";
+    throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
   return { analysis, lowered: result.model, entry: entry! };
 }

@@ -67,7 +67,7 @@ export function compileGraph(
         dtype: s.dtype,
         shape: s.shape,
         buffer: plan.bufferOf[s.id]!,
-        byteOffset: 0,
+        byteOffset: (s.packedIn?.offset ?? 0) * 4,
       }));
   const outputs = fused.outputs.map((o) => ({
     name: o.name,

@@ -62,6 +62,8 @@ export const DIAGNOSTIC_CODES = {
   W0501: "unused binding",
   W0502: "grouping along the sequence breaks causality",
   W0503: "unused import",
+  // W06xx: lowering warnings
+  W0601: "batch padded to the mixture-of-tokens group",
 } as const;
 
 export type DiagnosticCode = keyof typeof DIAGNOSTIC_CODES;

@@ -209,12 +209,16 @@ export interface LoweringHooks {
   input(name: string, t: TensorType): number | undefined;
   /** Something the back end cannot do yet: reported once, as E0601. */
   unsupported(file: string, span: Span, what: string): void;
+  /** A lowering warning (W06xx), reported once per site. */
+  warn(file: string, span: Span, code: DiagnosticCode, message: string, hint?: string): void;
   /** The graph being built, for primitives that lower themselves. */
   readonly builder: IrBuilder;
   /** Whether MoE layers should also output their routing (statistics and per-token choices). */
   readonly routingStats: boolean;
   /** Records one routing output of the MoE layer at `layer` (a parameter path). */
   routing(layer: string, name: string, node: number): void;
+  /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
+  pinnedGroups(layer: string, groups: number): number[] | undefined;
 }
 
 export class Evaluator {
@@ -2293,6 +2297,7 @@ export class Evaluator {
             lowering.unsupported(frame.file, span, what);
             return UNKNOWN;
           },
+          warn: (code, message, hint) => lowering.warn(frame.file, span, code, message, hint),
         },
         values,
       );

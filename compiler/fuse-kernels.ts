@@ -69,7 +69,13 @@ export interface FusedKernel {
 export interface Storage {
   /** The node that owns it (its id is the storage id). */
   id: number;
-  role: "input" | "param" | "value";
+  /**
+   * "pack": the concatenation of parameters (experts' weights stacked for an expert matmul),
+   * laid out so the parameters are uploaded straight into it and the concat is never computed.
+   */
+  role: "input" | "param" | "value" | "pack";
+  /** A parameter uploaded into a pack: the pack's storage id and the element offset. */
+  packedIn?: { storage: number; offset: number };
   dtype: IrDType;
   shape: number[];
   numel: number;
@@ -233,6 +239,31 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   const isOutput = new Set(graph.outputs.map((o) => o.node));
   const ordered = [...live].sort((a, b) => a - b);
 
+  // ---- Packs. A concatenation along axis 0 of parameters, each reshaped to [1, ...] (how
+  // stacked experts' weights are written), becomes one buffer the parameters are uploaded
+  // into: the stack is then free, and every reader of a packed parameter reads the pack.
+  const packOf = new Map<number, { storage: number; offset: number }>(); // param → place
+  const packs = new Set<number>();
+  for (const id of ordered) {
+    const n = node(id);
+    if (n.op !== "concat" || n.axis !== 0) continue;
+    const params = n.inputs.map((i) => {
+      const v = node(i);
+      const src = v.op === "reshape" ? node(v.inputs[0]) : v;
+      return src.op === "param" && v.shape[0] === 1 && numel(src.shape) === numel(v.shape)
+        ? src
+        : undefined;
+    });
+    if (params.some((q) => q === undefined || packOf.has(q.id))) continue;
+    if (new Set(params.map((q) => q!.id)).size !== params.length) continue;
+    let offset = 0;
+    for (const q of params) {
+      packOf.set(q!.id, { storage: id, offset });
+      offset += numel(q!.shape);
+    }
+    packs.add(id);
+  }
+
   // ---- Views. A view op's input is stored (or is itself a view); a reshape that strides
   // cannot express stores the view it reshapes.
   const copied = new Set<number>(); // view-op nodes that get a buffer of their own
@@ -244,10 +275,11 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   const rawView = (id: number): View => {
     const n = node(id);
     if (storageOwner(id)) {
+      const packed = packOf.get(id);
       return {
-        storage: id,
+        storage: packed?.storage ?? id,
         dtype: n.dtype,
-        offset: 0,
+        offset: packed?.offset ?? 0,
         shape: [...n.shape],
         strides: contiguousStrides(n.shape),
       };
@@ -349,7 +381,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
 
   for (const id of [...ordered].reverse()) {
     const n = node(id);
-    if (n.op === "input" || n.op === "param") continue;
+    if (n.op === "input" || n.op === "param" || packs.has(id)) continue;
     if (VIEW_OPS.has(n.op)) {
       if (copied.has(id)) newGroup(id);
       continue;
@@ -453,13 +485,24 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   for (const id of ordered) {
     const n = node(id);
     if (n.op === "input" || n.op === "param") {
-      storages.push({
+      const st: Storage = {
         id,
         role: n.op,
         dtype: n.dtype,
         shape: [...n.shape],
         numel: numel(n.shape),
         name: n.name,
+      };
+      const packed = packOf.get(id);
+      if (packed) st.packedIn = packed;
+      storages.push(st);
+    } else if (packs.has(id)) {
+      storages.push({
+        id,
+        role: "pack",
+        dtype: n.dtype,
+        shape: [...n.shape],
+        numel: numel(n.shape),
       });
     } else if (stored.has(id)) {
       storages.push({

@@ -7,7 +7,7 @@
 import type { ComponentDecl, Expr, Span } from "../grammar/ast.js";
 import { bindArgs } from "./bind-args.js";
 import { BUILTINS } from "./builtins.js";
-import { type Diagnostic, diagnostic } from "./diagnostics.js";
+import { type Diagnostic, type DiagnosticCode, diagnostic } from "./diagnostics.js";
 import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "./dims.js";
 import { Evaluator, type LoweringHooks } from "./evaluator.js";
 import { pruneGraph } from "./ir/prune-graph.js";
@@ -25,6 +25,11 @@ export interface LowerOptions {
    * outputs are named `routing:<layer>.<what>` (see routingOutputName).
    */
   routingStats?: boolean;
+  /**
+   * Group weights for `Grouped` MoE layers, by layer path (or a prefix of one, such as
+   * `blocks.2`): they replace the router's own weights (and any `pin:` in the source).
+   */
+  pinGroups?: ReadonlyMap<string, readonly number[]>;
 }
 
 /** Routing outputs are named so no model port can clash with them. */
@@ -50,6 +55,8 @@ export interface LoweredModel {
   inputs: LoweredInput[];
   /** Free dims and their sizes (B, T, ...). */
   dims: Map<string, number>;
+  /** With LowerOptions.pinGroups: what did not apply (for the command line to report). */
+  pins?: { problems: string[]; unused: string[]; groupedLayers: string[] };
 }
 
 const BINARY: Record<string, BinaryOp> = { "+": "add", "-": "sub", "*": "mul", "/": "div" };
@@ -69,7 +76,29 @@ class Lowering implements LoweringHooks {
     private readonly modelFile: string,
     private readonly modelSpan: Span,
     readonly routingStats: boolean,
+    private readonly pins: ReadonlyMap<string, readonly number[]> = new Map(),
   ) {}
+
+  /** Pins that matched a layer, grouped layers seen, and pins that did not fit their layer. */
+  readonly usedPins = new Set<string>();
+  readonly groupedLayers: string[] = [];
+  readonly pinProblems: string[] = [];
+
+  pinnedGroups(layer: string, groups: number): number[] | undefined {
+    this.groupedLayers.push(layer);
+    for (const [key, weights] of this.pins) {
+      if (layer !== key && !layer.startsWith(`${key}.`)) continue;
+      this.usedPins.add(key);
+      if (weights.length !== groups) {
+        this.pinProblems.push(
+          `--pin-groups ${key}: the layer ${layer} has ${groups} groups, ${weights.length} weights given`,
+        );
+        return undefined;
+      }
+      return [...weights];
+    }
+    return undefined;
+  }
 
   routing(layer: string, name: string, node: number): void {
     if (this.routingStats) this.routingOutputs.push({ name: routingOutputName(layer, name), node });
@@ -150,6 +179,15 @@ class Lowering implements LoweringHooks {
       trainable,
       init ?? "normal(0.02)",
       t.dtype === "i32" ? "i32" : "f32",
+    );
+  }
+
+  warn(file: string, span: Span, code: DiagnosticCode, message: string, hint?: string): void {
+    const key = `${file}|${span.start}|${code}|${message}`;
+    if (this.reportedUnsupported.has(key)) return;
+    this.reportedUnsupported.add(key);
+    this.diagnostics.push(
+      diagnostic(code, file, span, message, hint !== undefined ? { hint } : {}),
     );
   }
 
@@ -281,6 +319,7 @@ export function lowerModel(
     model.file,
     model.decl.name.span,
     options.routingStats ?? false,
+    options.pinGroups,
   );
   const evaluator = new Evaluator(program, diagnostics, "lower");
   evaluator.lowering = lowering;
@@ -307,10 +346,18 @@ export function lowerModel(
   for (const o of lowering.routingOutputs) lowering.builder.output(o.name, o.node);
   for (const [name, size] of dims)
     if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
-  return {
+  const lowered: LoweredModel = {
     name: model.decl.name.name,
     graph: pruneGraph(lowering.builder.finish()),
     inputs: lowering.inputs,
     dims: lowering.usedDims,
   };
+  if (options.pinGroups && options.pinGroups.size > 0) {
+    lowered.pins = {
+      problems: lowering.pinProblems,
+      unused: [...options.pinGroups.keys()].filter((k) => !lowering.usedPins.has(k)),
+      groupedLayers: lowering.groupedLayers,
+    };
+  }
+  return lowered;
 }

@@ -7,12 +7,17 @@
  * task → experts table). The sparse routers (top-k, expert choice, task routing) are
  * lower-sparse-routing.ts.
  */
+import type { DiagnosticCode } from "./diagnostics.js";
 import type { IrBuilder } from "./ir/builder.js";
 import type { LoweringHooks } from "./evaluator.js";
 import { type PrimitiveContext, loraDelta } from "./primitives.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "./values.js";
 import { dimConst, dimValue } from "./dims.js";
-import { lowerSparseMoE } from "./lower-sparse-routing.js";
+import {
+  applyStackedExperts,
+  lowerDiscreteTokenMix,
+  lowerSparseMoE,
+} from "./lower-sparse-routing.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
 
@@ -27,6 +32,8 @@ export interface RoutingLowering {
   /** A PrimitiveContext for another instance (the LoRA adapters of factorised experts). */
   contextFor(inst: Instance): PrimitiveContext;
   unsupported(what: string): Value;
+  /** A lowering warning at the MoE layer's use. */
+  warn(code: DiagnosticCode, message: string, hint?: string): void;
 }
 
 function num(inst: Instance, name: string): number | undefined {
@@ -173,12 +180,6 @@ export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
       break;
     }
     case "TokenMix": {
-      if (
-        routerInst.args.get("discrete")?.k === "bool" &&
-        (routerInst.args.get("discrete") as { v?: boolean }).v
-      ) {
-        return r.unsupported("`TokenMix(discrete: true)` (expert choice with one token per group)");
-      }
       y = lowerTokenMix(r, routerInst, x, leaves, gate);
       break;
     }
@@ -240,17 +241,19 @@ function lowerGrouped(
   const G = groups.length;
   const E = groups.reduce((a, g) => a + g.length, 0);
   const pin = router.args.get("pin");
-  const pinned = pin?.k === "list" && pin.items.length > 0;
+  // Pinned from the command line (moec run --pin-groups) first, else from the source.
+  const pinned =
+    r.lowering.pinnedGroups(r.ctx.inst.path ?? "moe", G) ??
+    (pin?.k === "list" && pin.items.length > 0
+      ? pin.items.map((v) => (v.k === "float" ? v.v! : v.k === "int" ? dimValue(v.v)! : 0))
+      : undefined);
   const groupGate = gate("group_gate", G);
   const expertGate = gate("expert_gate", E);
   if (groupGate === undefined || expertGate === undefined) return undefined;
   const rank = ir.shape(x.node!).length;
   let wg: number;
   if (pinned) {
-    const values = pin.items.map((v) =>
-      v.k === "float" ? v.v! : v.k === "int" ? dimValue(v.v)! : 0,
-    );
-    wg = ir.reshape(constantTable(ir, [values]), [...Array(rank - 1).fill(1), G]);
+    wg = ir.reshape(constantTable(ir, [pinned]), [...Array(rank - 1).fill(1), G]);
   } else {
     const gl = logitsOf(groupGate);
     wg = member(router, "outer") === "normalize" ? normalizeScores(ir, gl) : ir.softmax(gl);
@@ -332,58 +335,76 @@ function lowerTokenMix(
   }
   const [B, T, d] = shape as [number, number, number];
   const group = num(router, "group") ?? 32;
-  const tau = num(router, "temperature") ?? 1;
   const alongSequence = member(router, "axis") === "sequence";
   const controller = gate("controller", E);
   if (controller === undefined) return undefined;
-  // Arrange tokens as [M, group, d]: M groups of `group` tokens each.
-  const axisLen = alongSequence ? T : B;
+  // Arrange tokens as [M, group, d]: M groups of `group` tokens each. A batch (or sequence)
+  // that is not a multiple of the group is padded with zero tokens, which take part in the
+  // mixing: warn, since the result then depends on the padding.
+  let axisLen = alongSequence ? T : B;
+  let xs = x.node!;
   if (axisLen % group !== 0) {
-    r.unsupported(
-      `TokenMix with group ${group} on a ${alongSequence ? "sequence" : "batch"} of ${axisLen} (pad it to a multiple of ${group})`,
+    const padded = Math.ceil(axisLen / group) * group;
+    const axis = alongSequence ? 1 : 0;
+    const padShape = alongSequence ? [B, padded - T, d] : [padded - B, T, d];
+    xs = ir.concat([xs, ir.constant(0, "f32", padShape)], axis);
+    r.warn(
+      "W0601",
+      `TokenMix pads the ${alongSequence ? "sequence" : "batch"} from ${axisLen} to ${padded}, a multiple of its group of ${group}; the zero tokens take part in the mixing`,
+      `run with ${alongSequence ? "T" : "B"} a multiple of ${group} for results independent of padding`,
     );
-    return undefined;
+    axisLen = padded;
   }
+  const [Bp, Tp] = alongSequence ? [B, axisLen] : [axisLen, T];
   const G = axisLen / group;
-  let X: number;
-  if (alongSequence) {
-    X = ir.reshape(x.node!, [B * G, group, d]);
-  } else {
-    X = ir.reshape(ir.permute(ir.reshape(x.node!, [G, group, T, d]), [0, 2, 1, 3]), [
-      G * T,
-      group,
-      d,
-    ]);
-  }
-  const M = alongSequence ? B * G : G * T;
+  const X = alongSequence
+    ? ir.reshape(xs, [Bp * G, group, d])
+    : ir.reshape(ir.permute(ir.reshape(xs, [G, group, Tp, d]), [0, 2, 1, 3]), [G * Tp, group, d]);
   const logits = ir.matmul(X, ir.permute(controller, [1, 0])); // [M, group, E]
+  const discrete = router.args.get("discrete");
+  let emitted: number | undefined;
+  if (discrete?.k === "bool" && discrete.v) {
+    if (member(router, "emit") === "softmax_experts") {
+      r.unsupported("`TokenMix(discrete: true, emit: softmax_experts)`");
+      return undefined;
+    }
+    emitted = lowerDiscreteTokenMix(r, leaves, X, logits);
+  } else emitted = mixTokens(r, router, leaves, X, logits);
+  if (emitted === undefined) return undefined;
+  const dOut = ir.shape(emitted)[2]!;
+  const y = alongSequence
+    ? ir.reshape(emitted, [Bp, Tp, dOut])
+    : ir.reshape(ir.permute(ir.reshape(emitted, [G, Tp, group, dOut]), [0, 2, 1, 3]), [
+        Bp,
+        Tp,
+        dOut,
+      ]);
+  return Bp === B && Tp === T ? y : ir.slice(y, alongSequence ? 1 : 0, 0, alongSequence ? T : B);
+}
+
+/** The continuous mixture: merge each group per expert, run the experts, emit back. */
+function mixTokens(
+  r: RoutingLowering,
+  router: Instance,
+  leaves: Instance[],
+  X: number,
+  logits: number,
+): number | undefined {
+  const ir = r.lowering.builder;
+  const [M, , d] = ir.shape(X) as [number, number, number];
+  const E = leaves.length;
+  const tau = num(router, "temperature") ?? 1;
   const scaled = tau === 1 ? logits : ir.binary("div", logits, ir.constant(tau));
   const merge = ir.softmax(ir.permute(scaled, [0, 2, 1])); // [M, E, group]: softmax over the group
   const mixed = ir.matmul(merge, X); // [M, E, d]
-  const outs: number[] = [];
-  for (let e = 0; e < E; e++) {
-    const leaf = leaves[e]!;
-    const xe = ir.reshape(ir.slice(mixed, 1, e, 1), [M, d]);
-    const ye = r.applyExpert(leaf, {
-      k: "tensor",
-      t: { dtype: "f32", dims: [dimConst(M), dimConst(d)] },
-      node: xe,
-    });
-    if (!ye || ye.node === undefined) return undefined;
-    const dOut = ir.shape(ye.node)[1]!;
-    outs.push(ir.reshape(ye.node, [M, 1, dOut]));
-  }
-  const Y = concatChunked(ir, outs, 1); // [M, E, dOut]
+  // Expert e's M mixed tokens are rows e, E + e, ...: one stacked expert body runs them all.
+  const ids = ir.reshape(ir.iota(ir.constant(0, "i32", [M, E])), [M * E]);
+  const ys = applyStackedExperts(r, leaves, ir.reshape(mixed, [M * E, d]), ids);
+  if (ys === undefined) return undefined;
+  const Y = ir.reshape(ys, [M, E, ir.shape(ys)[1]!]); // [M, E, dOut]
   const emitWeights =
     member(router, "emit") === "softmax_experts"
       ? ir.softmax(scaled)
       : ir.permute(merge, [0, 2, 1]); // [M, group, E]
-  const emitted = ir.matmul(emitWeights, Y); // [M, group, dOut]
-  const dOut = ir.shape(emitted)[2]!;
-  if (alongSequence) return ir.reshape(emitted, [B, T, dOut]);
-  return ir.reshape(ir.permute(ir.reshape(emitted, [G, T, group, dOut]), [0, 2, 1, 3]), [
-    B,
-    T,
-    dOut,
-  ]);
+  return ir.matmul(emitWeights, Y); // [M, group, dOut]
 }

@@ -19,8 +19,17 @@ import { dimConst, dimValue } from "./dims.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
 
-/** Rows are grouped by expert in blocks of this many (a multiple of every register block). */
-const ROW_ALIGN = 16;
+/**
+ * Rows are grouped by expert in blocks of `align` rows: a GPU register block of rows never
+ * straddles two experts. Big blocks reuse each weight load across more rows; with few rows
+ * per expert they mostly compute padding, so the block follows the expected rows per expert.
+ */
+function rowAlign(rows: number, experts: number): number {
+  const perExpert = Math.ceil(rows / experts);
+  let align = 4;
+  while (align < 16 && align < perExpert) align *= 2;
+  return align;
+}
 
 function num(inst: Instance, name: string): number | undefined {
   const v = inst.args.get(name);
@@ -219,12 +228,22 @@ function routerLogits(m: SparseMoE, lead: number[], d: number): number | undefin
 
 /** Every assigned row through its own expert: [R, dOut]. */
 function runExperts(m: SparseMoE, xf: number, tokens: number, ids: number): number | undefined {
-  const { r, experts } = m;
+  return applyStackedExperts(m.r, m.experts, m.r.lowering.builder.gather(xf, tokens), ids);
+}
+
+/**
+ * Row r of `rows` [R, d] through expert ids[r] (-1: zeros), as one stacked expert body whose
+ * matmuls walk the rows grouped by expert: [R, dOut].
+ */
+export function applyStackedExperts(
+  r: RoutingLowering,
+  experts: Instance[],
+  rows: number,
+  ids: number,
+): number | undefined {
   const ir = r.lowering.builder;
-  const R = ir.shape(tokens)[0]!;
-  const d = ir.shape(xf)[1]!;
-  const rows = ir.gather(xf, tokens);
-  const order = ir.groupRows(ids, experts.length, ROW_ALIGN);
+  const [R, d] = ir.shape(rows) as [number, number];
+  const order = ir.groupRows(ids, experts.length, rowAlign(R, experts.length));
   const outs: number[] = [];
   for (const e of experts) {
     const t = { dtype: "f32" as const, dims: [dimConst(R), dimConst(d)] };
@@ -297,4 +316,37 @@ export function recordRouterStats(
     ir.unary("log", ir.binary("max", probs, ir.constant(1e-30))),
   );
   stat("entropy", ir.binary("div", ir.unary("neg", total(ir, plogp)), ir.constant(N)));
+}
+
+/**
+ * Mixture of tokens at τ → 0 (`TokenMix(discrete: true)`): the merge weights over a group
+ * become one-hot on the group's highest-scoring token for each expert, so each expert takes
+ * exactly one token per group (expert choice with capacity 1 per group) and returns its
+ * output to that token alone. X [M, group, d], logits [M, group, E] → [M, group, dOut].
+ */
+export function lowerDiscreteTokenMix(
+  r: RoutingLowering,
+  experts: Instance[],
+  X: number,
+  logits: number,
+): number | undefined {
+  const ir = r.lowering.builder;
+  const [M, group, d] = ir.shape(X) as [number, number, number];
+  const E = experts.length;
+  const pick = ir.reshape(ir.topk(ir.permute(logits, [0, 2, 1]), 1), [M, E]); // position in group
+  const groupStart = ir.binary(
+    "mul",
+    ir.permute(ir.iota(ir.constant(0, "i32", [E, M])), [1, 0]),
+    ir.constant(group, "i32"),
+  );
+  const R = M * E;
+  const tokens = ir.reshape(ir.binary("add", groupStart, pick), [R]); // rows of [M·group, d]
+  const ids = ir.reshape(ir.iota(ir.constant(0, "i32", [M, E])), [R]);
+  const xf = ir.reshape(X, [M * group, d]);
+  const y = applyStackedExperts(r, experts, ir.gather(xf, tokens), ids);
+  if (y === undefined) return undefined;
+  if (r.lowering.routingStats)
+    r.lowering.routing(r.ctx.inst.path ?? "moe", "tokens", ir.reshape(tokens, [M, E]));
+  const dOut = ir.shape(y)[1]!;
+  return ir.reshape(ir.scatterAdd(y, tokens, M * group), [M, group, dOut]);
 }

@@ -175,10 +175,13 @@ export function planBuffers(
   const buffers: PhysicalBuffer[] = [];
   const bufferOf: Record<number, number> = {};
   for (const s of program.storages) {
-    if (s.role === "value") continue;
+    if (s.role === "value" || s.packedIn) continue;
     bufferOf[s.id] = buffers.length;
-    buffers.push({ id: buffers.length, bytes: storageBytes(s), role: s.role });
+    const role = s.role === "pack" ? "param" : s.role;
+    buffers.push({ id: buffers.length, bytes: storageBytes(s), role });
   }
+  // Packed parameters live in their pack's buffer (compile-graph gives their byte offsets).
+  for (const s of program.storages) if (s.packedIn) bufferOf[s.id] = bufferOf[s.packedIn.storage]!;
   const lastUse = new Map<number, number>();
   program.kernels.forEach((k, t) => {
     for (const v of Object.values(k.loads)) lastUse.set(v.storage, t);
@@ -220,7 +223,7 @@ export function planBuffers(
 
   const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
   const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);
-  const totalBytes = program.storages.reduce((a, s) => a + storageBytes(s), 0);
+  const totalBytes = program.storages.reduce((a, s) => a + (s.packedIn ? 0 : storageBytes(s)), 0);
   const bytesOf: Record<number, number> = {};
   for (const s of program.storages) bytesOf[s.id] = storageBytes(s);
   return {

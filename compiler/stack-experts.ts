@@ -78,7 +78,9 @@ export function stackExperts(
       out = ir.permute(inner, [0, ...first.perm.map((p) => p + 1)]);
     } else {
       const parts = nodes.map((id) => ir.reshape(id, [1, ...ir.shape(id)]));
-      out = concatChunked(ir, parts, 0);
+      // Parameters stack in one concat, which the back end lays out as one buffer (a pack)
+      // they are uploaded into; anything computed is copied, a few inputs per kernel.
+      out = all.every((n) => n.op === "param") ? ir.concat(parts, 0) : concatChunked(ir, parts, 0);
     }
     stacks.set(key, out);
     return out;

@@ -223,6 +223,47 @@ describe("moec run shows the routing", () => {
   });
 });
 
+describe("moec run --pin-groups", () => {
+  const args = ["--dim", "B=1", "--dim", "T=3", "--set", "layers=2", "--set", "d=16"];
+  const run = (...extra: string[]) =>
+    moec([
+      "run",
+      "examples/at-moe.moe",
+      ...args,
+      "--set",
+      "vocab=20",
+      "--backend",
+      "reference",
+      ...extra,
+    ]);
+
+  it("fixes one layer's group weights and reports them; the other layer keeps its router", () => {
+    const r = run("--stats", "--json", "--pin-groups", "blocks.1=0.2,0,0.8");
+    expect(r.stderr).toBe("");
+    const routing = JSON.parse(r.stdout).routing;
+    expect(routing["blocks.1.experts.moe"].group_weights).toEqual([
+      expect.closeTo(0.2, 6),
+      0,
+      expect.closeTo(0.8, 6),
+    ]);
+    const free = routing["blocks.0.experts.moe"].group_weights as number[];
+    expect(free.every((w) => w > 0)).toBe(true);
+    expect(free.reduce((a, b) => a + b)).toBeCloseTo(1, 6);
+  });
+
+  it("names what is wrong: weights, group count, layer", () => {
+    const sum = run("--pin-groups", "blocks.0=0.5,0.6,0");
+    expect(sum.code).toBe(2);
+    expect(sum.stderr.trim()).toBe("moec: --pin-groups blocks.0: the weights sum to 1.1, not 1");
+    const count = run("--pin-groups", "blocks.0=0.5,0.5");
+    expect(count.code).toBe(1);
+    expect(count.stderr).toMatch(/blocks.0.experts.moe has 3 groups, 2 weights given/);
+    const layer = run("--pin-groups", "blocks.7=1,0,0");
+    expect(layer.code).toBe(1);
+    expect(layer.stderr).toMatch(/no such layer .*blocks.0.experts.moe, blocks.1.experts.moe/);
+  });
+});
+
 describe("moec run: bad input is one line and a non-zero exit", () => {
   it("reports a corrupt weights file (exit 1)", () => {
     const bad = path.join(tmp, "bad.safetensors");

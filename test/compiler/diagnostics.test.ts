@@ -44,8 +44,8 @@ function listCases(): Case[] {
 
 function render(c: Case): { text: string; codes: string[] } {
   const analysis = analyze([c.entry], nodeFileSystem());
-  // Lowering problems (E06xx) appear when a model is lowered to run, with B=1, T=2.
-  if (c.name.startsWith("E06")) {
+  // Lowering problems (E06xx, W06xx) appear when a model is lowered to run, with B=1, T=2.
+  if (/^[EW]06/.test(c.name)) {
     const model = selectModel(analysis.program, c.entry, undefined);
     if (typeof model !== "string") {
       lowerModel(

@@ -253,13 +253,13 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
     const source = `import std.nn { FFN }
 import std.route { MoE, TokenMix }
 model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
-  moe = MoE(router: TokenMix(group: 2, discrete: true), experts: [FFN(4, 8); 2])
+  moe = MoE(router: TokenMix(group: 2, discrete: true, emit: softmax_experts), experts: [FFN(4, 8); 2])
   y = moe(x) }`;
     const file = path.join(examples, "__unsupported__.moe");
     const { lowered, diagnostics } = lower(source, file, { B: 2, T: 2 });
     expect(lowered).toBeUndefined();
     expect(diagnostics.map((d) => d.code)).toEqual(["E0601"]);
-    expect(diagnostics[0]!.message).toMatch(/TokenMix\(discrete: true\)/);
+    expect(diagnostics[0]!.message).toMatch(/discrete: true, emit: softmax_experts/);
   });
 
   it("lowers the task-based MoE example with its sparse top-k layers", () => {

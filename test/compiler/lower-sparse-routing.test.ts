@@ -258,3 +258,48 @@ model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
     close(y, expected);
   });
 });
+
+describe("mixture of tokens, discrete", () => {
+  const motSource = (router: string) => `import std.nn { FFN }
+import std.route { MoE, TokenMix }
+model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
+  moe = MoE(router: ${router}, experts: [FFN(4, 3, act: relu); 3])
+  y = moe(x) }`;
+
+  it("τ → 0 equals expert choice with one token per expert per group", () => {
+    const dims = { B: 6, T: 2 };
+    const discrete = lower(motSource("TokenMix(group: 3, discrete: true)"), dims);
+    const l = leaves(discrete);
+    const y = interpret(discrete.graph, l).outputs.get("y")!.data;
+    const cold = lower(motSource("TokenMix(group: 3, temperature: 0.00001)"), dims);
+    close(y, interpret(cold.graph, l).outputs.get("y")!.data);
+    // Each expert took exactly one token per group: 2 groups × 2 positions × 3 experts.
+    expect(discrete.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(2);
+  });
+
+  it("the continuous mixture runs every expert as one stacked body", () => {
+    const m = lower(motSource("TokenMix(group: 3)"), { B: 3, T: 2 });
+    expect(m.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(2);
+  });
+});
+
+describe("mixture of tokens, padding", () => {
+  it("a batch that is not a multiple of the group runs as if padded with zero sequences", () => {
+    const source = `import std.nn { FFN }
+import std.route { MoE, TokenMix }
+model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
+  moe = MoE(router: TokenMix(group: 3), experts: [FFN(4, 3, act: relu); 2])
+  y = moe(x) }`;
+    const padded = lower(source, { B: 3, T: 2 });
+    const short = lower(source, { B: 2, T: 2 }, ["W0601"]);
+    const l = leaves(short);
+    const x = l.get("x")!;
+    const full = new Map(l);
+    full.set("x", {
+      shape: [3, 2, 4],
+      data: Float64Array.from([...x.data, ...new Array(8).fill(0)]),
+    });
+    const want = interpret(padded.graph, full).outputs.get("y")!.data.slice(0, 16);
+    close(interpret(short.graph, l).outputs.get("y")!.data, want);
+  });
+});

@@ -11,7 +11,12 @@ import type { HostTensor } from "../../runtime/reference/interpret.js";
 
 const file = path.join(import.meta.dirname, "../../examples/__routing__.moe");
 
-export function lower(source: string, dims: Record<string, number>): LoweredModel {
+/** Lowers `source` at `dims`; lowering reports exactly the diagnostic codes `expected`. */
+export function lower(
+  source: string,
+  dims: Record<string, number>,
+  expected: string[] = [],
+): LoweredModel {
   const analysis = analyze([file], nodeFileSystem(new Map([[file, source]])));
   expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
   const model = selectModel(analysis.program, file, undefined);
@@ -24,7 +29,7 @@ export function lower(source: string, dims: Record<string, number>): LoweredMode
     new Map(Object.entries(dims)),
     diagnostics,
   );
-  expect(diagnostics).toEqual([]);
+  expect(diagnostics.map((d) => d.code)).toEqual(expected);
   expect(verifyGraph(lowered!.graph)).toEqual([]);
   return lowered!;
 }

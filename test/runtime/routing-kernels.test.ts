@@ -4,8 +4,10 @@
 // experts with no rows, dropped rows, ties). Integer results must be equal, floats within 1e-5.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import * as path from "node:path";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
+import { analyze, lower, nodeFileSystem } from "../../compiler/pipeline.js";
 import { type GpuContext, openDevice } from "../../runtime/device.js";
 import { type LeafSpec, checkGraph } from "./gpu-harness.js";
 
@@ -132,5 +134,37 @@ describe("eq and lt", () => {
     b.output("eq", b.binary("eq", a, c));
     b.output("lt", b.binary("lt", b.cast(a, "f32"), b.cast(c, "f32")));
     await expectMatches(b.finish(), { a: { ints: 3 }, c: { ints: 3 } });
+  });
+});
+
+describe("whole MoE layers on the device", () => {
+  const file = path.join(import.meta.dirname, "../../examples/__routing_gpu__.moe");
+  function lowerSource(router: string, experts: number, dims: Record<string, number>) {
+    const src = `import std.nn { FFN, Linear }
+import std.route { MoE, TopK, ExpertChoice, TaskRoute, TokenMix }
+import std.adapt { LoRA }
+tasks Lang { a, b, c }
+model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
+  moe = MoE(router: ${router}, experts: [FFN(12, 20, act: gelu); ${experts}])
+  y = moe(x${router.startsWith("TaskRoute") || router.includes("task_embed") ? ", task" : ""}) }`;
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
+    const r = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)));
+    if ("error" in r || !r.model) throw new Error(JSON.stringify(r));
+    expect(r.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    return r.model.graph;
+  }
+
+  it.each([
+    ["TopK(2)", 6, { B: 3, T: 7 }],
+    ["TopK(2, capacity: 1.0, task_embed: 4)", 5, { B: 3, T: 5 }],
+    ["TopK(3, softmax: after)", 3, { B: 1, T: 1 }], // a single token
+    ["TopK(1)", 9, { B: 1, T: 3 }], // more experts than tokens
+    ["ExpertChoice(capacity: 1.5)", 4, { B: 2, T: 7 }],
+    ["TaskRoute(level: sequence, k: 2, embed: 4)", 4, { B: 3, T: 3 }],
+    ["TaskRoute(level: task, k: 1)", 3, { B: 4, T: 2 }],
+    ["TokenMix(group: 2, discrete: true)", 3, { B: 4, T: 3 }],
+    ["TokenMix(group: 3)", 3, { B: 3, T: 2 }],
+  ] as const)("%s over %i experts", async (router, experts, dims) => {
+    await expectMatches(lowerSource(router, experts, dims), { task: { ints: 3 } });
   });
 });
