@@ -10,7 +10,7 @@
 import type { DiagnosticCode } from "./diagnostics.js";
 import type { IrBuilder } from "./ir/builder.js";
 import type { LoweringHooks } from "./evaluator.js";
-import { type PrimitiveContext, loraDelta } from "./primitives.js";
+import { type PrimitiveContext, bool, loraDelta, member, num } from "./primitives.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "./values.js";
 import { dimConst, dimValue } from "./dims.js";
 import {
@@ -34,18 +34,6 @@ export interface RoutingLowering {
   unsupported(what: string): Value;
   /** A lowering warning at the MoE layer's use. */
   warn(code: DiagnosticCode, message: string, hint?: string): void;
-}
-
-function num(inst: Instance, name: string): number | undefined {
-  const v = inst.args.get(name);
-  if (v?.k === "int") return dimValue(v.v);
-  if (v?.k === "float") return v.v;
-  return undefined;
-}
-
-function member(inst: Instance, name: string): string | undefined {
-  const v = inst.args.get(name);
-  return v?.k === "enum" ? v.member : undefined;
 }
 
 /** A constant tensor built from scalar constants (small tables: task maps, masks). */
@@ -361,9 +349,8 @@ function lowerTokenMix(
     ? ir.reshape(xs, [Bp * G, group, d])
     : ir.reshape(ir.permute(ir.reshape(xs, [G, group, Tp, d]), [0, 2, 1, 3]), [G * Tp, group, d]);
   const logits = ir.matmul(X, ir.permute(controller, [1, 0])); // [M, group, E]
-  const discrete = router.args.get("discrete");
   let emitted: number | undefined;
-  if (discrete?.k === "bool" && discrete.v) {
+  if (bool(router, "discrete")) {
     if (member(router, "emit") === "softmax_experts") {
       r.unsupported("`TokenMix(discrete: true, emit: softmax_experts)`");
       return undefined;

@@ -14,8 +14,9 @@ import type { IrBuilder } from "./ir/builder.js";
 import { numel } from "./ir/graph.js";
 import type { RoutingLowering } from "./lower-routing.js";
 import { stackExperts } from "./stack-experts.js";
-import { type Instance, type Value } from "./values.js";
-import { dimConst, dimValue } from "./dims.js";
+import { bool, member, num } from "./primitives.js";
+import type { Instance, Value } from "./values.js";
+import { dimConst } from "./dims.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
 
@@ -29,23 +30,6 @@ function rowAlign(rows: number, experts: number): number {
   let align = 4;
   while (align < 16 && align < perExpert) align *= 2;
   return align;
-}
-
-function num(inst: Instance, name: string): number | undefined {
-  const v = inst.args.get(name);
-  if (v?.k === "int") return dimValue(v.v);
-  if (v?.k === "float") return v.v;
-  return undefined;
-}
-
-function flag(inst: Instance, name: string): boolean | undefined {
-  const v = inst.args.get(name);
-  return v?.k === "bool" ? v.v : undefined;
-}
-
-function member(inst: Instance, name: string): string | undefined {
-  const v = inst.args.get(name);
-  return v?.k === "enum" ? v.member : undefined;
 }
 
 /** m[r, idx[r, j]] for m [N, E] and idx [N, k] (i32): the chosen entries of each row. */
@@ -119,7 +103,8 @@ export function lowerSparseMoE(m: SparseMoE): number | undefined {
     weights = ir.softmax(takeAlongRows(ir, logits, chosen));
   } else {
     weights = takeAlongRows(ir, ir.softmax(logits), chosen);
-    const renormalize = flag(router, "renormalize") ?? router.component === "TaskRoute";
+    // TaskRoute always renormalises; TopK as its `renormalize` option says (default true).
+    const renormalize = router.component === "TaskRoute" || bool(router, "renormalize") === true;
     if (renormalize) weights = ir.binary("div", weights, ir.reduce("sum", weights, -1, true));
   }
   const R = k * N;

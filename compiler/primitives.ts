@@ -61,8 +61,9 @@ export interface PrimitiveRule {
 }
 
 // ---------------------------------------------------------------- argument helpers
+// (shared with the MoE lowerings: an instance's argument as a number, enum member or flag)
 
-function num(inst: Instance, name: string): number | undefined {
+export function num(inst: Instance, name: string): number | undefined {
   const v = inst.args.get(name);
   if (!v) return undefined;
   if (v.k === "int") return dimValue(v.v);
@@ -70,12 +71,12 @@ function num(inst: Instance, name: string): number | undefined {
   return undefined;
 }
 
-function member(inst: Instance, name: string): string | undefined {
+export function member(inst: Instance, name: string): string | undefined {
   const v = inst.args.get(name);
   return v?.k === "enum" ? v.member : undefined;
 }
 
-function bool(inst: Instance, name: string): boolean | undefined {
+export function bool(inst: Instance, name: string): boolean | undefined {
   const v = inst.args.get(name);
   return v?.k === "bool" ? v.v : undefined;
 }
