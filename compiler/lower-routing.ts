@@ -11,6 +11,7 @@ import type { DiagnosticCode } from "./diagnostics.js";
 import type { IrBuilder } from "./ir/builder.js";
 import type { LoweringHooks } from "./evaluator.js";
 import { type PrimitiveContext, bool, loraDelta, member, num } from "./primitives.js";
+import { concatChunked } from "./stack-experts.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "./values.js";
 import { dimConst, dimValue } from "./dims.js";
 import {
@@ -46,23 +47,6 @@ function constantTable(ir: IrBuilder, rows: number[][]): number {
     ),
   );
   return concatChunked(ir, rowNodes, 0);
-}
-
-/**
- * Concatenation of many tensors as a tree of small concats: a kernel reads each input through
- * its own binding, and devices allow as few as 8 storage buffers per shader stage.
- */
-function concatChunked(ir: IrBuilder, xs: number[], axis: number, chunk = 6): number {
-  let level = xs;
-  while (level.length > 1) {
-    const next: number[] = [];
-    for (let i = 0; i < level.length; i += chunk) {
-      const part = level.slice(i, i + chunk);
-      next.push(part.length === 1 ? part[0]! : ir.concat(part, axis));
-    }
-    level = next;
-  }
-  return level[0]!;
 }
 
 /** `w[..., e]` kept as a trailing axis of size 1, to scale a [..., d] tensor. */

@@ -280,6 +280,21 @@ export class KernelWriter {
   }
 }
 
+/** A 1-D kernel's entry point: workgroup index `wg`, local index `lidx`, then `body`. */
+export function entry(
+  launch: { workgroupSize: readonly number[]; grid: readonly number[]; workgroups: number },
+  body: string[],
+): string {
+  const [x, y, z] = launch.workgroupSize;
+  return [
+    `@compute @workgroup_size(${x}, ${y}, ${z})`,
+    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
+    `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
+    ...body,
+    `}`,
+  ].join("\n");
+}
+
 /** The linear workgroup index of a (possibly 2-D/3-D) grid, and the early exit beyond it. */
 export function linearWorkgroup(grid: readonly number[], workgroups: number): string {
   const [gx, gy] = grid as [number, number, number];

@@ -10,24 +10,13 @@ import {
   Block,
   type ExprContext,
   KernelWriter,
+  entry,
   NEG_INF,
-  linearWorkgroup,
   moduleText,
   u32,
   unflatten,
   viewIndex,
 } from "./kernel-writer.js";
-
-function entry(launch: Launch, body: string[]): string {
-  const [x, y, z] = launch.workgroupSize;
-  return [
-    `@compute @workgroup_size(${x}, ${y}, ${z})`,
-    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
-    `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
-    ...body,
-    `}`,
-  ].join("\n");
-}
 
 /** Stores the root's value at coordinates `coords` (iteration space = the root's shape). */
 function store(w: KernelWriter, b: Block, coords: string[], indent = "  "): string {

@@ -9,23 +9,16 @@ import { numel } from "../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   type KernelWriter,
-  linearWorkgroup,
+  entry,
   moduleText,
   u32,
   unflatten,
   viewIndex,
 } from "./kernel-writer.js";
 
-function entry(launch: Launch, body: string[]): string {
-  const [x, y, z] = launch.workgroupSize;
-  return [
-    `@compute @workgroup_size(${x}, ${y}, ${z})`,
-    `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
-    `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
-    `  let gi = wg * ${u32(launch.workgroupSize[0])} + lidx;`,
-    ...body,
-    `}`,
-  ].join("\n");
+/** One invocation per item: `gi` is the invocation's global index. */
+function perItem(launch: Launch, body: string[]): string {
+  return entry(launch, [`  let gi = wg * ${u32(launch.workgroupSize[0])} + lidx;`, ...body]);
 }
 
 export function emitTopk(w: KernelWriter, launch: Launch): string {
@@ -41,7 +34,7 @@ export function emitTopk(w: KernelWriter, launch: Launch): string {
   // A strict `>` keeps the earlier (lower) position first among equal values.
   return moduleText(
     w,
-    entry(launch, [
+    perItem(launch, [
       `  if (gi >= ${u32(rows)}) {`,
       `    return;`,
       `  }`,
@@ -91,7 +84,7 @@ export function emitScan(w: KernelWriter, launch: Launch): string {
   const zero = n.dtype === "i32" ? "0" : "0.0";
   return moduleText(
     w,
-    entry(launch, [
+    perItem(launch, [
       `  if (gi >= ${u32(columns)}) {`,
       `    return;`,
       `  }`,
@@ -125,7 +118,7 @@ export function emitGroupRows(w: KernelWriter, launch: Launch): string {
       `  return select(${u32(E)}, u32(id), id >= 0 && id < ${E});`,
       `}`,
       ``,
-      entry(launch, [
+      perItem(launch, [
         `  if (gi > ${u32(E)}) {`,
         `    return;`,
         `  }`,

@@ -5,36 +5,16 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 import { compileGraph } from "../../compiler/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import { MATMUL_VARIANTS } from "../../compiler/wgsl/variants.js";
 import { adapterKey, autotune, benchMatmul, loadTuning } from "../../runtime/autotune.js";
-import { type GpuContext, openDevice } from "../../runtime/device.js";
 import { Executor, ShaderError, createKernelPipeline } from "../../runtime/executor.js";
-import { checkGraph, relL2 } from "./gpu-harness.js";
+import { checkGraph, relL2, useDevice } from "./gpu-harness.js";
 
-let opened: GpuContext | undefined;
-let openError = "openDevice() was not called";
-
-beforeAll(async () => {
-  try {
-    opened = await openDevice({ optionalFeatures: ["timestamp-query"] });
-  } catch (e) {
-    openError = e instanceof Error ? e.message : String(e);
-  }
-});
-
-afterAll(async () => {
-  await opened?.close();
-});
-
-function gpu(): GpuContext {
-  if (!opened)
-    throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
-  return opened;
-}
+const gpu = useDevice({ optionalFeatures: ["timestamp-query"] });
 
 function smallProgram() {
   const b = new IrBuilder();

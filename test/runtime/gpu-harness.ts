@@ -4,7 +4,8 @@ import { type CompiledProgram, compileGraph } from "../../compiler/compile-graph
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { numel } from "../../compiler/ir/graph.js";
 import type { Tuning } from "../../compiler/wgsl/variants.js";
-import type { GpuContext } from "../../runtime/device.js";
+import { afterAll, beforeAll } from "vitest";
+import { type GpuContext, type OpenDeviceOptions, openDevice } from "../../runtime/device.js";
 import { Executor, type TensorData } from "../../runtime/executor.js";
 import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
 
@@ -123,4 +124,29 @@ export async function checkGraph(
   } finally {
     exe.destroy();
   }
+}
+
+/**
+ * One device for the calling test file (call at its top level): opened before its tests,
+ * closed after them. The returned function gives the device, or fails the test with the
+ * reason there is none (never skips).
+ */
+export function useDevice(options: OpenDeviceOptions = {}): () => GpuContext {
+  let opened: GpuContext | undefined;
+  let openError = "openDevice() was not called";
+  beforeAll(async () => {
+    try {
+      opened = await openDevice(options);
+    } catch (e) {
+      openError = e instanceof Error ? e.message : String(e);
+    }
+  });
+  afterAll(async () => {
+    await opened?.close();
+  });
+  return () => {
+    if (!opened)
+      throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
+    return opened;
+  };
 }

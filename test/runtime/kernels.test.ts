@@ -2,7 +2,7 @@
 // seeded random inputs (never zeros), intermediate and output buffers poisoned with NaN, shapes
 // that are not multiples of any tile (1, 7, 33, 127, 67), relative L2 error < 1e-5. Fails, never
 // skips, without a WebGPU adapter (run scripts/setup.sh).
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 import { compileGraph } from "../../compiler/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
@@ -13,32 +13,12 @@ import {
   type MatmulVariant,
   type Tuning,
 } from "../../compiler/wgsl/variants.js";
-import { type GpuContext, openDevice } from "../../runtime/device.js";
-import { type LeafSpec, checkGraph } from "./gpu-harness.js";
+import { type LeafSpec, checkGraph, useDevice } from "./gpu-harness.js";
 import { attention, layerNorm, linear, transformerBlockGraph } from "./model-graphs.js";
 
 const TOL = 1e-5;
 
-let opened: GpuContext | undefined;
-let openError = "openDevice() was not called";
-
-beforeAll(async () => {
-  try {
-    opened = await openDevice();
-  } catch (e) {
-    openError = e instanceof Error ? e.message : String(e);
-  }
-});
-
-afterAll(async () => {
-  await opened?.close();
-});
-
-function gpu(): GpuContext {
-  if (!opened)
-    throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
-  return opened;
-}
+const gpu = useDevice();
 
 let seed = 100;
 

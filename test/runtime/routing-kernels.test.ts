@@ -2,35 +2,15 @@
 // fused epilogue) on the real device against the float64 reference interpreter: seeded random
 // inputs, outputs poisoned with NaN first, awkward sizes (1, 7, 33, more experts than rows,
 // experts with no rows, dropped rows, ties). Integer results must be equal, floats within 1e-5.
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 
 import * as path from "node:path";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { analyze, lower, nodeFileSystem } from "../../compiler/pipeline.js";
-import { type GpuContext, openDevice } from "../../runtime/device.js";
-import { type LeafSpec, checkGraph } from "./gpu-harness.js";
+import { type LeafSpec, checkGraph, useDevice } from "./gpu-harness.js";
 
-let opened: GpuContext | undefined;
-let openError = "openDevice() was not called";
-
-beforeAll(async () => {
-  try {
-    opened = await openDevice();
-  } catch (e) {
-    openError = e instanceof Error ? e.message : String(e);
-  }
-});
-
-afterAll(async () => {
-  await opened?.close();
-});
-
-function gpu(): GpuContext {
-  if (!opened)
-    throw new Error(`GPU tests need a WebGPU adapter (run scripts/setup.sh): ${openError}`);
-  return opened;
-}
+const gpu = useDevice();
 
 let seed = 500;
 
