@@ -35,6 +35,7 @@ import {
   formatDim,
 } from "./dims.js";
 import { lowerMoE } from "./lower-routing.js";
+import { rowAlign, stackExperts } from "./stack-experts.js";
 import { PRIMITIVES, type PrimitiveContext } from "./primitives.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
@@ -2343,6 +2344,8 @@ export class Evaluator {
       return UNKNOWN;
     }
     if (ids.k !== "tensor" || ids.node === undefined) return UNKNOWN;
+    const segmented = this.inlinePerTaskSegmented(byTask, inputs, ids.node, span, frame);
+    if (segmented) return segmented;
     const idf = ir.cast(ids.node, "f32");
     let acc: number | undefined;
     let coverage: number | undefined;
@@ -2382,6 +2385,71 @@ export class Evaluator {
         );
     }
     return { k: "tensor", t: outType, node: acc };
+  }
+
+  /**
+   * Per-task instances of one shape as one segmented body (as SGMV kernels do for LoRA): every
+   * token goes through its own task's instance, each weight matmul one expert_matmul over the
+   * tokens grouped by task, instead of every task's instance on the whole batch. Undefined when
+   * the instances cannot be stacked (per-task sizes differ): the caller masks instead.
+   */
+  private inlinePerTaskSegmented(
+    byTask: Map<string, Instance>,
+    inputs: BuiltinArg[],
+    taskIds: number,
+    span: Span,
+    frame: Frame,
+  ): Value | undefined {
+    const ir = this.lowering!.builder;
+    const x = inputs[0]?.value;
+    if (inputs.length !== 1 || x?.k !== "tensor" || x.node === undefined) return undefined;
+    const shape = ir.shape(x.node);
+    const idShape = ir.shape(taskIds);
+    const lead = shape.slice(0, -1);
+    if (idShape.some((n, i) => n !== lead[i]) || lead.length < idShape.length) return undefined;
+    const d = shape[shape.length - 1]!;
+    const N = lead.reduce((a, b) => a * b, 1);
+    const rows = ir.reshape(x.node, [N, d]);
+    const perToken = ir.binary(
+      "add",
+      ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
+      ir.constant(0, "i32", lead),
+    );
+    const ids = ir.reshape(perToken, [N]);
+    const rowsValue: Extract<Value, { k: "tensor" }> = {
+      k: "tensor",
+      t: { dtype: "f32", dims: [dimConst(N), dimConst(d)] },
+      node: rows,
+    };
+    const outs: number[] = [];
+    let outType: TensorType | undefined;
+    for (const taskInst of byTask.values()) {
+      const y = this.inlineApply(
+        { ...taskInst, perTask: undefined } as Instance,
+        [{ value: rowsValue, span }],
+        span,
+        frame,
+      );
+      if (y.k !== "tensor" || y.node === undefined) return undefined;
+      outs.push(y.node);
+      outType = y.t;
+    }
+    const order = ir.groupRows(ids, byTask.size, rowAlign(N, byTask.size));
+    const stacked = stackExperts(ir, rows, outs, ids, order);
+    if ("error" in stacked) return undefined;
+    const dOut = ir.shape(stacked.node)[1]!;
+    // "No task" (-1) bypasses: x itself where the adapter keeps the shape, else zeros.
+    const valid = ir.binary(
+      "sub",
+      ir.constant(1),
+      ir.cast(ir.binary("lt", ids, ir.constant(0, "i32")), "f32"),
+    );
+    const v = ir.reshape(valid, [N, 1]);
+    let y = ir.binary("mul", stacked.node, v);
+    if (dOut === d)
+      y = ir.binary("add", y, ir.binary("mul", rows, ir.binary("sub", ir.constant(1), v)));
+    const out = ir.reshape(y, [...lead, dOut]);
+    return { k: "tensor", t: { ...outType!, dims: ir.shape(out).map(dimConst) }, node: out };
   }
 
   private collectOutputs(frame: Frame): Value {

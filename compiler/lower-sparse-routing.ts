@@ -13,24 +13,12 @@
 import type { IrBuilder } from "./ir/builder.js";
 import { numel } from "./ir/graph.js";
 import type { RoutingLowering } from "./lower-routing.js";
-import { stackExperts } from "./stack-experts.js";
+import { rowAlign, stackExperts } from "./stack-experts.js";
 import { bool, member, num } from "./primitives.js";
 import type { Instance, Value } from "./values.js";
 import { dimConst } from "./dims.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
-
-/**
- * Rows are grouped by expert in blocks of `align` rows: a GPU register block of rows never
- * straddles two experts. Big blocks reuse each weight load across more rows; with few rows
- * per expert they mostly compute padding, so the block follows the expected rows per expert.
- */
-function rowAlign(rows: number, experts: number): number {
-  const perExpert = Math.ceil(rows / experts);
-  let align = 4;
-  while (align < 16 && align < perExpert) align *= 2;
-  return align;
-}
 
 /** m[r, idx[r, j]] for m [N, E] and idx [N, k] (i32): the chosen entries of each row. */
 function takeAlongRows(ir: IrBuilder, m: number, idx: number): number {

@@ -24,6 +24,19 @@ type Built =
   | { kind: "shared"; node: number }
   | { kind: "per_expert"; nodes: number[] };
 
+/**
+ * Rows are grouped by expert in blocks of `align` rows (group_rows): a GPU register block of
+ * rows never straddles two experts. Big blocks reuse each weight load across more rows; with
+ * few rows per expert they mostly compute padding, so the block follows the expected rows per
+ * expert.
+ */
+export function rowAlign(rows: number, experts: number): number {
+  const perExpert = Math.ceil(rows / experts);
+  let align = 4;
+  while (align < 16 && align < perExpert) align *= 2;
+  return align;
+}
+
 /** One body over all experts, or the reason it cannot be built. */
 export type StackResult = { node: number } | { error: string };
 

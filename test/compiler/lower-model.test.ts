@@ -271,13 +271,21 @@ model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
     expect(lowered!.graph.nodes.some((n) => n.op === "expert_matmul")).toBe(true);
   });
 
-  it("per-task adapters: a mixed-task batch equals each example run alone; -1 bypasses", () => {
+  it.each([
+    [
+      "per-task widths (every task's adapter on the batch, masked)",
+      "{ en_de: 2, en_fr: 3, de_en: 1 }",
+    ],
+    ["one width (segmented: each weight matmul one expert_matmul by task)", "2"],
+  ])("per-task adapters, %s: a mixed batch equals each example alone; -1 bypasses", (_, r) => {
     const source = `import std.adapt { Bottleneck }
 tasks Lang { en_de, en_fr, de_en }
 model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
-  adapter = per task Bottleneck(4, r: { en_de: 2, en_fr: 3, de_en: 1 })
+  adapter = per task Bottleneck(4, r: ${r})
   y = adapter(x, task) }`;
     const mixed = lowerInline(source, { B: 4, T: 2 });
+    const segmented = mixed.graph.nodes.filter((n) => n.op === "expert_matmul").length;
+    expect(segmented).toBe(r === "2" ? 2 : 0);
     const single = lowerInline(source, { B: 1, T: 2 });
     const l = leaves(mixed);
     l.set("task", { shape: [4], data: Float64Array.from([2, 0, -1, 1]) });
@@ -292,14 +300,14 @@ model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
       // No task: the adapters are bypassed.
       if (task === -1) expectClose(yb.data, one.get("x")!.data);
     });
-    // Each task's adapter has its own width.
+    // Each task's adapter has its own parameters (and here, maybe, its own width).
     const widths = mixed.graph.nodes.flatMap((n) =>
       n.op === "param" && n.name.endsWith("down.bias") ? [`${n.name} ${n.shape}`] : [],
     );
-    expect(widths).toEqual([
-      "adapter.en_de.down.bias 2",
-      "adapter.en_fr.down.bias 3",
-      "adapter.de_en.down.bias 1",
-    ]);
+    expect(widths).toEqual(
+      r === "2"
+        ? ["adapter.en_de.down.bias 2", "adapter.en_fr.down.bias 2", "adapter.de_en.down.bias 2"]
+        : ["adapter.en_de.down.bias 2", "adapter.en_fr.down.bias 3", "adapter.de_en.down.bias 1"],
+    );
   });
 });
