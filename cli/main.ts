@@ -72,6 +72,10 @@ program
   )
   .option("--set <name=value>", "override a model parameter (repeatable)", collect)
   .option("--emit <stage>", "print one stage instead: ast, ir, wgsl or plan")
+  .option(
+    "--merge-adapters",
+    "merge LoRA adapters on Linear layers into the base weights (computed once per weights)",
+  )
   .action((file: string, opts: CompileOptions) => {
     process.exitCode = runCompile(file, opts);
   });
@@ -100,6 +104,10 @@ program
   .option(
     "--stats",
     "time every kernel, and report each MoE layer's routing (tokens per expert, dropped, losses, entropy, group weights)",
+  )
+  .option(
+    "--merge-adapters",
+    "merge LoRA adapters on Linear layers into the base weights (computed once per weights)",
   )
   .option(
     "--pin-groups <layer=w1,w2,...>",

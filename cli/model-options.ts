@@ -18,6 +18,8 @@ export interface ModelOptions {
   routing?: boolean;
   /** `--pin-groups LAYER=w1,w2,...` (repeatable): group weights of Grouped MoE layers. */
   pinGroups?: string[];
+  /** `--merge-adapters`: LoRA on Linear bases merged into the base weights. */
+  mergeAdapters?: boolean;
 }
 
 /** `blocks.2=0.7,0.3,0` → blocks.2 ↦ [0.7, 0.3, 0]: non-negative weights summing to 1. */
@@ -80,6 +82,7 @@ export function lowerFromSource(
   const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim), {
     routingStats: options.routing === true,
     pinGroups: parsePins(options.pinGroups),
+    mergeAdapters: options.mergeAdapters === true,
   });
   if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
   if (hasErrors(result.diagnostics) || !result.model) {

@@ -43,6 +43,8 @@ export interface EmittedKernel {
   nodes: number[];
   /** matmul / attention variant, for reports and stats. */
   variant?: string;
+  /** Reads only parameters and constants: run once after parameters change. */
+  static?: boolean;
 }
 
 function emitKernel(
@@ -108,6 +110,7 @@ export function emitWgsl(program: FusedProgram, plan: BufferPlan): EmittedKernel
       nodes: nodes.sort((a, b) => a - b),
     };
     if (launch.matmul) emitted.variant = `${launch.matmul.name} (${launch.matmul.layout})`;
+    if (k.static) emitted.static = true;
     return emitted;
   });
 }

@@ -216,6 +216,8 @@ export interface LoweringHooks {
   readonly builder: IrBuilder;
   /** Whether MoE layers should also output their routing (statistics and per-token choices). */
   readonly routingStats: boolean;
+  /** Whether LoRA adapters on Linear bases are merged into the base weight. */
+  readonly mergeAdapters: boolean;
   /** Records one routing output of the MoE layer at `layer` (a parameter path). */
   routing(layer: string, name: string, node: number): void;
   /** Group weights pinned from outside the source for the Grouped layer at `layer`. */

@@ -63,6 +63,11 @@ export interface FusedKernel {
   loads: Record<number, View>;
   /** Where the root's value is written (contiguous unless a permute was folded into it). */
   out: View;
+  /**
+   * Computed from parameters and constants only (merged adapter weights, for one): the
+   * runtime runs it once after parameters change, not on every call.
+   */
+  static?: boolean;
 }
 
 /** A tensor that owns a buffer. */
@@ -73,7 +78,7 @@ export interface Storage {
    * "pack": the concatenation of parameters (experts' weights stacked for an expert matmul),
    * laid out so the parameters are uploaded straight into it and the concat is never computed.
    */
-  role: "input" | "param" | "value" | "pack";
+  role: "input" | "param" | "value" | "pack" | "static";
   /** A parameter uploaded into a pack: the pack's storage id and the element offset. */
   packedIn?: { storage: number; offset: number };
   dtype: IrDType;
@@ -480,6 +485,24 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   kernels.sort((a, b) => a.root - b.root);
   for (const k of kernels) stored.add(k.out.storage);
 
+  // ---- Static kernels: values of parameters and constants alone.
+  const staticValue = new Map<number, boolean>();
+  const isStatic = (id: number): boolean => {
+    const known = staticValue.get(id);
+    if (known !== undefined) return known;
+    const n = node(id);
+    const v = n.op !== "input" && readsOf(n).every(isStatic);
+    staticValue.set(id, v);
+    return v;
+  };
+  const statics = new Set<number>();
+  for (const k of kernels) {
+    if (isStatic(k.root) && !isOutput.has(k.root) && !isOutput.has(k.out.storage)) {
+      k.static = true;
+      statics.add(k.out.storage);
+    }
+  }
+
   // ---- Storages: leaves, and whatever a kernel writes.
   const storages: Storage[] = [];
   for (const id of ordered) {
@@ -507,7 +530,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     } else if (stored.has(id)) {
       storages.push({
         id,
-        role: "value",
+        role: statics.has(id) ? "static" : "value",
         dtype: n.dtype,
         shape: [...n.shape],
         numel: numel(n.shape),

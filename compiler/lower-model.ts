@@ -30,6 +30,11 @@ export interface LowerOptions {
    * `blocks.2`): they replace the router's own weights (and any `pin:` in the source).
    */
   pinGroups?: ReadonlyMap<string, readonly number[]>;
+  /**
+   * Merge each LoRA on a Linear base into the base weight, W + (alpha / r)·B·A, computed once
+   * per set of weights instead of the adapter's two matmuls per call (`--merge-adapters`).
+   */
+  mergeAdapters?: boolean;
 }
 
 /** Routing outputs are named so no model port can clash with them. */
@@ -77,6 +82,7 @@ class Lowering implements LoweringHooks {
     private readonly modelSpan: Span,
     readonly routingStats: boolean,
     private readonly pins: ReadonlyMap<string, readonly number[]> = new Map(),
+    readonly mergeAdapters = false,
   ) {}
 
   /** Pins that matched a layer, grouped layers seen, and pins that did not fit their layer. */
@@ -320,6 +326,7 @@ export function lowerModel(
     model.decl.name.span,
     options.routingStats ?? false,
     options.pinGroups,
+    options.mergeAdapters ?? false,
   );
   const evaluator = new Evaluator(program, diagnostics, "lower");
   evaluator.lowering = lowering;

@@ -177,7 +177,8 @@ export function planBuffers(
   for (const s of program.storages) {
     if (s.role === "value" || s.packedIn) continue;
     bufferOf[s.id] = buffers.length;
-    const role = s.role === "pack" ? "param" : s.role;
+    // Packs and static values (computed once from parameters) persist like parameters.
+    const role = s.role === "pack" || s.role === "static" ? "param" : s.role;
     buffers.push({ id: buffers.length, bytes: storageBytes(s), role });
   }
   // Packed parameters live in their pack's buffer (compile-graph gives their byte offsets).
@@ -191,22 +192,24 @@ export function planBuffers(
   const dying = new Map<number, number[]>(); // kernel index → storages dead after it
   program.kernels.forEach((k, t) => {
     const s = storageById.get(k.out.storage)!;
-    const need = storageBytes(s);
-    // Best fit among free pool buffers; else grow the largest; else a new one.
-    let pick: PhysicalBuffer | undefined;
-    for (const b of free) if (b.bytes >= need && (!pick || b.bytes < pick.bytes)) pick = b;
-    if (!pick && free.length > 0) {
-      pick = free.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-      pick.bytes = need;
+    if (s.role === "value") {
+      const need = storageBytes(s);
+      // Best fit among free pool buffers; else grow the largest; else a new one.
+      let pick: PhysicalBuffer | undefined;
+      for (const b of free) if (b.bytes >= need && (!pick || b.bytes < pick.bytes)) pick = b;
+      if (!pick && free.length > 0) {
+        pick = free.reduce((a, b) => (b.bytes > a.bytes ? b : a));
+        pick.bytes = need;
+      }
+      if (pick) free.splice(free.indexOf(pick), 1);
+      else {
+        pick = { id: buffers.length, bytes: need, role: "pool" };
+        buffers.push(pick);
+      }
+      bufferOf[s.id] = pick.id;
+      const end = lastUse.get(s.id) ?? t; // written but never read: free right away
+      if (end !== Infinity) dying.set(end, [...(dying.get(end) ?? []), s.id]);
     }
-    if (pick) free.splice(free.indexOf(pick), 1);
-    else {
-      pick = { id: buffers.length, bytes: need, role: "pool" };
-      buffers.push(pick);
-    }
-    bufferOf[s.id] = pick.id;
-    const end = lastUse.get(s.id) ?? t; // written but never read: free right away
-    if (end !== Infinity) dying.set(end, [...(dying.get(end) ?? []), s.id]);
     for (const dead of dying.get(t) ?? []) {
       const st = storageById.get(dead)!;
       if (st.role === "value") free.push(buffers[bufferOf[dead]!]!);

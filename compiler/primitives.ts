@@ -563,9 +563,46 @@ function lowerLora(
   x: Extract<Value, { k: "tensor" }>,
   y: Extract<Value, { k: "tensor" }>,
 ): Value {
-  const delta = x.node === undefined ? undefined : loraDelta(ctx, lowering, wrapped, x.node);
-  if (delta === undefined || y.node === undefined) return UNKNOWN;
+  if (x.node === undefined || y.node === undefined) return UNKNOWN;
+  if (lowering.mergeAdapters) {
+    const merged = mergeLora(ctx, lowering, wrapped, x.node, y.node);
+    if (merged !== undefined) return { k: "tensor", t: y.t, node: merged };
+  }
+  const delta = loraDelta(ctx, lowering, wrapped, x.node);
+  if (delta === undefined) return UNKNOWN;
   return { k: "tensor", t: y.t, node: lowering.builder.binary("add", y.node, delta) };
+}
+
+/**
+ * `--merge-adapters`: a LoRA on a Linear-shaped base (y = x·Wᵀ [+ b]) becomes the base with
+ * W + (alpha / r)·B·A, a value of parameters alone that the runtime computes once (a static
+ * kernel) rather than two extra matmuls per call. Other bases (an FFN) stay unmerged.
+ */
+function mergeLora(
+  ctx: PrimitiveContext,
+  lowering: LoweringHooks,
+  wrapped: Instance,
+  x: number,
+  y: number,
+): number | undefined {
+  const ir = lowering.builder;
+  let out = ir.node(y);
+  let bias: number | undefined;
+  if (out.op === "binary" && out.fn === "add") {
+    bias = out.inputs[1];
+    out = ir.node(out.inputs[0]);
+  }
+  if (out.op !== "matmul" || out.inputs[0] !== x) return undefined;
+  const wt = ir.node(out.inputs[1]);
+  if (wt.op !== "permute" || ir.node(wt.inputs[0]).op !== "param") return undefined;
+  if (bias !== undefined && ir.shape(bias).length !== 1) return undefined;
+  const factors = loraFactors(ctx, lowering, wrapped);
+  if (!factors) return undefined;
+  const { A, B, scale } = factors;
+  const W = wt.inputs[0];
+  const merged = ir.binary("add", W, ir.binary("mul", ir.matmul(B, A), ir.constant(scale)));
+  const m = ir.matmul(x, ir.permute(merged, [1, 0]));
+  return bias === undefined ? m : ir.binary("add", m, bias);
 }
 
 /** The IR of (alpha / r) · (x Aᵀ) Bᵀ for the LoRA adapter of `wrapped` (ctx.inst). */
@@ -575,6 +612,20 @@ export function loraDelta(
   wrapped: Instance,
   x: number,
 ): number | undefined {
+  const factors = loraFactors(ctx, lowering, wrapped);
+  if (!factors) return undefined;
+  const { A, B, scale } = factors;
+  const ir = lowering.builder;
+  const xa = ir.matmul(x, ir.permute(A, [1, 0]));
+  return ir.binary("mul", ir.matmul(xa, ir.permute(B, [1, 0])), ir.constant(scale));
+}
+
+/** The LoRA's parameters A [r, in] and B [out, r] and its scale alpha / r. */
+function loraFactors(
+  ctx: PrimitiveContext,
+  lowering: LoweringHooks,
+  wrapped: Instance,
+): { A: number; B: number; scale: number } | undefined {
   const adapter = ctx.inst;
   const a = wrapped.weights.get("lora_A");
   const b = wrapped.weights.get("lora_B");
@@ -596,9 +647,7 @@ export function loraDelta(
     "zeros",
   );
   if (A === undefined || B === undefined) return undefined;
-  const ir = lowering.builder;
-  const xa = ir.matmul(x, ir.permute(A, [1, 0]));
-  return ir.binary("mul", ir.matmul(xa, ir.permute(B, [1, 0])), ir.constant(alpha / r));
+  return { A, B, scale: alpha / r };
 }
 
 const LORA_A_INIT = "normal(0.02)";

@@ -12,7 +12,8 @@ import { IrBuilder } from "../../compiler/ir/builder.js";
 import { MATMUL_VARIANTS } from "../../compiler/wgsl/variants.js";
 import { adapterKey, autotune, benchMatmul, loadTuning } from "../../runtime/autotune.js";
 import { Executor, ShaderError, createKernelPipeline } from "../../runtime/executor.js";
-import { checkGraph, relL2, useDevice } from "./gpu-harness.js";
+import { interpret } from "../../runtime/reference/interpret.js";
+import { checkGraph, randomLeaves, relL2, useDevice } from "./gpu-harness.js";
 
 const gpu = useDevice({ optionalFeatures: ["timestamp-query"] });
 
@@ -141,6 +142,44 @@ describe("Executor", () => {
     if (program.kernels[0]!.wgsl === program.kernels[2]!.wgsl) expect(p0).toBe(p2);
     const r = await checkGraph(gpu(), b.finish());
     expect(r.errors.y).toBeLessThan(1e-5);
+  });
+});
+
+describe("static kernels", () => {
+  it("run once per set of parameters: merged LoRA weights follow setParams", async () => {
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", [5, 12]);
+    const w = b.param("w", [12, 12], true, "normal");
+    const A = b.param("lora_A", [3, 12], true, "normal");
+    const B = b.param("lora_B", [12, 3], true, "zeros");
+    // W + 2·B·A, as --merge-adapters lowers a LoRA on a Linear.
+    const merged = b.binary("add", w, b.binary("mul", b.matmul(B, A), b.constant(2)));
+    b.output("y", b.matmul(x, b.permute(merged, [1, 0])));
+    const graph = b.finish();
+    const program = compileGraph(graph, gpu().limits);
+    expect(program.kernels.filter((k) => k.static).length).toBeGreaterThan(0);
+    expect(program.kernels.filter((k) => !k.static).length).toBe(1);
+    const exe = await Executor.create(gpu(), program);
+    try {
+      const leaves = randomLeaves(graph, 41);
+      const feed = (name: string) => Float32Array.from(leaves.get(name)!.data);
+      exe.setParams({ w: feed("w"), lora_A: feed("lora_A"), lora_B: feed("lora_B") });
+      exe.poison();
+      const first = (await exe.run({ x: feed("x") })).get("y")!;
+      expect(relL2(first, interpret(graph, leaves).outputs.get("y")!.data)).toBeLessThan(1e-5);
+      // New adapter weights: the static kernels run again before the next call.
+      const changed = new Map(leaves);
+      changed.set("lora_B", randomLeaves(graph, 42).get("lora_B")!);
+      exe.setParams({ lora_B: Float32Array.from(changed.get("lora_B")!.data) });
+      const second = (await exe.run({ x: feed("x") })).get("y")!;
+      const want = interpret(graph, changed).outputs.get("y")!.data;
+      expect(relL2(second, want)).toBeLessThan(1e-5);
+      expect(relL2(second, first)).toBeGreaterThan(1e-3);
+      // And a call with unchanged parameters reuses them.
+      expect(relL2((await exe.run({ x: feed("x") })).get("y")!, want)).toBeLessThan(1e-5);
+    } finally {
+      exe.destroy();
+    }
   });
 });
 
