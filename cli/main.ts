@@ -86,7 +86,10 @@ program
   .argument("<target>", ".moe file or bundle directory")
   .option("--model <name>", "the model to run (default: the last model in the file)")
   .option("--weights <file>", "parameters from a safetensors file (default: seeded initialisation)")
-  .option("--weights-map <name>", "read --weights in another layout: hf-gpt2 (Hugging Face GPT-2)")
+  .option(
+    "--weights-map <name>",
+    "read --weights in another layout: hf-gpt2 (Hugging Face GPT-2), hf-mixtral (Mixtral)",
+  )
   .option(
     "--init-missing",
     "initialise parameters the weights file lacks (new adapters on a pretrained model)",

@@ -170,6 +170,41 @@ function hfGpt2(file: SafetensorsFile, paramPaths: readonly string[]): Safetenso
   return new MappedCheckpoint(file, derived);
 }
 
+/**
+ * Hugging Face Mixtral (`MixtralForCausalLM` safetensors) onto moec's Mixtral layout
+ * (`examples/mixtral.moe`: Hugging Face's binding names, `MoE(router: TopK(2), experts:
+ * [SwiGLU(d, h); E])` as `block_sparse_moe`). Weights keep nn.Linear's [out, in]; the renames:
+ * `model.` dropped, `self_attn.q_proj` → `self_attn.q` (k, v, o alike), `block_sparse_moe.gate`
+ * → `block_sparse_moe.router.gate`, experts' `w1` → `gate`, `w3` → `up`, `w2` → `down`.
+ * Rotary-embedding buffers are not parameters and are left out.
+ */
+function hfMixtral(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile {
+  const pattern = /^((?:.*\.)?)layers\.\d+\.block_sparse_moe\.router\.gate\.weight$/;
+  const anchor = paramPaths.map((p) => pattern.exec(p)).find((m) => m !== null);
+  if (!anchor) {
+    throw new WeightsError(
+      "mismatch",
+      file.fileName,
+      `${file.fileName}: --weights-map hf-mixtral needs a model with Mixtral's layout (no parameter layers.N.block_sparse_moe.router.gate.weight; see examples/mixtral.moe)`,
+    );
+  }
+  const prefix = anchor[1]!;
+  const derived = new Map<string, Derived>();
+  for (const name of file.names()) {
+    if (name.endsWith("rotary_emb.inv_freq")) continue;
+    const ours = name
+      .replace(/^model\./, "")
+      .replace(/\.self_attn\.([qkvo])_proj\./, ".self_attn.$1.")
+      .replace(/\.block_sparse_moe\.gate\./, ".block_sparse_moe.router.gate.")
+      .replace(/\.experts\.(\d+)\.w([123])\./, (_, e: string, w: string) => {
+        const role = w === "1" ? "gate" : w === "3" ? "up" : "down";
+        return `.experts.${e}.${role}.`;
+      });
+    derived.set(prefix + ours, { source: name, shape: [...file.info(name).shape] });
+  }
+  return new MappedCheckpoint(file, derived);
+}
+
 /** The maps `--weights-map` accepts. */
 export const WEIGHT_MAPS: ReadonlyMap<
   string,
@@ -178,5 +213,12 @@ export const WEIGHT_MAPS: ReadonlyMap<
   [
     "hf-gpt2",
     { describe: "Hugging Face GPT-2 (transformer.h.N.attn.c_attn, Conv1D layouts)", apply: hfGpt2 },
+  ],
+  [
+    "hf-mixtral",
+    {
+      describe: "Hugging Face Mixtral (model.layers.N.block_sparse_moe.experts.E.w1/w2/w3)",
+      apply: hfMixtral,
+    },
   ],
 ]);

@@ -149,6 +149,15 @@ describe("moec run on the GPU equals the reference", () => {
     ]);
   });
 
+  it("a Mixtral-shaped sparse MoE decoder (SwiGLU experts, top-2)", async () => {
+    await expectGpuMatchesReference("mixtral", "examples/mixtral.moe", [
+      "--dim",
+      "B=2",
+      "--dim",
+      "T=6",
+    ]);
+  });
+
   it("mixture of tokens", async () => {
     await expectGpuMatchesReference("mot", "examples/mixture-of-tokens.moe", [
       "--dim",

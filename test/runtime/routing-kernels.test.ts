@@ -139,6 +139,7 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
     ["TopK(2, capacity: 1.0, task_embed: 4)", 5, { B: 3, T: 5 }],
     ["TopK(3, softmax: after)", 3, { B: 1, T: 1 }], // a single token
     ["TopK(1)", 9, { B: 1, T: 3 }], // more experts than tokens
+    ["TopK(4)", 4, { B: 2, T: 3 }], // k = E
     ["ExpertChoice(capacity: 1.5)", 4, { B: 2, T: 7 }],
     ["TaskRoute(level: sequence, k: 2, embed: 4)", 4, { B: 3, T: 3 }],
     ["TaskRoute(level: task, k: 1)", 3, { B: 4, T: 2 }],
@@ -146,5 +147,11 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
     ["TokenMix(group: 3)", 3, { B: 3, T: 2 }],
   ] as const)("%s over %i experts", async (router, experts, dims) => {
     await expectMatches(lowerSource(router, experts, dims), { task: { ints: 3 } });
+  });
+
+  it("ties: a zero router gives every token experts 0 and 1", async () => {
+    const graph = lowerSource("TopK(2)", 5, { B: 2, T: 3 });
+    const zero = { lo: 0, hi: 0 };
+    await expectMatches(graph, { "moe.router.gate.weight": zero });
   });
 });

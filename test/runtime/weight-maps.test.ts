@@ -1,6 +1,7 @@
 // --weights-map hf-gpt2: a checkpoint in Hugging Face's GPT-2 layout (keys, Conv1D [in, out]
 // weights, fused c_attn, mask buffers, tied lm_head), written here from moec's own weights,
-// loads into examples/gpt2.moe and gives the same outputs as the native weights.
+// loads into examples/gpt2.moe and gives the same outputs as the native weights; likewise
+// hf-mixtral (routers, w1/w2/w3 experts) into examples/mixtral.moe.
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -137,6 +138,93 @@ describe("hf-gpt2 weight map", () => {
         weights: hfFile,
         weightsMap: "hf-llama",
       }),
-    ).rejects.toThrow('unknown --weights-map "hf-llama"; maps: hf-gpt2');
+    ).rejects.toThrow('unknown --weights-map "hf-llama"; maps: hf-gpt2, hf-mixtral');
+  });
+});
+
+describe("hf-mixtral weight map", () => {
+  const mixtral = path.join(root, "examples/mixtral.moe");
+  const mdims = ["B=2", "T=4"];
+  const { lowered } = lowerFromSource(mixtral, { dim: mdims });
+  const ours = prepareWeights(lowered.graph, undefined, 5);
+  // Hugging Face's names for moec's seeded weights, written by hand from the HF layout.
+  const hf = new Map<string, TensorToWrite>();
+  const put = (theirs: string, name: string) => {
+    const t = ours.get(name)!;
+    hf.set(theirs, { dtype: "F32", shape: t.shape, data: t.data as Float32Array });
+  };
+  put("model.embed_tokens.weight", "embed_tokens.weight");
+  put("model.norm.weight", "norm.weight");
+  put("lm_head.weight", "lm_head.weight");
+  for (let i = 0; i < 2; i++) {
+    const L = `model.layers.${i}.`;
+    const l = `layers.${i}.`;
+    put(`${L}input_layernorm.weight`, `${l}input_layernorm.weight`);
+    put(`${L}post_attention_layernorm.weight`, `${l}post_attention_layernorm.weight`);
+    for (const p of ["q", "k", "v", "o"])
+      put(`${L}self_attn.${p}_proj.weight`, `${l}self_attn.${p}.weight`);
+    put(`${L}block_sparse_moe.gate.weight`, `${l}block_sparse_moe.router.gate.weight`);
+    for (let e = 0; e < 8; e++) {
+      const E = `${L}block_sparse_moe.experts.${e}.`;
+      const ex = `${l}block_sparse_moe.experts.${e}.`;
+      put(`${E}w1.weight`, `${ex}gate.weight`);
+      put(`${E}w2.weight`, `${ex}down.weight`);
+      put(`${E}w3.weight`, `${ex}up.weight`);
+    }
+  }
+  hf.set("model.layers.0.self_attn.rotary_emb.inv_freq", {
+    dtype: "F32",
+    shape: [8],
+    data: new Float32Array(8).fill(1),
+  });
+  const hfFile = path.join(tmp, "hf-mixtral.safetensors");
+  writeSafetensorsFile(hfFile, hf);
+
+  it("loads Mixtral's keys (routers, w1/w2/w3 experts) and computes the same outputs", async () => {
+    const nativeFile = path.join(tmp, "mixtral-native.safetensors");
+    writeSafetensorsFile(nativeFile, weightsToSafetensors(ours));
+    const base = { backend: "reference", dim: mdims, seed: "1" };
+    const viaMap = await executeRun(mixtral, {
+      ...base,
+      weights: hfFile,
+      weightsMap: "hf-mixtral",
+    });
+    const native = await executeRun(mixtral, { ...base, weights: nativeFile });
+    expect([...viaMap.outputs.get("logits")!.data]).toEqual([
+      ...native.outputs.get("logits")!.data,
+    ]);
+  });
+
+  it("names a missing expert and a grouped-query k_proj by moec name", async () => {
+    const bad = new Map(hf);
+    bad.delete("model.layers.1.block_sparse_moe.experts.7.w2.weight");
+    bad.set("model.layers.0.self_attn.k_proj.weight", {
+      dtype: "F32",
+      shape: [32, 64],
+      data: new Float32Array(32 * 64),
+    });
+    const file = path.join(tmp, "hf-mixtral-bad.safetensors");
+    writeSafetensorsFile(file, bad);
+    const run = executeRun(mixtral, {
+      backend: "reference",
+      dim: mdims,
+      weights: file,
+      weightsMap: "hf-mixtral",
+    });
+    await expect(run).rejects.toThrow(
+      /missing layers\.1\.block_sparse_moe\.experts\.7\.down\.weight \[64, 128\].*layers\.0\.self_attn\.k\.weight has shape \[32, 64\], expected \[64, 64\]/,
+    );
+  });
+
+  it("refuses a model without Mixtral's layout", async () => {
+    await expect(
+      executeRun(example, {
+        backend: "reference",
+        dim: dims,
+        model: "GPT2Mini",
+        weights: hfFile,
+        weightsMap: "hf-mixtral",
+      }),
+    ).rejects.toThrow(/needs a model with Mixtral's layout/);
   });
 });
