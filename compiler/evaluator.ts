@@ -1841,6 +1841,8 @@ export class Evaluator {
     }
     const adapter = adapterValue.inst;
     const b = base.inst;
+    const targets = adapter.role === "adapter" ? stringList(adapter.args.get("targets")) : [];
+    if (targets.length > 0) return this.attachTargeted(b, adapter, targets, e, frame, path);
     if (b.inputs.length !== 1 || b.outputs.length !== 1) {
       this.report(
         "E0408",
@@ -1901,6 +1903,58 @@ export class Evaluator {
         },
       );
       return UNKNOWN;
+    }
+    return { k: "instance", inst: wrapped };
+  }
+
+  /**
+   * `base with LoRA(targets: [...])`: the adapter goes on each layer inside `base` whose path
+   * ends with a pattern. Elaboration registers the adapters' parameters under those layers'
+   * paths (`gpt.h.0.attn.q.lora_A.weight`) and reports a pattern that matches nothing;
+   * lowering applies the adapter where it meets a matching layer (inlineApply).
+   */
+  private attachTargeted(
+    b: Instance,
+    adapter: Instance,
+    patterns: string[],
+    e: Extract<Expr, { kind: "WithExpr" }>,
+    frame: Frame,
+    path: string,
+  ): Value {
+    const wrapped: Instance = {
+      ...b,
+      component: `${b.component} with ${adapter.component}`,
+      id: this.nextId++,
+      span: e.span,
+      file: frame.file,
+      path,
+      targeted: { adapter, patterns },
+    };
+    if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };
+    const rule = PRIMITIVES.get(adapter.component);
+    const hits = new Map(patterns.map((p) => [p, 0]));
+    const visit = (inst: Instance) => {
+      for (const child of inst.children.values()) {
+        const pattern = patterns.find((p) => matchesTarget(child.path, b.path, p));
+        if (pattern !== undefined) {
+          hits.set(pattern, hits.get(pattern)! + 1);
+          const placed = { ...adapter, path: child.path };
+          const one: Instance = { ...child, weights: new Map(child.weights) };
+          rule?.attach?.(this.primitiveContext(frame, e.span, placed), placed, child, one);
+        }
+        visit(child);
+      }
+    };
+    visit(b);
+    for (const [pattern, n] of hits) {
+      if (n > 0) continue;
+      this.report(
+        "E0408",
+        frame.file,
+        e.adapter.span,
+        `${adapter.component} target "${pattern}" matches no layer inside \`${path}\` (${b.component})`,
+        { hint: 'a target is the end of a layer\'s path, e.g. "attn.q" or "h.*.mlp.up"' },
+      );
     }
     return { k: "instance", inst: wrapped };
   }
@@ -2264,8 +2318,40 @@ export class Evaluator {
     return this.applyGeneric(inst, values, span, frame);
   }
 
-  /** Lower mode: evaluates the instance's body with its inputs bound to the argument tensors. */
+  /** Targeted adapters in force while their base's body is inlined (outermost first). */
+  private readonly targetRules: { root: string; adapter: Instance; patterns: string[] }[] = [];
+
+  /**
+   * Lower mode: evaluates the instance's body with its inputs bound to the argument tensors,
+   * with the adapters of `with LoRA(targets: ...)` placed on the layers they target.
+   */
   private inlineApply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
+    if (inst.targeted) {
+      this.targetRules.push({ root: inst.path ?? "", ...inst.targeted });
+      try {
+        return this.inlineApply({ ...inst, targeted: undefined }, values, span, frame);
+      } finally {
+        this.targetRules.pop();
+      }
+    }
+    const target = this.targetRules.find((t) =>
+      t.patterns.some((p) => matchesTarget(inst.path, t.root, p)),
+    );
+    const x = values[0]?.value;
+    if (!target || x?.k !== "tensor" || x.node === undefined)
+      return this.inlineApplyOwn(inst, values, span, frame);
+    const y = this.inlineApplyOwn(inst, values, span, frame);
+    if (y.k !== "tensor" || y.node === undefined) return y;
+    const rule = PRIMITIVES.get(target.adapter.component);
+    const placed = { ...target.adapter, path: inst.path };
+    const wrapped: Instance = { ...inst, weights: new Map(inst.weights) };
+    const ctx = this.primitiveContext(frame, span, placed);
+    rule?.attach?.(ctx, placed, inst, wrapped);
+    if (!rule?.lowerAdapter) return y;
+    return rule.lowerAdapter(ctx, this.lowering!, wrapped, x, y);
+  }
+
+  private inlineApplyOwn(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     const lowering = this.lowering!;
     if (inst.perTask !== undefined) return this.inlinePerTask(inst, values, span, frame);
     if (inst.wrapOf) {
@@ -2773,3 +2859,27 @@ const STD_HOME: Record<string, string> = {
 };
 
 export type { Frame };
+
+/** The strings of a `[String]` argument. */
+function stringList(v: Value | undefined): string[] {
+  if (v?.k !== "list") return [];
+  return v.items.flatMap((i) => (i.k === "string" && i.v !== undefined ? [i.v] : []));
+}
+
+/**
+ * Whether the layer at `path` inside the instance at `root` is targeted by `pattern`: the
+ * pattern's dotted names match the end of the layer's path below the root, `*` any one name.
+ */
+export function matchesTarget(
+  path: string | undefined,
+  root: string | undefined,
+  pattern: string,
+): boolean {
+  if (path === undefined || root === undefined) return false;
+  if (root !== "" && !path.startsWith(`${root}.`)) return false;
+  const names = (root === "" ? path : path.slice(root.length + 1)).split(".");
+  const want = pattern.split(".");
+  if (want.length > names.length) return false;
+  const tail = names.slice(names.length - want.length);
+  return want.every((w, i) => w === "*" || w === tail[i]);
+}

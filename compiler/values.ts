@@ -88,6 +88,8 @@ export interface Instance {
   perTaskInstances?: Map<string, Instance>;
   /** For `base with adapter`: the two parts. */
   wrapOf?: { base: Instance; adapter: Instance };
+  /** `base with LoRA(targets: [...])`: the adapter goes on the descendants whose path ends with a pattern. */
+  targeted?: { adapter: Instance; patterns: string[] };
 }
 
 export type Value =

@@ -251,6 +251,52 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
     ]);
   });
 
+  it("LoRA targets: adapters placed by path equal adapters written in place", () => {
+    const pair = (q: string) => `block Pair(d: Dim) {
+  in x: f32[N, d]
+  out y: f32[N, d]
+  q = ${q}
+  o = Linear(d, d)
+  y = o(relu(q(x)))
+}`;
+    const header = `import std.nn { Linear }
+import std.adapt { LoRA }`;
+    const targeted = `${header}
+${pair("Linear(d, d)")}
+model M() { in x: f32[N, 4]  out y: f32[N, 4]
+  first = frozen Pair(4) with LoRA(r: 2, alpha: 4.0, targets: ["q"])
+  second = Pair(4) with LoRA(r: 3, targets: ["*"])
+  y = second(first(x)) }`;
+    const explicit = `${header}
+${pair("Linear(d, d) with LoRA(r: 2, alpha: 4.0)")}
+block Both(d: Dim) {
+  in x: f32[N, d]
+  out y: f32[N, d]
+  q = Linear(d, d) with LoRA(r: 3)
+  o = Linear(d, d) with LoRA(r: 3)
+  y = o(relu(q(x)))
+}
+model M() { in x: f32[N, 4]  out y: f32[N, 4]
+  first = frozen Pair(4)
+  second = Both(4)
+  y = second(first(x)) }`;
+    const a = lower(targeted, path.join(examples, "__targets_a__.moe"), { N: 3 });
+    const b = lower(explicit, path.join(examples, "__targets_b__.moe"), { N: 3 });
+    expect(a.diagnostics).toEqual([]);
+    expect(b.diagnostics).toEqual([]);
+    const names = (m: LoweredModel) =>
+      m.graph.nodes.flatMap((n) => (n.op === "param" ? [n.name] : [])).sort();
+    expect(names(a.lowered!)).toEqual(names(b.lowered!));
+    expect(names(a.lowered!)).toContain("first.q.lora_A.weight");
+    expect(names(a.lowered!)).not.toContain("first.o.lora_A.weight");
+    expect(names(a.lowered!)).toContain("second.o.lora_B.weight");
+    const l = leaves(a.lowered!);
+    expectClose(
+      interpret(a.lowered!.graph, l).outputs.get("y")!.data,
+      interpret(b.lowered!.graph, l).outputs.get("y")!.data,
+    );
+  });
+
   it("--merge-adapters: LoRA on a Linear folds into the weight; both forms agree", () => {
     const source = `import std.nn { Linear, FFN }
 import std.adapt { LoRA }
