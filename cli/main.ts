@@ -91,6 +91,10 @@ program
     "read --weights in another layout: hf-gpt2 (Hugging Face GPT-2), hf-mixtral (Mixtral)",
   )
   .option(
+    "--adapter <dir>",
+    "load a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over --weights",
+  )
+  .option(
     "--init-missing",
     "initialise parameters the weights file lacks (new adapters on a pretrained model)",
   )

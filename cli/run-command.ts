@@ -17,7 +17,8 @@ import {
   prepareWeights,
   runReference,
 } from "../runtime/run-model.js";
-import { WEIGHT_MAPS } from "../runtime/weight-maps.js";
+import { readPeftAdapter } from "../runtime/peft.js";
+import { WEIGHT_MAPS, combineCheckpoints } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
 import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
@@ -27,6 +28,7 @@ import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 export interface RunOptions extends ModelOptions {
   weights?: string;
   weightsMap?: string;
+  adapter?: string;
   initMissing?: boolean;
   inputs?: string;
   task?: string;
@@ -80,6 +82,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let name: string;
   let dims: Map<string, number>;
   let bundled: RunnableProgram | undefined;
+  let loras: { path: string; r: number; alpha: number }[] | undefined;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
     const bundle = readBundle(target);
     if (options.dim?.length || options.set?.length || options.model) {
@@ -93,11 +96,12 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   } else {
     const routing = options.stats === true || options.traceRouting !== undefined;
     const { lowered } = lowerFromSource(target, { ...options, routing });
-    ({ graph, inputs, name, dims } = lowered);
+    ({ graph, inputs, name, dims, loras } = lowered);
   }
   let weightsFile = openTensors(options.weights, "--weights");
+  const paths = paramSpecs(graph).map((p) => p.path);
+  const map = options.weightsMap === undefined ? undefined : WEIGHT_MAPS.get(options.weightsMap);
   if (options.weightsMap !== undefined) {
-    const map = WEIGHT_MAPS.get(options.weightsMap);
     if (!map) {
       throw new CliError(
         `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
@@ -105,15 +109,19 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
       );
     }
     if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
-    try {
-      weightsFile = map.apply(
-        weightsFile,
-        paramSpecs(graph).map((p) => p.path),
-      );
-    } catch (err) {
-      if (err instanceof WeightsError) throw new CliError(err.message);
-      throw err;
+  }
+  try {
+    if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
+    if (options.adapter !== undefined) {
+      if (!weightsFile)
+        throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
+      if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
+      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
+      weightsFile = combineCheckpoints([weightsFile, adapter]);
     }
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
   }
   const inputsFile = openTensors(options.inputs, "--inputs");
   let weights: Map<string, TypedTensor>;
@@ -178,6 +186,41 @@ export function routingReport(
 
 /** Per-token choices, for --trace-routing. */
 const TRACE_OUTPUTS = new Set(["experts", "weights", "tokens"]);
+
+/**
+ * A PEFT adapter directory as moec tensors: renamed like the base weights (`map`), its LoRA
+ * scale checked against the model's LoRA at each adapted layer, and every adapted module
+ * checked to have a LoRA in the model.
+ */
+function loadPeftAdapter(
+  dir: string,
+  loras: readonly { path: string; r: number; alpha: number }[],
+  paths: readonly string[],
+  map: { apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile } | undefined,
+): SafetensorsFile {
+  const { config, file } = readPeftAdapter(dir);
+  const adapter = map ? map.apply(file, paths) : file;
+  const known = new Set(paths);
+  const stray = adapter.names().filter((n) => !known.has(n));
+  if (stray.length > 0) {
+    const targets = config.targets.length
+      ? ` (its target_modules: ${config.targets.join(", ")})`
+      : "";
+    throw new CliError(
+      `${dir}: the adapter${targets} adapts ${stray.length === 1 ? "a layer" : `${stray.length} layers`} the model has no LoRA on: ${stray.slice(0, 3).join(", ")}${stray.length > 3 ? ", ..." : ""}; add them to the model's LoRA targets`,
+    );
+  }
+  const provided = new Set(adapter.names());
+  for (const l of loras) {
+    if (!provided.has(`${l.path}.lora_A.weight`)) continue;
+    if (l.r !== config.r || l.alpha !== config.alpha) {
+      throw new CliError(
+        `${dir}: adapter_config.json has r ${config.r}, lora_alpha ${config.alpha}; the model's LoRA at ${l.path} has r ${l.r}, alpha ${l.alpha}`,
+      );
+    }
+  }
+  return adapter;
+}
 
 export async function runRun(target: string, options: RunOptions): Promise<number> {
   const result = await executeRun(target, options);

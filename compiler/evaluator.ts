@@ -218,6 +218,8 @@ export interface LoweringHooks {
   readonly routingStats: boolean;
   /** Whether LoRA adapters on Linear bases are merged into the base weight. */
   readonly mergeAdapters: boolean;
+  /** Records a LoRA placed at `path` with its rank and alpha (checked against PEFT configs). */
+  noteLora(path: string, r: number, alpha: number): void;
   /** Records one routing output of the MoE layer at `layer` (a parameter path). */
   routing(layer: string, name: string, node: number): void;
   /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
@@ -1933,19 +1935,18 @@ export class Evaluator {
     if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };
     const rule = PRIMITIVES.get(adapter.component);
     const hits = new Map(patterns.map((p) => [p, 0]));
-    const visit = (inst: Instance) => {
-      for (const child of inst.children.values()) {
-        const pattern = patterns.find((p) => matchesTarget(child.path, b.path, p));
-        if (pattern !== undefined) {
-          hits.set(pattern, hits.get(pattern)! + 1);
-          const placed = { ...adapter, path: child.path };
-          const one: Instance = { ...child, weights: new Map(child.weights) };
-          rule?.attach?.(this.primitiveContext(frame, e.span, placed), placed, child, one);
-        }
-        visit(child);
-      }
-    };
-    visit(b);
+    // Every instance elaborated inside the base (repeat bodies included), each path once.
+    const seen = new Set<string>();
+    for (const inner of this.elaborated) {
+      if (inner.path === undefined || seen.has(inner.path)) continue;
+      const pattern = patterns.find((p) => matchesTarget(inner.path, b.path, p));
+      if (pattern === undefined) continue;
+      seen.add(inner.path);
+      hits.set(pattern, hits.get(pattern)! + 1);
+      const placed = { ...adapter, path: inner.path };
+      const one: Instance = { ...inner, weights: new Map(inner.weights) };
+      rule?.attach?.(this.primitiveContext(frame, e.span, placed), placed, inner, one);
+    }
     for (const [pattern, n] of hits) {
       if (n > 0) continue;
       this.report(
@@ -2101,6 +2102,7 @@ export class Evaluator {
       if (task !== undefined) inst.task = task;
       if (rule?.construct) rule.construct(this.primitiveContext(caller, span, inst, frame));
       if (this.recordInstances) this.instances.push(inst);
+      if (this.mode === "elaborate") this.elaborated.push(inst);
       return inst;
     } finally {
       this.depth--;
@@ -2320,6 +2322,8 @@ export class Evaluator {
 
   /** Targeted adapters in force while their base's body is inlined (outermost first). */
   private readonly targetRules: { root: string; adapter: Instance; patterns: string[] }[] = [];
+  /** Elaborate mode: every instance constructed so far (targeted adapters search it). */
+  private readonly elaborated: Instance[] = [];
 
   /**
    * Lower mode: evaluates the instance's body with its inputs bound to the argument tensors,

@@ -60,6 +60,8 @@ export interface LoweredModel {
   inputs: LoweredInput[];
   /** Free dims and their sizes (B, T, ...). */
   dims: Map<string, number>;
+  /** Every LoRA in the model: its path (parameters at `<path>.lora_A.weight`), rank, alpha. */
+  loras: { path: string; r: number; alpha: number }[];
   /** With LowerOptions.pinGroups: what did not apply (for the command line to report). */
   pins?: { problems: string[]; unused: string[]; groupedLayers: string[] };
 }
@@ -104,6 +106,13 @@ class Lowering implements LoweringHooks {
       return [...weights];
     }
     return undefined;
+  }
+
+  /** Every LoRA lowered, by path. */
+  readonly loras = new Map<string, { r: number; alpha: number }>();
+
+  noteLora(path: string, r: number, alpha: number): void {
+    this.loras.set(path, { r, alpha });
   }
 
   routing(layer: string, name: string, node: number): void {
@@ -358,6 +367,7 @@ export function lowerModel(
     graph: pruneGraph(lowering.builder.finish()),
     inputs: lowering.inputs,
     dims: lowering.usedDims,
+    loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
   };
   if (options.pinGroups && options.pinGroups.size > 0) {
     lowered.pins = {

@@ -647,6 +647,7 @@ function loraFactors(
     "zeros",
   );
   if (A === undefined || B === undefined) return undefined;
+  lowering.noteLora(path, r, alpha);
   return { A, B, scale: alpha / r };
 }
 

@@ -9,9 +9,13 @@ import { type ReadTensor, SafetensorsFile, type TensorInfo, WeightsError } from 
 /** How one moec tensor is made from one checkpoint tensor. */
 interface Derived {
   source: string;
+  /** The checkpoint holding `source`, when not the map's own (combined checkpoints). */
+  from?: SafetensorsFile;
   shape: number[];
   /** Columns [start, start + count) of a 2-D source, or elements of a 1-D one. */
   columns?: { start: number; count: number };
+  /** Rows [start, start + count) of a 2-D source (a fused LoRA B split by output). */
+  rows?: { start: number; count: number };
   /** Transpose a 2-D result (Conv1D [in, out] → Linear [out, in]). */
   transpose?: boolean;
 }
@@ -27,7 +31,7 @@ class MappedCheckpoint extends SafetensorsFile {
       inner.metadata,
       [...derived].map(([name, d]) => ({
         name,
-        dtype: inner.info(d.source).dtype,
+        dtype: (d.from ?? inner).info(d.source).dtype,
         shape: d.shape,
         begin: 0,
         end: 0,
@@ -49,10 +53,13 @@ class MappedCheckpoint extends SafetensorsFile {
     const d = this.derived.get(name);
     if (!d)
       throw new WeightsError("not-found", this.fileName, `${this.fileName}: no tensor "${name}"`);
-    const src = this.inner.read(d.source);
+    const src = (d.from ?? this.inner).read(d.source);
     const data = src.data as Float32Array;
     let out: Float32Array;
-    if (d.columns && src.shape.length === 2) {
+    if (d.rows && src.shape.length === 2) {
+      const cols = src.shape[1]!;
+      out = data.slice(d.rows.start * cols, (d.rows.start + d.rows.count) * cols);
+    } else if (d.columns && src.shape.length === 2) {
       const [rows, cols] = src.shape as [number, number];
       out = new Float32Array(rows * d.columns.count);
       for (let r = 0; r < rows; r++) {
@@ -69,6 +76,38 @@ class MappedCheckpoint extends SafetensorsFile {
     } else out = Float32Array.from(data);
     return { name, dtype: src.dtype, shape: d.shape, data: out };
   }
+}
+
+/** `file` with its tensors renamed (a name mapped to undefined is left out). */
+export function renameCheckpoint(
+  file: SafetensorsFile,
+  rename: (name: string) => string | undefined,
+): SafetensorsFile {
+  const derived = new Map<string, Derived>();
+  for (const name of file.names()) {
+    const ours = rename(name);
+    if (ours !== undefined) derived.set(ours, { source: name, shape: [...file.info(name).shape] });
+  }
+  return new MappedCheckpoint(file, derived);
+}
+
+/** Several checkpoints as one (a base model and an adapter); a name in two is an error. */
+export function combineCheckpoints(files: readonly SafetensorsFile[]): SafetensorsFile {
+  const derived = new Map<string, Derived>();
+  for (const file of files) {
+    for (const name of file.names()) {
+      const first = derived.get(name);
+      if (first) {
+        throw new WeightsError(
+          "duplicate-key",
+          file.fileName,
+          `${name} is in both ${first.from!.fileName} and ${file.fileName}`,
+        );
+      }
+      derived.set(name, { source: name, from: file, shape: [...file.info(name).shape] });
+    }
+  }
+  return new MappedCheckpoint(files[0]!, derived);
 }
 
 function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
@@ -95,7 +134,8 @@ function hfGpt2(file: SafetensorsFile, paramPaths: readonly string[]): Safetenso
     );
   }
   const prefix = wte.slice(0, -"wte.weight".length);
-  const hfPrefix = file.has("transformer.wte.weight") ? "transformer." : "";
+  // GPT2LMHeadModel's keys start with "transformer."; GPT2Model's (and adapters on it) do not.
+  const hfPrefix = file.names().some((n) => n.startsWith("transformer.")) ? "transformer." : "";
   const derived = new Map<string, Derived>();
   const keep = (ours: string, theirs: string, extra: Partial<Derived> = {}) => {
     if (!file.has(theirs)) return;
@@ -115,6 +155,35 @@ function hfGpt2(file: SafetensorsFile, paramPaths: readonly string[]): Safetenso
     if (!m) continue;
     const [, i, rest] = m as unknown as [string, string, string];
     const ours = `h.${i}.layer.`;
+    const lora = /^(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(lora_[AB])\.weight$/.exec(
+      rest,
+    );
+    if (lora) {
+      // LoRA matrices are nn.Linear-shaped in PEFT even on Conv1D: nothing to transpose. The
+      // fused c_attn adapter is one A for q, k and v, and a B whose rows are q's, k's, v's.
+      const [, module, matrix] = lora as unknown as [string, string, string];
+      const layers: Record<string, string> = {
+        "attn.c_proj": "attn.o",
+        "mlp.c_fc": "mlp.up",
+        "mlp.c_proj": "mlp.down",
+      };
+      if (module !== "attn.c_attn") keep(`${ours}${layers[module]}.${matrix}.weight`, name);
+      else {
+        const out = file.info(name).shape[0]! / 3;
+        ["q", "k", "v"].forEach((p, j) => {
+          if (matrix === "lora_A") keep(`${ours}attn.${p}.lora_A.weight`, name);
+          else {
+            const r = file.info(name).shape[1]!;
+            derived.set(prefix + `${ours}attn.${p}.lora_B.weight`, {
+              source: name,
+              shape: [out, r],
+              rows: { start: j * out, count: out },
+            });
+          }
+        });
+      }
+      continue;
+    }
     switch (rest) {
       case "ln_1.weight":
       case "ln_1.bias":

@@ -129,6 +129,145 @@ describe("hf-gpt2 weight map", () => {
     expect(r.outputs.get("logits")!.shape).toEqual([2, 3, 512]);
   });
 
+  describe("PEFT LoRA adapters (--adapter)", () => {
+    // GPT2Mini with LoRA on every projection, placed by target patterns; its parameters are
+    // GPT2Mini's under the same names, plus the adapters'.
+    const source = path.join(tmp, "gpt2-lora.moe");
+    fs.writeFileSync(
+      source,
+      `import "${path.join(root, "examples/gpt2.moe")}" { GPT2 }
+import std.adapt { LoRA }
+model Tuned() {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 512]
+  gpt = frozen GPT2(2, 64, 4, 512, 128) with LoRA(
+    r: 4,
+    alpha: 8.0,
+    targets: ["attn.q", "attn.k", "attn.v", "attn.o", "mlp.up", "mlp.down"],
+  )
+  logits = gpt(tokens)
+}
+`,
+    );
+    const rand = (n: number, seed: number) => {
+      let a = seed;
+      return Float32Array.from({ length: n }, () => {
+        a = (a * 1103515245 + 12345) % 2147483648;
+        return (a / 2147483648 - 0.5) * 0.2;
+      });
+    };
+    // PEFT's files: keys and config exactly as PEFT saves a LoRA on GPT2LMHeadModel.
+    const modules: [string, number, number][] = [
+      ["attn.c_attn", d, 3 * d],
+      ["attn.c_proj", d, d],
+      ["mlp.c_fc", d, 4 * d],
+      ["mlp.c_proj", 4 * d, d],
+    ];
+    const peft = new Map<string, TensorToWrite>();
+    let seed = 7;
+    for (let i = 0; i < layers; i++)
+      for (const [m, inF, outF] of modules) {
+        const key = `base_model.model.transformer.h.${i}.${m}`;
+        peft.set(`${key}.lora_A.weight`, f32([4, inF], rand(4 * inF, seed++)));
+        peft.set(`${key}.lora_B.weight`, f32([outF, 4], rand(4 * outF, seed++)));
+      }
+    const config = {
+      peft_type: "LORA",
+      task_type: "CAUSAL_LM",
+      base_model_name_or_path: "gpt2",
+      r: 4,
+      lora_alpha: 8,
+      lora_dropout: 0.05,
+      fan_in_fan_out: true,
+      bias: "none",
+      target_modules: ["c_attn", "c_proj", "c_fc"],
+    };
+    const writeAdapter = (name: string, tensors: Map<string, TensorToWrite>, cfg: object) => {
+      const dir = path.join(tmp, name);
+      fs.mkdirSync(dir, { recursive: true });
+      fs.writeFileSync(path.join(dir, "adapter_config.json"), JSON.stringify(cfg));
+      writeSafetensorsFile(path.join(dir, "adapter_model.safetensors"), tensors);
+      return dir;
+    };
+    const adapterDir = writeAdapter("peft", peft, config);
+    const base = { backend: "reference", dim: dims, seed: "2", weights: hfFile };
+
+    it("loads by PEFT's names and equals the base with the adapters merged by hand", async () => {
+      // The reference: W + (alpha / r)·Aᵀ·Bᵀ in Hugging Face's Conv1D [in, out] layout,
+      // computed here, run through GPT2Mini without adapters.
+      const merged = new Map(hf);
+      for (let i = 0; i < layers; i++)
+        for (const [m, inF, outF] of modules) {
+          const key = `transformer.h.${i}.${m}`;
+          const A = peft.get(`base_model.model.${key}.lora_A.weight`)!.data as Float32Array;
+          const B = peft.get(`base_model.model.${key}.lora_B.weight`)!.data as Float32Array;
+          const W = Float32Array.from(hf.get(`${key}.weight`)!.data as Float32Array);
+          for (let a = 0; a < inF; a++)
+            for (let b = 0; b < outF; b++) {
+              let delta = 0;
+              for (let k = 0; k < 4; k++) delta += A[k * inF + a]! * B[b * 4 + k]!;
+              W[a * outF + b]! += (8 / 4) * delta;
+            }
+          merged.set(`${key}.weight`, f32([inF, outF], W));
+        }
+      const mergedFile = path.join(tmp, "hf-gpt2-merged.safetensors");
+      writeSafetensorsFile(mergedFile, merged);
+      const want = await executeRun(example, {
+        ...base,
+        model: "GPT2Mini",
+        weights: mergedFile,
+        weightsMap: "hf-gpt2",
+      });
+      const got = await executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: adapterDir });
+      const a = got.outputs.get("logits")!.data;
+      const b = want.outputs.get("logits")!.data;
+      let num = 0;
+      let den = 0;
+      for (let i = 0; i < a.length; i++) {
+        num += (a[i]! - b[i]!) ** 2;
+        den += b[i]! ** 2;
+      }
+      expect(Math.sqrt(num / den)).toBeLessThan(1e-5);
+      // And the adapters changed something: the base alone differs.
+      const plain = await executeRun(example, {
+        ...base,
+        model: "GPT2Mini",
+        weightsMap: "hf-gpt2",
+      });
+      expect(plain.outputs.get("logits")!.data[0]).not.toBeCloseTo(a[0]!, 4);
+    });
+
+    it("names each mismatch: scale, untargeted module, shape, missing config", async () => {
+      const run = (dir: string) =>
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir });
+      await expect(run(writeAdapter("alpha", peft, { ...config, lora_alpha: 16 }))).rejects.toThrow(
+        /adapter_config.json has r 4, lora_alpha 16; the model's LoRA at gpt\.h\.0\.layer\.attn\.q has r 4, alpha 8/,
+      );
+      const untargeted = new Map(peft);
+      untargeted.set(
+        "base_model.model.transformer.h.0.attn.c_proj.lora_A.default.weight",
+        f32([4, d], rand(4 * d, 99)),
+      );
+      untargeted.delete("base_model.model.transformer.h.0.attn.c_proj.lora_A.weight");
+      const noO = source.replace(".moe", "-no-o.moe");
+      fs.writeFileSync(noO, fs.readFileSync(source, "utf8").replace(', "attn.o"', ""));
+      await expect(
+        executeRun(noO, { ...base, weightsMap: "hf-gpt2", adapter: adapterDir }),
+      ).rejects.toThrow(/the model has no LoRA on: gpt\.h\.0\.layer\.attn\.o\.lora_A\.weight/);
+      const wrong = new Map(peft);
+      wrong.set(
+        "base_model.model.transformer.h.1.mlp.c_fc.lora_A.weight",
+        f32([3, d], rand(3 * d, 5)),
+      );
+      await expect(run(writeAdapter("shape", wrong, config))).rejects.toThrow(
+        /gpt\.h\.1\.layer\.mlp\.up\.lora_A\.weight has shape \[3, 64\], expected \[4, 64\]/,
+      );
+      await expect(run(tmp)).rejects.toThrow(/no adapter_config.json \(not a PEFT adapter\)/);
+      // An adapter name inside the keys (lora_A.default.weight) is PEFT's too.
+      await expect(run(writeAdapter("named", untargeted, config))).resolves.toBeDefined();
+    });
+  });
+
   it("rejects an unknown map name", async () => {
     await expect(
       executeRun(example, {
