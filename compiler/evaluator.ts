@@ -36,7 +36,7 @@ import {
 } from "./dims.js";
 import { lowerMoE } from "./lower-routing.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
-import { PRIMITIVES, type PrimitiveContext } from "./primitives.js";
+import { PRIMITIVES, type PrimitiveContext, loraDelta } from "./primitives.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
 import {
@@ -1868,6 +1868,20 @@ export class Evaluator {
     if (adapter.perTask !== undefined) wrapped.perTask = adapter.perTask;
     if (adapter.role === "adapter") {
       const rule = PRIMITIVES.get(adapter.component);
+      if (adapter.perTaskInstances) {
+        // `base with per task LoRA(...)`: one base, each task its own adapter (parameters at
+        // `<path>.<task>.lora_A.weight`). Lowering runs the tasks' adapters segmented.
+        const byTask = new Map<string, Instance>();
+        for (const [task, own] of adapter.perTaskInstances) {
+          const one: Instance = { ...wrapped, weights: new Map(b.weights), perTask: undefined };
+          one.wrapOf = { base: b, adapter: own };
+          const taskFrame = { ...frame, task };
+          rule?.attach?.(this.primitiveContext(taskFrame, e.span, own), own, b, one);
+          byTask.set(task, one);
+        }
+        wrapped.perTaskInstances = byTask;
+        return { k: "instance", inst: wrapped };
+      }
       rule?.attach?.(this.primitiveContext(frame, e.span, adapter), adapter, b, wrapped);
       return { k: "instance", inst: wrapped };
     }
@@ -2436,6 +2450,8 @@ export class Evaluator {
       return UNKNOWN;
     }
     if (ids.k !== "tensor" || ids.node === undefined) return UNKNOWN;
+    if (inst.wrapOf && [...byTask.values()].every((t) => t.wrapOf?.adapter.component === "LoRA"))
+      return this.inlinePerTaskLora(inst.wrapOf.base, byTask, inputs, ids.node, span, frame);
     const segmented = this.inlinePerTaskSegmented(byTask, inputs, ids.node, span, frame);
     if (segmented) return segmented;
     const idf = ir.cast(ids.node, "f32");
@@ -2542,6 +2558,65 @@ export class Evaluator {
       y = ir.binary("add", y, ir.binary("mul", rows, ir.binary("sub", ir.constant(1), v)));
     const out = ir.reshape(y, [...lead, dOut]);
     return { k: "tensor", t: { ...outType!, dims: ir.shape(out).map(dimConst) }, node: out };
+  }
+
+  /**
+   * `base with per task LoRA(...)`: the base once for every token, plus each token's own
+   * task's low-rank update, segmented (tokens grouped by task, one expert_matmul per LoRA
+   * matrix for all tasks: SGMV); "no task" (-1) gets the base alone. Per-task ranks that
+   * differ fall back to masking each task's update.
+   */
+  private inlinePerTaskLora(
+    base: Instance,
+    byTask: Map<string, Instance>,
+    inputs: BuiltinArg[],
+    taskIds: number,
+    span: Span,
+    frame: Frame,
+  ): Value {
+    const ir = this.lowering!.builder;
+    const y = this.inlineApply(base, inputs, span, frame);
+    const x = inputs[0]?.value;
+    if (y.k !== "tensor" || y.node === undefined || x?.k !== "tensor" || x.node === undefined)
+      return UNKNOWN;
+    const xs = ir.shape(x.node);
+    const lead = xs.slice(0, -1);
+    const N = lead.reduce((a, b) => a * b, 1);
+    const rows = ir.reshape(x.node, [N, xs[xs.length - 1]!]);
+    const idShape = ir.shape(taskIds);
+    const ids = ir.reshape(
+      ir.binary(
+        "add",
+        ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
+        ir.constant(0, "i32", lead),
+      ),
+      [N],
+    );
+    const deltas: number[] = [];
+    for (const one of byTask.values()) {
+      const adapter = one.wrapOf!.adapter;
+      const d = loraDelta(this.primitiveContext(frame, span, adapter), this.lowering!, one, rows);
+      if (d === undefined) return UNKNOWN;
+      deltas.push(d);
+    }
+    const order = ir.groupRows(ids, byTask.size, rowAlign(N, byTask.size));
+    const stacked = stackExperts(ir, rows, deltas, ids, order);
+    let delta: number;
+    if (!("error" in stacked)) delta = stacked.node;
+    else {
+      // Ranks differ per task: every task's update on every token, masked to its tokens.
+      delta = deltas
+        .map((d, t) =>
+          ir.binary(
+            "mul",
+            d,
+            ir.reshape(ir.cast(ir.binary("eq", ids, ir.constant(t, "i32")), "f32"), [N, 1]),
+          ),
+        )
+        .reduce((a, b) => ir.binary("add", a, b));
+    }
+    const out = ir.binary("add", y.node, ir.reshape(delta, ir.shape(y.node)));
+    return { k: "tensor", t: y.t, node: out };
   }
 
   private collectOutputs(frame: Frame): Value {

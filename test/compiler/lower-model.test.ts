@@ -251,6 +251,52 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
     ]);
   });
 
+  it.each([
+    ["one rank: segmented, one expert_matmul per LoRA matrix for all tasks", "2", 2],
+    ["ranks per task: each task's update masked to its tokens", "{ a: 2, b: 3, c: 1 }", 0],
+  ])("base with per task LoRA, %s", (_, r, segmented) => {
+    const source = `import std.nn { Linear }
+import std.adapt { LoRA }
+tasks Lang { a, b, c }
+model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 5]
+  q = Linear(4, 5) with per task LoRA(r: ${r}, alpha: 4.0)
+  y = q(x, task) }`;
+    const file = path.join(examples, "__per_task_lora__.moe");
+    const { lowered, diagnostics } = lower(source, file, { B: 4, T: 2 });
+    expect(diagnostics).toEqual([]);
+    const g = lowered!.graph;
+    expect(g.nodes.filter((n) => n.op === "expert_matmul").length).toBe(segmented);
+    // The base runs once, on every token.
+    const onX = g.nodes.filter((n) => n.op === "matmul" && g.nodes[n.inputs[0]]!.op === "input");
+    expect(onX.length).toBe(1);
+    const l = leaves(lowered!);
+    const tasks = [2, 0, -1, 1];
+    l.set("task", { shape: [4], data: Float64Array.from(tasks) });
+    const y = interpret(g, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const mat = (name: string) => l.get(name)!;
+    const names = ["a", "b", "c"];
+    for (let b = 0; b < 4; b++)
+      for (let t = 0; t < 2; t++)
+        for (let o = 0; o < 5; o++) {
+          const xi = (k: number) => at(x, b, t, k);
+          let want = at(mat("q.bias"), o);
+          for (let k = 0; k < 4; k++) want += at(mat("q.weight"), o, k) * xi(k);
+          if (tasks[b]! >= 0) {
+            const name = names[tasks[b]!]!;
+            const A = mat(`q.${name}.lora_A.weight`);
+            const B = mat(`q.${name}.lora_B.weight`);
+            const rank = A.shape[0]!;
+            for (let j = 0; j < rank; j++) {
+              let ax = 0;
+              for (let k = 0; k < 4; k++) ax += at(A, j, k) * xi(k);
+              want += (4 / rank) * at(B, o, j) * ax;
+            }
+          }
+          expect(Math.abs(at(y, b, t, o) - want)).toBeLessThan(1e-12);
+        }
+  });
+
   it("LoRA targets: adapters placed by path equal adapters written in place", () => {
     const pair = (q: string) => `block Pair(d: Dim) {
   in x: f32[N, d]

@@ -149,6 +149,29 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
     await expectMatches(lowerSource(router, experts, dims), { task: { ints: 3 } });
   });
 
+  it("per-task LoRA on a shared Linear, segmented by task", async () => {
+    const src = `import std.nn { Linear }
+import std.adapt { LoRA }
+tasks Lang { a, b, c }
+model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 20]
+  q = Linear(12, 20) with per task LoRA(r: 4, alpha: 8.0)
+  y = q(x, task) }`;
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
+    const r = lower(
+      analysis,
+      file,
+      undefined,
+      new Map(),
+      new Map([
+        ["B", 5],
+        ["T", 3],
+      ]),
+    );
+    if ("error" in r || !r.model) throw new Error(JSON.stringify(r));
+    expect(r.model.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(2);
+    await expectMatches(r.model.graph, { task: { ints: 3 } });
+  });
+
   it("ties: a zero router gives every token experts 0 and 1", async () => {
     const graph = lowerSource("TopK(2)", 5, { B: 2, T: 3 });
     const zero = { lo: 0, hi: 0 };
