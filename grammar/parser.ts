@@ -665,7 +665,24 @@ class MoeParser extends CstParser {
     for (;;) {
       const t = this.LA(1);
       const type = t.tokenType;
-      if (type === RBrace || type === EOF || ITEM_START.has(type)) return;
+      if (KEYWORDS.has(type) && this.LA(2).tokenType === Eq) {
+        // `block = ...`: one clear message rather than the errors of reading it as an item.
+        const before = this.position();
+        this.report(
+          t,
+          `\`${t.image}\` is a reserved word and cannot name a binding`,
+          `choose another name, e.g. \`${t.image}_\` or \`my_${t.image}\``,
+        );
+        this.skip();
+        this.syncToStatement(before + 1);
+        if (this.position() === before) this.skip();
+        continue;
+      }
+      // An item keyword starts an item only with the item's name (or import path) after it;
+      // otherwise (`block(x)`, a reserved word used as a name) it is part of a broken statement.
+      const next = this.LA(2).tokenType;
+      const startsItem = ITEM_START.has(type) && (next === Identifier || next === StringLit);
+      if (type === RBrace || type === EOF || startsItem) return;
       if (type === Else && this.inThenBody()) {
         // `if c { ... else { ... }`: the `}` before `else` is missing; end the body here so
         // that the `if` takes its `else`.

@@ -110,6 +110,16 @@ describe("recovery", () => {
     expect(diagnosticsOf("block A {\n  x = 1 /*\n}\n").map((d) => d.code)).toEqual(["E0103"]);
   });
 
+  it("keys a reserved word used as a binding name to one diagnostic per use", () => {
+    const text = "block A {\n  block = Linear(4, 4)\n  y = block(x)\n  z = 2\n}\n";
+    expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
+      "2:3 `block` is a reserved word and cannot name a binding",
+      "3:7 expected an expression after `=`, found `block`",
+    ]);
+    // The body goes on after both: `z` is still a binding of A.
+    expect(outline(parseSource(text, "t.moe").file.items)[0]).toMatch(/z=NumberLit/);
+  });
+
   it("keys a reserved word used as a named argument to one diagnostic", () => {
     const text = "block A {\n  l = Linear(in: 256, out: 512)\n  y = 2\n}\n";
     expect(diagnosticsOf(text).map((d) => `${d.at} ${d.message}`)).toEqual([
