@@ -128,7 +128,8 @@ export function lowerSparseMoE(m: SparseMoE): number | undefined {
     stat("weights", ir.permute(ir.reshape(w, [k, N]), [1, 0]));
   }
   const dOut = ir.shape(y)[1]!;
-  const perSlot = ir.binary("mul", ir.reshape(y, [k, N, dOut]), ir.reshape(w, [k, N, 1]));
+  // Weighting each row before the reshape lets the expert matmul's epilogue do it.
+  const perSlot = ir.reshape(ir.binary("mul", y, ir.reshape(w, [R, 1])), [k, N, dOut]);
   let out = ir.reduce("sum", perSlot, 0, false); // [N, dOut]
   if (dropped !== undefined && dOut === d) {
     // Overflow passes through on the residual: the dropped share of the weight keeps x.
