@@ -2511,6 +2511,9 @@ export class Evaluator {
     const ir = this.lowering!.builder;
     const x = inputs[0]?.value;
     if (inputs.length !== 1 || x?.k !== "tensor" || x.node === undefined) return undefined;
+    // The instances run on the tokens as rows [N, d]: their input must take any leading dims.
+    const port = [...byTask.values()][0]?.inputs[0]?.type;
+    if (!port || (port.lead === undefined && port.dims.length !== 2)) return undefined;
     const shape = ir.shape(x.node);
     const idShape = ir.shape(taskIds);
     const lead = shape.slice(0, -1);

@@ -49,6 +49,32 @@ function signature(n: IrNode): string {
   return JSON.stringify(copy);
 }
 
+/** The signature without the shape: experts whose sizes differ (per-task widths) compare equal. */
+function shapeFree(n: IrNode): string {
+  const { id: _id, shape: _shape, ...rest } = n as IrNode & { inputs?: number[] };
+  void _id;
+  void _shape;
+  const copy: Record<string, unknown> = { ...rest };
+  delete copy.inputs;
+  return JSON.stringify(copy);
+}
+
+/** Unary functions that keep zero padding finite (f(finite) is finite, and f(0) too). */
+const PADDING_SAFE_UNARY = new Set([
+  "neg",
+  "relu",
+  "gelu",
+  "gelu_tanh",
+  "silu",
+  "tanh",
+  "sigmoid",
+  "abs",
+  "step",
+  "exp",
+]);
+/** Binary functions that keep finite padding finite. */
+const PADDING_SAFE_BINARY = new Set(["add", "sub", "mul", "max", "min"]);
+
 export function stackExperts(
   ir: IrBuilder,
   rows: number,
@@ -68,6 +94,11 @@ export function stackExperts(
     return v;
   };
   const built = new Map<string, Built>();
+  /** Whether the experts' values differ in shape (a padded value once stacked). */
+  const padded = (tuple: readonly number[]): boolean => {
+    const s0 = ir.shape(tuple[0]!).join(",");
+    return tuple.some((id) => ir.shape(id).join(",") !== s0);
+  };
   const stacks = new Map<string, number>();
   let problem: string | undefined;
   const fail = (why: string): undefined => {
@@ -85,10 +116,35 @@ export function stackExperts(
     const first = ir.node(nodes[0]!);
     let out: number;
     const all = nodes.map((id) => ir.node(id));
-    if (first.op === "permute" && all.every((n) => signature(n) === signature(first))) {
+    const widest = first.shape.map((_, a) => Math.max(...all.map((n) => n.shape[a]!)));
+    if (first.op === "permute" && all.every((n) => shapeFree(n) === shapeFree(first))) {
       // Transposed weights: transpose the stack, a view of the parameters.
       const inner = stack(all.map((n) => inputsOf(n)[0]!));
       out = ir.permute(inner, [0, ...first.perm.map((p) => p + 1)]);
+    } else if (all.some((n) => n.shape.some((d, a) => d !== widest[a]))) {
+      // Sizes differ (per-task widths): zero-pad each to the widest. Zero rows and columns
+      // add nothing to the matmuls they feed; the stack depends on parameters only, so the
+      // runtime builds it once (a static kernel).
+      const parts = nodes.map((id) => {
+        let v = id;
+        widest.forEach((w, a) => {
+          const shape = ir.shape(v);
+          if (shape[a]! < w)
+            v = ir.concat(
+              [
+                v,
+                ir.constant(
+                  0,
+                  ir.node(id).dtype,
+                  shape.map((d, b) => (b === a ? w - d : d)),
+                ),
+              ],
+              a,
+            );
+        });
+        return ir.reshape(v, [1, ...widest]);
+      });
+      out = concatChunked(ir, parts, 0);
     } else {
       const parts = nodes.map((id) => ir.reshape(id, [1, ...ir.shape(id)]));
       // Parameters stack in one concat, which the back end lays out as one buffer (a pack)
@@ -101,13 +157,14 @@ export function stackExperts(
 
   /** A per-expert value as seen by each row: its expert's value, broadcast like the original. */
   const perRow = (nodes: number[], rowRank: number): number | undefined => {
-    const shape = ir.shape(nodes[0]!);
+    const stacked = stack(nodes);
+    const shape = ir.shape(stacked).slice(1);
     let s = [...shape];
     while (s.length > rowRank - 1) {
       if (s[0] !== 1) return fail(`a per-expert value of shape [${shape}] spans the token axis`);
       s = s.slice(1);
     }
-    const table = ir.reshape(stack(nodes), [E, Math.max(1, numel(s))]);
+    const table = ir.reshape(stacked, [E, Math.max(1, numel(s))]);
     const picked = ir.gather(table, rowIds());
     return ir.reshape(picked, [R, ...Array(rowRank - 1 - s.length).fill(1), ...s]);
   };
@@ -144,15 +201,32 @@ export function stackExperts(
       return fail("the experts differ in which values depend on the tokens");
     const nodes = tuple.map((id) => ir.node(id));
     const n0 = nodes[0]!;
-    const sig = signature(n0);
-    const odd = nodes.find((n) => signature(n) !== sig);
+    const sig = shapeFree(n0);
+    const odd = nodes.find((n) => shapeFree(n) !== sig);
     if (odd) return fail(`the experts differ in structure (${n0.op} against ${odd.op})`);
+    // Experts may differ in the size of a value's last axis (per-task widths); it is padded
+    // with zeros, which only ops that keep the padding harmless may see.
+    const last = n0.shape.length - 1;
+    if (nodes.some((n) => n.shape.some((d, a) => a !== last && d !== n0.shape[a])))
+      return fail(`the experts' ${n0.op} values differ in shape beyond their last axis`);
     const ins = inputsOf(n0).map((_, i) => tuple.map((id) => inputsOf(ir.node(id))[i]!));
     const children: Built[] = [];
     for (const t of ins) {
       const c = build(t);
       if (!c) return undefined;
       children.push(c);
+    }
+    const paddedIn = ins.map((t) => dependsOnRows(t[0]!) && padded(t));
+    if (paddedIn.some(Boolean)) {
+      const safe =
+        (n0.op === "unary" && PADDING_SAFE_UNARY.has(n0.fn)) ||
+        (n0.op === "binary" && PADDING_SAFE_BINARY.has(n0.fn)) ||
+        n0.op === "cast" ||
+        (n0.op === "matmul" && !paddedIn[1]);
+      if (!safe)
+        return fail(
+          `a ${n0.op === "unary" || n0.op === "binary" ? n0.fn : n0.op} of values whose size differs between experts`,
+        );
     }
     const rank = n0.shape.length;
     const asRow = (c: Built): number | undefined =>
@@ -206,6 +280,7 @@ export function stackExperts(
   };
 
   // The experts' outputs correspond position by position; build from them.
+  if (padded([...outputs])) return { error: "the experts' outputs differ in shape" };
   const out = build([...outputs]);
   if (!out || problem !== undefined)
     return { error: problem ?? "the experts could not be combined" };

@@ -253,7 +253,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
 
   it.each([
     ["one rank: segmented, one expert_matmul per LoRA matrix for all tasks", "2", 2],
-    ["ranks per task: each task's update masked to its tokens", "{ a: 2, b: 3, c: 1 }", 0],
+    ["ranks per task: segmented with zero padding", "{ a: 2, b: 3, c: 1 }", 2],
   ])("base with per task LoRA, %s", (_, r, segmented) => {
     const source = `import std.nn { Linear }
 import std.adapt { LoRA }
@@ -397,41 +397,68 @@ model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
 
   it.each([
     [
-      "per-task widths (every task's adapter on the batch, masked)",
+      "per-task widths, segmented with zero padding",
+      "Bottleneck",
       "{ en_de: 2, en_fr: 3, de_en: 1 }",
+      2,
     ],
-    ["one width (segmented: each weight matmul one expert_matmul by task)", "2"],
-  ])("per-task adapters, %s: a mixed batch equals each example alone; -1 bypasses", (_, r) => {
-    const source = `import std.adapt { Bottleneck }
+    ["one width, segmented", "Bottleneck", "2", 2],
+    [
+      "a softmax over the per-task width: every task's adapter, masked",
+      "SoftBottleneck",
+      "{ en_de: 2, en_fr: 3, de_en: 1 }",
+      0,
+    ],
+  ])(
+    "per-task adapters, %s: a mixed batch equals each example alone; -1 bypasses",
+    (_, block, r, segmented) => {
+      const source = `import std.nn { Linear }
+import std.adapt { Bottleneck }
 tasks Lang { en_de, en_fr, de_en }
+block SoftBottleneck(d: Dim, r: Dim) {
+  in x: f32[B, T, d]
+  out y: f32[B, T, d]
+  down = Linear(d, r)
+  up = Linear(r, d)
+  y = x + up(softmax(down(x)))
+}
 model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
-  adapter = per task Bottleneck(4, r: ${r})
+  adapter = per task ${block}(4, r: ${r})
   y = adapter(x, task) }`;
-    const mixed = lowerInline(source, { B: 4, T: 2 });
-    const segmented = mixed.graph.nodes.filter((n) => n.op === "expert_matmul").length;
-    expect(segmented).toBe(r === "2" ? 2 : 0);
-    const single = lowerInline(source, { B: 1, T: 2 });
-    const l = leaves(mixed);
-    l.set("task", { shape: [4], data: Float64Array.from([2, 0, -1, 1]) });
-    const y = interpret(mixed.graph, l).outputs.get("y")!;
-    const x = l.get("x")!;
-    [2, 0, -1, 1].forEach((task, b) => {
-      const one = new Map(l);
-      one.set("x", { shape: [1, 2, 4], data: x.data.slice(b * 8, b * 8 + 8) });
-      one.set("task", { shape: [1], data: Float64Array.from([task]) });
-      const yb = interpret(single.graph, one).outputs.get("y")!;
-      expectClose(y.data.slice(b * 8, b * 8 + 8), yb.data);
-      // No task: the adapters are bypassed.
-      if (task === -1) expectClose(yb.data, one.get("x")!.data);
-    });
-    // Each task's adapter has its own parameters (and here, maybe, its own width).
-    const widths = mixed.graph.nodes.flatMap((n) =>
-      n.op === "param" && n.name.endsWith("down.bias") ? [`${n.name} ${n.shape}`] : [],
-    );
-    expect(widths).toEqual(
-      r === "2"
-        ? ["adapter.en_de.down.bias 2", "adapter.en_fr.down.bias 2", "adapter.de_en.down.bias 2"]
-        : ["adapter.en_de.down.bias 2", "adapter.en_fr.down.bias 3", "adapter.de_en.down.bias 1"],
-    );
-  });
+      const mixed = lowerInline(source, { B: 4, T: 2 });
+      expect(mixed.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(segmented);
+      const single = lowerInline(source, { B: 1, T: 2 });
+      const l = leaves(mixed);
+      l.set("task", { shape: [4], data: Float64Array.from([2, 0, -1, 1]) });
+      const y = interpret(mixed.graph, l).outputs.get("y")!;
+      const x = l.get("x")!;
+      [2, 0, -1, 1].forEach((task, b) => {
+        const one = new Map(l);
+        one.set("x", { shape: [1, 2, 4], data: x.data.slice(b * 8, b * 8 + 8) });
+        one.set("task", { shape: [1], data: Float64Array.from([task]) });
+        const yb = interpret(single.graph, one).outputs.get("y")!;
+        expectClose(y.data.slice(b * 8, b * 8 + 8), yb.data);
+        // No task: the adapters are bypassed.
+        if (task === -1) expectClose(yb.data, one.get("x")!.data);
+      });
+      // Each task's adapter has its own parameters (and here, maybe, its own width).
+      const widths = mixed.graph.nodes.flatMap((n) =>
+        n.op === "param" && n.name.endsWith("down.bias") ? [`${n.name} ${n.shape}`] : [],
+      );
+      if (block === "Bottleneck")
+        expect(widths).toEqual(
+          r === "2"
+            ? [
+                "adapter.en_de.down.bias 2",
+                "adapter.en_fr.down.bias 2",
+                "adapter.de_en.down.bias 2",
+              ]
+            : [
+                "adapter.en_de.down.bias 2",
+                "adapter.en_fr.down.bias 3",
+                "adapter.de_en.down.bias 1",
+              ],
+        );
+    },
+  );
 });
