@@ -481,6 +481,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   }
 
   if (options.fuseAttention ?? true) fuseAttention(graph, kernels, uses, isOutput, maxReads);
+  fuseLowRank(graph, kernels, uses, isOutput, maxReads);
 
   kernels.sort((a, b) => a.root - b.root);
   for (const k of kernels) stored.add(k.out.storage);
@@ -543,6 +544,61 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     if (!isContiguous(o.view)) throw new Error(`internal: output ${o.name} is not contiguous`);
   }
   return { graph, kernels, storages, outputs };
+}
+
+/** Largest inner size of a matmul evaluated inside another kernel's epilogue. */
+const LOW_RANK = 64;
+
+/**
+ * A low-rank product feeding only another matmul's epilogue — LoRA's `s·(xAᵀ)Bᵀ` added to
+ * `xWᵀ + b` — is computed in that epilogue (an r-term dot product per output element), so one
+ * pass computes `xWᵀ + b + s·(xAᵀ)Bᵀ`; only the small `xAᵀ` keeps a kernel of its own.
+ */
+function fuseLowRank(
+  graph: IrGraph,
+  kernels: FusedKernel[],
+  uses: Map<number, Use[]>,
+  isOutput: Set<number>,
+  maxReads: number,
+): void {
+  const node = (id: number) => graph.nodes[id]!;
+  const inner = (m: IrNode) => node(inputsOf(m)[0]!).shape.at(-1)!;
+  const byRoot = new Map(kernels.map((k) => [k.root, k]));
+  for (const small of [...kernels]) {
+    if (small.kind !== "matmul" || small.anchor === undefined) continue;
+    const m = node(small.anchor);
+    if (m.op !== "matmul" || isOutput.has(m.id) || inner(m) > LOW_RANK) continue;
+    // The other matmul: one whose value only this kernel's members read (grouping made the
+    // low-rank product the anchor), or one whose members alone read this kernel's value.
+    const readOnlyBy = (k: FusedKernel, readers: FusedKernel) =>
+      !isOutput.has(k.root) &&
+      k.out.storage === k.root &&
+      (uses.get(k.root) ?? []).length > 0 &&
+      (uses.get(k.root) ?? []).every((u) => readers.members.includes(u.consumer));
+    const feeding = Object.keys(small.loads)
+      .map((id) => byRoot.get(Number(id)))
+      .find((k) => k && k !== small && k.kind === "matmul" && readOnlyBy(k, small));
+    const reading = [...byRoot.values()].find(
+      (k) => k !== small && k.kind === "matmul" && readOnlyBy(small, k),
+    );
+    const big = feeding ?? reading;
+    if (!big || big.anchor === undefined) continue;
+    const anchor = node(big.anchor);
+    if (anchor.op !== "matmul" || anchor.shape.join(",") !== m.shape.join(",")) continue;
+    // The cheaper product goes into the other's epilogue, never the reverse.
+    if (inner(m) >= inner(anchor)) continue;
+    const [keep, drop] = big === feeding ? [small, big] : [big, small];
+    const loads: Record<number, View> = { ...keep.loads, ...drop.loads };
+    delete loads[drop.root];
+    if (new Set(Object.values(loads).map((v) => v.storage)).size > maxReads) continue;
+    keep.anchor = anchor.id;
+    keep.members = [...new Set([...keep.members, ...drop.members, m.id])]
+      .filter((id) => id !== anchor.id)
+      .sort((x, y) => x - y);
+    keep.loads = loads;
+    kernels.splice(kernels.indexOf(drop), 1);
+    byRoot.delete(drop.root);
+  }
 }
 
 /**

@@ -476,6 +476,31 @@ export class Block {
         });
         return name;
       }
+      case "matmul": {
+        // A low-rank product inside an epilogue: an r-term dot product per element.
+        const [ai, bi] = n.inputs;
+        const A = k.loads[ai]!;
+        const B = k.loads[bi]!;
+        const r = n.shape.length;
+        const K = A.shape[A.shape.length - 1]!;
+        const lead = (view: View) =>
+          view.shape
+            .slice(0, -2)
+            .map((d, q) => (d === 1 ? "0u" : this.local(n.shape, q + r - view.shape.length)));
+        const i = this.local(n.shape, r - 2);
+        const j = this.local(n.shape, r - 1);
+        const name = `v${this.ctx.serial.n++}`;
+        const q = `q${name}`;
+        const aBuf = w.bindView(A);
+        const bBuf = w.bindView(B);
+        this.lines.push(
+          `${this.indent}var ${name}: f32 = 0.0;`,
+          `${this.indent}for (var ${q} = 0u; ${q} < ${u32(K)}; ${q} += 1u) {`,
+          `${this.indent}  ${name} += f32(${aBuf.get(viewIndex(A, [...lead(A), i, q]))}) * f32(${bBuf.get(viewIndex(B, [...lead(B), q, j]))});`,
+          `${this.indent}}`,
+        );
+        return name;
+      }
       case "softmax": {
         const stats = this.ctx.softmaxStats?.get(id);
         if (!stats) throw new Error(`internal: softmax ${id} evaluated before its statistics`);

@@ -119,6 +119,28 @@ describe("matmul template", () => {
   });
 });
 
+describe("LoRA in one pass", () => {
+  it.each([
+    [1, 5, 3, 1],
+    [7, 33, 67, 3],
+    [40, 64, 20, 16],
+  ])(
+    "rows %i, in %i, out %i, rank %i: x·Wᵀ + b + s·(x·Aᵀ)·Bᵀ in the base matmul's epilogue",
+    async (rows, inF, outF, r) => {
+      const g = graph((b) => {
+        const x = b.input("x", "f32", [rows, inF]);
+        const base = linear(b, x, inF, outF, "q");
+        const A = b.param("q.lora_A.weight", [r, inF], true, "normal");
+        const B = b.param("q.lora_B.weight", [outF, r], true, "normal");
+        const delta = b.matmul(b.matmul(x, b.permute(A, [1, 0])), b.permute(B, [1, 0]));
+        b.output("y", b.binary("add", base, b.binary("mul", delta, b.constant(2 / r))));
+      });
+      // The small x·Aᵀ, then the base matmul with the rank-r expand and the add in its epilogue.
+      await expectMatches(g, { kernels: 2 });
+    },
+  );
+});
+
 describe("elementwise map template", () => {
   it("fuses a unary/binary chain with broadcasting into one kernel", async () => {
     await expectMatches(
