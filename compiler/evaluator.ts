@@ -2514,19 +2514,9 @@ export class Evaluator {
     // The instances run on the tokens as rows [N, d]: their input must take any leading dims.
     const port = [...byTask.values()][0]?.inputs[0]?.type;
     if (!port || (port.lead === undefined && port.dims.length !== 2)) return undefined;
-    const shape = ir.shape(x.node);
-    const idShape = ir.shape(taskIds);
-    const lead = shape.slice(0, -1);
-    if (idShape.some((n, i) => n !== lead[i]) || lead.length < idShape.length) return undefined;
-    const d = shape[shape.length - 1]!;
-    const N = lead.reduce((a, b) => a * b, 1);
-    const rows = ir.reshape(x.node, [N, d]);
-    const perToken = ir.binary(
-      "add",
-      ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
-      ir.constant(0, "i32", lead),
-    );
-    const ids = ir.reshape(perToken, [N]);
+    const tokens = taskRows(ir, x.node, taskIds);
+    if (!tokens) return undefined;
+    const { rows, ids, lead, N, d } = tokens;
     const rowsValue: Extract<Value, { k: "tensor" }> = {
       k: "tensor",
       t: { dtype: "f32", dims: [dimConst(N), dimConst(d)] },
@@ -2582,19 +2572,9 @@ export class Evaluator {
     const x = inputs[0]?.value;
     if (y.k !== "tensor" || y.node === undefined || x?.k !== "tensor" || x.node === undefined)
       return UNKNOWN;
-    const xs = ir.shape(x.node);
-    const lead = xs.slice(0, -1);
-    const N = lead.reduce((a, b) => a * b, 1);
-    const rows = ir.reshape(x.node, [N, xs[xs.length - 1]!]);
-    const idShape = ir.shape(taskIds);
-    const ids = ir.reshape(
-      ir.binary(
-        "add",
-        ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
-        ir.constant(0, "i32", lead),
-      ),
-      [N],
-    );
+    const tokens = taskRows(ir, x.node, taskIds);
+    if (!tokens) return UNKNOWN;
+    const { rows, ids, N } = tokens;
     const deltas: number[] = [];
     for (const one of byTask.values()) {
       const adapter = one.wrapOf!.adapter;
@@ -2964,4 +2944,27 @@ export function matchesTarget(
   if (want.length > names.length) return false;
   const tail = names.slice(names.length - want.length);
   return want.every((w, i) => w === "*" || w === tail[i]);
+}
+
+/**
+ * The tokens of x [..., d] as rows [N, d] and each row's task id [N], from task ids over the
+ * leading dims (one per example); undefined when the ids do not lead x's shape.
+ */
+function taskRows(
+  ir: IrBuilder,
+  x: number,
+  taskIds: number,
+): { rows: number; ids: number; lead: number[]; N: number; d: number } | undefined {
+  const shape = ir.shape(x);
+  const idShape = ir.shape(taskIds);
+  const lead = shape.slice(0, -1);
+  if (lead.length < idShape.length || idShape.some((n, i) => n !== lead[i])) return undefined;
+  const d = shape[shape.length - 1]!;
+  const N = lead.reduce((a, b) => a * b, 1);
+  const perToken = ir.binary(
+    "add",
+    ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
+    ir.constant(0, "i32", lead),
+  );
+  return { rows: ir.reshape(x, [N, d]), ids: ir.reshape(perToken, [N]), lead, N, d };
 }

@@ -17,7 +17,7 @@
  * (a reduction over rows, an embedding lookup inside an expert) is reported, not guessed.
  */
 import type { IrBuilder } from "./ir/builder.js";
-import { type IrNode, inputsOf, numel } from "./ir/graph.js";
+import { type IrNode, UNARY_OPS, inputsOf, numel } from "./ir/graph.js";
 
 type Built =
   | { kind: "row"; node: number }
@@ -59,19 +59,13 @@ function shapeFree(n: IrNode): string {
   return JSON.stringify(copy);
 }
 
-/** Unary functions that keep zero padding finite (f(finite) is finite, and f(0) too). */
-const PADDING_SAFE_UNARY = new Set([
-  "neg",
-  "relu",
-  "gelu",
-  "gelu_tanh",
-  "silu",
-  "tanh",
-  "sigmoid",
-  "abs",
-  "step",
-  "exp",
-]);
+/**
+ * Unary functions that keep padding finite: all but those that turn a finite value into an
+ * infinity or NaN (log 0, 1/sqrt 0, sqrt of a negative), which a zero weight cannot cancel.
+ */
+const PADDING_SAFE_UNARY: ReadonlySet<string> = new Set(
+  UNARY_OPS.filter((f) => f !== "log" && f !== "sqrt" && f !== "rsqrt"),
+);
 /** Binary functions that keep finite padding finite. */
 const PADDING_SAFE_BINARY = new Set(["add", "sub", "mul", "max", "min"]);
 
