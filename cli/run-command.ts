@@ -91,6 +91,18 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
         EXIT_USAGE,
       );
     }
+    // Options that change lowering cannot apply to a program already compiled.
+    const lowering = [
+      options.mergeAdapters && "--merge-adapters",
+      options.pinGroups?.length && "--pin-groups",
+      options.traceRouting !== undefined && "--trace-routing",
+    ].filter((o): o is string => typeof o === "string");
+    if (lowering.length > 0) {
+      throw new CliError(
+        `${displayPath(target)} is a compiled bundle: ${lowering.join(", ")} ${lowering.length === 1 ? "changes" : "change"} how the model is compiled; run the .moe source instead`,
+        EXIT_USAGE,
+      );
+    }
     ({ graph, inputs, name, dims } = bundle);
     if (bundle.code) bundled = programFromBundle(bundle.code);
   } else {

@@ -100,6 +100,12 @@ describe("moec run on the GPU equals the reference", () => {
     const a = readSafetensorsFile(viaBundle).read("logits").data;
     const b = readSafetensorsFile(path.join(tmp, "tiny.safetensors")).read("logits").data;
     expect(relL2(a, b)).toBeLessThan(1e-6);
+    // Options that change compilation do not apply to a compiled bundle.
+    const merged = moec(["run", bundle, "--merge-adapters"]);
+    expect(merged.code).toBe(2);
+    expect(merged.stderr).toMatch(
+      /compiled bundle: --merge-adapters changes how the model is compiled/,
+    );
   });
 
   it("AT-MoE: grouped LoRA experts on a frozen base", async () => {
