@@ -313,6 +313,18 @@ function adaptVariant(v: MatmulVariant, m: number, n: number, lim: DeviceLimits)
     // A register block taller or wider than the matrix only wastes invocations.
     out.tm = Math.min(out.tm, nextPow2(m));
     out.tn = Math.min(out.tn, nextPow2(n));
+    // So do invocations past the matrix's edge: a workgroup wider than a skinny matrix (a
+    // router's E columns, a LoRA's r) gives its width to the other axis instead.
+    const [alongN, alongM] =
+      out.lanes === "cols" ? (["wx", "wy"] as const) : (["wy", "wx"] as const);
+    while (out[alongN] > 1 && (out[alongN] / 2) * out.tn >= n) {
+      out[alongN] /= 2;
+      if (out[alongM] * out.tm < m) out[alongM] *= 2;
+    }
+    while (out[alongM] > 1 && (out[alongM] / 2) * out.tm >= m) {
+      out[alongM] /= 2;
+      if (out[alongN] * out.tn < n) out[alongN] *= 2;
+    }
   }
   while (
     out.wx * out.wy > lim.maxComputeInvocationsPerWorkgroup ||
