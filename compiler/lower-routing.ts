@@ -71,6 +71,11 @@ function normalizeScores(ir: IrBuilder, logits: number): number {
   return ir.binary("div", s, ir.reduce("sum", s, -1, true));
 }
 
+/** The MoE layer's parameter path: it names the layer's routing outputs and pinned groups. */
+export function layerPath(r: RoutingLowering): string {
+  return r.ctx.inst.path ?? "moe";
+}
+
 export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
   const { ctx, lowering } = r;
   const ir = lowering.builder;
@@ -215,7 +220,7 @@ function lowerGrouped(
   const pin = router.args.get("pin");
   // Pinned from the command line (moec run --pin-groups) first, else from the source.
   const pinned =
-    r.lowering.pinnedGroups(r.ctx.inst.path ?? "moe", G) ??
+    r.lowering.pinnedGroups(layerPath(r), G) ??
     (pin?.k === "list" && pin.items.length > 0
       ? pin.items.map((v) => (v.k === "float" ? v.v! : v.k === "int" ? dimValue(v.v)! : 0))
       : undefined);
@@ -239,11 +244,7 @@ function lowerGrouped(
         .reduce((a, b) => a * b, 1),
       G,
     ]);
-    r.lowering.routing(
-      r.ctx.inst.path ?? "moe",
-      "group_weights",
-      ir.reduce("mean", flat, 0, false),
-    );
+    r.lowering.routing(layerPath(r), "group_weights", ir.reduce("mean", flat, 0, false));
   }
   const el = logitsOf(expertGate);
   const weights: number[] = [];

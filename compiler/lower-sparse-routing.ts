@@ -12,7 +12,7 @@
  */
 import type { IrBuilder } from "./ir/builder.js";
 import { numel } from "./ir/graph.js";
-import type { RoutingLowering } from "./lower-routing.js";
+import { type RoutingLowering, layerPath } from "./lower-routing.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
 import { bool, member, num } from "./primitives.js";
 import type { Instance, Value } from "./values.js";
@@ -58,6 +58,7 @@ export function lowerSparseMoE(m: SparseMoE): number | undefined {
   const xf = ir.reshape(x.node!, [N, d]);
   const logits = routerLogits(m, lead, d);
   if (logits === undefined) return undefined;
+  const stat = (name: string, node: number) => r.lowering.routing(layerPath(r), name, node);
 
   if (router.component === "ExpertChoice") {
     const capacity = num(router, "capacity") ?? 1;
@@ -71,7 +72,6 @@ export function lowerSparseMoE(m: SparseMoE): number | undefined {
     const y = runExperts(m, xf, tokens, ids);
     if (y === undefined) return undefined;
     if (r.lowering.routingStats) {
-      const stat = (name: string, node: number) => r.lowering.routing(layerPath(m), name, node);
       recordRouterStats(ir, stat, logits, ids, ids, E);
       // A token no expert chose passes through the layer's residual untouched.
       const chosenBy = ir.scatterAdd(ir.constant(1, "f32", [R, 1]), tokens, N); // [N, 1]
@@ -122,7 +122,6 @@ export function lowerSparseMoE(m: SparseMoE): number | undefined {
   const y = runExperts(m, xf, tokens, ids);
   if (y === undefined) return undefined;
   if (r.lowering.routingStats) {
-    const stat = (name: string, node: number) => r.lowering.routing(layerPath(m), name, node);
     recordRouterStats(ir, stat, logits, slotMajor(ir, chosen), ids, E);
     stat("experts", ir.permute(ir.reshape(ids, [k, N]), [1, 0]));
     stat("weights", ir.permute(ir.reshape(w, [k, N]), [1, 0]));
@@ -233,11 +232,6 @@ export function applyStackedExperts(
   return stacked.node;
 }
 
-/** The MoE layer's parameter path, which names its routing outputs. */
-function layerPath(m: SparseMoE): string {
-  return m.r.ctx.inst.path ?? "moe";
-}
-
 /** The sum of every element, as a [1] tensor. */
 function total(ir: IrBuilder, x: number): number {
   return ir.reduce("sum", ir.reshape(x, [numel(ir.shape(x))]), 0, true);
@@ -320,7 +314,7 @@ export function lowerDiscreteTokenMix(
   const y = applyStackedExperts(r, experts, ir.gather(xf, tokens), ids);
   if (y === undefined) return undefined;
   if (r.lowering.routingStats)
-    r.lowering.routing(r.ctx.inst.path ?? "moe", "tokens", ir.reshape(tokens, [M, E]));
+    r.lowering.routing(layerPath(r), "tokens", ir.reshape(tokens, [M, E]));
   const dOut = ir.shape(y)[1]!;
   return ir.reshape(ir.scatterAdd(y, tokens, M * group), [M, group, dOut]);
 }

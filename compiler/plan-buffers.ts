@@ -423,14 +423,16 @@ function scheduleKernel(
     case "matmul": {
       const { batch, m, n } = matmulDims(graph, k.anchor!);
       const layout = matmulLayout(k, graph);
-      const v = adaptVariant(tuning.matmul[layout], m, n, lim);
       const anchor = graph.nodes[k.anchor!]!;
-      if (anchor.op === "expert_matmul") {
-        // Rows are walked in group_rows order: an invocation's register block must stay
-        // inside one expert's segment, which shared-memory tiles (whole workgroups) do not.
+      const expert = anchor.op === "expert_matmul";
+      // Rows of an expert matmul are walked in group_rows order: an invocation's register
+      // block must stay inside one expert's segment, which shared-memory tiles (whole
+      // workgroups) do not; so registers only, adapted like any register variant.
+      const chosen = tuning.matmul[layout];
+      const v = adaptVariant(expert ? { ...chosen, tileK: 0 } : chosen, m, n, lim);
+      if (expert) {
         const order = graph.nodes[anchor.inputs[3]]!;
         const align = order.op === "group_rows" ? order.align : 1;
-        v.tileK = 0;
         while (v.tm > 1 && align % v.tm !== 0) v.tm >>= 1;
       }
       const { bm, bn } = matmulTile(v);

@@ -40,16 +40,10 @@ export function rowAlign(rows: number, experts: number): number {
 /** One body over all experts, or the reason it cannot be built. */
 export type StackResult = { node: number } | { error: string };
 
-/** Attributes of a node apart from its id and inputs, for comparing experts' copies. */
-function signature(n: IrNode): string {
-  const { id: _id, ...rest } = n as IrNode & { inputs?: number[] };
-  void _id;
-  const copy: Record<string, unknown> = { ...rest };
-  delete copy.inputs;
-  return JSON.stringify(copy);
-}
-
-/** The signature without the shape: experts whose sizes differ (per-task widths) compare equal. */
+/**
+ * Attributes of a node apart from its id, inputs and shape, for comparing experts' copies:
+ * experts whose sizes differ (per-task widths) compare equal.
+ */
 function shapeFree(n: IrNode): string {
   const { id: _id, shape: _shape, ...rest } = n as IrNode & { inputs?: number[] };
   void _id;
@@ -57,6 +51,11 @@ function shapeFree(n: IrNode): string {
   const copy: Record<string, unknown> = { ...rest };
   delete copy.inputs;
   return JSON.stringify(copy);
+}
+
+/** shapeFree with the shape: equal only for copies of one size. */
+function signature(n: IrNode): string {
+  return `${shapeFree(n)}${JSON.stringify(n.shape)}`;
 }
 
 /**
