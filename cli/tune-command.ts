@@ -26,12 +26,14 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
       cached: cached !== undefined && !options.force,
       cache: defaultCacheDir(),
       matmul: { nn: tuning.matmul.nn.name, nt: tuning.matmul.nt.name },
+      largeMatmul: { nn: tuning.largeMatmul.nn.name, nt: tuning.largeMatmul.nt.name },
     };
     if (options.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
     else {
       process.stdout.write(
         `${result.cached ? "already tuned" : "tuned"} ${result.adapter}\n` +
           `  matmul x·w: ${result.matmul.nn}\n  matmul x·wᵀ: ${result.matmul.nt}\n` +
+          `  large matmul x·w: ${result.largeMatmul.nn}\n  large matmul x·wᵀ: ${result.largeMatmul.nt}\n` +
           `  cache: ${result.cache}${result.cached ? " (moec tune --force measures again)" : ""}\n`,
       );
     }

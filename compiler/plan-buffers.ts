@@ -19,7 +19,7 @@
  */
 import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
 import { type IrGraph, numel } from "./ir/graph.js";
-import { DEFAULT_TUNING, type MatmulVariant, type Tuning } from "./wgsl/variants.js";
+import { DEFAULT_TUNING, type MatmulVariant, type Tuning, isLargeMatmul } from "./wgsl/variants.js";
 
 /** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */
 export interface DeviceLimits {
@@ -421,14 +421,15 @@ function scheduleKernel(
       return launch([t, 1, 1], Math.ceil((experts + 1) / t));
     }
     case "matmul": {
-      const { batch, m, n } = matmulDims(graph, k.anchor!);
+      const { batch, m, n, k: depth } = matmulDims(graph, k.anchor!);
       const layout = matmulLayout(k, graph);
       const anchor = graph.nodes[k.anchor!]!;
       const expert = anchor.op === "expert_matmul";
       // Rows of an expert matmul are walked in group_rows order: an invocation's register
       // block must stay inside one expert's segment, which shared-memory tiles (whole
       // workgroups) do not; so registers only, adapted like any register variant.
-      const chosen = tuning.matmul[layout];
+      const tier = isLargeMatmul(batch, m, n, depth) ? tuning.largeMatmul : tuning.matmul;
+      const chosen = tier[layout];
       const v = adaptVariant(expert ? { ...chosen, tileK: 0 } : chosen, m, n, lim);
       if (expert) {
         const order = graph.nodes[anchor.inputs[3]]!;

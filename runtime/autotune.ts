@@ -18,16 +18,19 @@ import { compileGraph } from "../compiler/compile-graph.js";
 import { IrBuilder } from "../compiler/ir/builder.js";
 import {
   DEFAULT_TUNING,
+  LARGE_MATMUL_VARIANTS,
   MATMUL_VARIANTS,
+  type MatmulChoice,
   type MatmulVariant,
   type Tuning,
   matmulVariant,
+  withMatmulVariant,
 } from "../compiler/wgsl/variants.js";
 import type { GpuContext } from "./device.js";
 import { Executor } from "./executor.js";
 
 /** Bump when the templates change enough to invalidate cached choices. */
-export const TEMPLATE_VERSION = 2;
+export const TEMPLATE_VERSION = 3;
 
 export type MatmulLayout = "nn" | "nt";
 
@@ -64,7 +67,7 @@ export async function benchMatmul(
       : b.permute(b.param("w", [n, k], true, "normal"), [1, 0]);
   b.output("c", b.matmul(a, right));
   const program = compileGraph(b.finish(), ctx.limits, {
-    tuning: { ...DEFAULT_TUNING, matmul: { nn: v, nt: v } },
+    tuning: withMatmulVariant(DEFAULT_TUNING, v),
   });
   const exe = await Executor.create(ctx, program);
   try {
@@ -136,10 +139,16 @@ export interface AutotuneOptions {
   cacheDir?: string;
   /** Measure even when the cache has an entry for this adapter. */
   force?: boolean;
-  /** Candidates (default: every variant in compiler/wgsl/variants.ts). */
+  /** Candidates for every matmul (default: the variants of compiler/wgsl/variants.ts). */
   variants?: readonly MatmulVariant[];
-  /** [m, n, k] shapes to time; the score is the geometric mean of GFLOP/s over them. */
+  /** [m, n, k] shapes to time them on; the score is the geometric mean of GFLOP/s. */
   shapes?: [number, number, number][];
+  /**
+   * Candidates for large matmuls (default LARGE_MATMUL_VARIANTS; an empty list keeps the
+   * defaults' choice without measuring) and the shapes to time them on.
+   */
+  largeVariants?: readonly MatmulVariant[];
+  largeShapes?: [number, number, number][];
   /** Timing budget per measurement in ms. */
   budgetMs?: number;
   /** Progress lines (e.g. console.error). */
@@ -163,45 +172,72 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
     const cached = readCache(file).entries[key];
     if (cached) return cached.tuning;
   }
-  // The naive variant is a correctness baseline, never a contender.
-  const variants = options.variants ?? MATMUL_VARIANTS.filter((v) => !v.name.startsWith("naive"));
-  const shapes = options.shapes ?? [
-    [384, 384, 384],
-    [64, 512, 512],
-  ];
-  const measured: Record<string, Record<string, number>> = { nn: {}, nt: {} };
-  const best: Partial<Record<MatmulLayout, MatmulVariant>> = {};
-  for (const layout of ["nn", "nt"] as const) {
-    let bestScore = -1;
-    const firstShape: number[] = [];
-    for (const v of variants) {
-      let logSum = 0;
-      let timed = 0;
-      for (const [m, n, k] of shapes) {
-        const g = await benchMatmul(ctx, m, n, k, v, { layout, budgetMs: options.budgetMs ?? 150 });
-        logSum += Math.log(Math.max(g, 1e-9));
-        timed++;
-        // A candidate at under a third of the best on the first shape cannot win: skip the rest.
-        if (timed === 1) {
-          firstShape.push(g);
-          if (g < Math.max(...firstShape) / 3) break;
+  // The naive variant is a correctness baseline, never a contender; the big blocks are timed
+  // for large matmuls only (they take long to compile, which small ones never pay back).
+  const variants =
+    options.variants ??
+    MATMUL_VARIANTS.filter((v) => !v.name.startsWith("naive") && v.tm * v.tn <= 256);
+  const measured: Record<string, Record<string, number>> = {};
+  const pick = async (
+    tier: string,
+    candidates: readonly MatmulVariant[],
+    shapes: [number, number, number][],
+    fallback: MatmulChoice,
+  ): Promise<MatmulChoice> => {
+    if (candidates.length === 0) return fallback;
+    const chosen = { ...fallback };
+    for (const layout of ["nn", "nt"] as const) {
+      const scores: Record<string, number> = {};
+      measured[`${tier}${layout}`] = scores;
+      let bestScore = -1;
+      const firstShape: number[] = [];
+      for (const v of candidates) {
+        let logSum = 0;
+        let timed = 0;
+        for (const [m, n, k] of shapes) {
+          const budgetMs = options.budgetMs ?? 150;
+          const g = await benchMatmul(ctx, m, n, k, v, { layout, budgetMs });
+          logSum += Math.log(Math.max(g, 1e-9));
+          timed++;
+          // A candidate at under a third of the best on the first shape cannot win: skip the rest.
+          if (timed === 1) {
+            firstShape.push(g);
+            if (g < Math.max(...firstShape) / 3) break;
+          }
+        }
+        const score = Math.exp(logSum / timed) * (timed < shapes.length ? 0 : 1);
+        scores[v.name] = Number(score.toFixed(3));
+        options.log?.(
+          `autotune ${tier}${layout} ${v.name}: ${timed < shapes.length ? "pruned" : `${score.toFixed(2)} GFLOP/s`}`,
+        );
+        if (score > bestScore) {
+          bestScore = score;
+          chosen[layout] = v;
         }
       }
-      const score = Math.exp(logSum / timed) * (timed < shapes.length ? 0 : 1);
-      measured[layout]![v.name] = Number(score.toFixed(3));
-      options.log?.(
-        `autotune ${layout} ${v.name}: ${timed < shapes.length ? "pruned" : `${score.toFixed(2)} GFLOP/s`}`,
-      );
-      if (score > bestScore) {
-        bestScore = score;
-        best[layout] = v;
-      }
     }
-  }
+    return chosen;
+  };
+  const matmul = await pick(
+    "",
+    variants,
+    options.shapes ?? [
+      [384, 384, 384],
+      [64, 512, 512],
+    ],
+    DEFAULT_TUNING.matmul,
+  );
+  const largeMatmul = await pick(
+    "large ",
+    options.largeVariants ?? LARGE_MATMUL_VARIANTS,
+    options.largeShapes ?? [[256, 1024, 512]],
+    DEFAULT_TUNING.largeMatmul,
+  );
   const tuning: Tuning = {
     ...DEFAULT_TUNING,
     adapter: ctx.info.description || ctx.info.device,
-    matmul: { nn: best.nn!, nt: best.nt! },
+    matmul,
+    largeMatmul,
   };
   // Re-read just before writing so entries other processes added meanwhile survive.
   const cache = readCache(file);

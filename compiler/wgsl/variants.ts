@@ -27,16 +27,24 @@ export interface MatmulVariant {
   tileK: number;
 }
 
+/** A variant per operand layout. */
+export interface MatmulChoice {
+  /** B read along n (B contiguous in its last axis): `x @ w`, `P @ V`. */
+  nn: MatmulVariant;
+  /** B read along k (a transposed operand): `x @ transpose(weight)`, `Q @ Kᵀ`. */
+  nt: MatmulVariant;
+}
+
 /** Adapter-specific choices; `DEFAULT_TUNING` when nothing was measured. */
 export interface Tuning {
   /** The adapter this was measured on (for humans; the cache keys by it). */
   adapter?: string;
-  matmul: {
-    /** B read along n (B contiguous in its last axis): `x @ w`, `P @ V`. */
-    nn: MatmulVariant;
-    /** B read along k (a transposed operand): `x @ transpose(weight)`, `Q @ Kᵀ`. */
-    nt: MatmulVariant;
-  };
+  matmul: MatmulChoice;
+  /**
+   * The variants for large matmuls (`isLargeMatmul`): a bigger register block costs the
+   * driver more time to compile once and saves more on every call.
+   */
+  largeMatmul: MatmulChoice;
   /** Invocations per workgroup of elementwise (map) kernels. */
   mapThreads: number;
   /** Invocations that share one row in row-wise (softmax, norm) kernels. */
@@ -108,6 +116,20 @@ export const MATMUL_VARIANTS: readonly MatmulVariant[] = [
     vector: false,
     tileK: 16,
   },
+  // 32×32 vec4 blocks, one invocation wide along rows so the rows (and the A loads) are the
+  // same for the whole workgroup: on lavapipe 1.5-2.3× the 16×16 block's GFLOP/s at 1024³,
+  // but its 4096-FMA loop body takes LLVM 25-40 s to compile on first use (Mesa caches it on
+  // disk afterwards), so only large matmuls use it (LARGE_MATMUL_VARIANTS, isLargeMatmul).
+  {
+    name: "vreg32x32-cols-8x1",
+    tm: 32,
+    tn: 32,
+    wx: 8,
+    wy: 1,
+    lanes: "cols",
+    vector: true,
+    tileK: 0,
+  },
   { name: "naive-16x16", tm: 1, tn: 1, wx: 16, wy: 16, lanes: "cols", vector: false, tileK: 0 },
 ];
 
@@ -124,6 +146,31 @@ export function matmulVariant(name: string): MatmulVariant {
 /** The best variants on lavapipe (what CI and the bench machine run); `moec tune` re-times. */
 export const DEFAULT_TUNING: Tuning = {
   matmul: { nn: matmulVariant("sreg16x16-cols-8x2"), nt: matmulVariant("sreg16x16-cols-8x2") },
+  largeMatmul: {
+    nn: matmulVariant("vreg32x32-cols-8x1"),
+    nt: matmulVariant("vreg32x32-cols-8x1"),
+  },
   mapThreads: 64,
   rowThreads: 64,
 };
+
+/** The candidates `moec tune` times for large matmuls (the others are for every matmul). */
+export const LARGE_MATMUL_VARIANTS: readonly MatmulVariant[] = [
+  matmulVariant("vreg32x32-cols-8x1"),
+  matmulVariant("sreg16x16-cols-8x2"),
+  matmulVariant("reg16x16-cols-8x2"),
+];
+
+/** One variant for every matmul, whatever its size (benchmarks and tests of one variant). */
+export function withMatmulVariant(tuning: Tuning, v: MatmulVariant): Tuning {
+  return { ...tuning, matmul: { nn: v, nt: v }, largeMatmul: { nn: v, nt: v } };
+}
+
+/**
+ * Whether a matmul is large enough for `Tuning.largeMatmul`: enough work (2·batch·m·n·k of at
+ * least 2^27 flops, the size of a d=512 projection of 256 tokens) for a slower first compile
+ * to pay off, and enough rows and columns to fill a big register block.
+ */
+export function isLargeMatmul(batch: number, m: number, n: number, k: number): boolean {
+  return 2 * batch * m * n * k >= 2 ** 27 && m >= 64 && n >= 128;
+}

@@ -13,7 +13,7 @@ import {
   planBuffers,
   spreadGrid,
 } from "../../compiler/plan-buffers.js";
-import { DEFAULT_TUNING, matmulVariant } from "../../compiler/wgsl/variants.js";
+import { DEFAULT_TUNING, matmulVariant, withMatmulVariant } from "../../compiler/wgsl/variants.js";
 import { linear, transformerBlockGraph } from "../runtime/model-graphs.js";
 
 function graph(build: (b: IrBuilder) => void): IrGraph {
@@ -194,12 +194,19 @@ describe("planBuffers", () => {
       maxComputeInvocationsPerWorkgroup: 64,
       maxComputeWorkgroupStorageSize: 1024,
     };
+    const tiled = {
+      name: "t",
+      tm: 4,
+      tn: 4,
+      wx: 16,
+      wy: 16,
+      lanes: "cols",
+      vector: false,
+      tileK: 16,
+    } as const;
     const p = compileGraph(g, tiny, {
       tuning: {
-        matmul: {
-          nn: { name: "t", tm: 4, tn: 4, wx: 16, wy: 16, lanes: "cols", vector: false, tileK: 16 },
-          nt: { name: "t", tm: 4, tn: 4, wx: 16, wy: 16, lanes: "cols", vector: false, tileK: 16 },
-        },
+        ...withMatmulVariant(DEFAULT_TUNING, tiled),
         mapThreads: 256,
         rowThreads: 256,
       },
@@ -217,7 +224,7 @@ describe("emitWgsl", () => {
     );
     // A vec4 variant (the lavapipe default loads scalars: see compiler/wgsl/variants.ts).
     const v = matmulVariant("reg4x4-cols-8x8");
-    const vec = { ...DEFAULT_TUNING, matmul: { nn: v, nt: v } };
+    const vec = withMatmulVariant(DEFAULT_TUNING, v);
     const k = compileGraph(g, WEBGPU_DEFAULT_LIMITS, vec).kernels[0]!;
     expect(k.wgsl).toContain("array<vec4<f32>>");
     expect(k.bindings.map((x) => x.access)).toEqual(["read", "read", "read_write"]);

@@ -201,17 +201,20 @@ describe("autotune", () => {
         cacheDir: dir,
         variants: [MATMUL_VARIANTS[0]!, MATMUL_VARIANTS.at(-1)!],
         shapes: [[32, 32, 32]],
+        largeVariants: [MATMUL_VARIANTS[1]!],
+        largeShapes: [[64, 128, 32]],
         budgetMs: 5,
         log: (l) => lines.push(l),
       });
-      expect(lines.length).toBe(4); // 2 variants × 2 layouts
+      expect(lines.length).toBe(6); // 2 variants × 2 layouts, then 1 large variant × 2 layouts
+      expect(tuned.largeMatmul).toEqual({ nn: MATMUL_VARIANTS[1], nt: MATMUL_VARIANTS[1] });
       const file = path.join(dir, "autotune.json");
       const cache = JSON.parse(fs.readFileSync(file, "utf8"));
       expect(Object.keys(cache.entries)).toEqual([adapterKey(ctx)]);
       expect(adapterKey(ctx)).toContain(ctx.info.description || ctx.info.device);
       expect(fs.readdirSync(dir)).toEqual(["autotune.json"]); // no temp file left behind
       // Cached: no measuring (an empty candidate list would fail if it measured).
-      const again = await autotune(ctx, { cacheDir: dir, variants: [] });
+      const again = await autotune(ctx, { cacheDir: dir, variants: [], largeVariants: [] });
       expect(again).toEqual(tuned);
       expect(loadTuning(ctx, dir)).toEqual(tuned);
       // The tuned choice compiles and runs correctly.

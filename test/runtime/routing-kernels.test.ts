@@ -8,14 +8,24 @@ import * as path from "node:path";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { analyze, lower, nodeFileSystem } from "../../compiler/pipeline.js";
+import {
+  DEFAULT_TUNING,
+  type Tuning,
+  matmulVariant,
+  withMatmulVariant,
+} from "../../compiler/wgsl/variants.js";
 import { type LeafSpec, checkGraph, useDevice } from "./gpu-harness.js";
 
 const gpu = useDevice();
 
 let seed = 500;
 
-async function expectMatches(graph: IrGraph, specs: Record<string, LeafSpec> = {}) {
-  const r = await checkGraph(gpu(), graph, { seed: seed++, specs });
+async function expectMatches(
+  graph: IrGraph,
+  specs: Record<string, LeafSpec> = {},
+  tuning?: Tuning,
+) {
+  const r = await checkGraph(gpu(), graph, { seed: seed++, specs, ...(tuning ? { tuning } : {}) });
   for (const [name, err] of Object.entries(r.errors)) {
     const node = graph.nodes[graph.outputs.find((o) => o.name === name)!.node]!;
     if (node.dtype === "i32") {
@@ -104,6 +114,37 @@ describe("expert_matmul", () => {
     b.output("plain", b.expertMatmul(x, w, ids, order));
     await expectMatches(b.finish(), { ids: { ints: E + 1 } });
   });
+
+  it(
+    "with the large-matmul variant: 32-row blocks of 32-aligned segments, vec4 along k",
+    {
+      timeout: 300_000,
+    },
+    async () => {
+      // 70 rows over 3 experts (one may get none), K a multiple of 4, N past one 32-column block.
+      const [rows, K, N, E] = [70, 68, 40, 3];
+      const b = new IrBuilder();
+      const x = b.input("x", "f32", [rows, K]);
+      const ids = b.binary("sub", b.input("ids", "i32", [rows]), b.constant(1, "i32"));
+      const w = b.permute(b.param("w", [E, N, K], true, "normal"), [0, 2, 1]);
+      const order = b.groupRows(ids, E, 32);
+      const bias = b.gather(
+        b.param("b", [E, N], true, "normal"),
+        b.binary("max", ids, b.constant(0, "i32")),
+      );
+      b.output("y", b.unary("gelu", b.binary("add", b.expertMatmul(x, w, ids, order), bias)));
+      const v = matmulVariant("vreg32x32-cols-8x1");
+      const r = await expectMatches(
+        b.finish(),
+        { ids: { ints: E + 1 } },
+        withMatmulVariant(DEFAULT_TUNING, v),
+      );
+      // Really the 32-row block (slots order_0 … order_31) and vec4 loads.
+      const k = r.program.kernels.find((x) => x.kind === "matmul")!;
+      expect(k.wgsl).toContain("order_31");
+      expect(k.wgsl).toContain("array<vec4<f32>>");
+    },
+  );
 });
 
 describe("eq and lt", () => {
