@@ -187,7 +187,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
       `  }`,
     );
   }
-  const epi = epilogueFunction(w, pv.id, batchShape);
+  const epi = epilogueFunction(w, pv.id, batchShape).fn;
   return moduleText(
     w,
     [
@@ -302,7 +302,7 @@ function emitAttentionRows(
       `  }`,
     );
   }
-  const epi = epilogueFunction(w, pv.id, batchShape);
+  const epi = epilogueFunction(w, pv.id, batchShape).fn;
   return moduleText(
     w,
     [

@@ -355,13 +355,27 @@ export interface ExprContext {
 export class Block {
   readonly lines: string[] = [];
   private readonly cache = new Map<number, string>();
+  /** With `hoist`: names whose value depends on the innermost coordinate. */
+  private readonly varying: Set<string>;
 
   constructor(
     private readonly ctx: ExprContext,
     /** The coordinate of iteration axis k, as a u32 expression. */
     private readonly coord: (k: number) => string,
     private readonly indent = "  ",
-  ) {}
+    /**
+     * Values that do not depend on the names in `varying` (the column coordinate, the
+     * accumulator) go to `hoist.lines` instead, with their types in `hoist.names`: a matmul
+     * computes them once per row rather than once per element.
+     */
+    private readonly hoist?: {
+      varying: readonly string[];
+      lines: string[];
+      names: Map<string, IrDType>;
+    },
+  ) {
+    this.varying = new Set(hoist?.varying ?? []);
+  }
 
   /** Coordinate k of a value of shape `shape`, broadcast into the iteration space. */
   local(shape: readonly number[], k: number): string {
@@ -374,7 +388,20 @@ export class Block {
 
   private emit(expr: string, type: IrDType): string {
     const name = `v${this.ctx.serial.n++}`;
-    this.lines.push(`${this.indent}let ${name}: ${type} = ${expr};`);
+    const h = this.hoist;
+    if (h && !(expr.match(/[A-Za-z_][A-Za-z0-9_]*/g) ?? []).some((x) => this.varying.has(x))) {
+      h.lines.push(`let ${name}: ${type} = ${expr};`);
+      h.names.set(name, type);
+    } else {
+      this.lines.push(`${this.indent}let ${name}: ${type} = ${expr};`);
+      this.varying.add(name);
+    }
+    return name;
+  }
+
+  /** A name declared directly in `lines` (a var): never hoisted, nor what uses it. */
+  private declared(name: string): string {
+    this.varying.add(name);
     return name;
   }
 
@@ -456,7 +483,7 @@ export class Block {
         return this.emit(buf.get(viewIndex(table, [row, col])), table.dtype);
       }
       case "concat": {
-        const name = `v${this.ctx.serial.n++}`;
+        const name = this.declared(`v${this.ctx.serial.n++}`);
         const at = this.local(n.shape, n.axis);
         this.lines.push(`${this.indent}var ${name}: ${n.dtype};`);
         let start = 0;
@@ -489,7 +516,7 @@ export class Block {
             .map((d, q) => (d === 1 ? "0u" : this.local(n.shape, q + r - view.shape.length)));
         const i = this.local(n.shape, r - 2);
         const j = this.local(n.shape, r - 1);
-        const name = `v${this.ctx.serial.n++}`;
+        const name = this.declared(`v${this.ctx.serial.n++}`);
         const q = `q${name}`;
         const aBuf = w.bindView(A);
         const bBuf = w.bindView(B);

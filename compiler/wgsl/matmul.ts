@@ -15,6 +15,7 @@
  */
 import type { View } from "../fuse-kernels.js";
 import { type Launch, matmulDims, matmulTile } from "../plan-buffers.js";
+import type { IrDType } from "../ir/graph.js";
 import {
   Block,
   type Buf,
@@ -42,28 +43,42 @@ const aligned4 = (view: View, skip: number): boolean =>
   view.offset % 4 === 0 &&
   view.strides.every((s, a) => a === skip || view.shape[a] === 1 || s % 4 === 0);
 
-/** The epilogue function: evaluates the members with the matmul's value and stores the root. */
+/**
+ * The epilogue: a function of (value, batch, i, j) that evaluates the members with the
+ * matmul's value and stores the root. With `hoistRows`, the values that depend on the row
+ * alone (an expert's bias row, a gate weight, a row id) are left out of it as `rowLines`, for
+ * the caller to compute once per row (with `bt` and `i` in scope) and pass as `rowArgs`.
+ */
 export function epilogueFunction(
   w: KernelWriter,
   anchor: number,
   batchShape: number[],
   name = "epilogue",
-): string {
+  hoistRows = false,
+): { fn: string; rowLines: string[]; rowArgs: string[] } {
   const k = w.kernel;
   const rank = k.shape.length;
   const batch = unflatten("bt", batchShape);
   const coord = (a: number) => (a < rank - 2 ? batch[a]! : a === rank - 2 ? "i" : "j");
   const ctx: ExprContext = { writer: w, rank, bound: new Map([[anchor, "acc"]]), serial: { n: 0 } };
-  const b = new Block(ctx, coord);
+  const hoist = hoistRows
+    ? { varying: ["j", "acc"], lines: [] as string[], names: new Map<string, IrDType>() }
+    : undefined;
+  const b = new Block(ctx, coord, "  ", hoist);
   const out = w.bind(k.out.storage, k.out.dtype, "read_write");
   const v = b.valueAs(k.root, k.out.dtype);
   const coords = k.shape.map((_, a) => coord(a));
-  return [
-    `fn ${name}(acc: f32, bt: u32, i: u32, j: u32) {`,
-    ...b.lines,
-    `  ${out.set(viewIndex(k.out, coords), v)}`,
-    `}`,
-  ].join("\n");
+  const params = [...(hoist?.names ?? [])].map(([n, t]) => `, ${n}: ${t}`).join("");
+  return {
+    fn: [
+      `fn ${name}(acc: f32, bt: u32, i: u32, j: u32${params}) {`,
+      ...b.lines,
+      `  ${out.set(viewIndex(k.out, coords), v)}`,
+      `}`,
+    ].join("\n"),
+    rowLines: hoist?.lines ?? [],
+    rowArgs: [...(hoist?.names.keys() ?? [])],
+  };
 }
 
 export function emitMatmul(w: KernelWriter, launch: Launch): string {
@@ -271,20 +286,20 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
       lines.push(`  res[${r * tn + c}] = ${value};`);
     }
   }
+  // Row-only epilogue values (an expert's row id, a gate weight) once per row, not per element.
+  const epi = epilogueFunction(w, anchor.id, batchShape, "epilogue", true);
+  const args = epi.rowArgs.map((a) => `, ${a}`).join("");
   lines.push(
     `  for (var r = 0u; r < ${u32(tm)}; r += 1u) {`,
-    `    for (var c = 0u; c < ${u32(tn)}; c += 1u) {`,
     ...(expert
-      ? [
-          `      if (rows[r] >= 0 && col0 + c < ${u32(N)}) {`,
-          `        epilogue(res[r * ${u32(tn)} + c], bt, u32(rows[r]), col0 + c);`,
-          `      }`,
-        ]
-      : [
-          `      if (row0 + r < ${u32(M)} && col0 + c < ${u32(N)}) {`,
-          `        epilogue(res[r * ${u32(tn)} + c], bt, row0 + r, col0 + c);`,
-          `      }`,
-        ]),
+      ? [`    let row = rows[r];`, `    let i = u32(max(row, 0));`, `    if (row >= 0) {`]
+      : [`    let i = row0 + r;`, `    if (i < ${u32(M)}) {`]),
+    ...epi.rowLines.map((l) => `      ${l}`),
+    `      for (var c = 0u; c < ${u32(tn)}; c += 1u) {`,
+    `        if (col0 + c < ${u32(N)}) {`,
+    `          epilogue(res[r * ${u32(tn)} + c], bt, i, col0 + c${args});`,
+    `        }`,
+    `      }`,
     `    }`,
     `  }`,
   );
@@ -297,12 +312,11 @@ export function emitMatmul(w: KernelWriter, launch: Launch): string {
           ``,
         ]
       : [];
-  const epi = epilogueFunction(w, anchor.id, batchShape);
   return moduleText(
     w,
     [
       ...shared,
-      epi,
+      epi.fn,
       ``,
       `@compute @workgroup_size(${v.wx}, ${v.wy}, 1)`,
       `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {`,
