@@ -18,7 +18,7 @@ import { analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
 import {
   DEFAULT_TUNING,
   type Tuning,
-  isLargeMatmul,
+  matmulTier,
   withMatmulVariant,
 } from "../compiler/wgsl/variants.js";
 import { benchMatmul, loadTuning } from "../runtime/autotune.js";
@@ -227,7 +227,7 @@ export async function benchMoec(): Promise<string[]> {
     const n = 1024;
     const flops = 2 * n * n * n;
     // The variant moec itself picks for a matmul this size.
-    const mm = isLargeMatmul(1, n, n, n) ? tuning.largeMatmul.nn : tuning.matmul.nn;
+    const mm = matmulTier(tuning, 1, n, n, n).nn;
     const best = await benchMatmul(ctx, n, n, n, mm);
     const naive = await benchMatmul(ctx, n, n, n, "naive-16x16");
     const moecMs = flops / best / 1e6;

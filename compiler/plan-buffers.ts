@@ -19,7 +19,7 @@
  */
 import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
 import { type IrGraph, numel } from "./ir/graph.js";
-import { DEFAULT_TUNING, type MatmulVariant, type Tuning, isLargeMatmul } from "./wgsl/variants.js";
+import { DEFAULT_TUNING, type MatmulVariant, type Tuning, matmulTier } from "./wgsl/variants.js";
 
 /** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */
 export interface DeviceLimits {
@@ -428,8 +428,7 @@ function scheduleKernel(
       // Rows of an expert matmul are walked in group_rows order: an invocation's register
       // block must stay inside one expert's segment, which shared-memory tiles (whole
       // workgroups) do not; so registers only, adapted like any register variant.
-      const tier = isLargeMatmul(batch, m, n, depth) ? tuning.largeMatmul : tuning.matmul;
-      const chosen = tier[layout];
+      const chosen = matmulTier(tuning, batch, m, n, depth)[layout];
       const v = adaptVariant(expert ? { ...chosen, tileK: 0 } : chosen, m, n, lim);
       if (expert) {
         const order = graph.nodes[anchor.inputs[3]]!;

@@ -174,3 +174,14 @@ export function withMatmulVariant(tuning: Tuning, v: MatmulVariant): Tuning {
 export function isLargeMatmul(batch: number, m: number, n: number, k: number): boolean {
   return 2 * batch * m * n * k >= 2 ** 27 && m >= 64 && n >= 128;
 }
+
+/** The variants `tuning` has for a batch of m×k by k×n matmuls: its large tier or the other. */
+export function matmulTier(
+  tuning: Tuning,
+  batch: number,
+  m: number,
+  n: number,
+  k: number,
+): MatmulChoice {
+  return isLargeMatmul(batch, m, n, k) ? tuning.largeMatmul : tuning.matmul;
+}

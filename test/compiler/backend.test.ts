@@ -194,19 +194,9 @@ describe("planBuffers", () => {
       maxComputeInvocationsPerWorkgroup: 64,
       maxComputeWorkgroupStorageSize: 1024,
     };
-    const tiled = {
-      name: "t",
-      tm: 4,
-      tn: 4,
-      wx: 16,
-      wy: 16,
-      lanes: "cols",
-      vector: false,
-      tileK: 16,
-    } as const;
     const p = compileGraph(g, tiny, {
       tuning: {
-        ...withMatmulVariant(DEFAULT_TUNING, tiled),
+        ...withMatmulVariant(DEFAULT_TUNING, matmulVariant("tile64-4x4-16x16")),
         mapThreads: 256,
         rowThreads: 256,
       },

@@ -2,41 +2,16 @@
 // means; checked against float64 code written independently here.
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
-import type { Diagnostic } from "../../compiler/diagnostics.js";
-import { selectModel } from "../../compiler/elaborate-model.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import { type LowerOptions, type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
-import { analyze, elaborate, nodeFileSystem } from "../../compiler/pipeline.js";
+import type { LoweredModel } from "../../compiler/lower-model.js";
+import { elaborate } from "../../compiler/pipeline.js";
 import { type HostTensor, erf, interpret } from "../../runtime/reference/interpret.js";
+import { lowerFile } from "./routing-fixtures.js";
 
 const examples = path.join(import.meta.dirname, "../../examples");
 
-function lower(
-  source: string | undefined,
-  file: string,
-  dims: Record<string, number>,
-  model?: string,
-  options: LowerOptions = {},
-) {
-  const overlay = new Map(source === undefined ? [] : [[file, source]]);
-  const analysis = analyze([file], nodeFileSystem(overlay));
-  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
-  const chosen = selectModel(analysis.program, file, model);
-  if (typeof chosen === "string") throw new Error(chosen);
-  const diagnostics: Diagnostic[] = [];
-  const lowered = lowerModel(
-    analysis.program,
-    chosen,
-    new Map(),
-    new Map(Object.entries(dims)),
-    diagnostics,
-    options,
-  );
-  return { lowered, diagnostics, analysis };
-}
-
 function lowerInline(source: string, dims: Record<string, number>): LoweredModel {
-  const { lowered, diagnostics } = lower(source, path.join(examples, "__lower__.moe"), dims);
+  const { lowered, diagnostics } = lowerFile(source, path.join(examples, "__lower__.moe"), dims);
   expect(diagnostics).toEqual([]);
   expect(verifyGraph(lowered!.graph)).toEqual([]);
   return lowered!;
@@ -214,7 +189,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
       ["tiny-transformer.moe", undefined, { B: 2, T: 3 }],
     ] as const) {
       const full = path.join(examples, file);
-      const { lowered, diagnostics, analysis } = lower(undefined, full, dims, model);
+      const { lowered, diagnostics, analysis } = lowerFile(undefined, full, dims, model);
       expect(diagnostics).toEqual([]);
       expect(verifyGraph(lowered!.graph)).toEqual([]);
       const result = elaborate(analysis, full, model);
@@ -229,7 +204,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
   });
 
   it("records the id range of gathered inputs", () => {
-    const { lowered } = lower(
+    const { lowered } = lowerFile(
       undefined,
       path.join(examples, "gpt2.moe"),
       { B: 1, T: 4 },
@@ -239,7 +214,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  q = Linear(4, 3) with LoRA(r: 2, 
   });
 
   it("asks for the sizes of free input dims", () => {
-    const { lowered, diagnostics } = lower(
+    const { lowered, diagnostics } = lowerFile(
       undefined,
       path.join(examples, "gpt2.moe"),
       { B: 1 },
@@ -262,7 +237,7 @@ model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 5]
   q = Linear(4, 5) with per task LoRA(r: ${r}, alpha: 4.0)
   y = q(x, task) }`;
     const file = path.join(examples, "__per_task_lora__.moe");
-    const { lowered, diagnostics } = lower(source, file, { B: 4, T: 2 });
+    const { lowered, diagnostics } = lowerFile(source, file, { B: 4, T: 2 });
     expect(diagnostics).toEqual([]);
     const g = lowered!.graph;
     expect(g.nodes.filter((n) => n.op === "expert_matmul").length).toBe(segmented);
@@ -326,8 +301,8 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
   first = frozen Pair(4)
   second = Both(4)
   y = second(first(x)) }`;
-    const a = lower(targeted, path.join(examples, "__targets_a__.moe"), { N: 3 });
-    const b = lower(explicit, path.join(examples, "__targets_b__.moe"), { N: 3 });
+    const a = lowerFile(targeted, path.join(examples, "__targets_a__.moe"), { N: 3 });
+    const b = lowerFile(explicit, path.join(examples, "__targets_b__.moe"), { N: 3 });
     expect(a.diagnostics).toEqual([]);
     expect(b.diagnostics).toEqual([]);
     const names = (m: LoweredModel) =>
@@ -352,8 +327,8 @@ model M() { in x: f32[B, 8]  out y: f32[B, 8]
   f = FFN(8, 16) with LoRA(r: 2)
   y = f(k(q(x))) }`;
     const file = path.join(examples, "__merge__.moe");
-    const plain = lower(source, file, { B: 5 });
-    const merged = lower(source, file, { B: 5 }, undefined, { mergeAdapters: true });
+    const plain = lowerFile(source, file, { B: 5 });
+    const merged = lowerFile(source, file, { B: 5 }, undefined, { mergeAdapters: true });
     expect(merged.diagnostics).toEqual([]);
     const g = merged.lowered!.graph;
     expect(verifyGraph(g)).toEqual([]);
@@ -380,14 +355,14 @@ model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
   moe = MoE(router: TokenMix(group: 2, discrete: true, emit: softmax_experts), experts: [FFN(4, 8); 2])
   y = moe(x) }`;
     const file = path.join(examples, "__unsupported__.moe");
-    const { lowered, diagnostics } = lower(source, file, { B: 2, T: 2 });
+    const { lowered, diagnostics } = lowerFile(source, file, { B: 2, T: 2 });
     expect(lowered).toBeUndefined();
     expect(diagnostics.map((d) => d.code)).toEqual(["E0601"]);
     expect(diagnostics[0]!.message).toMatch(/discrete: true, emit: softmax_experts/);
   });
 
   it("lowers the task-based MoE example with its sparse top-k layers", () => {
-    const { lowered, diagnostics } = lower(undefined, path.join(examples, "task-moe.moe"), {
+    const { lowered, diagnostics } = lowerFile(undefined, path.join(examples, "task-moe.moe"), {
       B: 1,
       T: 2,
     });

@@ -1,15 +1,43 @@
-// Shared by the MoE lowering tests: lower a source string, seeded leaves, and the float64
+// Shared by the lowering tests: lower a source string or file, seeded leaves, and the float64
 // helpers (rows, linear layers, softmax, an FFN expert) the expected values are written with.
 import * as path from "node:path";
 import { expect } from "vitest";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
 import { selectModel } from "../../compiler/elaborate-model.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import { type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
+import { type LowerOptions, type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
 import type { HostTensor } from "../../runtime/reference/interpret.js";
 
 const file = path.join(import.meta.dirname, "../../examples/__routing__.moe");
+
+/**
+ * Analyzes `file` (with `source` in place of its text, unless undefined), expecting no errors,
+ * and lowers `model` (or the file's only one) at `dims`, collecting the diagnostics.
+ */
+export function lowerFile(
+  source: string | undefined,
+  file: string,
+  dims: Record<string, number>,
+  model?: string,
+  options: LowerOptions = {},
+) {
+  const overlay = new Map(source === undefined ? [] : [[file, source]]);
+  const analysis = analyze([file], nodeFileSystem(overlay));
+  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+  const chosen = selectModel(analysis.program, file, model);
+  if (typeof chosen === "string") throw new Error(chosen);
+  const diagnostics: Diagnostic[] = [];
+  const lowered = lowerModel(
+    analysis.program,
+    chosen,
+    new Map(),
+    new Map(Object.entries(dims)),
+    diagnostics,
+    options,
+  );
+  return { lowered, diagnostics, analysis };
+}
 
 /** Lowers `source` at `dims`; lowering reports exactly the diagnostic codes `expected`. */
 export function lower(
@@ -17,18 +45,7 @@ export function lower(
   dims: Record<string, number>,
   expected: string[] = [],
 ): LoweredModel {
-  const analysis = analyze([file], nodeFileSystem(new Map([[file, source]])));
-  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
-  const model = selectModel(analysis.program, file, undefined);
-  if (typeof model === "string") throw new Error(model);
-  const diagnostics: Diagnostic[] = [];
-  const lowered = lowerModel(
-    analysis.program,
-    model,
-    new Map(),
-    new Map(Object.entries(dims)),
-    diagnostics,
-  );
+  const { lowered, diagnostics } = lowerFile(source, file, dims);
   expect(diagnostics.map((d) => d.code)).toEqual(expected);
   expect(verifyGraph(lowered!.graph)).toEqual([]);
   return lowered!;
