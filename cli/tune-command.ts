@@ -1,8 +1,9 @@
 /**
- * `moec tune`: measures the matmul kernel variants on this adapter and caches the fastest
- * (keyed by the adapter's identity), so later runs and benchmarks use them.
+ * `moec tune`: measures the matmul kernel variants and the elementwise kernels' shapes on this
+ * adapter and caches the fastest (keyed by the adapter's identity), so later runs and
+ * benchmarks use them.
  */
-import { autotune, defaultCacheDir, loadTuning } from "../runtime/autotune.js";
+import { autotune, defaultCacheDir, elementwiseName, loadTuning } from "../runtime/autotune.js";
 import { DeviceError, adapterSummary, openDevice } from "../runtime/device.js";
 import { CliError, EXIT_DEVICE } from "./report.js";
 
@@ -27,6 +28,7 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
       cache: defaultCacheDir(),
       matmul: { nn: tuning.matmul.nn.name, nt: tuning.matmul.nt.name },
       largeMatmul: { nn: tuning.largeMatmul.nn.name, nt: tuning.largeMatmul.nt.name },
+      elementwise: elementwiseName(tuning),
     };
     if (options.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
     else {
@@ -34,6 +36,7 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
         `${result.cached ? "already tuned" : "tuned"} ${result.adapter}\n` +
           `  matmul x·w: ${result.matmul.nn}\n  matmul x·wᵀ: ${result.matmul.nt}\n` +
           `  large matmul x·w: ${result.largeMatmul.nn}\n  large matmul x·wᵀ: ${result.largeMatmul.nt}\n` +
+          `  elementwise kernels (threads × items): ${result.elementwise}\n` +
           `  cache: ${result.cache}${result.cached ? " (moec tune --force measures again)" : ""}\n`,
       );
     }

@@ -90,6 +90,10 @@ export interface Launch {
   matmul?: MatmulVariant & { layout: "nn" | "nt" };
   /** rows: invocations per row. */
   rowThreads?: number;
+  /** rows: set when each invocation owns a row (rowThreads 1), this many rows per workgroup. */
+  rowsPerWorkgroup?: number;
+  /** map, reduce: elements each invocation computes, in a loop. */
+  items?: number;
   /** Emit scalar loads only (set when vec4 bindings would exceed the binding limit). */
   scalarOnly?: boolean;
 }
@@ -375,7 +379,11 @@ function scheduleKernel(
     case "map":
     case "reduce": {
       const t = clampThreads(tuning.mapThreads, lim);
-      return launch([t, 1, 1], Math.ceil(size / t));
+      // Up to mapItems elements per invocation, keeping 16 workgroups (work for every core).
+      const items = Math.max(1, Math.min(tuning.mapItems, Math.floor(size / (t * 16))));
+      const l = launch([t, 1, 1], Math.ceil(size / (t * items)));
+      if (items > 1) l.items = items;
+      return l;
     }
     case "scatter": {
       const d = k.shape[k.shape.length - 1]!;
@@ -388,11 +396,18 @@ function scheduleKernel(
         const src = n.op === "reduce" || n.op === "softmax" ? graph.nodes[n.inputs[0]]! : n;
         return src.shape[src.shape.length - 1] ?? 1;
       });
-      let t = clampThreads(Math.min(tuning.rowThreads, nextPow2(Math.max(1, ...extents))), lim);
-      while (t > 1 && t * 8 > lim.maxComputeWorkgroupStorageSize) t >>= 1;
       const last = k.shape[k.shape.length - 1] ?? 1;
       const rows = k.shape.length === 0 ? 1 : size / Math.max(1, last);
-      const l = launch([t, 1, 1], rows, t * 8);
+      const perGroup = clampThreads(tuning.rowsPerWorkgroup, lim);
+      if (tuning.rowsPerWorkgroup > 0 && rows >= 16 * perGroup) {
+        const l = launch([perGroup, 1, 1], Math.ceil(rows / perGroup));
+        l.rowThreads = 1;
+        l.rowsPerWorkgroup = perGroup;
+        return l;
+      }
+      let t = clampThreads(Math.min(tuning.rowThreads, nextPow2(Math.max(1, ...extents))), lim);
+      while (t > 1 && t * 8 > lim.maxComputeWorkgroupStorageSize) t >>= 1;
+      const l = launch([t, 1, 1], rows, t > 1 ? t * 8 : 0);
       l.rowThreads = t;
       return l;
     }

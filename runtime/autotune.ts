@@ -1,5 +1,6 @@
 /**
- * Picks the matmul variants for an adapter by timing them, and remembers the choice.
+ * Picks the matmul variants and the elementwise kernels' shapes for an adapter by timing them,
+ * and remembers the choice.
  *
  * Which variant is fastest depends on the hardware far more than on the model: on lavapipe
  * (CPU emulation) barrier-free register blocks win by an order of magnitude, on real GPUs
@@ -18,6 +19,8 @@ import { compileGraph } from "../compiler/compile-graph.js";
 import { IrBuilder } from "../compiler/ir/builder.js";
 import {
   DEFAULT_TUNING,
+  ELEMENTWISE_VARIANTS,
+  type ElementwiseShape,
   LARGE_MATMUL_VARIANTS,
   MATMUL_VARIANTS,
   type MatmulChoice,
@@ -30,7 +33,7 @@ import type { GpuContext } from "./device.js";
 import { Executor } from "./executor.js";
 
 /** Bump when the templates change enough to invalidate cached choices. */
-export const TEMPLATE_VERSION = 3;
+export const TEMPLATE_VERSION = 4;
 
 export type MatmulLayout = "nn" | "nt";
 
@@ -91,6 +94,52 @@ export async function benchMatmul(
   }
 }
 
+/**
+ * Milliseconds per call of a small workload made of the non-matmul templates (a LayerNorm
+ * and GELU with a residual, a column sum, an elementwise map; [512, 768]) with the kernels
+ * shaped by `shape`: the best of a few timed batches after a warm-up run.
+ */
+export async function benchElementwise(
+  ctx: GpuContext,
+  shape: ElementwiseShape,
+  options: { budgetMs?: number } = {},
+): Promise<number> {
+  const b = new IrBuilder();
+  const x = b.input("x", "f32", [512, 768]);
+  const mean = b.reduce("mean", x, -1, true);
+  const centered = b.binary("sub", x, mean);
+  const variance = b.reduce("mean", b.binary("mul", centered, centered), -1, true);
+  const eps = b.constant(1e-5);
+  const normed = b.binary("mul", centered, b.unary("rsqrt", b.binary("add", variance, eps)));
+  b.output("y", b.binary("add", b.unary("gelu_tanh", normed), x));
+  b.output("s", b.reduce("sum", x, 0, false));
+  b.output("e", b.unary("exp", b.binary("mul", x, b.constant(0.5))));
+  const program = compileGraph(b.finish(), ctx.limits, { tuning: { ...DEFAULT_TUNING, ...shape } });
+  const exe = await Executor.create(ctx, program);
+  try {
+    const data = new Float32Array(512 * 768);
+    for (let i = 0; i < data.length; i++) data[i] = ((i * 7919) % 1000) / 1000 - 0.5;
+    await exe.run({ x: data });
+    const first = await exe.timeKernels(1);
+    const budget = options.budgetMs ?? 150;
+    const reps = Math.max(1, Math.min(50, Math.floor(budget / 3 / Math.max(first, 0.01))));
+    let best = first;
+    for (let trial = 0; trial < 3; trial++) best = Math.min(best, await exe.timeKernels(reps));
+    return best;
+  } finally {
+    exe.destroy();
+  }
+}
+
+/** "8×64, rows 8 per workgroup": a readable name for an elementwise shape. */
+export function elementwiseName(s: ElementwiseShape): string {
+  const rows =
+    s.rowsPerWorkgroup > 0
+      ? `rows ${s.rowsPerWorkgroup} per workgroup`
+      : `rows ${s.rowThreads} threads`;
+  return `${s.mapThreads}×${s.mapItems}, ${rows}`;
+}
+
 /** What identifies an adapter for the cache. */
 export function adapterKey(ctx: Pick<GpuContext, "info">): string {
   const i = ctx.info;
@@ -149,6 +198,11 @@ export interface AutotuneOptions {
    */
   largeVariants?: readonly MatmulVariant[];
   largeShapes?: [number, number, number][];
+  /**
+   * Shapes of the elementwise, reduce and row kernels to time (default ELEMENTWISE_VARIANTS;
+   * an empty list keeps the defaults' without measuring).
+   */
+  elementwiseVariants?: readonly ElementwiseShape[];
   /** Timing budget per measurement in ms. */
   budgetMs?: number;
   /** Progress lines (e.g. console.error). */
@@ -233,11 +287,31 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
     options.largeShapes ?? [[256, 1024, 512]],
     DEFAULT_TUNING.largeMatmul,
   );
+  let elementwise: ElementwiseShape = DEFAULT_TUNING;
+  const shapes = options.elementwiseVariants ?? ELEMENTWISE_VARIANTS;
+  if (shapes.length > 0) {
+    const scores: Record<string, number> = {};
+    measured.elementwise = scores;
+    let bestMs = Infinity;
+    for (const shape of shapes) {
+      const ms = await benchElementwise(ctx, shape, { budgetMs: options.budgetMs ?? 150 });
+      scores[elementwiseName(shape)] = Number(ms.toFixed(3));
+      options.log?.(`autotune elementwise ${elementwiseName(shape)}: ${ms.toFixed(2)} ms`);
+      if (ms < bestMs) {
+        bestMs = ms;
+        elementwise = shape;
+      }
+    }
+  }
   const tuning: Tuning = {
     ...DEFAULT_TUNING,
     adapter: ctx.info.description || ctx.info.device,
     matmul,
     largeMatmul,
+    mapThreads: elementwise.mapThreads,
+    mapItems: elementwise.mapItems,
+    rowThreads: elementwise.rowThreads,
+    rowsPerWorkgroup: elementwise.rowsPerWorkgroup,
   };
   // Re-read just before writing so entries other processes added meanwhile survive.
   const cache = readCache(file);

@@ -31,6 +31,7 @@ import {
   type MoeCase,
   type MoeConfig,
   type PeerTiming,
+  type RunCounts,
   type RunOptions,
   type TransformerCase,
   type TransformerConfig,
@@ -64,7 +65,7 @@ export interface OrtPeer {
   close(): Promise<void>;
 }
 
-const DEFAULT_RUNS: Required<RunOptions> = { warmup: 3, runs: 10 };
+const DEFAULT_RUNS: RunCounts = { warmup: 3, runs: 10 };
 
 export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
   const ort: typeof Ort = await import("onnxruntime-node");
@@ -85,7 +86,7 @@ export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
     feeds: Record<string, Ort.Tensor>,
     run: RunOptions,
     check: (y: Float32Array) => Check,
-  ): Promise<{ ms: number; minMs: number; opts: Required<RunOptions>; check: Check }> => {
+  ): Promise<{ ms: number; minMs: number; opts: RunCounts; check: Check }> => {
     const opts = { ...DEFAULT_RUNS, ...run };
     const session = await ort.InferenceSession.create(model, sessionOptions);
     try {
@@ -121,7 +122,8 @@ export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
       name: matmulName(mc.m, mc.n, mc.k),
       ms,
       minMs,
-      ...opts,
+      warmup: opts.warmup,
+      runs: opts.runs,
       gflops: mc.flops / ms / 1e6,
       check,
       note: threadNote,
@@ -141,7 +143,8 @@ export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
       name: transformerName(tc.cfg),
       ms,
       minMs,
-      ...opts,
+      warmup: opts.warmup,
+      runs: opts.runs,
       gflops: tc.flops / ms / 1e6,
       check,
       note: threadNote,
@@ -165,7 +168,8 @@ export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
       name: moeName(mc.cfg),
       ms,
       minMs,
-      ...opts,
+      warmup: opts.warmup,
+      runs: opts.runs,
       gflops: mc.flops / ms / 1e6,
       check,
       note:

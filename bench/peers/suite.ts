@@ -81,6 +81,8 @@ export interface PeerSuiteOptions {
   ort?: OrtPeerOptions;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /** Called after each timed call of a peer on a workload (by name), outside its timing. */
+  between?: (workload: string, peer: PeerName) => Promise<void>;
 }
 
 /** A peer that could not be opened or failed a workload. */
@@ -158,7 +160,11 @@ export async function runPeerSuite(opts: PeerSuiteOptions = {}): Promise<PeerSui
     result.descriptions[name] = peer.description;
     try {
       for (const w of workloads) {
-        const run = w.runs?.[name];
+        const between = opts.between;
+        const run = {
+          ...w.runs?.[name],
+          ...(between ? { between: () => between(workloadName(w), name) } : {}),
+        };
         const t0 = performance.now();
         try {
           const c = cases.get(w);
@@ -170,7 +176,8 @@ export async function runPeerSuite(opts: PeerSuiteOptions = {}): Promise<PeerSui
             timings.push(await peer.runMoe(c as MoeCase, run));
             if (w.ortDenseMasked && name === "onnxruntime-node") {
               const ort = peer as Awaited<ReturnType<typeof openOrtPeer>>;
-              timings.push(await ort.runMoe(c as MoeCase, { warmup: 1, runs: 5 }, "dense-masked"));
+              const dense = { ...run, warmup: 1, runs: 5 };
+              timings.push(await ort.runMoe(c as MoeCase, dense, "dense-masked"));
             }
           }
           result.timings.push(...timings);

@@ -40,6 +40,7 @@ import {
   type MoeCase,
   type MoeConfig,
   type PeerTiming,
+  type RunCounts,
   type RunOptions,
   type TransformerCase,
   type TransformerConfig,
@@ -72,7 +73,7 @@ export interface TfjsPeer {
   close(): Promise<void>;
 }
 
-const DEFAULT_RUNS: Required<RunOptions> = { warmup: 2, runs: 5 };
+const DEFAULT_RUNS: RunCounts = { warmup: 2, runs: 5 };
 
 let openPeer: TfjsBackend | null = null;
 
@@ -189,7 +190,8 @@ function makePeer(
         name: matmulName(mc.m, mc.n, mc.k),
         ms,
         minMs,
-        ...opts,
+        warmup: opts.warmup,
+        runs: opts.runs,
         gflops: mc.flops / ms / 1e6,
         check,
       };
@@ -257,7 +259,8 @@ function makePeer(
         name: transformerName(tc.cfg),
         ms,
         minMs,
-        ...opts,
+        warmup: opts.warmup,
+        runs: opts.runs,
         gflops: tc.flops / ms / 1e6,
         check,
       };
@@ -331,7 +334,8 @@ function makePeer(
         name: moeName(mc.cfg),
         ms,
         minMs,
-        ...opts,
+        warmup: opts.warmup,
+        runs: opts.runs,
         gflops: mc.flops / ms / 1e6,
         check,
         note: "sparse: top-k ids read back, per-expert FFN on its tokens",

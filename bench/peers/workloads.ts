@@ -64,7 +64,15 @@ export interface PeerTiming {
 export interface RunOptions {
   warmup?: number;
   runs?: number;
+  /**
+   * Called after each timed call, outside its timing: the bench times moec here, so both
+   * sides of a ratio sample the same moments of a machine whose speed drifts.
+   */
+  between?: () => Promise<void>;
 }
+
+/** Run counts with the defaults filled in. */
+export type RunCounts = { warmup: number; runs: number };
 
 /**
  * Times `call` (which must finish all its work, including reading results back): `warmup`
@@ -73,7 +81,7 @@ export interface RunOptions {
  */
 export async function timeCalls<T>(
   call: () => Promise<T>,
-  opts: Required<RunOptions>,
+  opts: RunCounts & Pick<RunOptions, "between">,
   check: (output: T) => Check,
 ): Promise<{ ms: number; minMs: number; check: Check }> {
   if (opts.runs < 1) throw new Error("timeCalls: runs must be at least 1");
@@ -89,6 +97,7 @@ export async function timeCalls<T>(
     const out = await call();
     times.push(performance.now() - t0);
     verify(out);
+    await opts.between?.();
   }
   return { ms: median(times), minMs: Math.min(...times), check: verdict! };
 }

@@ -1,5 +1,6 @@
 /**
- * One invocation per output element: the elementwise-map template (fused elementwise chains,
+ * One invocation per output element (or per `launch.items` elements, in a loop): the
+ * elementwise-map template (fused elementwise chains,
  * copies of views, gather, concat, iota, masks, constant fills), the reduction along a
  * non-last axis (a loop per output element, with its epilogue), and scatter_add (one
  * invocation per column, so no two invocations ever add into the same element).
@@ -27,24 +28,42 @@ function store(w: KernelWriter, b: Block, coords: string[], indent = "  "): stri
   return `${indent}${out.set(viewIndex(k.out, coords), v)}`;
 }
 
+/**
+ * The element index `gi` of each of an invocation's elements, and the early exit past the
+ * end: `body` (indented for its level) runs once per element. With several items the
+ * elements of one step are consecutive across the workgroup, as with one.
+ */
+function perElement(launch: Launch, size: number, body: (indent: string) => string[]): string[] {
+  const threads = launch.workgroupSize[0];
+  const items = launch.items ?? 1;
+  const guard = (i: string) => [`${i}if (gi >= ${u32(size)}) {`, `${i}  return;`, `${i}}`];
+  if (items === 1) {
+    return [`  let gi = wg * ${u32(threads)} + lidx;`, ...guard("  "), ...body("  ")];
+  }
+  return [
+    `  for (var item = 0u; item < ${u32(items)}; item += 1u) {`,
+    `    let gi = (wg * ${u32(items)} + item) * ${u32(threads)} + lidx;`,
+    ...guard("    "),
+    ...body("    "),
+    `  }`,
+  ];
+}
+
 export function emitMap(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
-  const threads = launch.workgroupSize[0];
   const size = numel(k.shape);
   const coords = unflatten("gi", k.shape);
   const ctx: ExprContext = { writer: w, rank: k.shape.length, bound: new Map(), serial: { n: 0 } };
-  const b = new Block(ctx, (a) => coords[a]!);
-  const st = store(w, b, coords);
   return moduleText(
     w,
-    entry(launch, [
-      `  let gi = wg * ${u32(threads)} + lidx;`,
-      `  if (gi >= ${u32(size)}) {`,
-      `    return;`,
-      `  }`,
-      ...b.lines,
-      st,
-    ]),
+    entry(
+      launch,
+      perElement(launch, size, (indent) => {
+        const b = new Block(ctx, (a) => coords[a]!, indent);
+        const st = store(w, b, coords, indent);
+        return [...b.lines, st];
+      }),
+    ),
   );
 }
 
@@ -53,7 +72,6 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
   const n = w.node(k.anchor!);
   if (n.op !== "reduce") throw new Error("internal: reduce kernel without a reduce");
   const input = k.loads[n.inputs[0]]!;
-  const threads = launch.workgroupSize[0];
   const coords = unflatten("gi", k.shape);
   const axisSize = input.shape[n.axis]!;
   // The reduce's output has the input's rank (size 1 at the axis); its coordinates are the
@@ -72,23 +90,24 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
     bound: new Map([[n.id, "red"]]),
     serial: { n: 0 },
   };
-  const b = new Block(ctx, (a) => coords[a]!);
-  const st = store(w, b, coords);
   return moduleText(
     w,
-    entry(launch, [
-      `  let gi = wg * ${u32(threads)} + lidx;`,
-      `  if (gi >= ${u32(numel(k.shape))}) {`,
-      `    return;`,
-      `  }`,
-      `  var acc = ${init};`,
-      `  for (var r = 0u; r < ${u32(axisSize)}; r += 1u) {`,
-      `    acc = ${combine};`,
-      `  }`,
-      `  let red: ${n.dtype} = ${n.dtype}(${result});`,
-      ...b.lines,
-      st,
-    ]),
+    entry(
+      launch,
+      perElement(launch, numel(k.shape), (i) => {
+        const b = new Block(ctx, (a) => coords[a]!, i);
+        const st = store(w, b, coords, i);
+        return [
+          `${i}var acc = ${init};`,
+          `${i}for (var r = 0u; r < ${u32(axisSize)}; r += 1u) {`,
+          `${i}  acc = ${combine};`,
+          `${i}}`,
+          `${i}let red: ${n.dtype} = ${n.dtype}(${result});`,
+          ...b.lines,
+          st,
+        ];
+      }),
+    ),
   );
 }
 

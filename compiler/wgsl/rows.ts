@@ -4,7 +4,8 @@
  * elementwise chains around them. Each reduction is a phase: the invocations stride over the
  * row evaluating the reduction's input (recomputed from memory, never stored), then combine
  * their partial results in workgroup memory. Softmax is one phase with an online max/sum pair.
- * A last loop evaluates and stores the root.
+ * A last loop evaluates and stores the root. With `launch.rowsPerWorkgroup` each invocation
+ * owns a whole row instead (no workgroup memory, no barriers).
  */
 import type { Launch } from "../plan-buffers.js";
 import {
@@ -22,6 +23,9 @@ import {
 export function emitRows(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const t = launch.rowThreads ?? launch.workgroupSize[0];
+  const solo = launch.rowsPerWorkgroup;
+  // Which of a row's elements this invocation starts at (all of them when it is alone).
+  const lane = t === 1 ? "0u" : "lidx";
   const rank = k.shape.length;
   const last = k.shape[rank - 1]!;
   const rowShape = k.shape.slice(0, -1);
@@ -34,7 +38,15 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
     softmaxStats: new Map(),
     serial: { n: 0 },
   };
-  const body: string[] = [`  let row = wg;`];
+  const body: string[] = solo
+    ? [
+        `  let row = wg * ${u32(solo)} + lidx;`,
+        `  if (row >= ${u32(rowShape.reduce((a, d) => a * d, 1))}) {`,
+        `    return;`,
+        `  }`,
+      ]
+    : [`  let row = wg;`];
+  const barrier = t === 1 ? [] : [`  workgroupBarrier();`];
   const isNinf = w.use("is_ninf");
   let phase = 0;
 
@@ -65,14 +77,14 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
       const comb = (a: string, b: string) => (n.fn === "max" ? `max(${a}, ${b})` : `${a} + ${b}`);
       body.push(
         `  var acc${p}: f32 = ${init};`,
-        `  for (var j = lidx; j < ${u32(extent)}; j += ${u32(t)}) {`,
+        `  for (var j = ${lane}; j < ${u32(extent)}; j += ${u32(t)}) {`,
         ...loop.lines,
         `    acc${p} = ${comb(`acc${p}`, x)};`,
         `  }`,
-        `  red_a[lidx] = acc${p};`,
+        ...(t === 1 ? [] : [`  red_a[lidx] = acc${p};`]),
         ...treeReduce((i) => [`${i}red_a[lidx] = ${comb("red_a[lidx]", "red_a[lidx + s]")};`]),
         `  let r${p}: ${n.dtype} = ${n.dtype}(${t === 1 ? `acc${p}` : "red_a[0]"}${n.fn === "mean" ? ` / ${extent}.0` : ""});`,
-        `  workgroupBarrier();`,
+        ...barrier,
       );
       ctx.bound.set(id, `r${p}`);
     } else {
@@ -80,7 +92,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
       body.push(
         `  var m${p}: f32 = ${NEG_INF};`,
         `  var s${p}: f32 = 0.0;`,
-        `  for (var j = lidx; j < ${u32(extent)}; j += ${u32(t)}) {`,
+        `  for (var j = ${lane}; j < ${u32(extent)}; j += ${u32(t)}) {`,
         ...loop.lines,
         `    if (!${isNinf}(${x})) {`,
         `      if (${x} > m${p}) {`,
@@ -91,8 +103,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
         `      }`,
         `    }`,
         `  }`,
-        `  red_a[lidx] = m${p};`,
-        `  red_b[lidx] = s${p};`,
+        ...(t === 1 ? [] : [`  red_a[lidx] = m${p};`, `  red_b[lidx] = s${p};`]),
         ...treeReduce((i) => [
           `${i}let ma = red_a[lidx];`,
           `${i}let mb = red_a[lidx + s];`,
@@ -107,7 +118,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
         `  let s${p}r = ${t === 1 ? `s${p}` : "red_b[0]"};`,
         // An all-masked row: every probability is 0, as in the reference.
         `  let m${p}f = select(m${p}r, 0.0, ${isNinf}(m${p}r));`,
-        `  workgroupBarrier();`,
+        ...barrier,
       );
       ctx.softmaxStats!.set(id, { max: `m${p}f`, sum: `s${p}r` });
     }
@@ -118,7 +129,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
   const v = final.valueAs(k.root, k.out.dtype);
   const coords = k.shape.map((_, a) => coordIn("j")(a));
   body.push(
-    `  for (var j = lidx; j < ${u32(last)}; j += ${u32(t)}) {`,
+    `  for (var j = ${lane}; j < ${u32(last)}; j += ${u32(t)}) {`,
     ...final.lines,
     `    ${out.set(viewIndex(k.out, coords), v)}`,
     `  }`,
@@ -126,10 +137,14 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
   return moduleText(
     w,
     [
-      `var<workgroup> red_a: array<f32, ${t}>;`,
-      `var<workgroup> red_b: array<f32, ${t}>;`,
-      ``,
-      `@compute @workgroup_size(${t}, 1, 1)`,
+      ...(t === 1
+        ? []
+        : [
+            `var<workgroup> red_a: array<f32, ${t}>;`,
+            `var<workgroup> red_b: array<f32, ${t}>;`,
+            ``,
+          ]),
+      `@compute @workgroup_size(${launch.workgroupSize[0]}, 1, 1)`,
       `fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lidx: u32) {`,
       `  ${linearWorkgroup(launch.grid, launch.workgroups)}`,
       ...body,

@@ -45,10 +45,26 @@ export interface Tuning {
    * driver more time to compile once and saves more on every call.
    */
   largeMatmul: MatmulChoice;
-  /** Invocations per workgroup of elementwise (map) kernels. */
+  /**
+   * Invocations per workgroup of elementwise (map), reduce and one-invocation-per-row kernels
+   * (attention, top-k, scans).
+   */
   mapThreads: number;
+  /**
+   * At most this many elements per invocation of a map or reduce kernel, in a loop (fewer when
+   * the tensor is small, so there are still workgroups for every core). lavapipe runs a
+   * workgroup as a loop over 8-lane SIMD chunks: one chunk that loops over 64 elements is 3-6×
+   * faster than 64 invocations with one each. GPUs want 1.
+   */
+  mapItems: number;
   /** Invocations that share one row in row-wise (softmax, norm) kernels. */
   rowThreads: number;
+  /**
+   * When a row-wise kernel has at least 16 workgroups' worth of rows: one invocation per row,
+   * this many rows per workgroup, no workgroup memory and no barriers (which lavapipe pays
+   * for dearly). 0 always shares rows among `rowThreads` invocations (GPUs).
+   */
+  rowsPerWorkgroup: number;
 }
 
 /** The candidates the autotuner times; the first ones are good defaults on most adapters. */
@@ -150,9 +166,27 @@ export const DEFAULT_TUNING: Tuning = {
     nn: matmulVariant("vreg32x32-cols-8x1"),
     nt: matmulVariant("vreg32x32-cols-8x1"),
   },
-  mapThreads: 64,
+  // One 8-lane SIMD chunk per workgroup (lavapipe's vector width on AVX2 and AVX-512 hosts).
+  mapThreads: 8,
+  mapItems: 64,
   rowThreads: 64,
+  rowsPerWorkgroup: 8,
 };
+
+/**
+ * The elementwise and row-kernel shapes `moec tune` times (the fields of `Tuning` besides the
+ * matmuls): lavapipe's, and the one-element-per-invocation shapes GPUs like.
+ */
+export type ElementwiseShape = Pick<
+  Tuning,
+  "mapThreads" | "mapItems" | "rowThreads" | "rowsPerWorkgroup"
+>;
+
+export const ELEMENTWISE_VARIANTS: readonly ElementwiseShape[] = [
+  { mapThreads: 8, mapItems: 64, rowThreads: 64, rowsPerWorkgroup: 8 },
+  { mapThreads: 64, mapItems: 1, rowThreads: 64, rowsPerWorkgroup: 0 },
+  { mapThreads: 256, mapItems: 1, rowThreads: 256, rowsPerWorkgroup: 0 },
+];
 
 /** The candidates `moec tune` times for large matmuls (the others are for every matmul). */
 export const LARGE_MATMUL_VARIANTS: readonly MatmulVariant[] = [

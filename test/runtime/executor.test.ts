@@ -9,8 +9,14 @@ import { describe, expect, it } from "vitest";
 
 import { compileGraph } from "../../compiler/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
-import { MATMUL_VARIANTS } from "../../compiler/wgsl/variants.js";
-import { adapterKey, autotune, benchMatmul, loadTuning } from "../../runtime/autotune.js";
+import { ELEMENTWISE_VARIANTS, MATMUL_VARIANTS } from "../../compiler/wgsl/variants.js";
+import {
+  adapterKey,
+  autotune,
+  benchElementwise,
+  benchMatmul,
+  loadTuning,
+} from "../../runtime/autotune.js";
 import { Executor, ShaderError, createKernelPipeline } from "../../runtime/executor.js";
 import { interpret } from "../../runtime/reference/interpret.js";
 import { checkGraph, randomLeaves, relL2, useDevice } from "./gpu-harness.js";
@@ -192,6 +198,14 @@ describe("autotune", () => {
     }
   });
 
+  it("benchElementwise times every elementwise shape", async () => {
+    for (const shape of ELEMENTWISE_VARIANTS) {
+      const ms = await benchElementwise(gpu(), shape, { budgetMs: 5 });
+      expect(ms).toBeGreaterThan(0);
+      expect(Number.isFinite(ms)).toBe(true);
+    }
+  });
+
   it("measures once per adapter and caches the choice on disk atomically", async () => {
     const ctx = gpu();
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moec-autotune-"));
@@ -203,18 +217,26 @@ describe("autotune", () => {
         shapes: [[32, 32, 32]],
         largeVariants: [MATMUL_VARIANTS[1]!],
         largeShapes: [[64, 128, 32]],
+        elementwiseVariants: [ELEMENTWISE_VARIANTS[1]!],
         budgetMs: 5,
         log: (l) => lines.push(l),
       });
-      expect(lines.length).toBe(6); // 2 variants × 2 layouts, then 1 large variant × 2 layouts
+      // 2 variants × 2 layouts, 1 large variant × 2 layouts, 1 elementwise shape.
+      expect(lines.length).toBe(7);
       expect(tuned.largeMatmul).toEqual({ nn: MATMUL_VARIANTS[1], nt: MATMUL_VARIANTS[1] });
+      expect(tuned).toMatchObject(ELEMENTWISE_VARIANTS[1]!);
       const file = path.join(dir, "autotune.json");
       const cache = JSON.parse(fs.readFileSync(file, "utf8"));
       expect(Object.keys(cache.entries)).toEqual([adapterKey(ctx)]);
       expect(adapterKey(ctx)).toContain(ctx.info.description || ctx.info.device);
       expect(fs.readdirSync(dir)).toEqual(["autotune.json"]); // no temp file left behind
       // Cached: no measuring (an empty candidate list would fail if it measured).
-      const again = await autotune(ctx, { cacheDir: dir, variants: [], largeVariants: [] });
+      const again = await autotune(ctx, {
+        cacheDir: dir,
+        variants: [],
+        largeVariants: [],
+        elementwiseVariants: [],
+      });
       expect(again).toEqual(tuned);
       expect(loadTuning(ctx, dir)).toEqual(tuned);
       // The tuned choice compiles and runs correctly.

@@ -9,6 +9,7 @@ import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import {
   DEFAULT_TUNING,
+  ELEMENTWISE_VARIANTS,
   MATMUL_VARIANTS,
   type MatmulVariant,
   type Tuning,
@@ -240,6 +241,51 @@ describe("elementwise map template", () => {
         b.output("x", b.binary("add", b.input("x", "f32", [7, 33]), b.constant(2, "f32", [7, 33])));
       }),
     );
+  });
+});
+
+describe("elementwise and row kernel shapes (Tuning.mapThreads, mapItems, rowsPerWorkgroup)", () => {
+  // Maps and reductions with several elements per invocation and a ragged last workgroup;
+  // row kernels with one invocation per row (rows not a multiple of the workgroup) and with
+  // rows shared among invocations; a fully masked softmax row either way.
+  const mixed = graph((b) => {
+    const x = b.input("x", "f32", [7, 1031]);
+    b.output("map", b.unary("tanh", b.binary("mul", x, b.input("s", "f32", [1031]))));
+    b.output("colsum", b.reduce("sum", b.input("c", "f32", [127, 33, 41]), 0, false));
+    b.output("ln", layerNorm(b, b.input("r", "f32", [3, 67, 33]), 33, "ln"));
+    // Row 0 keeps only column 0 under the mask: without it, that row is all -inf.
+    const masked = b.causalMask(b.input("y", "f32", [1, 150, 9]));
+    b.output("sm", b.softmax(b.slice(masked, 2, 1, 8)));
+    b.output("rowmax", b.reduce("max", b.input("m", "f32", [131, 5]), -1, false));
+  });
+
+  it("every candidate shape matches the reference", async () => {
+    for (const shape of ELEMENTWISE_VARIANTS) {
+      const { program } = await expectMatches(mixed, {
+        tuning: { ...DEFAULT_TUNING, ...shape },
+        specs: { r: { lo: -3, hi: 5 } },
+      });
+      const launches = program.plan.launches;
+      const byKind = (kind: string) =>
+        program.fused.kernels.flatMap((k, i) => (k.kind === kind ? [launches[i]!] : []));
+      // The shapes asked for are the shapes run: loops over items, rows owned by one invocation.
+      expect(byKind("map").some((l) => (l.items ?? 1) > 1)).toBe(shape.mapItems > 1);
+      expect(byKind("reduce").some((l) => (l.items ?? 1) > 1)).toBe(shape.mapItems > 1);
+      const rows = byKind("rows");
+      expect(rows.length).toBeGreaterThanOrEqual(3);
+      expect(
+        rows.every((l) => (l.rowsPerWorkgroup !== undefined) === shape.rowsPerWorkgroup > 0),
+      ).toBe(true);
+    }
+  });
+
+  it("few rows stay shared among invocations even when rows may be owned", async () => {
+    const { program } = await expectMatches(
+      graph((b) => b.output("ln", layerNorm(b, b.input("x", "f32", [2, 5, 300]), 300, "ln"))),
+      { kernels: 1, specs: { x: { lo: -3, hi: 5 } } },
+    );
+    expect(program.plan.launches[0]!.rowsPerWorkgroup).toBeUndefined();
+    expect(program.plan.launches[0]!.rowThreads).toBeGreaterThan(1);
   });
 });
 
@@ -507,9 +553,15 @@ describe("program-level behaviour", () => {
     const g = graph((b) =>
       b.output("y", b.binary("mul", b.unary("neg", b.input("x", "f32", [n])), b.constant(3))),
     );
-    const program = compileGraph(g, { ...gpu().limits, maxComputeWorkgroupsPerDimension: 65_535 });
+    // One element per invocation, so the workgroups outnumber one grid dimension.
+    const tuning = { ...DEFAULT_TUNING, mapItems: 1 };
+    const program = compileGraph(
+      g,
+      { ...gpu().limits, maxComputeWorkgroupsPerDimension: 65_535 },
+      { tuning },
+    );
     expect(program.kernels[0]!.grid[1]).toBeGreaterThan(1);
     expect(program.kernels[0]!.grid[0]).toBeLessThanOrEqual(65_535);
-    await expectMatches(g);
+    await expectMatches(g, { tuning, limits: { maxComputeWorkgroupsPerDimension: 65_535 } });
   });
 });
