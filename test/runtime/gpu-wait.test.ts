@@ -1,0 +1,62 @@
+// The completion pacer (runtime/gpu-wait.ts) without a device: `done` stands for Dawn's
+// completion promise, and the tests check when the pacer asks for it.
+import { describe, expect, it } from "vitest";
+
+import { CompletionPacer } from "../../runtime/gpu-wait.js";
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+/** A stand-in for "the GPU finishes `ms` after submit": records when it was asked. */
+function work(ms: number) {
+  const start = performance.now();
+  const log = { askedAt: -1 };
+  const done = () => {
+    log.askedAt = performance.now() - start;
+    const left = ms - log.askedAt;
+    return left > 0 ? delay(left).then(() => "result") : Promise.resolve("result");
+  };
+  return { done, log };
+}
+
+describe("CompletionPacer", () => {
+  it("asks at once when it has nothing to go by, and returns done()'s value", async () => {
+    const pacer = new CompletionPacer();
+    const w = work(60);
+    const pending = pacer.wait(w.done);
+    // No sleep before the first call: done() was called synchronously.
+    expect(w.log.askedAt).toBeGreaterThanOrEqual(0);
+    expect(await pending).toBe("result");
+  });
+
+  it("then sleeps most of the last call's time before asking", async () => {
+    const pacer = new CompletionPacer();
+    await pacer.wait(work(60).done);
+    const w = work(60);
+    const pending = pacer.wait(w.done);
+    expect(w.log.askedAt).toBe(-1); // sleeping, not polling
+    await pending;
+    expect(w.log.askedAt).toBeGreaterThanOrEqual(0.8 * 60 - 2);
+  });
+
+  it("scales with the units of work and forgets on reset", async () => {
+    const pacer = new CompletionPacer();
+    await pacer.wait(work(40).done, 2); // 20 ms per unit
+    const four = work(80);
+    await pacer.wait(four.done, 4);
+    expect(four.log.askedAt).toBeGreaterThanOrEqual(0.8 * 80 - 2);
+    pacer.reset();
+    const fresh = work(30);
+    const pending = pacer.wait(fresh.done);
+    expect(fresh.log.askedAt).toBeGreaterThanOrEqual(0);
+    await pending;
+  });
+
+  it("never sleeps for short work (a real GPU's)", async () => {
+    const pacer = new CompletionPacer();
+    await pacer.wait(work(0).done);
+    const w = work(0);
+    const pending = pacer.wait(w.done);
+    expect(w.log.askedAt).toBeGreaterThanOrEqual(0);
+    await pending;
+  });
+});
