@@ -442,16 +442,24 @@ export async function benchMoec(): Promise<string[]> {
     // block: one segmented forward against merged weights (the block without adapters, what
     // a merged LoRA costs) and against one forward per task.
     const ad = { d: 768, heads: 12, B: 8, T: 32 };
-    const adapterRun = async (lora: string, perTask: boolean, B: number) =>
-      timeGraph(
+    const adapterGraph = (lora: string, perTask: boolean, B: number) =>
+      prepareGraph(
         ctx,
         lowerSource(ADAPTED_BLOCK_SOURCE(ad.d, ad.heads, lora, perTask), { B, T: ad.T }),
         tuning,
-        3,
       );
-    const segmented = await adapterRun("per task LoRA(r: 16, alpha: 32.0)", true, ad.B);
-    const merged = await adapterRun("", false, ad.B);
-    const single = await adapterRun("LoRA(r: 16, alpha: 32.0)", false, ad.B / 8);
+    // The three are sampled in turns, so their ratios compare the same moments.
+    const runs = [
+      await adapterGraph("per task LoRA(r: 16, alpha: 32.0)", true, ad.B),
+      await adapterGraph("", false, ad.B),
+      await adapterGraph("LoRA(r: 16, alpha: 32.0)", false, ad.B / 8),
+    ];
+    for (let round = 0; round < 5; round++) for (const r of runs) await r.sample();
+    const [segmented, merged, single] = [
+      await runs[0]!.finish(5),
+      await runs[1]!.finish(5),
+      await runs[2]!.finish(5),
+    ];
     const separate = 8 * single.ms;
     lines.push(
       "",
