@@ -143,6 +143,11 @@ export class Executor {
   #destroyed = false;
   /** Waits for forward passes without Dawn's busy polling (runtime/gpu-wait.ts). */
   readonly #pacer = new CompletionPacer();
+  /**
+   * Forward passes submitted so far: the first one also compiles the shaders (lavapipe
+   * compiles at first dispatch), so its time says nothing about the next.
+   */
+  #forwards = 0;
 
   private constructor(
     ctx: GpuContext,
@@ -283,7 +288,9 @@ export class Executor {
     pass.end();
     const t0 = performance.now();
     device.queue.submit([encoder.finish()]);
-    await this.#pacer.wait(() => device.queue.onSubmittedWorkDone(), reps);
+    await this.#pacer.wait(() => device.queue.onSubmittedWorkDone(), reps, {
+      learn: this.#forwards++ > 0,
+    });
     return (performance.now() - t0) / reps;
   }
 
@@ -415,7 +422,7 @@ export class Executor {
     device.queue.submit([encoder.finish()]);
     const mapped = () => Promise.all(reads.map((r) => r.staging.mapAsync(GPUMapMode.READ)));
     // Timed runs wait kernel by kernel; a forward pass is paced as one piece of work.
-    await (this.#timing ? mapped() : this.#pacer.wait(mapped));
+    await (this.#timing ? mapped() : this.#pacer.wait(mapped, 1, { learn: this.#forwards++ > 0 }));
     const result = new Map<string, TensorData>();
     for (const { out, staging, bytes } of reads) {
       const copy = staging.getMappedRange(0, bytes).slice(0);

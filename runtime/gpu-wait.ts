@@ -17,27 +17,42 @@ const MIN_SLEEP_MS = 4;
 /** The share of the expected time to sleep: oversleeping would add latency. */
 const SLEEP_SHARE = 0.8;
 
+/** Work that finished within this long after the sleep probably finished during it. */
+const OVERSLEPT_MS = 1;
+
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /**
- * Paces waits for one repeated workload (an executor's forward pass): the expected time is
- * the last measured one per unit of work, so it follows the workload both ways (a slower call
- * raises it, a faster one lowers it by at least 1 - SLEEP_SHARE per call).
+ * Paces waits for one repeated workload (an executor's forward pass). The expected time is the
+ * last measured one per unit of work, so it follows the workload both ways: a slower call
+ * raises it; a call that was already done when the sleep ended (an overestimate) halves it.
  */
 export class CompletionPacer {
   #msPerUnit: number | undefined;
 
   /**
    * Waits for work submitted just before (`units` repetitions of the workload): sleeps part of
-   * the expected time, then awaits `done()`. Returns `done()`'s value.
+   * the expected time, then awaits `done()`. Returns `done()`'s value. With `learn: false` the
+   * call's time is not taken as the workload's (a first call that also compiles the shaders).
    */
-  async wait<T>(done: () => Promise<T>, units = 1): Promise<T> {
+  async wait<T>(done: () => Promise<T>, units = 1, { learn = true } = {}): Promise<T> {
     const t0 = performance.now();
     const expected = this.#msPerUnit === undefined ? 0 : this.#msPerUnit * units;
-    if (expected * SLEEP_SHARE >= MIN_SLEEP_MS) await sleep(expected * SLEEP_SHARE);
+    const slept = expected * SLEEP_SHARE >= MIN_SLEEP_MS;
+    if (slept) await sleep(expected * SLEEP_SHARE);
+    const woke = performance.now();
     const value = await done();
-    this.#msPerUnit = (performance.now() - t0) / units;
+    const end = performance.now();
+    if (learn) {
+      const overslept = slept && end - woke < OVERSLEPT_MS;
+      this.#msPerUnit = overslept ? this.#msPerUnit! / 2 : (end - t0) / units;
+    }
     return value;
+  }
+
+  /** The expected time of one unit of work, in ms (undefined until measured). */
+  get expectedMs(): number | undefined {
+    return this.#msPerUnit;
   }
 
   /** Forgets the expected time (the workload changed, e.g. static kernels will run again). */

@@ -51,6 +51,27 @@ describe("CompletionPacer", () => {
     await pending;
   });
 
+  it("does not learn from a call it is told to skip (a first call that compiles)", async () => {
+    const pacer = new CompletionPacer();
+    await pacer.wait(work(150).done, 1, { learn: false });
+    expect(pacer.expectedMs).toBeUndefined();
+    const w = work(10);
+    const pending = pacer.wait(w.done);
+    expect(w.log.askedAt).toBeGreaterThanOrEqual(0); // nothing learnt: asks at once
+    await pending;
+  });
+
+  it("halves its estimate when the work was already done as it woke", async () => {
+    const pacer = new CompletionPacer();
+    await pacer.wait(work(100).done);
+    const learnt = pacer.expectedMs!;
+    expect(learnt).toBeGreaterThanOrEqual(100 - 2);
+    const fast = work(5);
+    await pacer.wait(fast.done); // sleeps 80% of `learnt`: long after the work finished
+    expect(fast.log.askedAt).toBeGreaterThanOrEqual(0.8 * learnt - 2);
+    expect(pacer.expectedMs).toBe(learnt / 2);
+  });
+
   it("never sleeps for short work (a real GPU's)", async () => {
     const pacer = new CompletionPacer();
     await pacer.wait(work(0).done);
