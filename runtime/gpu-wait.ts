@@ -20,7 +20,10 @@ const SLEEP_SHARE = 0.8;
 /** Work that finished within this long after the sleep probably finished during it. */
 const OVERSLEPT_MS = 1;
 
-const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+const REAL_CLOCK = {
+  now: () => performance.now(),
+  sleep: (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms)),
+};
 
 /**
  * Paces waits for one repeated workload (an executor's forward pass). The expected time is the
@@ -29,6 +32,14 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  */
 export class CompletionPacer {
   #msPerUnit: number | undefined;
+  readonly #now: () => number;
+  readonly #sleep: (ms: number) => Promise<void>;
+
+  /** `clock` replaces the real one (tests). */
+  constructor(clock: { now: () => number; sleep: (ms: number) => Promise<void> } = REAL_CLOCK) {
+    this.#now = clock.now;
+    this.#sleep = clock.sleep;
+  }
 
   /**
    * Waits for work submitted just before (`units` repetitions of the workload): sleeps part of
@@ -36,13 +47,13 @@ export class CompletionPacer {
    * call's time is not taken as the workload's (a first call that also compiles the shaders).
    */
   async wait<T>(done: () => Promise<T>, units = 1, { learn = true } = {}): Promise<T> {
-    const t0 = performance.now();
+    const t0 = this.#now();
     const expected = this.#msPerUnit === undefined ? 0 : this.#msPerUnit * units;
     const slept = expected * SLEEP_SHARE >= MIN_SLEEP_MS;
-    if (slept) await sleep(expected * SLEEP_SHARE);
-    const woke = performance.now();
+    if (slept) await this.#sleep(expected * SLEEP_SHARE);
+    const woke = this.#now();
     const value = await done();
-    const end = performance.now();
+    const end = this.#now();
     if (learn) {
       const overslept = slept && end - woke < OVERSLEPT_MS;
       this.#msPerUnit = overslept ? this.#msPerUnit! / 2 : (end - t0) / units;

@@ -1,83 +1,118 @@
-// The completion pacer (runtime/gpu-wait.ts) without a device: `done` stands for Dawn's
-// completion promise, and the tests check when the pacer asks for it.
+// The completion pacer (runtime/gpu-wait.ts) without a device, on a simulated clock: `done`
+// stands for Dawn's completion promise, and the tests check when the pacer asks for it and
+// what it learns.
 import { describe, expect, it } from "vitest";
 
 import { CompletionPacer } from "../../runtime/gpu-wait.js";
 
-const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
-
-/** A stand-in for "the GPU finishes `ms` after submit": records when it was asked. */
-function work(ms: number) {
-  const start = performance.now();
-  const log = { askedAt: -1 };
-  const done = () => {
-    log.askedAt = performance.now() - start;
-    const left = ms - log.askedAt;
-    return left > 0 ? delay(left).then(() => "result") : Promise.resolve("result");
+/** A clock that only moves when the pacer sleeps or the simulated GPU work is awaited. */
+function simulated() {
+  let t = 0;
+  const clock = {
+    now: () => t,
+    sleep: async (ms: number) => {
+      t += ms;
+    },
   };
-  return { done, log };
+  /** Work submitted now that finishes `ms` later; `askedAt` is when the pacer asked. */
+  const work = (ms: number) => {
+    const finish = t + ms;
+    const log = { askedAt: -1, start: t };
+    const done = async () => {
+      log.askedAt = t - log.start;
+      t = Math.max(t, finish) + 0.2; // Dawn notices a finished submit a little later
+      return "result";
+    };
+    return { done, log };
+  };
+  return { clock, work };
 }
 
 describe("CompletionPacer", () => {
   it("asks at once when it has nothing to go by, and returns done()'s value", async () => {
-    const pacer = new CompletionPacer();
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
     const w = work(60);
-    const pending = pacer.wait(w.done);
-    // No sleep before the first call: done() was called synchronously.
-    expect(w.log.askedAt).toBeGreaterThanOrEqual(0);
-    expect(await pending).toBe("result");
+    expect(await pacer.wait(w.done)).toBe("result");
+    expect(w.log.askedAt).toBe(0);
+    expect(pacer.expectedMs).toBeCloseTo(60.2);
   });
 
-  it("then sleeps most of the last call's time before asking", async () => {
-    const pacer = new CompletionPacer();
+  it("then sleeps 80% of the last call's time before asking", async () => {
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
     await pacer.wait(work(60).done);
     const w = work(60);
-    const pending = pacer.wait(w.done);
-    expect(w.log.askedAt).toBe(-1); // sleeping, not polling
-    await pending;
-    expect(w.log.askedAt).toBeGreaterThanOrEqual(0.8 * 60 - 2);
+    await pacer.wait(w.done);
+    expect(w.log.askedAt).toBeCloseTo(0.8 * 60.2);
+    expect(pacer.expectedMs).toBeCloseTo(60.2); // still learning the work's own time
   });
 
-  it("scales with the units of work and forgets on reset", async () => {
-    const pacer = new CompletionPacer();
-    await pacer.wait(work(40).done, 2); // 20 ms per unit
-    const four = work(80);
-    await pacer.wait(four.done, 4);
-    expect(four.log.askedAt).toBeGreaterThanOrEqual(0.8 * 80 - 2);
-    pacer.reset();
-    const fresh = work(30);
-    const pending = pacer.wait(fresh.done);
-    expect(fresh.log.askedAt).toBeGreaterThanOrEqual(0);
-    await pending;
-  });
-
-  it("does not learn from a call it is told to skip (a first call that compiles)", async () => {
-    const pacer = new CompletionPacer();
-    await pacer.wait(work(150).done, 1, { learn: false });
-    expect(pacer.expectedMs).toBeUndefined();
-    const w = work(10);
-    const pending = pacer.wait(w.done);
-    expect(w.log.askedAt).toBeGreaterThanOrEqual(0); // nothing learnt: asks at once
-    await pending;
+  it("follows slower work up", async () => {
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
+    await pacer.wait(work(50).done);
+    await pacer.wait(work(90).done);
+    expect(pacer.expectedMs).toBeCloseTo(90.2);
   });
 
   it("halves its estimate when the work was already done as it woke", async () => {
-    const pacer = new CompletionPacer();
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
     await pacer.wait(work(100).done);
-    const learnt = pacer.expectedMs!;
-    expect(learnt).toBeGreaterThanOrEqual(100 - 2);
     const fast = work(5);
-    await pacer.wait(fast.done); // sleeps 80% of `learnt`: long after the work finished
-    expect(fast.log.askedAt).toBeGreaterThanOrEqual(0.8 * learnt - 2);
-    expect(pacer.expectedMs).toBe(learnt / 2);
+    await pacer.wait(fast.done); // sleeps 80 ms, long after the work finished
+    expect(fast.log.askedAt).toBeCloseTo(80.16);
+    expect(pacer.expectedMs).toBeCloseTo(100.2 / 2);
+    const next = work(5);
+    await pacer.wait(next.done);
+    expect(next.log.askedAt).toBeCloseTo(0.8 * 50.1);
+  });
+
+  it("scales with the units of work and forgets on reset", async () => {
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
+    await pacer.wait(work(40).done, 2);
+    expect(pacer.expectedMs).toBeCloseTo(20.1);
+    const four = work(80);
+    await pacer.wait(four.done, 4);
+    expect(four.log.askedAt).toBeCloseTo(0.8 * 4 * 20.1);
+    pacer.reset();
+    const fresh = work(30);
+    await pacer.wait(fresh.done);
+    expect(fresh.log.askedAt).toBe(0);
+  });
+
+  it("does not learn from a call it is told to skip (a first call that compiles)", async () => {
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
+    await pacer.wait(work(17_000).done, 1, { learn: false });
+    expect(pacer.expectedMs).toBeUndefined();
+    const w = work(10);
+    await pacer.wait(w.done);
+    expect(w.log.askedAt).toBe(0);
   });
 
   it("never sleeps for short work (a real GPU's)", async () => {
+    const { clock, work } = simulated();
+    const pacer = new CompletionPacer(clock);
+    await pacer.wait(work(3).done);
+    const w = work(3);
+    await pacer.wait(w.done);
+    expect(w.log.askedAt).toBe(0);
+  });
+
+  it("sleeps on the real clock too", async () => {
     const pacer = new CompletionPacer();
-    await pacer.wait(work(0).done);
-    const w = work(0);
-    const pending = pacer.wait(w.done);
-    expect(w.log.askedAt).toBeGreaterThanOrEqual(0);
+    const done = () => new Promise<string>((resolve) => setTimeout(() => resolve("x"), 30));
+    await pacer.wait(done);
+    let asked = false;
+    const pending = pacer.wait(() => {
+      asked = true;
+      return done();
+    });
+    expect(asked).toBe(false); // on a timer, not polling
     await pending;
+    expect(asked).toBe(true);
   });
 });
