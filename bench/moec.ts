@@ -10,8 +10,8 @@
  * - adapters (issue #5): 8 tasks' LoRA r=16 on every Linear of a d=768 block, one segmented
  *   forward against merged weights and against 8 per-task forwards.
  * Every moec program is checked against the reference interpreter before it is timed. The
- * block and the MoE layers are timed between the peers' timed calls (ratios pair each peer's
- * calls with the moec calls made between them: the VM's speed drifts).
+ * matmul, the block and the MoE layers are timed between the peers' timed calls (ratios pair
+ * each peer's calls with the moec calls made between them: the VM's speed drifts).
  */
 import * as path from "node:path";
 import { compileGraph } from "../compiler/compile-graph.js";
@@ -291,8 +291,8 @@ export async function benchMoec(): Promise<string[]> {
     );
     const log = (line: string) => process.stderr.write(`  … ${line}\n`);
 
-    // The block and the MoE layers are compiled and checked first, then timed between the
-    // peers' timed calls of the same workload: this VM's speed drifts by ±30% over minutes, so
+    // The matmul, the block and the MoE layers are compiled and checked first, then timed
+    // between the peers' timed calls of the same workload: this VM's speed drifts by ±30% over minutes, so
     // each ratio compares calls made at the same moments.
     const tc = DEFAULT_TRANSFORMER;
     const blockName = transformerName(tc);
@@ -312,10 +312,12 @@ export async function benchMoec(): Promise<string[]> {
     for (const [i, mc] of moeCases.entries()) {
       prepared.set(moeName(mc), await prepareGraph(ctx, moeGraphs[i]!, tuning));
     }
-    const mmVariant = matmulTier(tuning, 1, 1024, 1024, 1024).nn;
+    // The variant moec itself picks for a matmul this size.
+    const n = 1024;
+    const mm = matmulTier(tuning, 1, n, n, n).nn;
     prepared.set(
-      matmulName(1024, 1024, 1024),
-      await prepareGraph(ctx, matmulGraph(1024), withMatmulVariant(tuning, mmVariant)),
+      matmulName(n, n, n),
+      await prepareGraph(ctx, matmulGraph(n), withMatmulVariant(tuning, mm)),
     );
     // The expert GEMMs' yardstick: the same two GEMMs (k·T rows) as plain dense matmuls,
     // timed right after each MoE call.
@@ -343,9 +345,7 @@ export async function benchMoec(): Promise<string[]> {
     });
 
     // Matmul 1024³.
-    const n = 1024;
     const flops = 2 * n * n * n;
-    const mm = matmulTier(tuning, 1, n, n, n).nn;
     const matmul = await prepared.get(matmulName(n, n, n))!.finish(5);
     const naive = await timeGraph(
       ctx,

@@ -49,6 +49,25 @@ export interface BenchOptions {
  * timed batches after a warm-up run. Uses `variant` (name or object) for the matmul, or the
  * default tuning's choice for the layout.
  */
+/** Deterministic test data in [-0.5, 0.5) (timing only: the values do not matter). */
+function fill(len: number): Float32Array {
+  const x = new Float32Array(len);
+  for (let i = 0; i < len; i++) x[i] = ((i * 7919) % 1000) / 1000 - 0.5;
+  return x;
+}
+
+/**
+ * Milliseconds per forward pass of `exe` (after a call that compiled and uploaded): the best
+ * of 3 batches, each sized to about a third of `budgetMs`.
+ */
+async function bestTime(exe: Executor, budgetMs: number): Promise<number> {
+  const first = await exe.timeKernels(1);
+  const reps = Math.max(1, Math.min(50, Math.floor(budgetMs / 3 / Math.max(first, 0.01))));
+  let best = first;
+  for (let trial = 0; trial < 3; trial++) best = Math.min(best, await exe.timeKernels(reps));
+  return best;
+}
+
 export async function benchMatmul(
   ctx: GpuContext,
   m: number,
@@ -74,20 +93,11 @@ export async function benchMatmul(
   });
   const exe = await Executor.create(ctx, program);
   try {
-    const fill = (len: number) => {
-      const x = new Float32Array(len);
-      for (let i = 0; i < len; i++) x[i] = ((i * 7919) % 1000) / 1000 - 0.5;
-      return x;
-    };
     if (layout === "nt") exe.setParams({ w: fill(n * k) });
     const inputs: Record<string, Float32Array> = { a: fill(m * k) };
     if (layout === "nn") inputs.b = fill(k * n);
     await exe.run(inputs); // compiles lazily-built driver state, uploads the inputs
-    const budget = options.budgetMs ?? 300;
-    const first = await exe.timeKernels(1);
-    const reps = Math.max(1, Math.min(50, Math.floor(budget / 3 / Math.max(first, 0.01))));
-    let best = first;
-    for (let trial = 0; trial < 3; trial++) best = Math.min(best, await exe.timeKernels(reps));
+    const best = await bestTime(exe, options.budgetMs ?? 300);
     return (2 * m * n * k) / (best * 1e6);
   } finally {
     exe.destroy();
@@ -117,15 +127,8 @@ export async function benchElementwise(
   const program = compileGraph(b.finish(), ctx.limits, { tuning: { ...DEFAULT_TUNING, ...shape } });
   const exe = await Executor.create(ctx, program);
   try {
-    const data = new Float32Array(512 * 768);
-    for (let i = 0; i < data.length; i++) data[i] = ((i * 7919) % 1000) / 1000 - 0.5;
-    await exe.run({ x: data });
-    const first = await exe.timeKernels(1);
-    const budget = options.budgetMs ?? 150;
-    const reps = Math.max(1, Math.min(50, Math.floor(budget / 3 / Math.max(first, 0.01))));
-    let best = first;
-    for (let trial = 0; trial < 3; trial++) best = Math.min(best, await exe.timeKernels(reps));
-    return best;
+    await exe.run({ x: fill(512 * 768) });
+    return await bestTime(exe, options.budgetMs ?? 150);
   } finally {
     exe.destroy();
   }
@@ -305,13 +308,10 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
   }
   const tuning: Tuning = {
     ...DEFAULT_TUNING,
+    ...elementwise,
     adapter: ctx.info.description || ctx.info.device,
     matmul,
     largeMatmul,
-    mapThreads: elementwise.mapThreads,
-    mapItems: elementwise.mapItems,
-    rowThreads: elementwise.rowThreads,
-    rowsPerWorkgroup: elementwise.rowsPerWorkgroup,
   };
   // Re-read just before writing so entries other processes added meanwhile survive.
   const cache = readCache(file);

@@ -145,7 +145,8 @@ export class Executor {
   readonly #pacer = new CompletionPacer();
   /**
    * Forward passes submitted so far: the first one also compiles the shaders (lavapipe
-   * compiles at first dispatch), so its time says nothing about the next.
+   * compiles at first dispatch), so its time says nothing about the next, and the pacer does
+   * not learn from it.
    */
   #forwards = 0;
 
@@ -253,10 +254,10 @@ export class Executor {
     device.pushErrorScope("validation");
     let result: Map<string, TensorData> | undefined;
     try {
+      // A call that also runs the static kernels takes longer than the ones after it.
+      const steady = this.#forwards++ > 0 && !this.#staticStale;
       if (this.#timing) await this.#runTimed();
       else {
-        // A call that also runs the static kernels takes longer than the ones after it.
-        if (this.#staticStale) this.#pacer.reset();
         const encoder = device.createCommandEncoder({ label: "moec forward" });
         const pass = encoder.beginComputePass();
         for (const k of this.#kernels)
@@ -265,7 +266,7 @@ export class Executor {
         device.queue.submit([encoder.finish()]);
       }
       this.#staticStale = false;
-      result = await this.#readOutputs();
+      result = await this.#readOutputs(steady);
     } finally {
       const err = await device.popErrorScope();
       if (err) throw new Error(`GPU validation error while running the program: ${err.message}`);
@@ -401,7 +402,8 @@ export class Executor {
     s.lastMs = ms;
   }
 
-  async #readOutputs(): Promise<Map<string, TensorData>> {
+  /** `steady`: the forward pass just submitted is one the pacer may learn from. */
+  async #readOutputs(steady: boolean): Promise<Map<string, TensorData>> {
     const device = this.#ctx.device;
     const encoder = device.createCommandEncoder({ label: "moec read back" });
     const reads: { out: ProgramTensor; staging: GPUBuffer; bytes: number }[] = [];
@@ -422,7 +424,7 @@ export class Executor {
     device.queue.submit([encoder.finish()]);
     const mapped = () => Promise.all(reads.map((r) => r.staging.mapAsync(GPUMapMode.READ)));
     // Timed runs wait kernel by kernel; a forward pass is paced as one piece of work.
-    await (this.#timing ? mapped() : this.#pacer.wait(mapped, 1, { learn: this.#forwards++ > 0 }));
+    await (this.#timing ? mapped() : this.#pacer.wait(mapped, 1, { learn: steady }));
     const result = new Map<string, TensorData>();
     for (const { out, staging, bytes } of reads) {
       const copy = staging.getMappedRange(0, bytes).slice(0);

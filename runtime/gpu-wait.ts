@@ -65,9 +65,4 @@ export class CompletionPacer {
   get expectedMs(): number | undefined {
     return this.#msPerUnit;
   }
-
-  /** Forgets the expected time (the workload changed, e.g. static kernels will run again). */
-  reset(): void {
-    this.#msPerUnit = undefined;
-  }
 }

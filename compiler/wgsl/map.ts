@@ -1,9 +1,9 @@
 /**
  * One invocation per output element (or per `launch.items` elements, in a loop): the
- * elementwise-map template (fused elementwise chains,
- * copies of views, gather, concat, iota, masks, constant fills), the reduction along a
- * non-last axis (a loop per output element, with its epilogue), and scatter_add (one
- * invocation per column, so no two invocations ever add into the same element).
+ * elementwise-map template (fused elementwise chains, copies of views, gather, concat, iota,
+ * masks, constant fills), the reduction along a non-last axis (a loop per output element,
+ * with its epilogue), and scatter_add (one invocation per column, so no two invocations ever
+ * add into the same element).
  */
 import { numel } from "../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";

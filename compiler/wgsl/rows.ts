@@ -7,6 +7,7 @@
  * A last loop evaluates and stores the root. With `launch.rowsPerWorkgroup` each invocation
  * owns a whole row instead (no workgroup memory, no barriers).
  */
+import { numel } from "../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   Block,
@@ -41,7 +42,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
   const body: string[] = solo
     ? [
         `  let row = wg * ${u32(solo)} + lidx;`,
-        `  if (row >= ${u32(rowShape.reduce((a, d) => a * d, 1))}) {`,
+        `  if (row >= ${u32(numel(rowShape))}) {`,
         `    return;`,
         `  }`,
       ]

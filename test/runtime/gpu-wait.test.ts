@@ -5,7 +5,9 @@ import { describe, expect, it } from "vitest";
 
 import { CompletionPacer } from "../../runtime/gpu-wait.js";
 
-/** A clock that only moves when the pacer sleeps or the simulated GPU work is awaited. */
+/**
+ * A pacer on a clock that only moves when it sleeps or awaits the simulated GPU work.
+ */
 function simulated() {
   let t = 0;
   const clock = {
@@ -25,13 +27,12 @@ function simulated() {
     };
     return { done, log };
   };
-  return { clock, work };
+  return { pacer: new CompletionPacer(clock), work };
 }
 
 describe("CompletionPacer", () => {
   it("asks at once when it has nothing to go by, and returns done()'s value", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     const w = work(60);
     expect(await pacer.wait(w.done)).toBe("result");
     expect(w.log.askedAt).toBe(0);
@@ -39,8 +40,7 @@ describe("CompletionPacer", () => {
   });
 
   it("then sleeps 80% of the last call's time before asking", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     await pacer.wait(work(60).done);
     const w = work(60);
     await pacer.wait(w.done);
@@ -49,16 +49,14 @@ describe("CompletionPacer", () => {
   });
 
   it("follows slower work up", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     await pacer.wait(work(50).done);
     await pacer.wait(work(90).done);
     expect(pacer.expectedMs).toBeCloseTo(90.2);
   });
 
   it("halves its estimate when the work was already done as it woke", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     await pacer.wait(work(100).done);
     const fast = work(5);
     await pacer.wait(fast.done); // sleeps 80 ms, long after the work finished
@@ -69,23 +67,17 @@ describe("CompletionPacer", () => {
     expect(next.log.askedAt).toBeCloseTo(0.8 * 50.1);
   });
 
-  it("scales with the units of work and forgets on reset", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+  it("scales with the units of work", async () => {
+    const { pacer, work } = simulated();
     await pacer.wait(work(40).done, 2);
     expect(pacer.expectedMs).toBeCloseTo(20.1);
     const four = work(80);
     await pacer.wait(four.done, 4);
     expect(four.log.askedAt).toBeCloseTo(0.8 * 4 * 20.1);
-    pacer.reset();
-    const fresh = work(30);
-    await pacer.wait(fresh.done);
-    expect(fresh.log.askedAt).toBe(0);
   });
 
   it("does not learn from a call it is told to skip (a first call that compiles)", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     await pacer.wait(work(17_000).done, 1, { learn: false });
     expect(pacer.expectedMs).toBeUndefined();
     const w = work(10);
@@ -94,8 +86,7 @@ describe("CompletionPacer", () => {
   });
 
   it("never sleeps for short work (a real GPU's)", async () => {
-    const { clock, work } = simulated();
-    const pacer = new CompletionPacer(clock);
+    const { pacer, work } = simulated();
     await pacer.wait(work(3).done);
     const w = work(3);
     await pacer.wait(w.done);
