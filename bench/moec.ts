@@ -14,7 +14,7 @@
  * each peer's calls with the moec calls made between them: the VM's speed drifts).
  */
 import * as path from "node:path";
-import { compileGraph } from "../compiler/compile-graph.js";
+import { compileGraph } from "../compiler/kernels/compile-graph.js";
 import { IrBuilder } from "../compiler/ir/builder.js";
 import type { IrGraph } from "../compiler/ir/graph.js";
 import { analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
@@ -24,7 +24,7 @@ import {
   matmulTier,
   matmulVariant,
   withMatmulVariant,
-} from "../compiler/wgsl/variants.js";
+} from "../compiler/kernels/wgsl/variants.js";
 import { loadTuning } from "../runtime/autotune.js";
 import { type GpuContext, adapterSummary, openDevice } from "../runtime/device.js";
 import { Executor, type TensorData } from "../runtime/executor.js";

@@ -5,11 +5,11 @@
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { type CompiledProgram, compileGraph } from "../compiler/compile-graph.js";
+import { type CompiledProgram, compileGraph } from "../compiler/kernels/compile-graph.js";
 import type { IrGraph } from "../compiler/ir/graph.js";
-import { WEBGPU_DEFAULT_LIMITS } from "../compiler/plan-buffers.js";
-import { DEFAULT_TUNING } from "../compiler/wgsl/variants.js";
-import type { LoweredInput, LoweredModel } from "../compiler/lower-model.js";
+import { WEBGPU_DEFAULT_LIMITS } from "../compiler/kernels/plan-buffers.js";
+import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
+import type { LoweredInput, LoweredModel } from "../compiler/lower/lower-model.js";
 import { type FileData, writeDirAtomic } from "../runtime/atomic-write.js";
 import { CliError } from "./report.js";
 

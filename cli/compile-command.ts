@@ -6,7 +6,7 @@ import * as path from "node:path";
 import { printGraph } from "../compiler/ir/print.js";
 import { compileForBundle, writeBundle } from "./bundle.js";
 import { type ModelOptions, lowerFromSource } from "./model-options.js";
-import { LimitError } from "../compiler/plan-buffers.js";
+import { LimitError } from "../compiler/kernels/plan-buffers.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
 export interface CompileOptions extends ModelOptions {

@@ -11,7 +11,7 @@
  */
 import * as fs from "node:fs";
 import { hasErrors, renderDiagnostics, type Diagnostic } from "../compiler/diagnostics.js";
-import { formatSource, FormatterError } from "../compiler/format-source.js";
+import { formatSource, FormatterError } from "../compiler/format/format-source.js";
 import { writeFileAtomic } from "../runtime/atomic-write.js";
 import { resolveInputFiles } from "./check-command.js";
 import {

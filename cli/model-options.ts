@@ -3,7 +3,7 @@
  * (`--set`) and the sizes of its free input dims (`--dim`), and lowering with them.
  */
 import { hasErrors } from "../compiler/diagnostics.js";
-import type { LoweredModel } from "../compiler/lower-model.js";
+import type { LoweredModel } from "../compiler/lower/lower-model.js";
 import { type Analysis, analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
 import { resolveInputFiles } from "./check-command.js";
 import { parseOverride } from "./params-command.js";

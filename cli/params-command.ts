@@ -1,9 +1,9 @@
 /** `moec params FILE [--model M]`: every parameter, totals, active per token, per-task cost. */
 import { hasErrors } from "../compiler/diagnostics.js";
-import { dimConst } from "../compiler/dims.js";
+import { dimConst } from "../compiler/check/dims.js";
 import { analyze, elaborate, nodeFileSystem, reportParams } from "../compiler/pipeline.js";
-import type { ParamReport } from "../compiler/count-params.js";
-import type { Value } from "../compiler/values.js";
+import type { ParamReport } from "../compiler/check/count-params.js";
+import type { Value } from "../compiler/check/values.js";
 import { resolveInputFiles } from "./check-command.js";
 import {
   CliError,

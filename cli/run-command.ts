@@ -7,8 +7,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import type { IrGraph } from "../compiler/ir/graph.js";
-import { LimitError } from "../compiler/plan-buffers.js";
-import { type LoweredInput, ROUTING_PREFIX } from "../compiler/lower-model.js";
+import { LimitError } from "../compiler/kernels/plan-buffers.js";
+import { type LoweredInput, ROUTING_PREFIX } from "../compiler/lower/lower-model.js";
 import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
 import {
   checksum,

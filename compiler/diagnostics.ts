@@ -3,7 +3,7 @@
  * rustc/Gleam style (`error[E0302]: ...`, `--> file:line:col`, the source line, carets, hint).
  * Every code here is documented in docs/errors.md and exercised by test/compiler/errors.test.ts.
  */
-import type { Span } from "../grammar/ast.js";
+import type { Span } from "../grammar/span.js";
 
 export type Severity = "error" | "warning" | "note";
 

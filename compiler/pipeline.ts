@@ -6,24 +6,24 @@
  *          ─elaborate─▶ concrete model ─count─▶ parameter report
  *          ─lower─▶ tensor IR ─fuse─▶ kernels ─plan─▶ buffers, dispatches ─emit─▶ WGSL
  *
- * The last three are compileGraph's (compiler/compile-graph.ts); the runtime executes the result.
+ * The last three are compileGraph's (compiler/kernels/compile-graph.ts); the runtime executes the result.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { checkProgram, type CheckedProgram, guardDepth } from "./check-program.js";
-import { countParams, type ParamReport } from "./count-params.js";
+import { checkProgram, type CheckedProgram, guardDepth } from "./check/check-program.js";
+import { countParams, type ParamReport } from "./check/count-params.js";
 import { type Diagnostic, hasErrors } from "./diagnostics.js";
 import {
   type ElaboratedModel,
   elaborateModel,
   listModels,
   selectModel,
-} from "./elaborate-model.js";
-import { type FileSystemView, type ModuleGraph, loadModules } from "./load-modules.js";
-import { type LowerOptions, type LoweredModel, lowerModel } from "./lower-model.js";
-import { type ResolvedProgram, resolveNames } from "./resolve-names.js";
-import type { Value } from "./values.js";
+} from "./check/elaborate-model.js";
+import { type FileSystemView, type ModuleGraph, loadModules } from "./check/load-modules.js";
+import { type LowerOptions, type LoweredModel, lowerModel } from "./lower/lower-model.js";
+import { type ResolvedProgram, resolveNames } from "./check/resolve-names.js";
+import type { Value } from "./check/values.js";
 
 /** Everything the front end knows about a set of entry files. */
 export interface Analysis {

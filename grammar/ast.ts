@@ -4,11 +4,9 @@
  * no parent pointers), so it can be compared, printed as a golden file and cached per document.
  */
 
-/** A half-open range of source text: `start` inclusive, `end` exclusive, both 0-based offsets. */
-export interface Span {
-  start: number;
-  end: number;
-}
+import type { Span } from "./span.js";
+
+export type { Span };
 
 /** A name as written, with its span (used for definitions and references alike). */
 export interface Ident {
@@ -325,11 +323,4 @@ export interface ErrorExpr {
 export interface Comment {
   text: string;
   span: Span;
-}
-
-/** The parser's result: the tree, the comments (for the formatter) and syntax diagnostics. */
-export interface ParseResult {
-  file: SourceFile;
-  comments: Comment[];
-  diagnostics: import("../compiler/diagnostics.js").Diagnostic[];
 }

@@ -5,11 +5,18 @@
  * reused, only their input changes). Never throws and always terminates, whatever the input.
  */
 import type { IToken } from "chevrotain";
-import type { Comment, Item, ParseResult } from "./ast.js";
+import type { Comment, Item, SourceFile } from "./ast.js";
 import { diagnostic, type Diagnostic } from "../compiler/diagnostics.js";
 import { itemBuilder, sourceFile } from "./build-ast.js";
 import { tokenEnd, tokenize } from "./lexer.js";
 import { moeParser, newParseState, prescan } from "./parser.js";
+
+/** The parser's result: the tree, the comments (for the formatter) and syntax diagnostics. */
+export interface ParseResult {
+  file: SourceFile;
+  comments: Comment[];
+  diagnostics: Diagnostic[];
+}
 
 export function parseSource(text: string, path: string): ParseResult {
   try {

@@ -4,7 +4,7 @@
  *
  * Which variant is fastest depends on the hardware far more than on the model: on lavapipe
  * (CPU emulation) barrier-free register blocks win by an order of magnitude, on real GPUs
- * shared-memory tiles do. `autotune(ctx)` times every candidate (compiler/wgsl/variants.ts) on
+ * shared-memory tiles do. `autotune(ctx)` times every candidate (compiler/kernels/wgsl/variants.ts) on
  * a few representative shapes for both operand layouts and caches the winners in
  * `$MOEC_CACHE_DIR/autotune.json` (default `~/.cache/moec/`), keyed by the adapter's identity
  * (vendor, architecture, device, description) and the template version, so later runs on the
@@ -15,7 +15,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 
-import { compileGraph } from "../compiler/compile-graph.js";
+import { compileGraph } from "../compiler/kernels/compile-graph.js";
 import { IrBuilder } from "../compiler/ir/builder.js";
 import {
   DEFAULT_TUNING,
@@ -28,7 +28,7 @@ import {
   type Tuning,
   matmulVariant,
   withMatmulVariant,
-} from "../compiler/wgsl/variants.js";
+} from "../compiler/kernels/wgsl/variants.js";
 import type { GpuContext } from "./device.js";
 import { Executor } from "./executor.js";
 
@@ -191,7 +191,7 @@ export interface AutotuneOptions {
   cacheDir?: string;
   /** Measure even when the cache has an entry for this adapter. */
   force?: boolean;
-  /** Candidates for every matmul (default: the variants of compiler/wgsl/variants.ts). */
+  /** Candidates for every matmul (default: the variants of compiler/kernels/wgsl/variants.ts). */
   variants?: readonly MatmulVariant[];
   /** [m, n, k] shapes to time them on; the score is the geometric mean of GFLOP/s. */
   shapes?: [number, number, number][];

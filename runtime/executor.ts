@@ -1,5 +1,5 @@
 /**
- * Runs a compiled program (compiler/compile-graph.ts) on a WebGPU device.
+ * Runs a compiled program (compiler/kernels/compile-graph.ts) on a WebGPU device.
  *
  *   const exe = await Executor.create(ctx, program);
  *   exe.setParams(weights);                 // uploaded once
@@ -18,8 +18,8 @@
  * Shader compilation errors are never swallowed: they surface as a ShaderError whose message
  * has `kernel:line:col: message` and the offending source line.
  */
-import type { CompiledProgram, ProgramTensor } from "../compiler/compile-graph.js";
-import type { EmittedKernel } from "../compiler/emit-wgsl.js";
+import type { CompiledProgram, ProgramTensor } from "../compiler/kernels/compile-graph.js";
+import type { EmittedKernel } from "../compiler/kernels/emit-wgsl.js";
 import type { GpuContext } from "./device.js";
 import { CompletionPacer } from "./gpu-wait.js";
 

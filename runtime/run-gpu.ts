@@ -4,9 +4,9 @@
  * (or take a bundle's kernels as compiled), upload weights once, run, read back.
  */
 import { performance } from "node:perf_hooks";
-import { type CompiledProgram, compileGraph } from "../compiler/compile-graph.js";
+import { type CompiledProgram, compileGraph } from "../compiler/kernels/compile-graph.js";
 import type { IrGraph } from "../compiler/ir/graph.js";
-import { DEFAULT_TUNING } from "../compiler/wgsl/variants.js";
+import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
 import { autotune, loadTuning } from "./autotune.js";
 import { adapterSummary, openDevice } from "./device.js";
 import { Executor, type TensorData } from "./executor.js";

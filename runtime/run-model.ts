@@ -4,7 +4,7 @@
  * reference interpreter. Shared by `moec run` and the tests.
  */
 import type { IrGraph } from "../compiler/ir/graph.js";
-import type { LoweredInput } from "../compiler/lower-model.js";
+import type { LoweredInput } from "../compiler/lower/lower-model.js";
 import { type HostTensor, interpret } from "./reference/interpret.js";
 import { type SafetensorsFile, WeightsError } from "./safetensors.js";
 import {

@@ -4,7 +4,7 @@
  * Also seeded random inputs for runs and tests. Random streams are keyed by (seed, name), so
  * adding, removing or reordering parameters never changes the values of the others.
  */
-import type { DType } from "../compiler/values.js";
+import type { DType } from "../compiler/check/values.js";
 import {
   type SafetensorsDtype,
   type SafetensorsFile,

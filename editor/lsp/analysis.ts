@@ -8,24 +8,24 @@
  * Recording only on request keeps the re-check after a keystroke to the diagnostics' work.
  */
 import type { ComponentDecl, Expr, TrainDecl } from "../../grammar/ast.js";
-import { checkProgram, guardDepth } from "../../compiler/check-program.js";
-import { countParams, type ParamReport } from "../../compiler/count-params.js";
+import { checkProgram, guardDepth } from "../../compiler/check/check-program.js";
+import { countParams, type ParamReport } from "../../compiler/check/count-params.js";
 import { type Diagnostic, hasErrors } from "../../compiler/diagnostics.js";
 import {
   type ElaboratedModel,
   elaborateModel,
   listModels,
-} from "../../compiler/elaborate-model.js";
-import { Evaluator, type NameReference } from "../../compiler/evaluator.js";
+} from "../../compiler/check/elaborate-model.js";
+import { Evaluator, type NameReference } from "../../compiler/check/evaluator.js";
 import {
   type FileSystemView,
   type ModuleGraph,
   type ParseFunction,
   loadModules,
-} from "../../compiler/load-modules.js";
-import { type ResolvedProgram, resolveNames } from "../../compiler/resolve-names.js";
-import type { Unifier } from "../../compiler/unify.js";
-import type { Instance, Value } from "../../compiler/values.js";
+} from "../../compiler/check/load-modules.js";
+import { type ResolvedProgram, resolveNames } from "../../compiler/check/resolve-names.js";
+import type { Unifier } from "../../compiler/check/unify.js";
+import type { Instance, Value } from "../../compiler/check/values.js";
 import type { CheckCache } from "./check-cache.js";
 import { SymbolIndex } from "./symbol-index.js";
 

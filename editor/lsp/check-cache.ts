@@ -13,10 +13,10 @@
  * file) `checkProgram` runs on everything.
  */
 import type { ComponentDecl, Item, TrainDecl } from "../../grammar/ast.js";
-import { checkProgram, guardDepth } from "../../compiler/check-program.js";
+import { checkProgram, guardDepth } from "../../compiler/check/check-program.js";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
-import { Evaluator } from "../../compiler/evaluator.js";
-import type { ModuleScope, ResolvedProgram } from "../../compiler/resolve-names.js";
+import { Evaluator } from "../../compiler/check/evaluator.js";
+import type { ModuleScope, ResolvedProgram } from "../../compiler/check/resolve-names.js";
 
 type Body = ComponentDecl | TrainDecl;
 

@@ -5,7 +5,7 @@
  * errors, the last count of a model with the same name is shown.
  */
 import type { CodeLens } from "vscode-languageserver/node";
-import type { ParamReport } from "../../compiler/count-params.js";
+import type { ParamReport } from "../../compiler/check/count-params.js";
 import { shortCount } from "./symbol-text.js";
 import type { DocumentView } from "./workspace.js";
 

@@ -27,9 +27,9 @@ import type {
   SourceFile,
   TrainDecl,
 } from "../../grammar/ast.js";
-import { BUILTINS } from "../../compiler/builtins.js";
-import { stdModulePath } from "../../compiler/load-modules.js";
-import { DTYPES } from "../../compiler/values.js";
+import { BUILTINS } from "../../compiler/check/builtins.js";
+import { stdModulePath } from "../../compiler/check/load-modules.js";
+import { DTYPES } from "../../compiler/check/values.js";
 import type { EditorAnalysis } from "./analysis.js";
 import { allStatements, enclosingBody } from "./ast-walk.js";
 import { offsetToPosition } from "./positions.js";

@@ -1,5 +1,5 @@
 /**
- * Document formatting with the compiler's formatter (`compiler/format-source.ts`, the code
+ * Document formatting with the compiler's formatter (`compiler/format/format-source.ts`, the code
  * `moec fmt` and the Prettier plugin run): one edit replacing the whole text, none when the
  * text is already formatted or has syntax errors. The formatter (and Prettier's printer under
  * it) is loaded on the first request, so the server starts without it.
@@ -8,14 +8,14 @@ import type { TextEdit } from "vscode-languageserver/node";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
 import type { OpenDocument } from "./workspace.js";
 
-/** `formatSource` of compiler/format-source.ts. */
+/** `formatSource` of compiler/format/format-source.ts. */
 type FormatSource = (
   text: string,
   path?: string,
 ) => { formatted: string; diagnostics: Diagnostic[] };
 
 // A computed specifier: the formatter is looked up when first needed, not when compiling.
-const FORMATTER = "../../compiler/format-source.js";
+const FORMATTER = "../../compiler/format/format-source.js";
 let formatter: Promise<FormatSource> | undefined;
 
 export async function formatDocument(doc: OpenDocument): Promise<TextEdit[]> {

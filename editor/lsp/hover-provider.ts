@@ -5,7 +5,7 @@
  */
 import type { Hover } from "vscode-languageserver/node";
 import type { Binding, ComponentDecl, Expr, ParamDecl, SourceFile } from "../../grammar/ast.js";
-import { BUILTINS } from "../../compiler/builtins.js";
+import { BUILTINS } from "../../compiler/check/builtins.js";
 import type { EditorAnalysis } from "./analysis.js";
 import { isExpr, nodePathAt } from "./ast-walk.js";
 import type { SymbolDecl } from "./symbol-index.js";

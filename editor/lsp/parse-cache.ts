@@ -10,7 +10,8 @@
  * an unchanged item, so no token, comment or doc comment crosses its edges, and whatever
  * starts an item cannot continue the one before it. Everything else falls back to a full parse.
  */
-import type { Comment, Item, ParseResult, Span } from "../../grammar/ast.js";
+import type { Comment, Item, Span } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
 import { parseSource } from "../../grammar/parse.js";
 
 interface Entry {

@@ -10,8 +10,8 @@ import {
   type SemanticTokensLegend,
 } from "vscode-languageserver/node";
 import type { IToken } from "chevrotain";
-import { BUILTINS } from "../../compiler/builtins.js";
-import { DTYPES } from "../../compiler/values.js";
+import { BUILTINS } from "../../compiler/check/builtins.js";
+import { DTYPES } from "../../compiler/check/values.js";
 import {
   Identifier,
   LineComment,

@@ -14,7 +14,7 @@ import {
   TextDocumentSyncKind,
   createConnection,
 } from "vscode-languageserver/node";
-import type { ParamReport } from "../../compiler/count-params.js";
+import type { ParamReport } from "../../compiler/check/count-params.js";
 import { codeActions } from "./code-action-provider.js";
 import { codeLenses } from "./code-lens-provider.js";
 import { completion } from "./completion-provider.js";

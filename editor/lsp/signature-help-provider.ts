@@ -8,7 +8,7 @@ import type {
   SignatureHelp,
   SignatureInformation,
 } from "vscode-languageserver/node";
-import { BUILTINS } from "../../compiler/builtins.js";
+import { BUILTINS } from "../../compiler/check/builtins.js";
 import { allStatements } from "./ast-walk.js";
 import { CompletionContext } from "./completion-provider.js";
 import { paramText, sourceText, tensorText } from "./symbol-text.js";

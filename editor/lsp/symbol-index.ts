@@ -19,9 +19,10 @@ import type {
   TrainDecl,
   WeightDecl,
 } from "../../grammar/ast.js";
-import type { ReferenceKind } from "../../compiler/evaluator.js";
+import type { NameReference, ReferenceKind } from "../../compiler/check/evaluator.js";
+import type { ModuleGraph } from "../../compiler/check/load-modules.js";
+import type { ResolvedProgram } from "../../compiler/check/resolve-names.js";
 import { allStatements, forEachNode } from "./ast-walk.js";
-import type { EditorAnalysis } from "./analysis.js";
 
 export type SymbolKind = ReferenceKind | "module";
 
@@ -89,6 +90,13 @@ interface Use {
   targetStart: number;
 }
 
+/** What the index reads of an analysis (EditorAnalysis has it; the index never imports it). */
+export interface IndexedAnalysis {
+  readonly graph: ModuleGraph;
+  readonly program: ResolvedProgram;
+  entryReferences(): NameReference[];
+}
+
 export class SymbolIndex {
   readonly declarations = new Map<string, SymbolDecl>();
   private readonly decls = new SpanMap<SymbolDecl>();
@@ -96,7 +104,7 @@ export class SymbolIndex {
   private readonly byFile = new Map<string, Occurrence[]>();
   private readonly byKey = new Map<string, Occurrence[]>();
 
-  constructor(readonly analysis: EditorAnalysis) {
+  constructor(readonly analysis: IndexedAnalysis) {
     for (const mod of analysis.graph.modules.values()) this.collectDeclarations(mod.file);
     for (const r of analysis.entryReferences()) {
       const t = r.target;

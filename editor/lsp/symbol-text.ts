@@ -4,9 +4,9 @@
  * values with their inferred dtype and symbolic shape (`f32[B, T, d]`).
  */
 import type { ComponentDecl, ParamDecl, Span, TrainDecl } from "../../grammar/ast.js";
-import { formatDim } from "../../compiler/dims.js";
-import type { Unifier } from "../../compiler/unify.js";
-import { type TensorType, type Value, formatTensorType } from "../../compiler/values.js";
+import { formatDim } from "../../compiler/check/dims.js";
+import type { Unifier } from "../../compiler/check/unify.js";
+import { type TensorType, type Value, formatTensorType } from "../../compiler/check/values.js";
 
 /** Source text of a span, with runs of whitespace collapsed (multi-line headers read on one line). */
 export function sourceText(text: string, span: Span): string {

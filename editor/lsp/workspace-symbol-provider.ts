@@ -3,7 +3,7 @@
  * open documents and of the standard library, matched by a case-insensitive subsequence.
  */
 import { type SymbolInformation, SymbolKind } from "vscode-languageserver/node";
-import { stdModulePath } from "../../compiler/load-modules.js";
+import { stdModulePath } from "../../compiler/check/load-modules.js";
 import { lineMapFor, spanToRange } from "./positions.js";
 import type { Workspace } from "./workspace.js";
 

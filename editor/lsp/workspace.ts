@@ -11,7 +11,7 @@ import * as path from "node:path";
 import type { TextDocumentContentChangeEvent } from "vscode-languageserver/node";
 import { TextDocument } from "vscode-languageserver-textdocument";
 import type { LineMap } from "../../compiler/diagnostics.js";
-import type { FileSystemView } from "../../compiler/load-modules.js";
+import type { FileSystemView } from "../../compiler/check/load-modules.js";
 import { nodeFileSystem } from "../../compiler/pipeline.js";
 import type { Span } from "../../grammar/ast.js";
 import { type EditorAnalysis, analyzeDocument } from "./analysis.js";

@@ -3,7 +3,7 @@
  *
  * The parser wraps `parseSource` (a syntax error becomes Prettier's syntax error, with its
  * line and column); the printer returns the document of the whole file built by
- * compiler/format-source.ts, the same code as `moec fmt`, so both format identically (the
+ * compiler/format/format-source.ts, the same code as `moec fmt`, so both format identically (the
  * plugin follows Prettier's `printWidth`, `tabWidth`, `useTabs` and `endOfLine` options;
  * `moec fmt` uses 100, 2, spaces and the file's own line ending).
  */
@@ -16,9 +16,9 @@ import type {
   Printer,
   SupportLanguage,
 } from "prettier";
-import type { ParseResult } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
 import { hasErrors, LineMap } from "../../compiler/diagnostics.js";
-import { DEFAULT_PRINT_WIDTH, formatDocument } from "../../compiler/format-source.js";
+import { DEFAULT_PRINT_WIDTH, formatDocument } from "../../compiler/format/format-source.js";
 import { parseSource } from "../../grammar/parse.js";
 
 /** The plugin's AST: the whole parsed file (the printer lays it out in one piece). */

@@ -3,8 +3,8 @@
 // test/runtime/kernels.test.ts.
 import { describe, expect, it } from "vitest";
 
-import { compileGraph } from "../../compiler/compile-graph.js";
-import { fuseKernels, reshapeView } from "../../compiler/fuse-kernels.js";
+import { compileGraph } from "../../compiler/kernels/compile-graph.js";
+import { fuseKernels, reshapeView } from "../../compiler/kernels/fuse-kernels.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import {
@@ -12,8 +12,8 @@ import {
   WEBGPU_DEFAULT_LIMITS,
   planBuffers,
   spreadGrid,
-} from "../../compiler/plan-buffers.js";
-import { DEFAULT_TUNING, matmulVariant, withMatmulVariant } from "../../compiler/wgsl/variants.js";
+} from "../../compiler/kernels/plan-buffers.js";
+import { DEFAULT_TUNING, matmulVariant, withMatmulVariant } from "../../compiler/kernels/wgsl/variants.js";
 import { linear, transformerBlockGraph } from "../runtime/model-graphs.js";
 
 function graph(build: (b: IrBuilder) => void): IrGraph {
@@ -212,7 +212,7 @@ describe("emitWgsl", () => {
     const g = graph((b) =>
       b.output("y", b.matmul(b.input("a", "f32", [64, 128]), b.input("b", "f32", [128, 32]))),
     );
-    // A vec4 variant (the lavapipe default loads scalars: see compiler/wgsl/variants.ts).
+    // A vec4 variant (the lavapipe default loads scalars: see compiler/kernels/wgsl/variants.ts).
     const v = matmulVariant("reg4x4-cols-8x8");
     const vec = withMatmulVariant(DEFAULT_TUNING, v);
     const k = compileGraph(g, WEBGPU_DEFAULT_LIMITS, vec).kernels[0]!;

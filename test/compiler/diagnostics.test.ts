@@ -4,8 +4,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { DIAGNOSTIC_CODES, renderDiagnostics } from "../../compiler/diagnostics.js";
-import { selectModel } from "../../compiler/elaborate-model.js";
-import { lowerModel } from "../../compiler/lower-model.js";
+import { selectModel } from "../../compiler/check/elaborate-model.js";
+import { lowerModel } from "../../compiler/lower/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
 
 const casesDir = path.join(import.meta.dirname, "cases");

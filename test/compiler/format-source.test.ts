@@ -1,5 +1,5 @@
 /**
- * The formatter (compiler/format-source.ts).
+ * The formatter (compiler/format/format-source.ts).
  *
  * - Goldens: every `test/compiler/format-cases/NAME.moe` (deliberately badly formatted) must
  *   format to `NAME.formatted.moe` beside it. A missing or different golden fails, unless the
@@ -20,7 +20,7 @@ import {
   normalizeComment,
   sameTree,
   type FormatOptions,
-} from "../../compiler/format-source.js";
+} from "../../compiler/format/format-source.js";
 import plugin from "../../editor/prettier-plugin/index.js";
 import { parseSource } from "../../grammar/parse.js";
 import { isValid, ProgramGenerator, Rng, scramble } from "./format-fuzz.js";

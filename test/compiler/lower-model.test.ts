@@ -3,7 +3,7 @@
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import type { LoweredModel } from "../../compiler/lower-model.js";
+import type { LoweredModel } from "../../compiler/lower/lower-model.js";
 import { elaborate } from "../../compiler/pipeline.js";
 import { type HostTensor, erf, interpret } from "../../runtime/reference/interpret.js";
 import { lowerFile } from "./routing-fixtures.js";

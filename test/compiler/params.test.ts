@@ -3,7 +3,7 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { hasErrors } from "../../compiler/diagnostics.js";
 import { analyze, elaborate, nodeFileSystem, reportParams } from "../../compiler/pipeline.js";
-import type { ParamReport } from "../../compiler/count-params.js";
+import type { ParamReport } from "../../compiler/check/count-params.js";
 
 const examples = path.join(import.meta.dirname, "../../examples");
 

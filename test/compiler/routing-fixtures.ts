@@ -3,9 +3,9 @@
 import * as path from "node:path";
 import { expect } from "vitest";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
-import { selectModel } from "../../compiler/elaborate-model.js";
+import { selectModel } from "../../compiler/check/elaborate-model.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import { type LowerOptions, type LoweredModel, lowerModel } from "../../compiler/lower-model.js";
+import { type LowerOptions, type LoweredModel, lowerModel } from "../../compiler/lower/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
 import type { HostTensor } from "../../runtime/reference/interpret.js";
 

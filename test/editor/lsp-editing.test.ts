@@ -225,8 +225,8 @@ describe("code actions", () => {
 });
 
 describe("formatting", () => {
-  // The formatter (compiler/format-source.ts) is written separately; the server loads it on demand.
-  const formatter = fs.existsSync(path.join(repoRoot, "compiler/format-source.ts"));
+  // The formatter (compiler/format/format-source.ts) is written separately; the server loads it on demand.
+  const formatter = fs.existsSync(path.join(repoRoot, "compiler/format/format-source.ts"));
   it.skipIf(!formatter)("formats the document with the compiler's formatter", async () => {
     const messy = "block A(d:Dim){\nin x:f32[B,d]\n  out y : f32[B, d]\n     y=x*2.0}\n";
     const d = await openWithCursor(messy + "<|>");

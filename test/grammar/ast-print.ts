@@ -6,7 +6,8 @@
  * as JSON. Spans are left out except on top-level items, shown as `@line:col-line:col`, so that
  * goldens stay readable and small edits do not ripple through every line. Diagnostics follow.
  */
-import type { ParseResult, Span } from "../../grammar/ast.js";
+import type { Span } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
 import { LineMap, type Diagnostic } from "../../compiler/diagnostics.js";
 
 const WIDTH = 96;

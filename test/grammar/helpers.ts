@@ -1,5 +1,5 @@
 import { LineMap } from "../../compiler/diagnostics.js";
-import type { ParseResult } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
 import { parseSource } from "../../grammar/parse.js";
 
 export interface Found {

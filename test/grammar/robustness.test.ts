@@ -1,6 +1,7 @@
 /** Inputs that must never make the parser throw or hang. No timing assertions. */
 import { describe, expect, it } from "vitest";
-import type { ConstDecl, ParseResult } from "../../grammar/ast.js";
+import type { ConstDecl } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
 import { parseSource } from "../../grammar/parse.js";
 import { walkSpans, withoutSpans } from "./ast-print.js";
 

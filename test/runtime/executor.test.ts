@@ -7,9 +7,9 @@ import * as path from "node:path";
 
 import { describe, expect, it } from "vitest";
 
-import { compileGraph } from "../../compiler/compile-graph.js";
+import { compileGraph } from "../../compiler/kernels/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
-import { ELEMENTWISE_VARIANTS, MATMUL_VARIANTS } from "../../compiler/wgsl/variants.js";
+import { ELEMENTWISE_VARIANTS, MATMUL_VARIANTS } from "../../compiler/kernels/wgsl/variants.js";
 import {
   adapterKey,
   autotune,

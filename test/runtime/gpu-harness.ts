@@ -1,9 +1,9 @@
 // Shared by the GPU kernel tests: seeded random leaves, run a graph on the device and on the
 // float64 reference interpreter, and compare them (relative L2 error, infinities exactly).
-import { type CompiledProgram, compileGraph } from "../../compiler/compile-graph.js";
+import { type CompiledProgram, compileGraph } from "../../compiler/kernels/compile-graph.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { numel } from "../../compiler/ir/graph.js";
-import type { Tuning } from "../../compiler/wgsl/variants.js";
+import type { Tuning } from "../../compiler/kernels/wgsl/variants.js";
 import { afterAll, beforeAll } from "vitest";
 import { type GpuContext, type OpenDeviceOptions, openDevice } from "../../runtime/device.js";
 import { Executor, type TensorData } from "../../runtime/executor.js";

@@ -4,7 +4,7 @@
 // skips, without a WebGPU adapter (run scripts/setup.sh).
 import { describe, expect, it } from "vitest";
 
-import { compileGraph } from "../../compiler/compile-graph.js";
+import { compileGraph } from "../../compiler/kernels/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import {
@@ -14,7 +14,7 @@ import {
   type MatmulVariant,
   type Tuning,
   withMatmulVariant,
-} from "../../compiler/wgsl/variants.js";
+} from "../../compiler/kernels/wgsl/variants.js";
 import { type LeafSpec, checkGraph, useDevice } from "./gpu-harness.js";
 import { attention, layerNorm, linear, transformerBlockGraph } from "./model-graphs.js";
 
@@ -514,7 +514,7 @@ describe("program-level behaviour", () => {
       const x = b.input("x", "f32", [8, 16]);
       b.output("y", b.binary("add", linear(b, x, 16, 16, "fc"), x)); // x read as vec4 and f32
     });
-    // A vec4 variant (the lavapipe default loads scalars: see compiler/wgsl/variants.ts).
+    // A vec4 variant (the lavapipe default loads scalars: see compiler/kernels/wgsl/variants.ts).
     const tuning = withVariant(MATMUL_VARIANTS.find((v) => v.name === "reg4x4-cols-8x8")!);
     const r = await expectMatches(g, {
       limits: { maxStorageBuffersPerShaderStage: 4 },

@@ -13,7 +13,7 @@ import {
   type Tuning,
   matmulVariant,
   withMatmulVariant,
-} from "../../compiler/wgsl/variants.js";
+} from "../../compiler/kernels/wgsl/variants.js";
 import { type LeafSpec, checkGraph, useDevice } from "./gpu-harness.js";
 
 const gpu = useDevice();

@@ -3,8 +3,8 @@
  * component is expanded with concrete sizes, so checks that need numbers (k ≤ experts,
  * d divisible by heads) run, and every learnable tensor gets its dotted path and shape.
  */
-import type { ComponentDecl } from "../grammar/ast.js";
-import { type Diagnostic, diagnostic, suggest } from "./diagnostics.js";
+import type { ComponentDecl } from "../../grammar/ast.js";
+import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 import { Evaluator, type MoeRecord, type ParamRecord } from "./evaluator.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 import type { Instance, Value } from "./values.js";

@@ -6,8 +6,8 @@
  */
 import { type EmittedKernel, emitWgsl } from "./emit-wgsl.js";
 import { type FusedProgram, type FuseOptions, fuseKernels } from "./fuse-kernels.js";
-import type { IrDType, IrGraph } from "./ir/graph.js";
-import { verifyGraph } from "./ir/verify.js";
+import type { IrDType, IrGraph } from "../ir/graph.js";
+import { verifyGraph } from "../ir/verify.js";
 import {
   type BufferPlan,
   type LimitsLike,

@@ -18,7 +18,7 @@
  * WEBGPU_DEFAULT_LIMITS to stay portable.
  */
 import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
-import { type IrGraph, numel } from "./ir/graph.js";
+import { type IrGraph, numel } from "../ir/graph.js";
 import { DEFAULT_TUNING, type MatmulVariant, type Tuning, matmulTier } from "./wgsl/variants.js";
 
 /** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */

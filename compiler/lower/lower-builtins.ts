@@ -3,9 +3,9 @@
  * to its shape rule in builtins.ts. Derived functions (variance, log_softmax, select) are
  * compositions of primitives, so the IR stays small.
  */
-import type { IrBuilder } from "./ir/builder.js";
-import { UNARY_OPS, type UnaryOp } from "./ir/graph.js";
-import type { Value } from "./values.js";
+import type { IrBuilder } from "../ir/builder.js";
+import { UNARY_OPS, type UnaryOp } from "../ir/graph.js";
+import type { Value } from "../check/values.js";
 
 /** An argument with its IR node (tensors) or its number (compile-time scalars). */
 export interface LowerArg {

@@ -5,7 +5,7 @@
  * with its epilogue), and scatter_add (one invocation per column, so no two invocations ever
  * add into the same element).
  */
-import { numel } from "../ir/graph.js";
+import { numel } from "../../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   Block,

@@ -44,7 +44,6 @@ import type {
   MemberExpr,
   NamedType,
   ParamDecl,
-  ParseResult,
   PortDecl,
   RepeatStmt,
   SourceFile,
@@ -53,10 +52,11 @@ import type {
   TrainDecl,
   WeightDecl,
   WithExpr,
-} from "../grammar/ast.js";
-import { tokenize } from "../grammar/lexer.js";
-import { parseSource } from "../grammar/parse.js";
-import { hasErrors, type Diagnostic } from "./diagnostics.js";
+} from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
+import { tokenize } from "../../grammar/lexer.js";
+import { parseSource } from "../../grammar/parse.js";
+import { hasErrors, type Diagnostic } from "../diagnostics.js";
 
 const {
   breakParent,

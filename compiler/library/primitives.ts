@@ -4,12 +4,12 @@
  * what the language cannot say itself: cross-argument checks (k ≤ number of experts, groups
  * well formed), the MoE layer's ports (those of its experts) and router parameters.
  */
-import type { Span } from "../grammar/ast.js";
-import type { BuiltinArg } from "./builtins.js";
-import type { DiagnosticCode, RelatedInfo } from "./diagnostics.js";
-import { type Dim, dimAdd, dimConst, dimValue, formatDim } from "./dims.js";
-import type { EvalMode, LoweringHooks, MoeRecord } from "./evaluator.js";
-import type { Unifier } from "./unify.js";
+import type { Span } from "../../grammar/ast.js";
+import type { BuiltinArg } from "../check/builtins.js";
+import type { DiagnosticCode, RelatedInfo } from "../diagnostics.js";
+import { type Dim, dimAdd, dimConst, dimValue, formatDim } from "../check/dims.js";
+import type { EvalMode, LoweringHooks, MoeRecord } from "../check/evaluator.js";
+import type { Unifier } from "../check/unify.js";
 import {
   type Instance,
   type InstanceRole,
@@ -18,7 +18,7 @@ import {
   UNKNOWN,
   describeValue,
   formatTensorType,
-} from "./values.js";
+} from "../check/values.js";
 
 /** What a primitive rule may do while a component is constructed or applied. */
 export interface PrimitiveContext {

@@ -3,7 +3,7 @@
  * be known or symbolic; tensors carry a dtype and a symbolic shape; instances carry the
  * signature of a constructed component.
  */
-import type { ComponentDecl, Span } from "../grammar/ast.js";
+import type { ComponentDecl, Span } from "../../grammar/ast.js";
 import { type Dim, formatDim } from "./dims.js";
 
 export const DTYPES = ["f32", "f16", "bf16", "i32", "i64", "bool"] as const;

@@ -7,13 +7,13 @@
  * task → experts table). The sparse routers (top-k, expert choice, task routing) are
  * lower-sparse-routing.ts.
  */
-import type { DiagnosticCode } from "./diagnostics.js";
-import type { IrBuilder } from "./ir/builder.js";
-import type { LoweringHooks } from "./evaluator.js";
-import { type PrimitiveContext, bool, loraDelta, member, num } from "./primitives.js";
-import { concatChunked } from "./stack-experts.js";
-import { type Instance, type TensorType, type Value, UNKNOWN } from "./values.js";
-import { dimConst, dimValue } from "./dims.js";
+import type { DiagnosticCode } from "../../diagnostics.js";
+import type { IrBuilder } from "../../ir/builder.js";
+import type { LoweringHooks } from "../../check/evaluator.js";
+import { type PrimitiveContext, bool, loraDelta, member, num } from "../../library/primitives.js";
+import { concatChunked } from "../stack-experts.js";
+import { type Instance, type TensorType, type Value, UNKNOWN } from "../../check/values.js";
+import { dimConst, dimValue } from "../../check/dims.js";
 import {
   applyStackedExperts,
   lowerDiscreteTokenMix,

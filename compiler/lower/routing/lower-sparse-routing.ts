@@ -10,13 +10,13 @@
  * token's first choice is served before any second choice, as in GShard and Switch; within a
  * slot earlier tokens come first.
  */
-import type { IrBuilder } from "./ir/builder.js";
-import { numel } from "./ir/graph.js";
+import type { IrBuilder } from "../../ir/builder.js";
+import { numel } from "../../ir/graph.js";
 import { type RoutingLowering, layerPath } from "./lower-routing.js";
-import { rowAlign, stackExperts } from "./stack-experts.js";
-import { bool, member, num } from "./primitives.js";
-import type { Instance, Value } from "./values.js";
-import { dimConst } from "./dims.js";
+import { rowAlign, stackExperts } from "../stack-experts.js";
+import { bool, member, num } from "../../library/primitives.js";
+import type { Instance, Value } from "../../check/values.js";
+import { dimConst } from "../../check/dims.js";
 
 type TensorValue = Extract<Value, { k: "tensor" }>;
 

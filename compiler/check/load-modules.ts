@@ -3,9 +3,10 @@
  * `.moe` files), and report unreadable modules and import cycles. Pure over a file-system view.
  */
 import * as path from "node:path";
-import type { Comment, ImportDecl, ParseResult, SourceFile } from "../grammar/ast.js";
-import { parseSource } from "../grammar/parse.js";
-import { type Diagnostic, diagnostic, suggest } from "./diagnostics.js";
+import type { Comment, ImportDecl, SourceFile } from "../../grammar/ast.js";
+import type { ParseResult } from "../../grammar/parse.js";
+import { parseSource } from "../../grammar/parse.js";
+import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 
 /** What the front end may read. The language server passes open editor buffers through this. */
 export interface FileSystemView {
@@ -115,7 +116,7 @@ function resolveImport(
       diagnostic("E0203", mod.file, decl.module.span, `unknown module \`${parts.join(".")}\``, {
         hint: close
           ? `did you mean \`std.${close}\`?`
-          : `the standard library has ${known.map((k) => `std.${k}`).join(", ")}; files are imported with a string path, e.g. import "./parts.moe" { Name }`,
+          : `the standard library has ${known.map((k) => `std.${k}`).join(", ")}; files are imported with a string path, e.g. import "../parts.moe" { Name }`,
       }),
     );
     return undefined;

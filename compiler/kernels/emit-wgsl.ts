@@ -1,6 +1,6 @@
 /**
  * Back end pass 3 (emit): WGSL for every kernel of a planned program, from a few templates
- * (compiler/wgsl/): elementwise map (also copies, gather, concat, fills), matmul with a fused
+ * (compiler/kernels/wgsl/): elementwise map (also copies, gather, concat, fills), matmul with a fused
  * epilogue (variants chosen by the plan), row reductions (softmax, norms), non-last-axis
  * reductions, scatter_add, fused attention, and the routing kernels (top-k, running sums,
  * rows grouped by expert). Sizes, strides and tile shapes are constants

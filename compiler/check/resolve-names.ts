@@ -10,8 +10,8 @@ import type {
   Ident,
   TasksDecl,
   TrainDecl,
-} from "../grammar/ast.js";
-import { type Diagnostic, diagnostic, suggest } from "./diagnostics.js";
+} from "../../grammar/ast.js";
+import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 import type { LoadedModule, ModuleGraph } from "./load-modules.js";
 
 /** A top-level declaration, wherever it was defined. */

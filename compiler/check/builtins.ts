@@ -3,8 +3,8 @@
  * Standard-library layers (Linear, LayerNorm, Attention, ...) are written in `.moe` on top of
  * these; the back end gives each row a reference implementation and a WGSL template.
  */
-import type { Span } from "../grammar/ast.js";
-import type { DiagnosticCode } from "./diagnostics.js";
+import type { Span } from "../../grammar/ast.js";
+import type { DiagnosticCode } from "../diagnostics.js";
 import { type Dim, dimAdd, dimConst, dimEquals, dimMul, dimValue, formatDim } from "./dims.js";
 import type { Unifier } from "./unify.js";
 import { type TensorType, type Value, UNKNOWN, describeValue, formatTensorType } from "./values.js";

@@ -2,8 +2,8 @@
  * Matching call arguments to declared parameters (positional, then named), shared by
  * component construction and builtin calls.
  */
-import type { Arg, Span } from "../grammar/ast.js";
-import { type Diagnostic, diagnostic, suggest } from "./diagnostics.js";
+import type { Arg, Span } from "../../grammar/ast.js";
+import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 
 /** A parameter as far as argument matching cares. */
 export interface ParamShape {

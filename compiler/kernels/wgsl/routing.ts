@@ -5,7 +5,7 @@
  * use them to pick experts, rank tokens against an expert's capacity and group the rows of
  * each expert for the expert matmul; none of them reads anything back to the host.
  */
-import { numel } from "../ir/graph.js";
+import { numel } from "../../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   type KernelWriter,

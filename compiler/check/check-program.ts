@@ -3,8 +3,8 @@
  * argument lists, expert signatures and task sets. Each component is checked once, with its
  * constructor parameters as symbols, so an error is reported where it is written.
  */
-import type { Span } from "../grammar/ast.js";
-import { type Diagnostic, diagnostic } from "./diagnostics.js";
+import type { Span } from "../../grammar/ast.js";
+import { type Diagnostic, diagnostic } from "../diagnostics.js";
 import { Evaluator } from "./evaluator.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 

@@ -7,7 +7,7 @@
  * A last loop evaluates and stores the root. With `launch.rowsPerWorkgroup` each invocation
  * owns a whole row instead (no workgroup memory, no barriers).
  */
-import { numel } from "../ir/graph.js";
+import { numel } from "../../ir/graph.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   Block,

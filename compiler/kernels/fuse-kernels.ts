@@ -24,7 +24,7 @@
  * The result is plain data (no WGSL, no device): plan-buffers.ts assigns buffers and launch
  * sizes, emit-wgsl.ts writes the shaders.
  */
-import { type IrDType, type IrGraph, type IrNode, inputsOf, numel } from "./ir/graph.js";
+import { type IrDType, type IrGraph, type IrNode, inputsOf, numel } from "../ir/graph.js";
 
 /** How a kernel reads a value: a strided window onto the buffer of a stored tensor. */
 export interface View {

@@ -7,7 +7,7 @@
  * uniform buffers, and the WGSL compiler folds the index arithmetic.
  */
 import type { FusedKernel, View } from "../fuse-kernels.js";
-import type { IrDType, IrGraph, IrNode } from "../ir/graph.js";
+import type { IrDType, IrGraph, IrNode } from "../../ir/graph.js";
 
 export type BindingType = "f32" | "i32" | "vec4<f32>";
 

@@ -6,7 +6,7 @@
  * stays pure.
  */
 
-/** One way to compute C = A·B (the template is compiler/wgsl/matmul.ts). */
+/** One way to compute C = A·B (the template is compiler/kernels/wgsl/matmul.ts). */
 export interface MatmulVariant {
   name: string;
   /** Rows and columns of C one invocation computes (a register block). */

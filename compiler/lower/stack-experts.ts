@@ -16,8 +16,8 @@
  * The per-expert copies become dead and pruneGraph drops them. Anything that is not row-wise
  * (a reduction over rows, an embedding lookup inside an expert) is reported, not guessed.
  */
-import type { IrBuilder } from "./ir/builder.js";
-import { type IrNode, UNARY_OPS, inputsOf, numel } from "./ir/graph.js";
+import type { IrBuilder } from "../ir/builder.js";
+import { type IrNode, UNARY_OPS, inputsOf, numel } from "../ir/graph.js";
 
 type Built =
   | { kind: "row"; node: number }

@@ -4,18 +4,18 @@
  * component is inlined on its actual tensors, and every tensor expression becomes IR through
  * the hooks below (builtins through lower-builtins.ts).
  */
-import type { ComponentDecl, Expr, Span } from "../grammar/ast.js";
-import { bindArgs } from "./bind-args.js";
-import { BUILTINS } from "./builtins.js";
-import { type Diagnostic, type DiagnosticCode, diagnostic } from "./diagnostics.js";
-import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "./dims.js";
-import { Evaluator, type LoweringHooks } from "./evaluator.js";
-import { pruneGraph } from "./ir/prune-graph.js";
-import { IrBuilder } from "./ir/builder.js";
-import type { IrDType, IrGraph, BinaryOp } from "./ir/graph.js";
+import type { ComponentDecl, Expr, Span } from "../../grammar/ast.js";
+import { bindArgs } from "../check/bind-args.js";
+import { BUILTINS } from "../check/builtins.js";
+import { type Diagnostic, type DiagnosticCode, diagnostic } from "../diagnostics.js";
+import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "../check/dims.js";
+import { Evaluator, type LoweringHooks } from "../check/evaluator.js";
+import { pruneGraph } from "../ir/prune-graph.js";
+import { IrBuilder } from "../ir/builder.js";
+import type { IrDType, IrGraph, BinaryOp } from "../ir/graph.js";
 import { BUILTIN_LOWERINGS, type LowerArg } from "./lower-builtins.js";
-import type { ResolvedProgram } from "./resolve-names.js";
-import type { TensorType, Value } from "./values.js";
+import type { ResolvedProgram } from "../check/resolve-names.js";
+import type { TensorType, Value } from "../check/values.js";
 
 /** A model input as the runtime sees it. `max` bounds integer ids (vocabulary, task count). */
 export interface LowerOptions {

@@ -16,11 +16,11 @@ import type {
   Stmt,
   TrainDecl,
   TypeRef,
-} from "../grammar/ast.js";
+} from "../../grammar/ast.js";
 import { bindArgs } from "./bind-args.js";
-import type { IrBuilder } from "./ir/builder.js";
+import type { IrBuilder } from "../ir/builder.js";
 import { BUILTINS, type BuiltinArg } from "./builtins.js";
-import { type Diagnostic, type DiagnosticCode, diagnostic, suggest } from "./diagnostics.js";
+import { type Diagnostic, type DiagnosticCode, diagnostic, suggest } from "../diagnostics.js";
 import {
   type Dim,
   dimAdd,
@@ -34,9 +34,9 @@ import {
   dimValue,
   formatDim,
 } from "./dims.js";
-import { lowerMoE } from "./lower-routing.js";
-import { rowAlign, stackExperts } from "./stack-experts.js";
-import { PRIMITIVES, type PrimitiveContext, loraDelta } from "./primitives.js";
+import { lowerMoE } from "../lower/routing/lower-routing.js";
+import { rowAlign, stackExperts } from "../lower/stack-experts.js";
+import { PRIMITIVES, type PrimitiveContext, loraDelta } from "../library/primitives.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
 import {

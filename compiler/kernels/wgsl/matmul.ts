@@ -1,7 +1,7 @@
 /**
  * The matmul template: C[b, i, j] = Σ_k A[b, i, k] · B[b, k, j], then the fused epilogue, for
  * operands given as strided views (so Bᵀ of a Linear weight, the heads of Q/K/V and a batch
- * broadcast are all read in place). One template, several variants (compiler/wgsl/variants.ts):
+ * broadcast are all read in place). One template, several variants (compiler/kernels/wgsl/variants.ts):
  *
  *   - register blocks (tm × tn outputs per invocation, no barriers): the fastest on CPU
  *     emulations such as lavapipe, where workgroup barriers are expensive. With `vector`,
@@ -15,7 +15,7 @@
  */
 import type { View } from "../fuse-kernels.js";
 import { type Launch, matmulDims, matmulTile } from "../plan-buffers.js";
-import type { IrDType } from "../ir/graph.js";
+import type { IrDType } from "../../ir/graph.js";
 import {
   Block,
   type Buf,
