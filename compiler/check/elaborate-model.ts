@@ -5,7 +5,8 @@
  */
 import type { ComponentDecl } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
-import { Evaluator, type MoeRecord, type ParamRecord } from "./evaluator.js";
+import { Evaluator, type ParamRecord } from "./evaluator.js";
+import type { MoeRecord } from "./primitive-rule.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 import type { Instance, Value } from "./values.js";
 

@@ -36,7 +36,9 @@ import {
 } from "./dims.js";
 import { lowerMoE } from "../lower/routing/lower-routing.js";
 import { rowAlign, stackExperts } from "../lower/stack-experts.js";
-import { PRIMITIVES, type PrimitiveContext, loraDelta } from "../library/primitives.js";
+import { PRIMITIVES, loraDelta } from "../library/primitives.js";
+import type { LoweringHooks } from "../lower/lowering-hooks.js";
+import type { EvalMode, MoeRecord, PrimitiveContext } from "./primitive-rule.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
 import {
@@ -63,15 +65,6 @@ export interface ParamRecord {
   init?: string;
   file: string;
   span: Span;
-}
-
-/** A mixture-of-experts layer found by elaboration, for active-parameter accounting. */
-export interface MoeRecord {
-  path: string;
-  router: string;
-  experts: string[];
-  /** Experts evaluated per token, on average (k for top-k, E for dense mixtures). */
-  activePerToken: number;
 }
 
 /** The declared type of a constructor parameter. */
@@ -183,48 +176,6 @@ interface Frame {
 
 const MAX_DEPTH = 64;
 const MAX_REPEAT = 100_000;
-
-/**
- * `check`: generic, symbolic. `elaborate`: concrete, registers parameters. `lower`: concrete,
- * inlines every application and emits IR through a `LoweringHooks` (see lower-model.ts).
- */
-export type EvalMode = "check" | "elaborate" | "lower";
-
-/** What lowering adds to evaluation: IR for tensor expressions, parameters and inputs. */
-export interface LoweringHooks {
-  /** IR for a tensor-valued expression whose operands were already lowered. */
-  lowerExpr(
-    e: Expr,
-    value: Extract<Value, { k: "tensor" }>,
-    operand: (e: Expr) => Value | undefined,
-    file: string,
-  ): number | undefined;
-  /** The IR parameter at `path` (created on first use). */
-  param(
-    path: string,
-    t: TensorType,
-    trainable: boolean,
-    init: string | undefined,
-  ): number | undefined;
-  /** The IR input for a model port. */
-  input(name: string, t: TensorType): number | undefined;
-  /** Something the back end cannot do yet: reported once, as E0601. */
-  unsupported(file: string, span: Span, what: string): void;
-  /** A lowering warning (W06xx), reported once per site. */
-  warn(file: string, span: Span, code: DiagnosticCode, message: string, hint?: string): void;
-  /** The graph being built, for primitives that lower themselves. */
-  readonly builder: IrBuilder;
-  /** Whether MoE layers should also output their routing (statistics and per-token choices). */
-  readonly routingStats: boolean;
-  /** Whether LoRA adapters on Linear bases are merged into the base weight. */
-  readonly mergeAdapters: boolean;
-  /** Records a LoRA placed at `path` with its rank and alpha (checked against PEFT configs). */
-  noteLora(path: string, r: number, alpha: number): void;
-  /** Records one routing output of the MoE layer at `layer` (a parameter path). */
-  routing(layer: string, name: string, node: number): void;
-  /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
-  pinnedGroups(layer: string, groups: number): number[] | undefined;
-}
 
 export class Evaluator {
   readonly unifier = new Unifier();

@@ -8,7 +8,8 @@ import type { Span } from "../../grammar/ast.js";
 import type { BuiltinArg } from "../check/builtins.js";
 import type { DiagnosticCode, RelatedInfo } from "../diagnostics.js";
 import { type Dim, dimAdd, dimConst, dimValue, formatDim } from "../check/dims.js";
-import type { EvalMode, LoweringHooks, MoeRecord } from "../check/evaluator.js";
+import type { MoeRecord, PrimitiveContext } from "../check/primitive-rule.js";
+import type { LoweredPrimitiveRule, LoweringHooks } from "../lower/lowering-hooks.js";
 import type { Unifier } from "../check/unify.js";
 import {
   type Instance,
@@ -19,46 +20,6 @@ import {
   describeValue,
   formatTensorType,
 } from "../check/values.js";
-
-/** What a primitive rule may do while a component is constructed or applied. */
-export interface PrimitiveContext {
-  mode: EvalMode;
-  file: string;
-  span: Span;
-  inst: Instance;
-  unifier: Unifier;
-  report(
-    code: DiagnosticCode,
-    span: Span,
-    message: string,
-    extra?: { hint?: string; related?: RelatedInfo[] },
-  ): void;
-  /** Registers a parameter of `inst` (path `inst.path + "." + name`). */
-  registerParam(name: string, t: TensorType, init?: string): void;
-  /** Registers `<path>.weight`. */
-  registerParamAt(path: string, t: TensorType, init?: string): void;
-  taskSet(what: string): string | undefined;
-  taskMembers(set: string): string[];
-  recordMoe(rec: MoeRecord): void;
-  freshen(inst: Instance): { inputs: TensorType[]; outputs: TensorType[] };
-  expectTensor(v: Value, expected: TensorType, span: Span, what: string): boolean;
-}
-
-export interface PrimitiveRule {
-  role: InstanceRole;
-  construct?(ctx: PrimitiveContext): void;
-  apply?(ctx: PrimitiveContext, args: BuiltinArg[]): Value;
-  /** For adapters: attach to `base`, producing `wrapped` (same signature as base). */
-  attach?(ctx: PrimitiveContext, adapter: Instance, base: Instance, wrapped: Instance): void;
-  /** For adapters, in lower mode: IR for the wrapped output given the input `x` and base output `y`. */
-  lowerAdapter?(
-    ctx: PrimitiveContext,
-    lowering: LoweringHooks,
-    wrapped: Instance,
-    x: Extract<Value, { k: "tensor" }>,
-    y: Extract<Value, { k: "tensor" }>,
-  ): Value;
-}
 
 // ---------------------------------------------------------------- argument helpers
 // (shared with the MoE lowerings: an instance's argument as a number, enum member or flag)
@@ -232,7 +193,7 @@ function sig(inst: Instance): string {
   return `(${ports(inst.inputs)}) -> (${ports(inst.outputs)})`;
 }
 
-const moeRule: PrimitiveRule = {
+const moeRule: LoweredPrimitiveRule = {
   role: "module",
   construct(ctx) {
     const inst = ctx.inst;
@@ -520,7 +481,7 @@ function activeExperts(router: Instance, E: number, groups: number): number {
 
 // ---------------------------------------------------------------- adapters and optimisers
 
-const loraRule: PrimitiveRule = {
+const loraRule: LoweredPrimitiveRule = {
   role: "adapter",
   construct(ctx) {
     requireRange(ctx, "r", (x) => x >= 1, "at least 1");
@@ -653,7 +614,7 @@ function loraFactors(
 
 const LORA_A_INIT = "normal(0.02)";
 
-const adamwRule: PrimitiveRule = {
+const adamwRule: LoweredPrimitiveRule = {
   role: "optimizer",
   construct(ctx) {
     requireRange(ctx, "lr", (x) => x > 0, "positive");
@@ -664,8 +625,11 @@ const adamwRule: PrimitiveRule = {
 };
 
 /** Every primitive the compiler implements, by the name its stdlib declaration uses. */
-export const PRIMITIVES: ReadonlyMap<string, PrimitiveRule> = new Map<string, PrimitiveRule>([
-  ...[...ROUTERS].map((name): [string, PrimitiveRule] => [
+export const PRIMITIVES: ReadonlyMap<string, LoweredPrimitiveRule> = new Map<
+  string,
+  LoweredPrimitiveRule
+>([
+  ...[...ROUTERS].map((name): [string, LoweredPrimitiveRule] => [
     name,
     { role: "router", construct: routerRules[name]! },
   ]),

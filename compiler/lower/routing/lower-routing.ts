@@ -9,8 +9,9 @@
  */
 import type { DiagnosticCode } from "../../diagnostics.js";
 import type { IrBuilder } from "../../ir/builder.js";
-import type { LoweringHooks } from "../../check/evaluator.js";
-import { type PrimitiveContext, bool, loraDelta, member, num } from "../../library/primitives.js";
+import type { LoweringHooks } from "../lowering-hooks.js";
+import type { PrimitiveContext } from "../../check/primitive-rule.js";
+import { bool, loraDelta, member, num } from "../../library/primitives.js";
 import { concatChunked } from "../stack-experts.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "../../check/values.js";
 import { dimConst, dimValue } from "../../check/dims.js";

@@ -1,0 +1,57 @@
+/**
+ * What lowering adds to the evaluator's concrete mode: IR for tensor expressions, parameters
+ * and inputs (implemented by lower-model.ts), and the lowering half of primitive rules.
+ */
+import type { Expr, Span } from "../../grammar/ast.js";
+import type { DiagnosticCode } from "../diagnostics.js";
+import type { PrimitiveContext, PrimitiveRule } from "../check/primitive-rule.js";
+import type { Instance, TensorType, Value } from "../check/values.js";
+import type { IrBuilder } from "../ir/builder.js";
+
+/** What lowering adds to evaluation: IR for tensor expressions, parameters and inputs. */
+export interface LoweringHooks {
+  /** IR for a tensor-valued expression whose operands were already lowered. */
+  lowerExpr(
+    e: Expr,
+    value: Extract<Value, { k: "tensor" }>,
+    operand: (e: Expr) => Value | undefined,
+    file: string,
+  ): number | undefined;
+  /** The IR parameter at `path` (created on first use). */
+  param(
+    path: string,
+    t: TensorType,
+    trainable: boolean,
+    init: string | undefined,
+  ): number | undefined;
+  /** The IR input for a model port. */
+  input(name: string, t: TensorType): number | undefined;
+  /** Something the back end cannot do yet: reported once, as E0601. */
+  unsupported(file: string, span: Span, what: string): void;
+  /** A lowering warning (W06xx), reported once per site. */
+  warn(file: string, span: Span, code: DiagnosticCode, message: string, hint?: string): void;
+  /** The graph being built, for primitives that lower themselves. */
+  readonly builder: IrBuilder;
+  /** Whether MoE layers should also output their routing (statistics and per-token choices). */
+  readonly routingStats: boolean;
+  /** Whether LoRA adapters on Linear bases are merged into the base weight. */
+  readonly mergeAdapters: boolean;
+  /** Records a LoRA placed at `path` with its rank and alpha (checked against PEFT configs). */
+  noteLora(path: string, r: number, alpha: number): void;
+  /** Records one routing output of the MoE layer at `layer` (a parameter path). */
+  routing(layer: string, name: string, node: number): void;
+  /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
+  pinnedGroups(layer: string, groups: number): number[] | undefined;
+}
+
+/** A primitive's rule with its lowering (adapters: the IR of the wrapped output). */
+export interface LoweredPrimitiveRule extends PrimitiveRule {
+  /** For adapters: IR for the wrapped output given the input `x` and the base output `y`. */
+  lowerAdapter?(
+    ctx: PrimitiveContext,
+    lowering: LoweringHooks,
+    wrapped: Instance,
+    x: Extract<Value, { k: "tensor" }>,
+    y: Extract<Value, { k: "tensor" }>,
+  ): Value;
+}
