@@ -21,6 +21,7 @@ import {
   selectModel,
 } from "./check/elaborate-model.js";
 import { type FileSystemView, type ModuleGraph, loadModules } from "./check/load-modules.js";
+import { STANDARD_LIBRARY } from "./library/index.js";
 import { type LowerOptions, type LoweredModel, lowerModel } from "./lower/lower-model.js";
 import { type ResolvedProgram, resolveNames } from "./check/resolve-names.js";
 import type { Value } from "./check/values.js";
@@ -43,14 +44,14 @@ export function analyze(entries: readonly string[], fsView: FileSystemView): Ana
   const diagnostics: Diagnostic[] = [];
   const graph = loadModules(entries, fsView, diagnostics); // parse every module (grammar/parse.ts)
   const program = resolveNames(graph, diagnostics);
-  const checked = checkProgram(program, diagnostics);
+  const checked = checkProgram(program, diagnostics, STANDARD_LIBRARY);
   const models: ElaboratedModel[] = [];
   if (!hasErrors(diagnostics)) {
     const seen = new Set(diagnostics.map(diagnosticKey));
     for (const model of listModels(program, entries)) {
       const found: Diagnostic[] = [];
       guardDepth(found, model.file, model.decl.span, () => {
-        models.push(elaborateModel(program, model, new Map(), found));
+        models.push(elaborateModel(program, model, new Map(), found, STANDARD_LIBRARY));
       });
       for (const d of found) {
         if (!seen.has(diagnosticKey(d))) diagnostics.push(d);
@@ -75,7 +76,7 @@ export function elaborate(
   const chosen = selectModel(analysis.program, file, modelName);
   if (typeof chosen === "string") return { error: chosen };
   const diagnostics: Diagnostic[] = [];
-  const model = elaborateModel(analysis.program, chosen, overrides, diagnostics);
+  const model = elaborateModel(analysis.program, chosen, overrides, diagnostics, STANDARD_LIBRARY);
   return { model, diagnostics };
 }
 
@@ -96,7 +97,15 @@ export function lower(
   const diagnostics: Diagnostic[] = [];
   let model: LoweredModel | undefined;
   guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
-    model = lowerModel(analysis.program, chosen, overrides, dims, diagnostics, options);
+    model = lowerModel(
+      analysis.program,
+      chosen,
+      overrides,
+      dims,
+      diagnostics,
+      STANDARD_LIBRARY,
+      options,
+    );
   });
   return { model, diagnostics };
 }

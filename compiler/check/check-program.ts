@@ -6,6 +6,7 @@
 import type { Span } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic } from "../diagnostics.js";
 import { Evaluator } from "./evaluator.js";
+import type { PrimitiveLibrary } from "./primitive-rule.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 
 /** The checker's result: the evaluator keeps the type of every expression (for hovers). */
@@ -14,8 +15,12 @@ export interface CheckedProgram {
   evaluator: Evaluator;
 }
 
-export function checkProgram(program: ResolvedProgram, diagnostics: Diagnostic[]): CheckedProgram {
-  const evaluator = new Evaluator(program, diagnostics, "check");
+export function checkProgram(
+  program: ResolvedProgram,
+  diagnostics: Diagnostic[],
+  library: PrimitiveLibrary,
+): CheckedProgram {
+  const evaluator = new Evaluator(program, diagnostics, "check", library);
   for (const scope of program.scopes.values()) {
     for (const item of scope.module.ast.items) {
       guardDepth(diagnostics, scope.module.file, item.span, () => {

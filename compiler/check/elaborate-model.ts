@@ -6,7 +6,7 @@
 import type { ComponentDecl } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 import { Evaluator, type ParamRecord } from "./evaluator.js";
-import type { MoeRecord } from "./primitive-rule.js";
+import type { MoeRecord, PrimitiveLibrary } from "./primitive-rule.js";
 import type { ResolvedProgram } from "./resolve-names.js";
 import type { Instance, Value } from "./values.js";
 
@@ -63,6 +63,7 @@ export function elaborateModel(
   model: { decl: ComponentDecl; file: string },
   overrides: Map<string, Value>,
   diagnostics: Diagnostic[],
+  library: PrimitiveLibrary,
 ): ElaboratedModel {
   for (const key of overrides.keys()) {
     if (!model.decl.params.some((p) => p.name.name === key)) {
@@ -79,7 +80,7 @@ export function elaborateModel(
       );
     }
   }
-  const evaluator = new Evaluator(program, diagnostics, "elaborate");
+  const evaluator = new Evaluator(program, diagnostics, "elaborate", library);
   const root = evaluator.elaborate(model.decl, model.file, overrides);
   const tasks: { set: string; members: string[] }[] = [];
   for (const port of root?.inputs ?? []) {

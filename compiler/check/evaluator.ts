@@ -18,7 +18,6 @@ import type {
   TypeRef,
 } from "../../grammar/ast.js";
 import { bindArgs } from "./bind-args.js";
-import type { IrBuilder } from "../ir/builder.js";
 import { BUILTINS, type BuiltinArg } from "./builtins.js";
 import { type Diagnostic, type DiagnosticCode, diagnostic, suggest } from "../diagnostics.js";
 import {
@@ -34,11 +33,7 @@ import {
   dimValue,
   formatDim,
 } from "./dims.js";
-import { lowerMoE } from "../lower/routing/lower-routing.js";
-import { rowAlign, stackExperts } from "../lower/stack-experts.js";
-import { PRIMITIVES, loraDelta } from "../library/primitives.js";
-import type { LoweringHooks } from "../lower/lowering-hooks.js";
-import type { EvalMode, MoeRecord, PrimitiveContext } from "./primitive-rule.js";
+import type { EvalMode, MoeRecord, PrimitiveContext, PrimitiveLibrary } from "./primitive-rule.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
 import { Unifier, broadcastShapes, unifyTensor } from "./unify.js";
 import {
@@ -177,6 +172,32 @@ interface Frame {
 const MAX_DEPTH = 64;
 const MAX_REPEAT = 100_000;
 
+/**
+ * What a later pass adds to concrete evaluation (lower mode): a node for every tensor (lowering
+ * builds IR) and its own way to apply an instance once the application type-checks (lowering
+ * inlines it: compiler/lower/inliner.ts).
+ */
+export interface EvaluationHooks {
+  /** The node of a model input port. */
+  input(name: string, t: TensorType): number | undefined;
+  /** The node of the parameter at `path` (created on first use). */
+  param(
+    path: string,
+    t: TensorType,
+    trainable: boolean,
+    init: string | undefined,
+  ): number | undefined;
+  /** The node of a tensor-valued expression whose operands were already computed. */
+  tensorExpr(
+    e: Expr,
+    value: Extract<Value, { k: "tensor" }>,
+    operand: (e: Expr) => Value | undefined,
+    file: string,
+  ): number | undefined;
+  /** Applies an instance to its (checked) arguments. */
+  apply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value;
+}
+
 export class Evaluator {
   readonly unifier = new Unifier();
   readonly params: ParamRecord[] = [];
@@ -204,15 +225,16 @@ export class Evaluator {
   /** Every instance constructed, recorded when `recordInstances` is set (parameter counts per block). */
   readonly instances: Instance[] = [];
   recordInstances = false;
-  /** Set in lower mode. */
-  lowering?: LoweringHooks;
-  /** The latest value of each expression (lower mode): operands of the expression being lowered. */
+  /** Set in lower mode: what the later pass computes for tensors and applications. */
+  hooks?: EvaluationHooks;
+  /** The latest value of each expression (with hooks): operands of the expression being computed. */
   private readonly current = new Map<Expr, Value>();
 
   constructor(
     readonly program: ResolvedProgram,
     readonly diagnostics: Diagnostic[],
     readonly mode: EvalMode,
+    readonly library: PrimitiveLibrary,
   ) {}
 
   report(
@@ -689,8 +711,8 @@ export class Evaluator {
               unifyTensor(this.unifier, t, arg.value.t);
               value = arg.value;
             } else value = UNKNOWN;
-          } else if (frame.rootInputs && t && this.lowering) {
-            const node = this.lowering.input(s.name.name, this.unifier.resolveTensor(t));
+          } else if (frame.rootInputs && t && this.hooks) {
+            const node = this.hooks.input(s.name.name, this.unifier.resolveTensor(t));
             value =
               node === undefined
                 ? UNKNOWN
@@ -730,8 +752,8 @@ export class Evaluator {
         if (t) {
           frame.weights.set(s.name.name, t);
           if (this.mode === "elaborate") this.registerParam(frame, s.name.name, t, s.span, init);
-          if (this.lowering) {
-            const node = this.lowering.param(
+          if (this.hooks) {
+            const node = this.hooks.param(
               this.childPath(frame.prefix, s.name.name),
               this.unifier.resolveTensor(t),
               !frame.frozen,
@@ -821,7 +843,7 @@ export class Evaluator {
       if (expected && value.k !== "unknown")
         this.expectTensor(value, expected, valueExpr.span, frame, `output \`${name}\``);
       found.v.assigned = true;
-      if (this.lowering) found.v.value = value;
+      if (this.hooks) found.v.value = value;
       return;
     }
     if (found && found.v.role !== "dim") {
@@ -989,11 +1011,11 @@ export class Evaluator {
    */
   evalExpr(e: Expr, frame: Frame, hint?: string, expected?: ParamType): Value {
     let v = this.evalExprInner(e, frame, hint, expected);
-    if (this.lowering) {
+    if (this.hooks) {
       // Operators always make a new value, even where the type rule passed an operand through.
       const computes = e.kind === "BinaryExpr" || e.kind === "UnaryExpr";
       if (v.k === "tensor" && (v.node === undefined || computes)) {
-        const node = this.lowering.lowerExpr(e, v, (c) => this.current.get(c), frame.file);
+        const node = this.hooks.tensorExpr(e, v, (c) => this.current.get(c), frame.file);
         if (node !== undefined) v = { ...v, node };
       }
       this.current.set(e, v);
@@ -1185,7 +1207,7 @@ export class Evaluator {
     }
     const candidates = [...frame.scope.names(), ...frame.module.names.keys(), ...BUILTINS.keys()];
     const close = suggest(n, candidates);
-    const stdHome = STD_HOME[n];
+    const stdHome = this.library.homes.get(n);
     this.report("E0201", frame.file, name.span, `unknown name \`${n}\``, {
       hint: close
         ? `did you mean \`${close}\`?`
@@ -1213,9 +1235,9 @@ export class Evaluator {
     }
     if (obj.k === "instance") {
       const w = obj.inst.weights.get(m);
-      if (w && this.lowering) {
+      if (w && this.hooks) {
         const path = this.childPath(obj.inst.path ?? "", m);
-        const node = this.lowering.param(
+        const node = this.hooks.param(
           path,
           this.unifier.resolveTensor(w),
           !obj.inst.frozen,
@@ -1818,7 +1840,7 @@ export class Evaluator {
     wrapped.wrapOf = { base: b, adapter };
     if (adapter.perTask !== undefined) wrapped.perTask = adapter.perTask;
     if (adapter.role === "adapter") {
-      const rule = PRIMITIVES.get(adapter.component);
+      const rule = this.library.rules.get(adapter.component);
       if (adapter.perTaskInstances) {
         // `base with per task LoRA(...)`: one base, each task its own adapter (parameters at
         // `<path>.<task>.lora_A.weight`). Lowering runs the tasks' adapters segmented.
@@ -1898,7 +1920,7 @@ export class Evaluator {
       targeted: { adapter, patterns },
     };
     if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };
-    const rule = PRIMITIVES.get(adapter.component);
+    const rule = this.library.rules.get(adapter.component);
     const hits = new Map(patterns.map((p) => [p, 0]));
     // Every instance elaborated inside the base (repeat bodies included), each path once.
     const seen = new Set<string>();
@@ -2036,7 +2058,7 @@ export class Evaluator {
           });
         }
       }
-      const rule = decl.form === "primitive" ? PRIMITIVES.get(name) : undefined;
+      const rule = decl.form === "primitive" ? this.library.rules.get(name) : undefined;
       if (decl.form === "primitive" && !rule) {
         this.report(
           "E0208",
@@ -2187,12 +2209,7 @@ export class Evaluator {
     }
   }
 
-  private primitiveContext(
-    frame: Frame,
-    span: Span,
-    inst: Instance,
-    inner?: Frame,
-  ): PrimitiveContext {
+  primitiveContext(frame: Frame, span: Span, inst: Instance, inner?: Frame): PrimitiveContext {
     return {
       mode: this.mode,
       file: frame.file,
@@ -2272,94 +2289,20 @@ export class Evaluator {
       );
       return UNKNOWN;
     }
-    const rule = inst.form === "primitive" ? PRIMITIVES.get(inst.component) : undefined;
-    if (this.lowering) {
-      // Type-check as usual, then inline the body on the actual tensors.
-      const typed = rule?.apply
-        ? rule.apply(this.primitiveContext(frame, span, inst), values)
-        : this.applyGeneric(inst, values, span, frame);
-      if (typed.k === "unknown") return typed;
-      return this.inlineApply(inst, values, span, frame);
-    }
-    if (rule?.apply) return rule.apply(this.primitiveContext(frame, span, inst), values);
-    return this.applyGeneric(inst, values, span, frame);
+    const rule = inst.form === "primitive" ? this.library.rules.get(inst.component) : undefined;
+    const typed = rule?.apply
+      ? rule.apply(this.primitiveContext(frame, span, inst), values)
+      : this.applyGeneric(inst, values, span, frame);
+    // With hooks (lowering), an application whose types check is computed by them.
+    if (this.hooks && typed.k !== "unknown") return this.hooks.apply(inst, values, span, frame);
+    return typed;
   }
-
-  /** Targeted adapters in force while their base's body is inlined (outermost first). */
-  private readonly targetRules: { root: string; adapter: Instance; patterns: string[] }[] = [];
-  /** Elaborate mode: every instance constructed so far (targeted adapters search it). */
-  private readonly elaborated: Instance[] = [];
 
   /**
-   * Lower mode: evaluates the instance's body with its inputs bound to the argument tensors,
-   * with the adapters of `with LoRA(targets: ...)` placed on the layers they target.
+   * Evaluates an instance's own body with its inputs bound to `values` and returns its outputs
+   * (concrete modes: hooks that inline applications call it).
    */
-  private inlineApply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
-    if (inst.targeted) {
-      this.targetRules.push({ root: inst.path ?? "", ...inst.targeted });
-      try {
-        return this.inlineApply({ ...inst, targeted: undefined }, values, span, frame);
-      } finally {
-        this.targetRules.pop();
-      }
-    }
-    const target = this.targetRules.find((t) =>
-      t.patterns.some((p) => matchesTarget(inst.path, t.root, p)),
-    );
-    const x = values[0]?.value;
-    if (!target || x?.k !== "tensor" || x.node === undefined)
-      return this.inlineApplyOwn(inst, values, span, frame);
-    const y = this.inlineApplyOwn(inst, values, span, frame);
-    if (y.k !== "tensor" || y.node === undefined) return y;
-    const rule = PRIMITIVES.get(target.adapter.component);
-    const placed = { ...target.adapter, path: inst.path };
-    const wrapped: Instance = { ...inst, weights: new Map(inst.weights) };
-    const ctx = this.primitiveContext(frame, span, placed);
-    rule?.attach?.(ctx, placed, inst, wrapped);
-    if (!rule?.lowerAdapter) return y;
-    return rule.lowerAdapter(ctx, this.lowering!, wrapped, x, y);
-  }
-
-  private inlineApplyOwn(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
-    const lowering = this.lowering!;
-    if (inst.perTask !== undefined) return this.inlinePerTask(inst, values, span, frame);
-    if (inst.wrapOf) {
-      const { base, adapter } = inst.wrapOf;
-      const y = this.inlineApply(base, values, span, frame);
-      if (y.k !== "tensor" || y.node === undefined) return UNKNOWN;
-      if (adapter.role === "module")
-        return this.inlineApply(adapter, [{ value: y, span }], span, frame);
-      const rule = PRIMITIVES.get(adapter.component);
-      const x = values[0]!.value;
-      if (!rule?.lowerAdapter || x.k !== "tensor" || x.node === undefined) {
-        lowering.unsupported(frame.file, span, `the adapter ${adapter.component}`);
-        return UNKNOWN;
-      }
-      return rule.lowerAdapter(this.primitiveContext(frame, span, adapter), lowering, inst, x, y);
-    }
-    if (inst.form === "primitive") {
-      if (inst.component !== "MoE") {
-        lowering.unsupported(frame.file, span, `the ${inst.component} layer`);
-        return UNKNOWN;
-      }
-      return lowerMoE(
-        {
-          ctx: this.primitiveContext(frame, span, inst),
-          lowering,
-          applyExpert: (expert, x) => {
-            const y = this.inlineApply(expert, [{ value: x, span }], span, frame);
-            return y.k === "tensor" ? y : undefined;
-          },
-          contextFor: (other) => this.primitiveContext(frame, span, other),
-          unsupported: (what) => {
-            lowering.unsupported(frame.file, span, what);
-            return UNKNOWN;
-          },
-          warn: (code, message, hint) => lowering.warn(frame.file, span, code, message, hint),
-        },
-        values,
-      );
-    }
+  evaluateBody(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     if (this.depth >= MAX_DEPTH) {
       this.report("E0319", frame.file, span, `components nest deeper than ${MAX_DEPTH} levels`);
       return UNKNOWN;
@@ -2386,172 +2329,8 @@ export class Evaluator {
     return this.collectOutputs(callee);
   }
 
-  /**
-   * Lower mode, `per task` instances: every task's instance runs on the batch and each example
-   * keeps its own task's result (mask m_t = relu(1 - |id - t|), exact for integer ids). An
-   * example whose id is no task's (-1) bypasses: its output is its input.
-   */
-  private inlinePerTask(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
-    const ir = this.lowering!.builder;
-    const byTask = inst.perTaskInstances;
-    const ids = values[values.length - 1]!.value;
-    const inputs = values.slice(0, -1);
-    if (!byTask) {
-      this.lowering!.unsupported(frame.file, span, "an adapter attached with `with per task`");
-      return UNKNOWN;
-    }
-    if (ids.k !== "tensor" || ids.node === undefined) return UNKNOWN;
-    if (inst.wrapOf && [...byTask.values()].every((t) => t.wrapOf?.adapter.component === "LoRA"))
-      return this.inlinePerTaskLora(inst.wrapOf.base, byTask, inputs, ids.node, span, frame);
-    const segmented = this.inlinePerTaskSegmented(byTask, inputs, ids.node, span, frame);
-    if (segmented) return segmented;
-    const idf = ir.cast(ids.node, "f32");
-    let acc: number | undefined;
-    let coverage: number | undefined;
-    let outType: TensorType | undefined;
-    let t = 0;
-    for (const taskInst of byTask.values()) {
-      const y = this.inlineApply(
-        { ...taskInst, perTask: undefined } as Instance,
-        inputs,
-        span,
-        frame,
-      );
-      if (y.k !== "tensor" || y.node === undefined) return UNKNOWN;
-      outType = y.t;
-      const mask = ir.unary(
-        "relu",
-        ir.binary("sub", ir.constant(1), ir.unary("abs", ir.binary("sub", idf, ir.constant(t)))),
-      );
-      // Task ids are [B]; broadcast over the example's remaining dims.
-      const yRank = ir.shape(y.node).length;
-      const idShape = ir.shape(mask);
-      const m = ir.reshape(mask, [...idShape, ...Array(yRank - idShape.length).fill(1)]);
-      const term = ir.binary("mul", y.node, m);
-      acc = acc === undefined ? term : ir.binary("add", acc, term);
-      coverage = coverage === undefined ? m : ir.binary("add", coverage, m);
-      t++;
-    }
-    if (acc === undefined || coverage === undefined || !outType) return UNKNOWN;
-    const x = inputs[0]?.value;
-    if (inputs.length === 1 && x?.k === "tensor" && x.node !== undefined) {
-      const same = ir.shape(x.node).join(",") === ir.shape(acc).join(",");
-      if (same)
-        acc = ir.binary(
-          "add",
-          acc,
-          ir.binary("mul", x.node, ir.binary("sub", ir.constant(1), coverage)),
-        );
-    }
-    return { k: "tensor", t: outType, node: acc };
-  }
-
-  /**
-   * Per-task instances of one shape as one segmented body (as SGMV kernels do for LoRA): every
-   * token goes through its own task's instance, each weight matmul one expert_matmul over the
-   * tokens grouped by task, instead of every task's instance on the whole batch. Undefined when
-   * the instances cannot be stacked (per-task sizes differ): the caller masks instead.
-   */
-  private inlinePerTaskSegmented(
-    byTask: Map<string, Instance>,
-    inputs: BuiltinArg[],
-    taskIds: number,
-    span: Span,
-    frame: Frame,
-  ): Value | undefined {
-    const ir = this.lowering!.builder;
-    const x = inputs[0]?.value;
-    if (inputs.length !== 1 || x?.k !== "tensor" || x.node === undefined) return undefined;
-    // The instances run on the tokens as rows [N, d]: their input must take any leading dims.
-    const port = [...byTask.values()][0]?.inputs[0]?.type;
-    if (!port || (port.lead === undefined && port.dims.length !== 2)) return undefined;
-    const tokens = taskRows(ir, x.node, taskIds);
-    if (!tokens) return undefined;
-    const { rows, ids, lead, N, d } = tokens;
-    const rowsValue: Extract<Value, { k: "tensor" }> = {
-      k: "tensor",
-      t: { dtype: "f32", dims: [dimConst(N), dimConst(d)] },
-      node: rows,
-    };
-    const outs: number[] = [];
-    let outType: TensorType | undefined;
-    for (const taskInst of byTask.values()) {
-      const y = this.inlineApply(
-        { ...taskInst, perTask: undefined } as Instance,
-        [{ value: rowsValue, span }],
-        span,
-        frame,
-      );
-      if (y.k !== "tensor" || y.node === undefined) return undefined;
-      outs.push(y.node);
-      outType = y.t;
-    }
-    const order = ir.groupRows(ids, byTask.size, rowAlign(N, byTask.size));
-    const stacked = stackExperts(ir, rows, outs, ids, order);
-    if ("error" in stacked) return undefined;
-    const dOut = ir.shape(stacked.node)[1]!;
-    // "No task" (-1) bypasses: x itself where the adapter keeps the shape, else zeros.
-    const valid = ir.binary(
-      "sub",
-      ir.constant(1),
-      ir.cast(ir.binary("lt", ids, ir.constant(0, "i32")), "f32"),
-    );
-    const v = ir.reshape(valid, [N, 1]);
-    let y = ir.binary("mul", stacked.node, v);
-    if (dOut === d)
-      y = ir.binary("add", y, ir.binary("mul", rows, ir.binary("sub", ir.constant(1), v)));
-    const out = ir.reshape(y, [...lead, dOut]);
-    return { k: "tensor", t: { ...outType!, dims: ir.shape(out).map(dimConst) }, node: out };
-  }
-
-  /**
-   * `base with per task LoRA(...)`: the base once for every token, plus each token's own
-   * task's low-rank update, segmented (tokens grouped by task, one expert_matmul per LoRA
-   * matrix for all tasks: SGMV); "no task" (-1) gets the base alone. Per-task ranks that
-   * differ fall back to masking each task's update.
-   */
-  private inlinePerTaskLora(
-    base: Instance,
-    byTask: Map<string, Instance>,
-    inputs: BuiltinArg[],
-    taskIds: number,
-    span: Span,
-    frame: Frame,
-  ): Value {
-    const ir = this.lowering!.builder;
-    const y = this.inlineApply(base, inputs, span, frame);
-    const x = inputs[0]?.value;
-    if (y.k !== "tensor" || y.node === undefined || x?.k !== "tensor" || x.node === undefined)
-      return UNKNOWN;
-    const tokens = taskRows(ir, x.node, taskIds);
-    if (!tokens) return UNKNOWN;
-    const { rows, ids, N } = tokens;
-    const deltas: number[] = [];
-    for (const one of byTask.values()) {
-      const adapter = one.wrapOf!.adapter;
-      const d = loraDelta(this.primitiveContext(frame, span, adapter), this.lowering!, one, rows);
-      if (d === undefined) return UNKNOWN;
-      deltas.push(d);
-    }
-    const order = ir.groupRows(ids, byTask.size, rowAlign(N, byTask.size));
-    const stacked = stackExperts(ir, rows, deltas, ids, order);
-    let delta: number;
-    if (!("error" in stacked)) delta = stacked.node;
-    else {
-      // Ranks differ per task: every task's update on every token, masked to its tokens.
-      delta = deltas
-        .map((d, t) =>
-          ir.binary(
-            "mul",
-            d,
-            ir.reshape(ir.cast(ir.binary("eq", ids, ir.constant(t, "i32")), "f32"), [N, 1]),
-          ),
-        )
-        .reduce((a, b) => ir.binary("add", a, b));
-    }
-    const out = ir.binary("add", y.node, ir.reshape(delta, ir.shape(y.node)));
-    return { k: "tensor", t: y.t, node: out };
-  }
+  /** Elaborate mode: every instance constructed so far (targeted adapters search it). */
+  private readonly elaborated: Instance[] = [];
 
   private collectOutputs(frame: Frame): Value {
     const outs = frame.outputs.map((p) => frame.top.vars.get(p.name)?.value ?? UNKNOWN);
@@ -2566,10 +2345,10 @@ export class Evaluator {
   }
 
   /**
-   * Lower mode entry: constructs the model and evaluates its body with its `in` ports as IR
-   * inputs; returns the outputs by name.
+   * Lower mode entry: constructs the model and evaluates its body with its `in` ports given by
+   * the hooks; returns the outputs by name.
    */
-  lowerRoot(
+  evaluateRoot(
     decl: ComponentDecl,
     file: string,
     overrides: Map<string, Value>,
@@ -2849,28 +2628,6 @@ function typeText(t: TypeRef): string {
   return t.name.name + (t.dims ? "[...]" : "");
 }
 
-/** Where the standard library defines a name, for "import it" hints. */
-const STD_HOME: Record<string, string> = {
-  Linear: "std.nn",
-  Embedding: "std.nn",
-  LayerNorm: "std.nn",
-  RMSNorm: "std.nn",
-  FFN: "std.nn",
-  SwiGLU: "std.nn",
-  Attention: "std.nn",
-  TopK: "std.route",
-  ExpertChoice: "std.route",
-  Grouped: "std.route",
-  TokenMix: "std.route",
-  TaskRoute: "std.route",
-  TaskMap: "std.route",
-  Soft: "std.route",
-  MoE: "std.route",
-  LoRA: "std.adapt",
-  Bottleneck: "std.adapt",
-  AdamW: "std.optim",
-};
-
 export type { Frame };
 
 /** The strings of a `[String]` argument. */
@@ -2895,27 +2652,4 @@ export function matchesTarget(
   if (want.length > names.length) return false;
   const tail = names.slice(names.length - want.length);
   return want.every((w, i) => w === "*" || w === tail[i]);
-}
-
-/**
- * The tokens of x [..., d] as rows [N, d] and each row's task id [N], from task ids over the
- * leading dims (one per example); undefined when the ids do not lead x's shape.
- */
-function taskRows(
-  ir: IrBuilder,
-  x: number,
-  taskIds: number,
-): { rows: number; ids: number; lead: number[]; N: number; d: number } | undefined {
-  const shape = ir.shape(x);
-  const idShape = ir.shape(taskIds);
-  const lead = shape.slice(0, -1);
-  if (lead.length < idShape.length || idShape.some((n, i) => n !== lead[i])) return undefined;
-  const d = shape[shape.length - 1]!;
-  const N = lead.reduce((a, b) => a * b, 1);
-  const perToken = ir.binary(
-    "add",
-    ir.reshape(taskIds, [...idShape, ...Array(lead.length - idShape.length).fill(1)]),
-    ir.constant(0, "i32", lead),
-  );
-  return { rows: ir.reshape(x, [N, d]), ids: ir.reshape(perToken, [N]), lead, N, d };
 }

@@ -10,7 +10,8 @@ import { BUILTINS } from "../check/builtins.js";
 import { type Diagnostic, type DiagnosticCode, diagnostic } from "../diagnostics.js";
 import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "../check/dims.js";
 import { Evaluator } from "../check/evaluator.js";
-import type { LoweringHooks } from "./lowering-hooks.js";
+import { Inliner } from "./inliner.js";
+import type { LoweredLibrary, LoweringHooks } from "./lowering-hooks.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { IrBuilder } from "../ir/builder.js";
 import type { IrDType, IrGraph, BinaryOp } from "../ir/graph.js";
@@ -327,6 +328,7 @@ export function lowerModel(
   overrides: Map<string, Value>,
   dims: ReadonlyMap<string, number>,
   diagnostics: Diagnostic[],
+  library: LoweredLibrary,
   options: LowerOptions = {},
 ): LoweredModel | undefined {
   const lowering = new Lowering(
@@ -338,11 +340,11 @@ export function lowerModel(
     options.pinGroups,
     options.mergeAdapters ?? false,
   );
-  const evaluator = new Evaluator(program, diagnostics, "lower");
-  evaluator.lowering = lowering;
+  const evaluator = new Evaluator(program, diagnostics, "lower", library);
+  evaluator.hooks = new Inliner(evaluator, lowering, library.rules);
   lowering.evaluator = evaluator;
   const before = diagnostics.length;
-  const outputs = evaluator.lowerRoot(model.decl, model.file, overrides);
+  const outputs = evaluator.evaluateRoot(model.decl, model.file, overrides);
   if (!outputs || diagnostics.slice(before).some((d) => d.severity === "error")) return undefined;
   for (const port of model.decl.body) {
     if (port.kind !== "PortDecl" || port.direction !== "out") continue;

@@ -4,7 +4,7 @@
  */
 import type { Expr, Span } from "../../grammar/ast.js";
 import type { DiagnosticCode } from "../diagnostics.js";
-import type { PrimitiveContext, PrimitiveRule } from "../check/primitive-rule.js";
+import type { PrimitiveContext, PrimitiveLibrary, PrimitiveRule } from "../check/primitive-rule.js";
 import type { Instance, TensorType, Value } from "../check/values.js";
 import type { IrBuilder } from "../ir/builder.js";
 
@@ -54,4 +54,9 @@ export interface LoweredPrimitiveRule extends PrimitiveRule {
     x: Extract<Value, { k: "tensor" }>,
     y: Extract<Value, { k: "tensor" }>,
   ): Value;
+}
+
+/** The primitives' rules with their lowering halves (compiler/library/index.ts). */
+export interface LoweredLibrary extends PrimitiveLibrary {
+  readonly rules: ReadonlyMap<string, LoweredPrimitiveRule>;
 }

@@ -28,6 +28,7 @@ import type { Unifier } from "../../compiler/check/unify.js";
 import type { Instance, Value } from "../../compiler/check/values.js";
 import type { CheckCache } from "./check-cache.js";
 import { SymbolIndex } from "./symbol-index.js";
+import { STANDARD_LIBRARY } from "../../compiler/library/index.js";
 
 /** The inferred values of the expressions of one body, and the unifier that resolves their shapes. */
 export interface BodyTypes {
@@ -74,7 +75,7 @@ export class EditorAnalysis {
   bodyTypes(file: string, body: ComponentDecl | TrainDecl): BodyTypes {
     let cached = this.bodyTypeCache.get(body);
     if (!cached) {
-      const evaluator = new Evaluator(this.program, [], "check");
+      const evaluator = new Evaluator(this.program, [], "check", STANDARD_LIBRARY);
       evaluator.recordTypes = true;
       guardDepth([], file, body.span, () => {
         if (body.kind === "ComponentDecl") evaluator.checkComponent(body, file);
@@ -100,7 +101,7 @@ export class EditorAnalysis {
   entryReferences(): NameReference[] {
     const mod = this.graph.modules.get(this.entry);
     if (!mod) return [];
-    const evaluator = new Evaluator(this.program, [], "check");
+    const evaluator = new Evaluator(this.program, [], "check", STANDARD_LIBRARY);
     evaluator.recordReferences = true;
     for (const item of mod.ast.items) {
       guardDepth([], this.entry, item.span, () => {
@@ -144,7 +145,7 @@ export class EditorAnalysis {
     if (!this.instanceRecords) {
       this.instanceRecords = [];
       for (const m of listModels(this.program, [this.entry])) {
-        const evaluator = new Evaluator(this.program, [], "elaborate");
+        const evaluator = new Evaluator(this.program, [], "elaborate", STANDARD_LIBRARY);
         evaluator.recordInstances = true;
         guardDepth([], m.file, m.decl.span, () => {
           evaluator.elaborate(m.decl, m.file, new Map());
@@ -158,7 +159,7 @@ export class EditorAnalysis {
       return countInstance(model, found[0]!, found.length, evaluator);
     }
     if (block.params.every((p) => p.default !== undefined)) {
-      const evaluator = new Evaluator(this.program, [], "elaborate");
+      const evaluator = new Evaluator(this.program, [], "elaborate", STANDARD_LIBRARY);
       let root: Instance | undefined;
       guardDepth([], file, block.span, () => {
         root = evaluator.elaborate(block, file, new Map());
@@ -229,14 +230,14 @@ export function analyzeDocument(
   const graph = loadModules([entry], fsView, diagnostics, parse);
   const program = resolveNames(graph, diagnostics);
   if (checkCache) checkCache.check(program, entry, diagnostics);
-  else checkProgram(program, diagnostics);
+  else checkProgram(program, diagnostics, STANDARD_LIBRARY);
   const models: ElaboratedModel[] = [];
   if (!hasErrors(diagnostics)) {
     const seen = new Set(diagnostics.map(diagnosticKey));
     for (const model of listModels(program, [entry])) {
       const found: Diagnostic[] = [];
       guardDepth(found, model.file, model.decl.span, () => {
-        models.push(elaborateModel(program, model, new Map(), found));
+        models.push(elaborateModel(program, model, new Map(), found, STANDARD_LIBRARY));
       });
       for (const d of found) {
         if (!seen.has(diagnosticKey(d))) diagnostics.push(d);

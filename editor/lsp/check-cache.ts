@@ -16,6 +16,7 @@ import type { ComponentDecl, Item, TrainDecl } from "../../grammar/ast.js";
 import { checkProgram, guardDepth } from "../../compiler/check/check-program.js";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
 import { Evaluator } from "../../compiler/check/evaluator.js";
+import { STANDARD_LIBRARY } from "../../compiler/library/index.js";
 import type { ModuleScope, ResolvedProgram } from "../../compiler/check/resolve-names.js";
 
 type Body = ComponentDecl | TrainDecl;
@@ -68,7 +69,7 @@ export class CheckCache {
 
   private full(program: ResolvedProgram, entry: string, diagnostics: Diagnostic[]): void {
     const before = diagnostics.length;
-    checkProgram(program, diagnostics);
+    checkProgram(program, diagnostics, STANDARD_LIBRARY);
     this.stats.full++;
     this.cold = true;
     const added = diagnostics.slice(before);
@@ -172,7 +173,7 @@ function checkBody(
   scope.imported.clear();
   for (const [k, v] of allImported) scope.imported.set(k, v as never);
   const diagnostics: Diagnostic[] = [];
-  const evaluator = new Evaluator(program, diagnostics, "check");
+  const evaluator = new Evaluator(program, diagnostics, "check", STANDARD_LIBRARY);
   guardDepth(diagnostics, file, item.span, () => {
     if (item.kind === "ComponentDecl") evaluator.checkComponent(item, file);
     else evaluator.checkTrain(item, file);

@@ -13,7 +13,11 @@ import {
   planBuffers,
   spreadGrid,
 } from "../../compiler/kernels/plan-buffers.js";
-import { DEFAULT_TUNING, matmulVariant, withMatmulVariant } from "../../compiler/kernels/wgsl/variants.js";
+import {
+  DEFAULT_TUNING,
+  matmulVariant,
+  withMatmulVariant,
+} from "../../compiler/kernels/wgsl/variants.js";
 import { linear, transformerBlockGraph } from "../runtime/model-graphs.js";
 
 function graph(build: (b: IrBuilder) => void): IrGraph {

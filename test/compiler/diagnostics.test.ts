@@ -7,6 +7,7 @@ import { DIAGNOSTIC_CODES, renderDiagnostics } from "../../compiler/diagnostics.
 import { selectModel } from "../../compiler/check/elaborate-model.js";
 import { lowerModel } from "../../compiler/lower/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
+import { STANDARD_LIBRARY } from "../../compiler/library/index.js";
 
 const casesDir = path.join(import.meta.dirname, "cases");
 const update = process.env.UPDATE_GOLDEN === "1";
@@ -57,6 +58,7 @@ function render(c: Case): { text: string; codes: string[] } {
           ["T", 2],
         ]),
         analysis.diagnostics,
+        STANDARD_LIBRARY,
       );
     }
   }

@@ -5,9 +5,14 @@ import { expect } from "vitest";
 import type { Diagnostic } from "../../compiler/diagnostics.js";
 import { selectModel } from "../../compiler/check/elaborate-model.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import { type LowerOptions, type LoweredModel, lowerModel } from "../../compiler/lower/lower-model.js";
+import {
+  type LowerOptions,
+  type LoweredModel,
+  lowerModel,
+} from "../../compiler/lower/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
 import type { HostTensor } from "../../runtime/reference/interpret.js";
+import { STANDARD_LIBRARY } from "../../compiler/library/index.js";
 
 const file = path.join(import.meta.dirname, "../../examples/__routing__.moe");
 
@@ -34,6 +39,7 @@ export function lowerFile(
     new Map(),
     new Map(Object.entries(dims)),
     diagnostics,
+    STANDARD_LIBRARY,
     options,
   );
   return { lowered, diagnostics, analysis };
