@@ -5,6 +5,7 @@
 import { Command, CommanderError, Option } from "commander";
 import { runCheck } from "./check-command.js";
 import { type CompileOptions, runCompile } from "./compile-command.js";
+import type { DataGenOptions } from "./data-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
 import { runParams } from "./params-command.js";
@@ -130,6 +131,36 @@ program
   .option("--json", "machine-readable summary")
   .action(async (target: string, opts: RunOptions) => {
     process.exitCode = await runRun(target, opts);
+  });
+
+const data = program.command("data").description("synthetic multi-task data sets for moec train");
+data
+  .command("gen")
+  .description("write a seeded synthetic data set as safetensors (--list shows the sets)")
+  .argument("[name]", "the data set: symbols, sequences or related")
+  .option("-o, --output <file>", "the safetensors file to write")
+  .option("--list", "list the data sets and their options")
+  .option("--seed <n>", "seed of the rules (maps, ciphers, labelling) and the samples", "0")
+  .option("--count <n>", "number of examples")
+  .option("--tasks <n|list>", "number of tasks (symbols, related) or task names (sequences)")
+  .option("--symbols <n>", "symbols: alphabet size")
+  .option("--all-pairs", "symbols: every (symbol, task) pair once, for evaluation")
+  .option("--vocab <n>", "sequences: number of symbols")
+  .option("--length <n>", "sequences: input length")
+  .option("--classes <n>", "related: classes per task")
+  .option("--features <n>", "related: input features")
+  .option("--relatedness <r>", "related: 0 unrelated tasks … 1 one shared rule")
+  .option("--noise <p>", "related: fraction of labels replaced by a random class")
+  .option("--sample-seed <n>", "related: seed of the samples alone (same rules, new examples)")
+  .option("--json", "machine-readable summary")
+  .action(async (name: string | undefined, opts: DataGenOptions & { list?: boolean }) => {
+    const { listDataSets, runDataGen } = await import("./data-command.js");
+    if (opts.list || name === undefined) {
+      process.stdout.write(listDataSets() + "\n");
+      process.exitCode = name === undefined && !opts.list ? EXIT_USAGE : 0;
+      return;
+    }
+    process.exitCode = runDataGen(name, opts);
   });
 
 program

@@ -6,7 +6,12 @@
  *          ─elaborate─▶ concrete model ─count─▶ parameter report
  *          ─lower─▶ tensor IR ─fuse─▶ kernels ─plan─▶ buffers, dispatches ─emit─▶ WGSL
  *
- * The last three are compileGraph's (compiler/kernels/compile-graph.ts); the runtime executes the result.
+ *   grammar/        parse (tokens, parser, CST → AST)
+ *   compiler/check/ load, resolve, check, elaborate, count: the front end, pure, no IR
+ *   compiler/library/ the standard library's primitives (routers, MoE, LoRA, AdamW), one
+ *                   file per family: handed to check and lower as one table from here
+ *   compiler/lower/ lower (the evaluator again, with the inliner's hooks) → compiler/ir/
+ *   compiler/kernels/ fuse → plan → emit (compileGraph); the runtime executes the result
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
