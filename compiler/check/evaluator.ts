@@ -34,9 +34,9 @@ import {
   dimValue,
   formatDim,
 } from "./dims.js";
-import { lowerMoE } from "../lower/routing/lower-routing.js";
+import { lowerMoE } from "../library/route/moe.js";
 import { rowAlign, stackExperts } from "../lower/stack-experts.js";
-import { PRIMITIVES, loraDelta } from "../library/primitives.js";
+import { PRIMITIVES, loraDelta } from "../library/index.js";
 import type { LoweringHooks } from "../lower/lowering-hooks.js";
 import type { EvalMode, MoeRecord, PrimitiveContext } from "./primitive-rule.js";
 import type { GlobalDecl, ModuleScope, ResolvedProgram } from "./resolve-names.js";
