@@ -16,9 +16,9 @@ import {
 } from "../check/evaluator.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "../check/values.js";
 import type { IrBuilder } from "../ir/builder.js";
-import { loraDelta } from "../library/primitives.js";
+import { loraDelta } from "../library/adapt/lora.js";
+import { lowerMoE } from "../library/route/moe.js";
 import type { LoweredPrimitiveRule, LoweringHooks } from "./lowering-hooks.js";
-import { lowerMoE } from "./routing/lower-routing.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
 
 /** Applies instances by inlining them into the IR being built (see the file comment). */
