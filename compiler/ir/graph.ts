@@ -2,40 +2,17 @@
  * The tensor IR: a graph in SSA form over a small closed set of primitive ops. Every value has
  * a dtype and a concrete shape (dims are bound before lowering). Each op is pure and has a
  * gradient expressible in the same op set, so `moec train` can differentiate the graph into
- * more of the same IR. The op table (shape rules) is in ./ops.ts; the reference interpreter
- * in runtime/reference/ executes it in float64.
+ * more of the same IR. Everything about an op beyond its attributes (shape rule, reference
+ * implementation, fusion class, WGSL, gradient slot) is its row in ./ops.ts.
  */
+import type { BinaryOp, ReduceOp, UnaryOp } from "./ops.js";
 
 export type IrDType = "f32" | "i32";
 
-/** Unary elementwise functions. */
-export const UNARY_OPS = [
-  "neg",
-  "relu",
-  "gelu",
-  "gelu_tanh",
-  "silu",
-  "tanh",
-  "sigmoid",
-  "exp",
-  "log",
-  "sqrt",
-  "rsqrt",
-  "abs",
-  "step", // 1 where x > 0, else 0: the derivative of relu
-] as const;
-export type UnaryOp = (typeof UNARY_OPS)[number];
-
-/**
- * Binary elementwise functions, with numpy broadcasting. `eq` and `lt` give 1 or 0 in the
- * operands' dtype (their gradient is zero).
- */
-export const BINARY_OPS = ["add", "sub", "mul", "div", "max", "min", "pow", "eq", "lt"] as const;
-export type BinaryOp = (typeof BINARY_OPS)[number];
-
-/** Reductions along one axis. */
-export const REDUCE_OPS = ["sum", "mean", "max"] as const;
-export type ReduceOp = (typeof REDUCE_OPS)[number];
+// The function names are the keys of the op table's function rows.
+export type { BinaryOp, ReduceOp, UnaryOp } from "./ops.js";
+export { BINARY_OPS, REDUCE_OPS, UNARY_OPS } from "./ops.js";
+export { numel } from "./shapes.js";
 
 /** One node of the graph. `inputs` are ids of earlier nodes. */
 export type IrNode =
@@ -143,10 +120,6 @@ export type IrOpName = IrNode["op"];
 export interface IrGraph {
   nodes: IrNode[];
   outputs: { name: string; node: number }[];
-}
-
-export function numel(shape: readonly number[]): number {
-  return shape.reduce((a, b) => a * b, 1);
 }
 
 /** Node inputs, uniformly (leaf nodes have none). */

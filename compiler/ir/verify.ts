@@ -2,8 +2,8 @@
  * The IR verifier: every input refers to an earlier node, and every node's shape and dtype are
  * what its op's rule gives. Tests run it after every pass.
  */
-import { broadcast, groupRowsLength } from "./builder.js";
-import { type IrGraph, type IrNode, inputsOf, numel } from "./graph.js";
+import { type IrGraph, type IrNode, inputsOf } from "./graph.js";
+import { opRow } from "./ops.js";
 
 export function verifyGraph(g: IrGraph): string[] {
   const problems: string[] = [];
@@ -20,71 +20,33 @@ export function verifyGraph(g: IrGraph): string[] {
       seen.add(n.name);
     }
     const expected = expectedShape(g, n);
-    if (expected && expected.join(",") !== n.shape.join(","))
-      bad(`shape [${n.shape}], expected [${expected}]`);
+    if (expected.join(",") !== n.shape.join(",")) bad(`shape [${n.shape}], expected [${expected}]`);
+    const dtype = expectedDtype(g, n);
+    if (dtype !== undefined && dtype !== n.dtype) bad(`dtype ${n.dtype}, expected ${dtype}`);
   });
   for (const o of g.outputs)
     if (!g.nodes[o.node]) problems.push(`output ${o.name} refers to missing node ${o.node}`);
   return problems;
 }
 
-function expectedShape(g: IrGraph, n: IrNode): number[] | undefined {
-  const s = (i: number) => g.nodes[i]?.shape ?? [];
+/** The shape the op's row gives for the node's inputs; [] where they do not fit. */
+function expectedShape(g: IrGraph, n: IrNode): number[] {
   try {
-    switch (n.op) {
-      case "unary":
-      case "softmax":
-      case "causal_mask":
-      case "cast":
-      case "iota":
-        return s(n.inputs[0]);
-      case "binary":
-        return broadcast(s(n.inputs[0]), s(n.inputs[1]));
-      case "matmul": {
-        const a = s(n.inputs[0]);
-        const b = s(n.inputs[1]);
-        if (a[a.length - 1] !== b[b.length - 2]) return [];
-        return [...broadcast(a.slice(0, -2), b.slice(0, -2)), a[a.length - 2]!, b[b.length - 1]!];
-      }
-      case "reduce":
-        return s(n.inputs[0]).map((d, i) => (i === n.axis ? 1 : d));
-      case "gather":
-        return [...s(n.inputs[1]), s(n.inputs[0])[1]!];
-      case "scatter_add": {
-        const src = s(n.inputs[0]);
-        return [n.rows, src[src.length - 1]!];
-      }
-      case "permute":
-        return n.perm.map((p) => s(n.inputs[0])[p]!);
-      case "reshape":
-        return numel(s(n.inputs[0])) === numel(n.shape) ? n.shape : [];
-      case "concat": {
-        const out = [...s(n.inputs[0]!)];
-        out[n.axis] = n.inputs.reduce((a, i) => a + s(i)[n.axis]!, 0);
-        return out;
-      }
-      case "slice": {
-        const out = [...s(n.inputs[0])];
-        if (n.start + n.size > out[n.axis]!) return [];
-        out[n.axis] = n.size;
-        return out;
-      }
-      case "cumsum":
-        return s(n.inputs[0]);
-      case "topk": {
-        const x = s(n.inputs[0]);
-        return n.k <= x[x.length - 1]! ? [...x.slice(0, -1), n.k] : [];
-      }
-      case "group_rows":
-        return [groupRowsLength(s(n.inputs[0])[0]!, n.experts, n.align)];
-      case "expert_matmul": {
-        const [x, w] = [s(n.inputs[0]), s(n.inputs[1])];
-        return x[1] === w[1] ? [x[0]!, w[2]!] : [];
-      }
-      default:
-        return undefined;
-    }
+    return opRow(n.op).shape(
+      n,
+      inputsOf(n).map((i) => g.nodes[i]?.shape ?? []),
+    );
   } catch {
     return [];
+  }
+}
+
+function expectedDtype(g: IrGraph, n: IrNode): string | undefined {
+  const ins = inputsOf(n).map((i) => g.nodes[i]?.dtype);
+  if (ins.some((d) => d === undefined)) return undefined;
+  try {
+    return opRow(n.op).dtype(n, ins as IrNode["dtype"][]);
+  } catch {
+    return undefined;
   }
 }

@@ -25,6 +25,7 @@
  * sizes, emit-wgsl.ts writes the shaders.
  */
 import { type IrDType, type IrGraph, type IrNode, inputsOf, numel } from "../ir/graph.js";
+import { type AnchorKernel, fusionOf, isAnchorKernel } from "../ir/ops.js";
 
 /** How a kernel reads a value: a strided window onto the buffer of a stored tensor. */
 export interface View {
@@ -39,8 +40,8 @@ export interface View {
   strides: number[];
 }
 
-export type KernelKind =
-  "map" | "matmul" | "rows" | "reduce" | "scatter" | "attention" | "topk" | "scan" | "group";
+/** The anchors' kinds are the op table's anchor fusion kernels (compiler/ir/ops.ts). */
+export type KernelKind = "map" | "rows" | "attention" | AnchorKernel;
 
 /** One GPU kernel: computes `members` (and its anchor) and stores the value of `root`. */
 export interface FusedKernel {
@@ -155,17 +156,17 @@ export function reshapeView(v: View, shape: readonly number[]): View | undefined
   return { ...v, shape: [...shape], strides };
 }
 
-/** Ops that are evaluated per output element and can live inside another op's kernel. */
-const EXPRESSION_OPS = new Set<IrNode["op"]>([
-  "unary",
-  "binary",
-  "cast",
-  "iota",
-  "causal_mask",
-  "gather",
-  "concat",
-]);
-const VIEW_OPS = new Set<IrNode["op"]>(["reshape", "permute", "slice"]);
+// How each op fuses is its row's fusion class (compiler/ir/ops.ts).
+
+/** Evaluated per output element; can live inside another op's kernel. */
+const isExpression = (n: IrNode): boolean => fusionOf(n).kernel === "map";
+/** Reshape, permute, slice: a strided window onto a stored value. */
+const isView = (n: IrNode): boolean => fusionOf(n).kernel === "view";
+/** Needs the whole last axis (softmax, a last-axis reduction): makes a rows kernel. */
+const isRowWise = (n: IrNode): boolean => fusionOf(n).kernel === "rows";
+/** An anchor that takes over its consumers' map kernel as its epilogue (matmul, reduce). */
+const hasEpilogue = (n: IrNode): boolean => fusionOf(n).epilogue === true;
+const isLeaf = (n: IrNode): boolean => fusionOf(n).kernel === "leaf";
 
 /** How a consumer uses one of its inputs. */
 type UseKind = "expr" | "buffer";
@@ -184,35 +185,18 @@ interface Group {
   reads: Set<number>;
 }
 
-/** Ops the matmul template computes (with a fused epilogue). */
-function isMatmul(n: IrNode): boolean {
-  return n.op === "matmul" || n.op === "expert_matmul";
-}
-
-function isLastAxisReduce(n: IrNode): boolean {
-  return n.op === "reduce" && n.axis === n.shape.length - 1;
-}
-
+/**
+ * Whether a consumer evaluates its inputs at its own point ("expr": elementwise and row-wise
+ * ops) or reads them from stored tensors (matmul operands, non-last reductions,
+ * gather/concat/scatter operands and views).
+ */
 function useKind(consumer: IrNode): UseKind {
-  switch (consumer.op) {
-    case "unary":
-    case "binary":
-    case "cast":
-    case "causal_mask":
-    case "softmax":
-      return "expr";
-    case "reduce":
-      return isLastAxisReduce(consumer) ? "expr" : "buffer";
-    default:
-      // matmul operands, non-last reductions, gather/concat/scatter operands and views all
-      // read a stored tensor.
-      return "buffer";
-  }
+  return fusionOf(consumer).operands === "inline" ? "expr" : "buffer";
 }
 
 /** Inputs a node actually reads (iota only takes its input's shape). */
 function readsOf(n: IrNode): readonly number[] {
-  return n.op === "iota" ? [] : inputsOf(n);
+  return fusionOf(n).operands === "shape" ? [] : inputsOf(n);
 }
 
 export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedProgram {
@@ -274,7 +258,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   const copied = new Set<number>(); // view-op nodes that get a buffer of their own
   const storageOwner = (id: number): boolean => {
     const n = node(id);
-    if (VIEW_OPS.has(n.op)) return copied.has(id);
+    if (isView(n)) return copied.has(id);
     return true; // every non-view node read through a view is stored
   };
   const rawView = (id: number): View => {
@@ -324,7 +308,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   }
   for (const o of graph.outputs) {
     const n = node(o.node);
-    if (VIEW_OPS.has(n.op) && !isContiguous(rawView(o.node))) copied.add(o.node);
+    if (isView(n) && !isContiguous(rawView(o.node))) copied.add(o.node);
   }
   // A view op's source must be stored; the shapes of view chains are resolved above.
 
@@ -346,19 +330,15 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
 
   const newGroup = (id: number): Group => {
     const n = node(id);
+    const f = fusionOf(n).kernel;
     let kind: KernelKind = "map";
     let anchor: number | undefined;
-    if (n.op === "matmul" || n.op === "expert_matmul") [kind, anchor] = ["matmul", id];
-    else if (n.op === "topk") [kind, anchor] = ["topk", id];
-    else if (n.op === "cumsum") [kind, anchor] = ["scan", id];
-    else if (n.op === "group_rows") [kind, anchor] = ["group", id];
-    else if (n.op === "reduce" && !isLastAxisReduce(n)) [kind, anchor] = ["reduce", id];
-    else if (n.op === "scatter_add") [kind, anchor] = ["scatter", id];
-    else if (n.op === "softmax" || isLastAxisReduce(n)) kind = "rows";
+    if (isAnchorKernel(f)) [kind, anchor] = [f, id];
+    else if (f === "rows") kind = "rows";
     const g: Group = { kind, root: id, members: new Set(), reads: new Set() };
     if (anchor !== undefined) g.anchor = anchor;
-    else if (!VIEW_OPS.has(n.op)) g.members.add(id);
-    if (VIEW_OPS.has(n.op)) g.reads.add(rawComposeStorage(id));
+    else if (!isView(n)) g.members.add(id);
+    if (isView(n)) g.reads.add(rawComposeStorage(id));
     else for (const s of inputsRead(id)) g.reads.add(s);
     groups.push(g);
     groupOf.set(id, g);
@@ -372,35 +352,31 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     reads.delete(id); // read by the group until now, computed in it from here on
     for (const s of inputsRead(id)) reads.add(s);
     if (reads.size > maxReads) return false;
-    if (EXPRESSION_OPS.has(n.op)) return true;
-    if (isMatmul(n) || (n.op === "reduce" && !isLastAxisReduce(n))) {
+    if (isExpression(n)) return true;
+    if (hasEpilogue(n)) {
       return (
         g.kind === "map" &&
         g.anchor === undefined &&
         n.shape.join(",") === node(g.root).shape.join(",")
       );
     }
-    if (n.op === "softmax" || isLastAxisReduce(n)) return g.kind === "map" || g.kind === "rows";
+    if (isRowWise(n)) return g.kind === "map" || g.kind === "rows";
     return false;
   };
 
   for (const id of [...ordered].reverse()) {
     const n = node(id);
-    if (n.op === "input" || n.op === "param" || packs.has(id)) continue;
-    if (VIEW_OPS.has(n.op)) {
+    if (isLeaf(n) || packs.has(id)) continue;
+    if (isView(n)) {
       if (copied.has(id)) newGroup(id);
       continue;
     }
     const us = uses.get(id) ?? [];
-    if (n.op === "const") {
+    if (fusionOf(n).kernel === "const") {
       if (!inlineConst(id)) newGroup(id);
       continue;
     }
-    const forced =
-      isOutput.has(id) ||
-      us.length === 0 ||
-      us.some((u) => u.kind === "buffer") ||
-      n.op === "scatter_add";
+    const forced = isOutput.has(id) || us.length === 0 || us.some((u) => u.kind === "buffer");
     const target = forced ? undefined : groupOf.get(us[0]!.consumer);
     if (
       target &&
@@ -408,12 +384,13 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
       canJoin(id, target)
     ) {
       groupOf.set(id, target);
-      if (isMatmul(n) || (n.op === "reduce" && !isLastAxisReduce(n))) {
+      const f = fusionOf(n).kernel;
+      if (hasEpilogue(n) && isAnchorKernel(f)) {
         target.anchor = id;
-        target.kind = isMatmul(n) ? "matmul" : "reduce";
+        target.kind = f;
       } else {
         target.members.add(id);
-        if (n.op === "softmax" || isLastAxisReduce(n)) target.kind = "rows";
+        if (isRowWise(n)) target.kind = "rows";
       }
       target.reads.delete(id);
       for (const s of inputsRead(id)) target.reads.add(s);
@@ -439,7 +416,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     };
     for (const m of members) load(m);
     if (g.anchor !== undefined) load(g.anchor);
-    if (VIEW_OPS.has(root.op)) loads[g.root] = composeView(g.root);
+    if (isView(root)) loads[g.root] = composeView(g.root);
     const kernel: FusedKernel = {
       kind: g.kind,
       name: `${g.kind}_${g.root}`,

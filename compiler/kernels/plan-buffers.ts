@@ -18,7 +18,8 @@
  * WEBGPU_DEFAULT_LIMITS to stay portable.
  */
 import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
-import { type IrGraph, numel } from "../ir/graph.js";
+import { type IrGraph, inputsOf, numel } from "../ir/graph.js";
+import { fusionOf } from "../ir/ops.js";
 import { DEFAULT_TUNING, type MatmulVariant, type Tuning, matmulTier } from "./wgsl/variants.js";
 
 /** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */
@@ -393,7 +394,8 @@ function scheduleKernel(
     case "rows": {
       const extents = k.members.map((id) => {
         const n = graph.nodes[id]!;
-        const src = n.op === "reduce" || n.op === "softmax" ? graph.nodes[n.inputs[0]]! : n;
+        // A row-wise member (softmax, a reduction) spans its input's last axis.
+        const src = fusionOf(n).kernel === "rows" ? graph.nodes[inputsOf(n)[0]!]! : n;
         return src.shape[src.shape.length - 1] ?? 1;
       });
       const last = k.shape[k.shape.length - 1] ?? 1;

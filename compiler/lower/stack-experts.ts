@@ -17,7 +17,8 @@
  * (a reduction over rows, an embedding lookup inside an expert) is reported, not guessed.
  */
 import type { IrBuilder } from "../ir/builder.js";
-import { type IrNode, UNARY_OPS, inputsOf, numel } from "../ir/graph.js";
+import { type IrNode, inputsOf, numel } from "../ir/graph.js";
+import { BINARY_FUNCTION_ROWS, UNARY_FUNCTION_ROWS } from "../ir/ops.js";
 
 type Built =
   | { kind: "row"; node: number }
@@ -59,16 +60,6 @@ function shapeFree(n: IrNode): string {
 function signature(n: IrNode): string {
   return `${shapeFree(n)}${JSON.stringify(n.shape)}`;
 }
-
-/**
- * Unary functions that keep padding finite: all but those that turn a finite value into an
- * infinity or NaN (log 0, 1/sqrt 0, sqrt of a negative), which a zero weight cannot cancel.
- */
-const PADDING_SAFE_UNARY: ReadonlySet<string> = new Set(
-  UNARY_OPS.filter((f) => f !== "log" && f !== "sqrt" && f !== "rsqrt"),
-);
-/** Binary functions that keep finite padding finite. */
-const PADDING_SAFE_BINARY = new Set(["add", "sub", "mul", "max", "min"]);
 
 export function stackExperts(
   ir: IrBuilder,
@@ -214,8 +205,10 @@ export function stackExperts(
     const paddedIn = ins.map((t) => dependsOnRows(t[0]!) && padded(t));
     if (paddedIn.some(Boolean)) {
       const safe =
-        (n0.op === "unary" && PADDING_SAFE_UNARY.has(n0.fn)) ||
-        (n0.op === "binary" && PADDING_SAFE_BINARY.has(n0.fn)) ||
+        // Functions that keep finite padding finite (their rows' paddingSafe): not those
+        // that turn a finite value into an infinity or NaN a zero weight cannot cancel.
+        (n0.op === "unary" && UNARY_FUNCTION_ROWS[n0.fn].paddingSafe) ||
+        (n0.op === "binary" && BINARY_FUNCTION_ROWS[n0.fn].paddingSafe) ||
         n0.op === "cast" ||
         (n0.op === "matmul" && !paddedIn[1]);
       if (!safe)

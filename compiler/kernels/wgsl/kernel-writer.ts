@@ -7,7 +7,8 @@
  * uniform buffers, and the WGSL compiler folds the index arithmetic.
  */
 import type { FusedKernel, View } from "../fuse-kernels.js";
-import type { IrDType, IrGraph, IrNode } from "../../ir/graph.js";
+import { type IrDType, type IrGraph, type IrNode, inputsOf } from "../../ir/graph.js";
+import { type WgslEnv, opRow } from "../../ir/ops.js";
 
 export type BindingType = "f32" | "i32" | "vec4<f32>";
 
@@ -64,7 +65,10 @@ const TANH_SERIES = [
   6404582 / 10854718875,
 ];
 
-/** Helper functions, emitted once per module when used. */
+/**
+ * Helper functions, emitted once per module when used: the op table's WGSL snippets
+ * (compiler/ir/ops.ts) ask for them by name with `env.use`.
+ */
 const HELPERS: Record<string, string> = {
   is_ninf: `fn is_ninf(x: f32) -> bool {
   return bitcast<u32>(x) == 0xff800000u;
@@ -428,6 +432,22 @@ export class Block {
     return this.ctx.writer.node(id).dtype === dtype ? v : `${dtype}(${v})`;
   }
 
+  /** What a member's WGSL snippet may ask of this kernel. */
+  private env(n: IrNode): WgslEnv {
+    const w = this.ctx.writer;
+    const inputs = inputsOf(n);
+    return {
+      dtype: n.dtype,
+      use: (helper) => w.use(helper),
+      constant: (i) => {
+        const input = w.node(inputs[i]!);
+        return input.op === "const" ? input.value : undefined;
+      },
+      coord: (axis) => this.local(n.shape, axis),
+      f32: f32Lit,
+    };
+  }
+
   private compute(id: number): string {
     const w = this.ctx.writer;
     const n = w.node(id);
@@ -439,30 +459,16 @@ export class Block {
       if (n.op === "const") return n.dtype === "f32" ? f32Lit(n.value) : i32Lit(n.value);
       throw new Error(`internal: kernel ${k.name} has no way to read node ${id} (${n.op})`);
     }
+    const row = opRow(n.op);
+    if (row.wgsl) {
+      // An elementwise op: its row's snippet over its operands, read as the node's dtype.
+      const operands =
+        row.fusion(n).operands === "shape" ? [] : inputsOf(n).map((i) => this.valueAs(i, n.dtype));
+      return this.emit(row.wgsl(n, operands, this.env(n)), n.dtype);
+    }
     switch (n.op) {
       case "const":
         return n.dtype === "f32" ? f32Lit(n.value) : i32Lit(n.value);
-      case "unary":
-        return this.emit(unary(w, n.fn, this.value(n.inputs[0]), n.dtype), n.dtype);
-      case "binary": {
-        const [a, b] = n.inputs;
-        const bNode = w.node(b);
-        return this.emit(
-          binary(w, n.fn, this.valueAs(a, n.dtype), this.valueAs(b, n.dtype), n.dtype, bNode),
-          n.dtype,
-        );
-      }
-      case "cast":
-        return this.emit(`${n.dtype}(${this.value(n.inputs[0])})`, n.dtype);
-      case "iota":
-        return this.emit(`i32(${this.local(n.shape, n.shape.length - 1)})`, n.dtype);
-      case "causal_mask": {
-        const r = n.shape.length;
-        const x = this.valueAs(n.inputs[0], "f32");
-        const i = this.local(n.shape, r - 2);
-        const j = this.local(n.shape, r - 1);
-        return this.emit(`select(${x}, ${NEG_INF}, ${j} > ${i})`, "f32");
-      }
       case "gather": {
         const table = k.loads[n.inputs[0]]!;
         const ids = k.loads[n.inputs[1]]!;
@@ -541,104 +547,12 @@ export class Block {
   }
 }
 
-function unary(w: KernelWriter, fn: string, x: string, dtype: IrDType): string {
-  if (dtype === "i32") {
-    switch (fn) {
-      case "neg":
-        return `-${x}`;
-      case "abs":
-        return `abs(${x})`;
-      case "relu":
-        return `max(${x}, 0)`;
-      case "step":
-        return `select(0, 1, ${x} > 0)`;
-      default:
-        return `i32(${unary(w, fn, `f32(${x})`, "f32")})`;
-    }
-  }
-  switch (fn) {
-    case "neg":
-      return `-${x}`;
-    case "relu":
-      return `max(${x}, 0.0)`;
-    case "gelu":
-      return `${w.use("gelu_")}(${x})`;
-    case "gelu_tanh":
-      return `0.5 * ${x} * (1.0 + ${w.use("tanh_")}(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x})))`;
-    case "silu":
-      return `${x} * ${w.use("sigmoid_")}(${x})`;
-    case "tanh":
-      return `${w.use("tanh_")}(${x})`;
-    case "sigmoid":
-      return `${w.use("sigmoid_")}(${x})`;
-    case "exp":
-      return `exp(${x})`;
-    case "log":
-      return `log(${x})`;
-    case "sqrt":
-      return `sqrt(${x})`;
-    case "rsqrt":
-      // 1/sqrt rather than inverseSqrt, which some drivers approximate to ~12 bits.
-      return `(1.0 / sqrt(${x}))`;
-    case "abs":
-      return `abs(${x})`;
-    case "step":
-      return `select(0.0, 1.0, ${x} > 0.0)`;
-    default:
-      throw new Error(`internal: unknown unary ${fn}`);
-  }
-}
-
-function binary(
-  w: KernelWriter,
-  fn: string,
-  a: string,
-  b: string,
-  dtype: IrDType,
-  bNode: IrNode,
-): string {
-  switch (fn) {
-    case "add":
-      return `${a} + ${b}`;
-    case "sub":
-      return `${a} - ${b}`;
-    case "mul":
-      return `${a} * ${b}`;
-    case "div":
-      return `${a} / ${b}`;
-    case "max":
-      return `max(${a}, ${b})`;
-    case "min":
-      return `min(${a}, ${b})`;
-    case "eq":
-    case "lt": {
-      const [zero, one] = dtype === "i32" ? ["0", "1"] : ["0.0", "1.0"];
-      return `select(${zero}, ${one}, ${a} ${fn === "eq" ? "==" : "<"} ${b})`;
-    }
-    case "pow": {
-      if (dtype === "i32") return `i32(${w.use("pow_")}(f32(${a}), f32(${b})))`;
-      // Constant exponents that have exact, cheaper forms.
-      if (bNode.op === "const") {
-        switch (bNode.value) {
-          case 1:
-            return a;
-          case 2:
-            return `${a} * ${a}`;
-          case 3:
-            return `${a} * ${a} * ${a}`;
-          case 0.5:
-            return `sqrt(${a})`;
-          case -1:
-            return `1.0 / ${a}`;
-          case -0.5:
-            return `1.0 / sqrt(${a})`;
-        }
-      }
-      return `${w.use("pow_")}(${a}, ${b})`;
-    }
-    default:
-      throw new Error(`internal: unknown binary ${fn}`);
-  }
+/**
+ * The WGSL start of a reduction's accumulator (its row's identity): `0.0`, or -inf as the
+ * bit pattern WGSL needs.
+ */
+export function accumulatorInit(identity: number): string {
+  return Number.isInteger(identity) ? `${identity}.0` : f32Lit(identity);
 }
 
 /**

@@ -6,13 +6,14 @@
  * add into the same element).
  */
 import { numel } from "../../ir/graph.js";
+import { REDUCE_FUNCTION_ROWS, type ReduceFunctionRow } from "../../ir/ops.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   Block,
   type ExprContext,
   KernelWriter,
+  accumulatorInit,
   entry,
-  NEG_INF,
   moduleText,
   u32,
   unflatten,
@@ -81,9 +82,10 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
   const inCoords = outCoords.map((c, a) => (a === n.axis ? "r" : c));
   const buf = w.bindView(input);
   const load = `f32(${buf.get(viewIndex(input, inCoords))})`;
-  const init = n.fn === "max" ? NEG_INF : "0.0";
-  const combine = n.fn === "max" ? `max(acc, ${load})` : `acc + ${load}`;
-  const result = n.fn === "mean" ? `acc / ${axisSize}.0` : "acc";
+  const f: ReduceFunctionRow = REDUCE_FUNCTION_ROWS[n.fn];
+  const init = accumulatorInit(f.identity);
+  const combine = f.wgsl.combine("acc", load);
+  const result = f.wgsl.finish("acc", axisSize);
   const ctx: ExprContext = {
     writer: w,
     rank,

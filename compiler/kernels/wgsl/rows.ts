@@ -8,12 +8,14 @@
  * owns a whole row instead (no workgroup memory, no barriers).
  */
 import { numel } from "../../ir/graph.js";
+import { REDUCE_FUNCTION_ROWS, type ReduceFunctionRow } from "../../ir/ops.js";
 import type { Launch } from "../plan-buffers.js";
 import {
   Block,
   type ExprContext,
   KernelWriter,
   NEG_INF,
+  accumulatorInit,
   linearWorkgroup,
   moduleText,
   u32,
@@ -74,8 +76,9 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
     const loop = new Block(ctx, coordIn("j"), "    ");
     const x = loop.valueAs(input.id, "f32");
     if (n.op === "reduce") {
-      const init = n.fn === "max" ? NEG_INF : "0.0";
-      const comb = (a: string, b: string) => (n.fn === "max" ? `max(${a}, ${b})` : `${a} + ${b}`);
+      const f: ReduceFunctionRow = REDUCE_FUNCTION_ROWS[n.fn];
+      const init = accumulatorInit(f.identity);
+      const comb = f.wgsl.combine;
       body.push(
         `  var acc${p}: f32 = ${init};`,
         `  for (var j = ${lane}; j < ${u32(extent)}; j += ${u32(t)}) {`,
@@ -84,7 +87,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
         `  }`,
         ...(t === 1 ? [] : [`  red_a[lidx] = acc${p};`]),
         ...treeReduce((i) => [`${i}red_a[lidx] = ${comb("red_a[lidx]", "red_a[lidx + s]")};`]),
-        `  let r${p}: ${n.dtype} = ${n.dtype}(${t === 1 ? `acc${p}` : "red_a[0]"}${n.fn === "mean" ? ` / ${extent}.0` : ""});`,
+        `  let r${p}: ${n.dtype} = ${n.dtype}(${f.wgsl.finish(t === 1 ? `acc${p}` : "red_a[0]", extent)});`,
         ...barrier,
       );
       ctx.bound.set(id, `r${p}`);

@@ -1,0 +1,740 @@
+/**
+ * The op table: one row per IR op (OPS) and one per elementwise or reduction function
+ * (UNARY_FUNCTION_ROWS, BINARY_FUNCTION_ROWS, REDUCE_FUNCTION_ROWS). A row is everything the
+ * compiler knows about its op outside the structural kernel templates: the shape and dtype
+ * rule (the builder computes with it, the verifier checks with it), the float64 reference
+ * implementation (runtime/reference/interpret.ts is a loop over rows), the fusion class
+ * (compiler/kernels/fuse-kernels.ts), the WGSL text of elementwise ops
+ * (compiler/kernels/wgsl/kernel-writer.ts), how it prints (print.ts) and a slot for its
+ * gradient rule (filled in by training).
+ *
+ * Recipe: adding a new op.
+ *   - A unary / binary / reduce function (`softplus`, `atan2`, `prod`): one row in
+ *     UNARY_FUNCTION_ROWS / BINARY_FUNCTION_ROWS / REDUCE_FUNCTION_ROWS. Its name becomes a
+ *     member of UnaryOp / BinaryOp / ReduceOp and of UNARY_OPS / BINARY_OPS / REDUCE_OPS. If its
+ *     WGSL calls a helper function WGSL lacks, `env.use("name_")` it and add the helper's text
+ *     to HELPERS in kernels/wgsl/kernel-writer.ts.
+ *   - A new op: its member of the IrNode union in graph.ts (its attributes), a row in OPS below
+ *     (TypeScript rejects OPS until it has one), and a typed constructor in builder.ts that
+ *     calls `make`. An elementwise op (fusion kernel "map" with inline operands) with a `wgsl`
+ *     function is then fused and emitted by the generic path; an op that needs its own kernel
+ *     template (a new anchor kind) also needs that template in kernels/wgsl/ and its case in
+ *     emit-wgsl.ts and plan-buffers.ts.
+ *   - Tests: its reference against hand-computed values (test/runtime/reference/), its GPU
+ *     kernel against the reference (test/runtime/kernels.test.ts); test/compiler/ir/ops.test.ts
+ *     checks every row is complete.
+ */
+import type { IrBuilder } from "./builder.js";
+import { type HostTensor, broadcastIndex, erf, strides } from "./float64.js";
+import type { IrDType, IrNode, IrOpName } from "./graph.js";
+import { broadcast, groupRowsLength, numel } from "./shapes.js";
+
+export type NodeOf<K extends IrOpName> = Extract<IrNode, { op: K }>;
+
+/** A node before it is added: no id, and a dtype and shape only where they are attributes. */
+export type Draft<K extends IrOpName> = K extends IrOpName
+  ? Omit<NodeOf<K>, "id" | "dtype" | "shape"> & { dtype?: IrDType; shape?: number[] }
+  : never;
+
+/**
+ * How fuse-kernels.ts treats an op.
+ *   kernel: "leaf" (an input or parameter: a buffer the caller fills), "const" (a literal where
+ *     read inline, else a kernel of its own), "view" (reshape, permute, slice: a strided window
+ *     onto its input's buffer, copied only where strides cannot express it), "map" (evaluated
+ *     per element inside its consumers' kernel, or a map kernel of its own), "rows" (needs the
+ *     whole last axis: makes its kernel a rows kernel), or an *anchor* that a kernel template
+ *     computes with its own loop: "matmul", "reduce" (along a non-last axis), "topk", "scan",
+ *     "group", "scatter".
+ *   operands: how it reads its inputs: evaluated at the same point ("inline", so they may be
+ *     fused into its kernel), from stored buffers ("stored"), or only their shape ("shape").
+ *   epilogue: an anchor that may take over its consumers' map kernel (same shape), which
+ *     becomes its epilogue; other anchors always get a kernel of their own.
+ */
+export type FusionKernel =
+  | "leaf"
+  | "const"
+  | "view"
+  | "map"
+  | "rows"
+  | "matmul"
+  | "reduce"
+  | "topk"
+  | "scan"
+  | "group"
+  | "scatter";
+export type AnchorKernel = Exclude<FusionKernel, "leaf" | "const" | "view" | "map" | "rows">;
+
+export interface Fusion {
+  kernel: FusionKernel;
+  operands: "inline" | "stored" | "shape";
+  epilogue?: boolean;
+}
+
+export function isAnchorKernel(k: FusionKernel): k is AnchorKernel {
+  return k !== "leaf" && k !== "const" && k !== "view" && k !== "map" && k !== "rows";
+}
+
+/** What an elementwise WGSL snippet may ask of the kernel it is written into. */
+export interface WgslEnv {
+  /** The node's dtype; operands arrive converted to it. */
+  dtype: IrDType;
+  /** Adds a helper function (kernels/wgsl/kernel-writer.ts HELPERS) to the module; its name. */
+  use(helper: string): string;
+  /** The value of operand `i` where that input is a constant node. */
+  constant(i: number): number | undefined;
+  /** The u32 coordinate of the node's axis `axis` at the point being evaluated. */
+  coord(axis: number): string;
+  /** An f32 literal (infinities and NaN included). */
+  f32(value: number): string;
+}
+
+/** What training's autodiff will hand a gradient rule. */
+export interface VjpContext<N> {
+  ir: IrBuilder;
+  node: N;
+  /** The cotangent of the node's value (a node of the node's shape). */
+  cotangent: number;
+}
+/** IR for one input's cotangent: a node of that input's shape. */
+export type Cotangent<N> = (ctx: VjpContext<N>) => number;
+/**
+ * Per input: its cotangent rule; "none" where no gradient flows to it (indices, masks,
+ * positions); undefined where the rule is not written yet.
+ */
+export type InputVjp<N> = Cotangent<N> | "none" | undefined;
+
+/** One op. Methods (not function properties) so a row of one op serves as a row of any. */
+export interface OpRow<K extends IrOpName> {
+  /** The result dtype from the attributes and the inputs' dtypes. */
+  dtype(n: Draft<K>, inputs: readonly IrDType[]): IrDType;
+  /** The result shape from the attributes and the inputs' shapes; throws where they do not fit. */
+  shape(n: Draft<K>, inputs: readonly (readonly number[])[]): number[];
+  /** The attributes as printed after the op name (` axis=1`); none when absent. */
+  print?(n: NodeOf<K>): string;
+  /** Fills `out` (zeroed, row-major, the node's shape) in float64; absent for leaves. */
+  reference?(n: NodeOf<K>, inputs: readonly HostTensor[], out: Float64Array): void;
+  fusion(n: NodeOf<K>): Fusion;
+  /** For fusion kernel "map" with inline or shape operands: the WGSL expression of the value. */
+  wgsl?(n: NodeOf<K>, operands: readonly string[], env: WgslEnv): string;
+  /** The gradient slot, one entry per input; absent: nothing written yet. */
+  vjp?(n: NodeOf<K>): readonly InputVjp<NodeOf<K>>[] | undefined;
+}
+
+// ---- Functions.
+
+export interface UnaryFunctionRow {
+  reference(x: number): number;
+  /** The f32 WGSL expression of the function of `x`. */
+  wgsl(x: string, env: WgslEnv): string;
+  /** The i32 form; absent: computed in f32 and truncated. */
+  wgslI32?(x: string, env: WgslEnv): string;
+  /** Stacked experts of different widths may apply it to zero padding (stack-experts.ts). */
+  paddingSafe: boolean;
+  vjp?: readonly [InputVjp<NodeOf<"unary">>];
+}
+
+export interface BinaryFunctionRow {
+  /** For an i32 result the value is truncated. */
+  reference(a: number, b: number): number;
+  wgsl(a: string, b: string, env: WgslEnv): string;
+  /** Stacked experts of different widths may apply it to zero padding (stack-experts.ts). */
+  paddingSafe: boolean;
+  vjp?: readonly [InputVjp<NodeOf<"binary">>, InputVjp<NodeOf<"binary">>];
+}
+
+export interface ReduceFunctionRow {
+  /** The accumulator's start (also the WGSL accumulator's). */
+  identity: number;
+  combine(acc: number, x: number): number;
+  finish(acc: number, count: number): number;
+  wgsl: {
+    combine(acc: string, x: string): string;
+    /** The result from the accumulator over `count` elements. */
+    finish(acc: string, count: number): string;
+  };
+}
+
+export const UNARY_FUNCTION_ROWS = {
+  neg: {
+    reference: (x) => -x,
+    wgsl: (x) => `-${x}`,
+    wgslI32: (x) => `-${x}`,
+    paddingSafe: true,
+  },
+  relu: {
+    reference: (x) => (x > 0 ? x : 0),
+    wgsl: (x) => `max(${x}, 0.0)`,
+    wgslI32: (x) => `max(${x}, 0)`,
+    paddingSafe: true,
+  },
+  gelu: {
+    reference: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+    wgsl: (x, env) => `${env.use("gelu_")}(${x})`,
+    paddingSafe: true,
+  },
+  gelu_tanh: {
+    reference: (x) =>
+      0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+    wgsl: (x, env) =>
+      `0.5 * ${x} * (1.0 + ${env.use("tanh_")}(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x})))`,
+    paddingSafe: true,
+  },
+  silu: {
+    reference: (x) => x / (1 + Math.exp(-x)),
+    wgsl: (x, env) => `${x} * ${env.use("sigmoid_")}(${x})`,
+    paddingSafe: true,
+  },
+  tanh: {
+    reference: Math.tanh,
+    wgsl: (x, env) => `${env.use("tanh_")}(${x})`,
+    paddingSafe: true,
+  },
+  sigmoid: {
+    reference: (x) => 1 / (1 + Math.exp(-x)),
+    wgsl: (x, env) => `${env.use("sigmoid_")}(${x})`,
+    paddingSafe: true,
+  },
+  exp: { reference: Math.exp, wgsl: (x) => `exp(${x})`, paddingSafe: true },
+  // log 0, sqrt of a negative and 1/sqrt 0 are infinities or NaN a zero weight cannot cancel.
+  log: { reference: Math.log, wgsl: (x) => `log(${x})`, paddingSafe: false },
+  sqrt: { reference: Math.sqrt, wgsl: (x) => `sqrt(${x})`, paddingSafe: false },
+  rsqrt: {
+    reference: (x) => 1 / Math.sqrt(x),
+    // 1/sqrt rather than inverseSqrt, which some drivers approximate to ~12 bits.
+    wgsl: (x) => `(1.0 / sqrt(${x}))`,
+    paddingSafe: false,
+  },
+  abs: {
+    reference: Math.abs,
+    wgsl: (x) => `abs(${x})`,
+    wgslI32: (x) => `abs(${x})`,
+    paddingSafe: true,
+  },
+  /** 1 where x > 0, else 0: the derivative of relu (its own gradient is zero). */
+  step: {
+    reference: (x) => (x > 0 ? 1 : 0),
+    wgsl: (x) => `select(0.0, 1.0, ${x} > 0.0)`,
+    wgslI32: (x) => `select(0, 1, ${x} > 0)`,
+    paddingSafe: true,
+    vjp: ["none"],
+  },
+} satisfies Record<string, UnaryFunctionRow>;
+
+/** `eq` and `lt` give 1 or 0 in the operands' dtype. */
+function compare(op: string): BinaryFunctionRow["wgsl"] {
+  return (a, b, env) => {
+    const [zero, one] = env.dtype === "i32" ? ["0", "1"] : ["0.0", "1.0"];
+    return `select(${zero}, ${one}, ${a} ${op} ${b})`;
+  };
+}
+
+export const BINARY_FUNCTION_ROWS = {
+  add: { reference: (a, b) => a + b, wgsl: (a, b) => `${a} + ${b}`, paddingSafe: true },
+  sub: { reference: (a, b) => a - b, wgsl: (a, b) => `${a} - ${b}`, paddingSafe: true },
+  mul: { reference: (a, b) => a * b, wgsl: (a, b) => `${a} * ${b}`, paddingSafe: true },
+  div: { reference: (a, b) => a / b, wgsl: (a, b) => `${a} / ${b}`, paddingSafe: false },
+  max: { reference: Math.max, wgsl: (a, b) => `max(${a}, ${b})`, paddingSafe: true },
+  min: { reference: Math.min, wgsl: (a, b) => `min(${a}, ${b})`, paddingSafe: true },
+  pow: {
+    reference: Math.pow,
+    wgsl: (a, b, env) => {
+      if (env.dtype === "i32") return `i32(${env.use("pow_")}(f32(${a}), f32(${b})))`;
+      // Constant exponents that have exact, cheaper forms.
+      switch (env.constant(1)) {
+        case 1:
+          return a;
+        case 2:
+          return `${a} * ${a}`;
+        case 3:
+          return `${a} * ${a} * ${a}`;
+        case 0.5:
+          return `sqrt(${a})`;
+        case -1:
+          return `1.0 / ${a}`;
+        case -0.5:
+          return `1.0 / sqrt(${a})`;
+      }
+      return `${env.use("pow_")}(${a}, ${b})`;
+    },
+    paddingSafe: false,
+  },
+  // Comparisons keep padding finite, but stacking has never relied on it.
+  eq: {
+    reference: (a, b) => (a === b ? 1 : 0),
+    wgsl: compare("=="),
+    paddingSafe: false,
+    vjp: ["none", "none"],
+  },
+  lt: {
+    reference: (a, b) => (a < b ? 1 : 0),
+    wgsl: compare("<"),
+    paddingSafe: false,
+    vjp: ["none", "none"],
+  },
+} satisfies Record<string, BinaryFunctionRow>;
+
+export const REDUCE_FUNCTION_ROWS = {
+  sum: {
+    identity: 0,
+    combine: (acc, x) => acc + x,
+    finish: (acc) => acc,
+    wgsl: { combine: (acc, x) => `${acc} + ${x}`, finish: (acc) => acc },
+  },
+  mean: {
+    identity: 0,
+    combine: (acc, x) => acc + x,
+    finish: (acc, count) => acc / count,
+    wgsl: { combine: (acc, x) => `${acc} + ${x}`, finish: (acc, count) => `${acc} / ${count}.0` },
+  },
+  max: {
+    identity: -Infinity,
+    combine: Math.max,
+    finish: (acc) => acc,
+    wgsl: { combine: (acc, x) => `max(${acc}, ${x})`, finish: (acc) => acc },
+  },
+} satisfies Record<string, ReduceFunctionRow>;
+
+export type UnaryOp = keyof typeof UNARY_FUNCTION_ROWS;
+export type BinaryOp = keyof typeof BINARY_FUNCTION_ROWS;
+export type ReduceOp = keyof typeof REDUCE_FUNCTION_ROWS;
+
+/** Unary elementwise functions (the table's order). */
+export const UNARY_OPS = Object.keys(UNARY_FUNCTION_ROWS) as readonly UnaryOp[];
+/** Binary elementwise functions, with numpy broadcasting. */
+export const BINARY_OPS = Object.keys(BINARY_FUNCTION_ROWS) as readonly BinaryOp[];
+/** Reductions along one axis. */
+export const REDUCE_OPS = Object.keys(REDUCE_FUNCTION_ROWS) as readonly ReduceOp[];
+
+// ---- Ops.
+
+const same = (i: number) => (_: unknown, ins: readonly IrDType[]) => ins[i]!;
+const always = (d: IrDType) => () => d;
+const given = (n: { dtype?: IrDType }) => {
+  if (n.dtype === undefined) throw new Error("internal: the dtype is an attribute here");
+  return n.dtype;
+};
+const givenShape = (n: { shape?: number[] }) => {
+  if (n.shape === undefined) throw new Error("internal: the shape is an attribute here");
+  return n.shape;
+};
+const fusion = (kernel: FusionKernel, operands: Fusion["operands"], epilogue?: boolean) => {
+  const f: Fusion = { kernel, operands };
+  if (epilogue) f.epilogue = true;
+  return () => f;
+};
+const LEAF = fusion("leaf", "stored");
+const MAP_INLINE = fusion("map", "inline");
+const MAP_STORED = fusion("map", "stored");
+const VIEW = fusion("view", "stored");
+const ROWS = fusion("rows", "inline");
+
+function checkAxis(axis: number, rank: number): void {
+  if (!(Number.isInteger(axis) && axis >= 0 && axis < rank))
+    throw new Error(`internal: axis ${axis} of a rank-${rank} value`);
+}
+
+/** The independent 1-D lines along `axis` of a shape: outer × inner, `size` apart by inner. */
+function lines(shape: readonly number[], axis: number) {
+  return {
+    size: shape[axis]!,
+    inner: numel(shape.slice(axis + 1)),
+    outer: numel(shape.slice(0, axis)),
+  };
+}
+
+export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
+  input: {
+    dtype: given,
+    shape: givenShape,
+    print: (n) => ` "${n.name}"`,
+    fusion: LEAF,
+  },
+  param: {
+    dtype: given,
+    shape: givenShape,
+    print: (n) => ` "${n.name}"${n.trainable ? "" : " frozen"} init=${n.init}`,
+    fusion: LEAF,
+  },
+  const: {
+    dtype: given,
+    shape: givenShape,
+    print: (n) => ` ${Number.isInteger(n.value) ? n.value.toFixed(1) : String(n.value)}`,
+    reference: (n, _, out) => out.fill(n.value),
+    fusion: fusion("const", "stored"),
+  },
+  unary: {
+    dtype: same(0),
+    shape: (_, [x]) => [...x!],
+    print: (n) => ` ${n.fn}`,
+    reference(n, [x], out) {
+      const f = UNARY_FUNCTION_ROWS[n.fn].reference;
+      for (let i = 0; i < out.length; i++) out[i] = f(x!.data[i]!);
+    },
+    fusion: MAP_INLINE,
+    wgsl(n, [x], env) {
+      const row: UnaryFunctionRow = UNARY_FUNCTION_ROWS[n.fn];
+      if (n.dtype !== "i32") return row.wgsl(x!, env);
+      if (row.wgslI32) return row.wgslI32(x!, env);
+      return `i32(${row.wgsl(`f32(${x})`, { ...env, dtype: "f32" })})`;
+    },
+    vjp: (n) => (UNARY_FUNCTION_ROWS[n.fn] as UnaryFunctionRow).vjp,
+  },
+  binary: {
+    dtype: same(0),
+    shape: (_, [a, b]) => broadcast(a!, b!),
+    print: (n) => ` ${n.fn}`,
+    reference(n, [a, b], out) {
+      const f = BINARY_FUNCTION_ROWS[n.fn].reference;
+      const sa = strides(a!.shape);
+      const sb = strides(b!.shape);
+      for (let i = 0; i < out.length; i++) {
+        out[i] = f(
+          a!.data[broadcastIndex(i, n.shape, a!.shape, sa)]!,
+          b!.data[broadcastIndex(i, n.shape, b!.shape, sb)]!,
+        );
+      }
+      if (n.dtype === "i32") for (let i = 0; i < out.length; i++) out[i] = Math.trunc(out[i]!);
+    },
+    fusion: MAP_INLINE,
+    wgsl: (n, [a, b], env) => BINARY_FUNCTION_ROWS[n.fn].wgsl(a!, b!, env),
+    vjp: (n) => (BINARY_FUNCTION_ROWS[n.fn] as BinaryFunctionRow).vjp,
+  },
+  /** [..., m, k] @ [..., k, n] with batch broadcasting; a 2-D right side is shared by all rows. */
+  matmul: {
+    dtype: same(0),
+    shape(_, [a, b]) {
+      if (a!.length < 2 || b!.length < 2) throw new Error("internal: matmul needs rank >= 2");
+      const k = a![a!.length - 1]!;
+      const k2 = b![b!.length - 2]!;
+      if (k !== k2) throw new Error(`internal: matmul inner dims ${k} vs ${k2}`);
+      return [
+        ...broadcast(a!.slice(0, -2), b!.slice(0, -2)),
+        a![a!.length - 2]!,
+        b![b!.length - 1]!,
+      ];
+    },
+    reference(n, [a, b], out) {
+      const r = n.shape.length;
+      const m = n.shape[r - 2]!;
+      const p = n.shape[r - 1]!;
+      const k = a!.shape[a!.shape.length - 1]!;
+      const batchShape = n.shape.slice(0, -2);
+      const aBatch = a!.shape.slice(0, -2);
+      const bBatch = b!.shape.slice(0, -2);
+      const sa = strides(aBatch);
+      const sb = strides(bBatch);
+      const batches = numel(batchShape);
+      for (let t = 0; t < batches; t++) {
+        const ao = broadcastIndex(t, batchShape, aBatch, sa) * m * k;
+        const bo = broadcastIndex(t, batchShape, bBatch, sb) * k * p;
+        for (let i = 0; i < m; i++) {
+          for (let j = 0; j < p; j++) {
+            let acc = 0;
+            for (let q = 0; q < k; q++) acc += a!.data[ao + i * k + q]! * b!.data[bo + q * p + j]!;
+            out[t * m * p + i * p + j] = acc;
+          }
+        }
+      }
+    },
+    fusion: fusion("matmul", "stored", true),
+  },
+  /** Along one axis, kept with size 1 (the builder reshapes it away unless keepdim). */
+  reduce: {
+    dtype: same(0),
+    shape(n, [x]) {
+      checkAxis(n.axis, x!.length);
+      return x!.map((d, i) => (i === n.axis ? 1 : d));
+    },
+    print: (n) => ` ${n.fn} axis=${n.axis}`,
+    reference(n, [x], out) {
+      const f: ReduceFunctionRow = REDUCE_FUNCTION_ROWS[n.fn];
+      const { size, inner, outer } = lines(x!.shape, n.axis);
+      for (let o = 0; o < outer; o++) {
+        for (let i = 0; i < inner; i++) {
+          let acc = f.identity;
+          for (let j = 0; j < size; j++) acc = f.combine(acc, x!.data[(o * size + j) * inner + i]!);
+          out[o * inner + i] = f.finish(acc, size);
+        }
+      }
+    },
+    // Along the last axis a row reduction (LayerNorm's statistics); otherwise an anchor that
+    // loops over the axis per output element.
+    fusion: (n) =>
+      n.axis === n.shape.length - 1
+        ? { kernel: "rows", operands: "inline" }
+        : { kernel: "reduce", operands: "stored", epilogue: true },
+  },
+  /** Softmax along the last axis (max subtracted, float32). */
+  softmax: {
+    dtype: always("f32"),
+    shape: (_, [x]) => [...x!],
+    reference(n, [x], out) {
+      const d = n.shape[n.shape.length - 1]!;
+      const xs = x!.data;
+      for (let r = 0; r < out.length / d; r++) {
+        let mx = -Infinity;
+        for (let j = 0; j < d; j++) mx = Math.max(mx, xs[r * d + j]!);
+        let sum = 0;
+        for (let j = 0; j < d; j++)
+          sum += out[r * d + j] = mx === -Infinity ? 0 : Math.exp(xs[r * d + j]! - mx);
+        for (let j = 0; j < d; j++) out[r * d + j] = sum > 0 ? out[r * d + j]! / sum : 0;
+      }
+    },
+    fusion: ROWS,
+  },
+  /** out[..., i, j] = x[..., i, j] where j ≤ i, else -inf. */
+  causal_mask: {
+    dtype: always("f32"),
+    shape: (_, [x]) => [...x!],
+    reference(n, [x], out) {
+      const rows = n.shape[n.shape.length - 2]!;
+      const cols = n.shape[n.shape.length - 1]!;
+      for (let i = 0; i < out.length; i++) {
+        const j = i % cols;
+        const r = Math.floor(i / cols) % rows;
+        out[i] = j <= r ? x!.data[i]! : -Infinity;
+      }
+    },
+    fusion: MAP_INLINE,
+    wgsl(n, [x], env) {
+      const r = n.shape.length;
+      return `select(${x}, ${env.f32(-Infinity)}, ${env.coord(r - 1)} > ${env.coord(r - 2)})`;
+    },
+  },
+  /** Rows of a [n, d] table at integer ids [...]: [..., d]. */
+  gather: {
+    dtype: same(0),
+    shape: (_, [table, ids]) => [...ids!, table![1]!],
+    reference(n, [table, ids], out) {
+      const [rows, d] = table!.shape as [number, number];
+      for (let i = 0; i < ids!.data.length; i++) {
+        const row = ids!.data[i]!;
+        if (!(row >= 0 && row < rows))
+          throw new RangeError(`gather: id ${row} is outside 0..${rows - 1}`);
+        for (let j = 0; j < d; j++) out[i * d + j] = table!.data[row * d + j]!;
+      }
+    },
+    // Evaluated per element, reading the table and the ids from their buffers.
+    fusion: MAP_STORED,
+    vjp: () => [undefined, "none"],
+  },
+  /** Adds rows of src [..., d] into a zero [n, d] table at ids [...] (the gradient of gather). */
+  scatter_add: {
+    dtype: always("f32"),
+    shape: (n, [src]) => [n.rows, src![src!.length - 1]!],
+    print: (n) => ` rows=${n.rows}`,
+    reference(n, [src, ids], out) {
+      const d = n.shape[1]!;
+      for (let i = 0; i < ids!.data.length; i++)
+        for (let j = 0; j < d; j++) out[ids!.data[i]! * d + j] += src!.data[i * d + j]!;
+    },
+    fusion: fusion("scatter", "stored"),
+    vjp: () => [undefined, "none"],
+  },
+  permute: {
+    dtype: same(0),
+    shape(n, [x]) {
+      if ([...n.perm].sort((a, b) => a - b).join(",") !== x!.map((_, i) => i).join(","))
+        throw new Error(`internal: [${n.perm}] does not permute a rank-${x!.length} value`);
+      return n.perm.map((p) => x![p]!);
+    },
+    print: (n) => ` [${n.perm.join(", ")}]`,
+    reference(n, [x], out) {
+      const sx = strides(x!.shape);
+      const so = strides(n.shape);
+      for (let i = 0; i < out.length; i++) {
+        let src = 0;
+        for (let a = 0; a < n.shape.length; a++)
+          src += (Math.floor(i / so[a]!) % n.shape[a]!) * sx[n.perm[a]!]!;
+        out[i] = x!.data[src]!;
+      }
+    },
+    fusion: VIEW,
+  },
+  /** The shape is the attribute; the element count must not change. */
+  reshape: {
+    dtype: same(0),
+    shape(n, [x]) {
+      const shape = givenShape(n);
+      if (numel(shape) !== numel(x!)) throw new Error(`internal: reshape [${x}] to [${shape}]`);
+      return shape;
+    },
+    reference: (_, [x], out) => out.set(x!.data),
+    fusion: VIEW,
+  },
+  /** The last-axis position of each element, 0..n-1 (as i32); reads only its input's shape. */
+  iota: {
+    dtype: always("i32"),
+    shape: (_, [x]) => [...x!],
+    reference(n, _, out) {
+      const d = n.shape[n.shape.length - 1]!;
+      for (let i = 0; i < out.length; i++) out[i] = i % d;
+    },
+    fusion: fusion("map", "shape"),
+    wgsl: (n, _, env) => `i32(${env.coord(n.shape.length - 1)})`,
+    vjp: () => ["none"],
+  },
+  concat: {
+    dtype: same(0),
+    shape(n, ins) {
+      const out = [...ins[0]!];
+      checkAxis(n.axis, out.length);
+      for (const s of ins)
+        if (s.length !== out.length || s.some((d, a) => a !== n.axis && d !== out[a]))
+          throw new Error(`internal: concat of [${ins[0]}] and [${s}] along ${n.axis}`);
+      out[n.axis] = ins.reduce((acc, s) => acc + s[n.axis]!, 0);
+      return out;
+    },
+    print: (n) => ` axis=${n.axis}`,
+    reference(n, ins, out) {
+      const { size: total, inner, outer } = lines(n.shape, n.axis);
+      let offset = 0;
+      for (const x of ins) {
+        const size = x.shape[n.axis]!;
+        for (let o = 0; o < outer; o++) {
+          for (let j = 0; j < size * inner; j++)
+            out[(o * total + offset) * inner + j] = x.data[o * size * inner + j]!;
+        }
+        offset += size;
+      }
+    },
+    // Evaluated per element, each part read from its buffer.
+    fusion: MAP_STORED,
+  },
+  /** The slice [start, start + size) along `axis`. */
+  slice: {
+    dtype: same(0),
+    shape(n, [x]) {
+      const out = [...x!];
+      checkAxis(n.axis, out.length);
+      if (n.start < 0 || n.size < 0 || n.start + n.size > out[n.axis]!)
+        throw new Error(`internal: slice ${n.start}+${n.size} of ${out[n.axis]}`);
+      out[n.axis] = n.size;
+      return out;
+    },
+    print: (n) => ` axis=${n.axis} start=${n.start} size=${n.size}`,
+    reference(n, [x], out) {
+      const { inner, outer } = lines(n.shape, n.axis);
+      const full = x!.shape[n.axis]!;
+      for (let o = 0; o < outer; o++) {
+        for (let j = 0; j < n.size * inner; j++)
+          out[o * n.size * inner + j] = x!.data[(o * full + n.start) * inner + j]!;
+      }
+    },
+    fusion: VIEW,
+  },
+  /** The dtype is the attribute; to i32 truncates toward zero. */
+  cast: {
+    dtype: given,
+    shape: (_, [x]) => [...x!],
+    reference(n, [x], out) {
+      out.set(x!.data);
+      if (n.dtype === "i32") for (let i = 0; i < out.length; i++) out[i] = Math.trunc(out[i]!);
+    },
+    fusion: MAP_INLINE,
+    // The operand arrives converted to the node's dtype, which is the whole cast.
+    wgsl: (_, [x]) => x!,
+    vjp: (n) => (n.dtype === "i32" ? ["none"] : undefined),
+  },
+  /** Running sum along `axis` (inclusive). */
+  cumsum: {
+    dtype: same(0),
+    shape(n, [x]) {
+      checkAxis(n.axis, x!.length);
+      return [...x!];
+    },
+    print: (n) => ` axis=${n.axis}`,
+    reference(n, [x], out) {
+      const { size, inner, outer } = lines(n.shape, n.axis);
+      for (let o = 0; o < outer; o++)
+        for (let i = 0; i < inner; i++) {
+          let acc = 0;
+          for (let j = 0; j < size; j++) {
+            const at = (o * size + j) * inner + i;
+            out[at] = acc += x!.data[at]!;
+          }
+        }
+    },
+    fusion: fusion("scan", "stored"),
+  },
+  /**
+   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
+   * the lower position. Not differentiable (its consumers take values with gather).
+   */
+  topk: {
+    dtype: always("i32"),
+    shape(n, [x]) {
+      if (!(n.k <= x![x!.length - 1]!)) throw new Error(`internal: top ${n.k} of [${x}]`);
+      return [...x!.slice(0, -1), n.k];
+    },
+    print: (n) => ` k=${n.k}`,
+    reference(n, [x], out) {
+      const d = x!.shape[x!.shape.length - 1]!;
+      for (let r = 0; r < out.length / n.k; r++) {
+        const row = Array.from({ length: d }, (_, j) => j);
+        // Stable sort: equal values keep the lower position first.
+        row.sort((a, b) => x!.data[r * d + b]! - x!.data[r * d + a]! || a - b);
+        for (let j = 0; j < n.k; j++) out[r * n.k + j] = row[j]!;
+      }
+    },
+    fusion: fusion("topk", "stored"),
+    vjp: () => ["none"],
+  },
+  /** See graph.ts: the rows of ids [R] grouped by id, padded to `align`. */
+  group_rows: {
+    dtype: always("i32"),
+    shape: (n, [ids]) => [groupRowsLength(ids![0]!, n.experts, n.align)],
+    print: (n) => ` experts=${n.experts} align=${n.align}`,
+    reference(n, [ids], out) {
+      out.fill(-1);
+      let at = 0;
+      for (let e = 0; e <= n.experts; e++) {
+        for (let r = 0; r < ids!.data.length; r++) {
+          const id = ids!.data[r]!;
+          const inRange = id >= 0 && id < n.experts;
+          if (e < n.experts ? id === e : !inRange) out[at++] = r;
+        }
+        at = Math.ceil(at / n.align) * n.align;
+      }
+    },
+    fusion: fusion("group", "stored"),
+    vjp: () => ["none"],
+  },
+  /** y[r] = x[r] @ w[ids[r]]; `order` (group_rows of ids) only schedules the work. */
+  expert_matmul: {
+    dtype: always("f32"),
+    shape(_, [x, w]) {
+      if (x!.length !== 2 || w!.length !== 3 || x![1] !== w![1])
+        throw new Error(`internal: expert_matmul of [${x}] and [${w}]`);
+      return [x![0]!, w![2]!];
+    },
+    reference(_, [x, w, ids, order], out) {
+      const [E, K, N] = w!.shape as [number, number, number];
+      // The schedule must cover every row once, whatever the kernel does with it.
+      const seen = new Uint8Array(ids!.data.length);
+      for (const r of order!.data) if (r >= 0) seen[r]! += 1;
+      if (seen.some((c) => c !== 1))
+        throw new Error("expert_matmul: order does not cover every row once");
+      for (let r = 0; r < ids!.data.length; r++) {
+        const e = ids!.data[r]!;
+        if (!(e >= 0 && e < E)) continue;
+        for (let j = 0; j < N; j++) {
+          let acc = 0;
+          for (let q = 0; q < K; q++) acc += x!.data[r * K + q]! * w!.data[(e * K + q) * N + j]!;
+          out[r * N + j] = acc;
+        }
+      }
+    },
+    fusion: fusion("matmul", "stored", true),
+    vjp: () => [undefined, undefined, "none", "none"],
+  },
+};
+
+/** The row of an op, typed for any node. */
+export function opRow(op: IrOpName): OpRow<IrOpName> {
+  return OPS[op] as OpRow<IrOpName>;
+}
+
+export function fusionOf(n: IrNode): Fusion {
+  return opRow(n.op).fusion(n);
+}
