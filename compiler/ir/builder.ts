@@ -5,11 +5,18 @@
  * by tests that build graphs by hand.
  */
 import { type IrDType, type IrGraph, type IrNode, type IrOpName, inputsOf } from "./graph.js";
-import { type BinaryOp, type Draft, type ReduceOp, type UnaryOp, opRow } from "./ops.js";
+import {
+  type BinaryOp,
+  type Draft,
+  type GradientBuilder,
+  type ReduceOp,
+  type UnaryOp,
+  opRow,
+} from "./ops.js";
 
 export { broadcast, groupRowsLength } from "./shapes.js";
 
-export class IrBuilder {
+export class IrBuilder implements GradientBuilder {
   readonly nodes: IrNode[] = [];
   readonly outputs: { name: string; node: number }[] = [];
   private readonly params = new Map<string, number>();

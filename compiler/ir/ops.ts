@@ -9,12 +9,12 @@
  * gradient rule (filled in by training).
  *
  * Recipe: adding a new op.
- *   - A unary / binary / reduce function (`softplus`, `atan2`, `prod`): one row in
- *     UNARY_FUNCTION_ROWS / BINARY_FUNCTION_ROWS / REDUCE_FUNCTION_ROWS. Its name becomes a
- *     member of UnaryOp / BinaryOp / ReduceOp and of UNARY_OPS / BINARY_OPS / REDUCE_OPS. If its
+ *   - A unary / binary / reduce function (`softplus`, `atan2`, `prod`): its name in the
+ *     UnaryOp / BinaryOp / ReduceOp union below and its row in UNARY_FUNCTION_ROWS /
+ *     BINARY_FUNCTION_ROWS / REDUCE_FUNCTION_ROWS (TypeScript rejects a name without a row). If its
  *     WGSL calls a helper function WGSL lacks, `env.use("name_")` it and add the helper's text
  *     to HELPERS in kernels/wgsl/kernel-writer.ts.
- *   - A new op: its member of the IrNode union in graph.ts (its attributes), a row in OPS below
+ *   - A new op: its member of the IrNode union below (its attributes), a row in OPS
  *     (TypeScript rejects OPS until it has one), and a typed constructor in builder.ts that
  *     calls `make`. An elementwise op (fusion kernel "map" with inline operands) with a `wgsl`
  *     function is then fused and emitted by the generic path; an op that needs its own kernel
@@ -24,10 +24,161 @@
  *     kernel against the reference (test/runtime/kernels.test.ts); test/compiler/ir/ops.test.ts
  *     checks every row is complete.
  */
-import type { IrBuilder } from "./builder.js";
 import { type HostTensor, broadcastIndex, erf, strides } from "./float64.js";
-import type { IrDType, IrNode, IrOpName } from "./graph.js";
 import { broadcast, groupRowsLength, numel } from "./shapes.js";
+
+// ---- Nodes: the IR's dtypes, function names and node shapes (graph.ts re-exports them).
+
+export type IrDType = "f32" | "i32";
+
+/** Unary elementwise functions: each has its row in UNARY_FUNCTION_ROWS. */
+export type UnaryOp =
+  | "neg"
+  | "relu"
+  | "gelu"
+  | "gelu_tanh"
+  | "silu"
+  | "tanh"
+  | "sigmoid"
+  | "exp"
+  | "log"
+  | "sqrt"
+  | "rsqrt"
+  | "abs"
+  | "step";
+/** Binary elementwise functions (numpy broadcasting): rows in BINARY_FUNCTION_ROWS. */
+export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" | "eq" | "lt";
+/** Reductions along one axis: rows in REDUCE_FUNCTION_ROWS. */
+export type ReduceOp = "sum" | "mean" | "max";
+
+/** One node of the graph. `inputs` are ids of earlier nodes. */
+export type IrNode =
+  | { id: number; op: "input"; name: string; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "param";
+      name: string;
+      dtype: IrDType;
+      shape: number[];
+      trainable: boolean;
+      init: string;
+    }
+  | { id: number; op: "const"; value: number; dtype: IrDType; shape: number[] }
+  | { id: number; op: "unary"; fn: UnaryOp; inputs: [number]; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "binary";
+      fn: BinaryOp;
+      inputs: [number, number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /** [..., m, k] @ [..., k, n] with batch broadcasting; a 2-D right side is shared by all rows. */
+  | { id: number; op: "matmul"; inputs: [number, number]; dtype: IrDType; shape: number[] }
+  | {
+      id: number;
+      op: "reduce";
+      fn: ReduceOp;
+      axis: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /** Softmax along the last axis (max subtracted, float32). */
+  | { id: number; op: "softmax"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** out[..., i, j] = x[..., i, j] where j ≤ i + offset, else -inf. */
+  | { id: number; op: "causal_mask"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** Rows of a [n, d] table at integer ids [...]: [..., d]. */
+  | { id: number; op: "gather"; inputs: [number, number]; dtype: IrDType; shape: number[] }
+  /** Adds rows of src [..., d] into a zero [n, d] table at ids [...] (the gradient of gather). */
+  | {
+      id: number;
+      op: "scatter_add";
+      rows: number;
+      inputs: [number, number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  | { id: number; op: "permute"; perm: number[]; inputs: [number]; dtype: IrDType; shape: number[] }
+  | { id: number; op: "reshape"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** The last-axis position of each element, 0..n-1 (as i32). */
+  | { id: number; op: "iota"; inputs: [number]; dtype: IrDType; shape: number[] }
+  | { id: number; op: "concat"; axis: number; inputs: number[]; dtype: IrDType; shape: number[] }
+  /** The slice [start, start + size) along `axis`. */
+  | {
+      id: number;
+      op: "slice";
+      axis: number;
+      start: number;
+      size: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  | { id: number; op: "cast"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /** Running sum along `axis` (inclusive). */
+  | { id: number; op: "cumsum"; axis: number; inputs: [number]; dtype: IrDType; shape: number[] }
+  /**
+   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
+   * the lower position. Not differentiable (its consumers take values with gather).
+   */
+  | { id: number; op: "topk"; k: number; inputs: [number]; dtype: IrDType; shape: number[] }
+  /**
+   * The rows of ids [R] (i32) grouped by id, for kernels that want rows of one expert together:
+   * for each expert 0..experts-1, then for the rows whose id is outside that range (dropped),
+   * the row numbers in increasing order followed by -1 up to the next multiple of `align`;
+   * -1 fills the rest. Length: the smallest multiple of `align` ≥ R + (experts + 1)(align - 1).
+   */
+  | {
+      id: number;
+      op: "group_rows";
+      experts: number;
+      align: number;
+      inputs: [number];
+      dtype: IrDType;
+      shape: number[];
+    }
+  /**
+   * Per-row expert matmul: y[r] = x[r] @ w[ids[r]] for x [R, K], w [E, K, N], ids [R] (i32);
+   * rows whose id is outside 0..E-1 are zero. `order` (group_rows of ids) only schedules the
+   * work: a GPU kernel walks rows grouped by expert, so each tile reads one expert's weights.
+   */
+  | {
+      id: number;
+      op: "expert_matmul";
+      inputs: [number, number, number, number];
+      dtype: IrDType;
+      shape: number[];
+    };
+
+export type IrOpName = IrNode["op"];
+
+/**
+ * What a gradient rule builds its IR with: the builder's constructors (IrBuilder implements
+ * this), declared here so the table does not import the builder that reads it.
+ */
+export interface GradientBuilder {
+  shape(id: number): number[];
+  node(id: number): IrNode;
+  constant(value: number, dtype?: IrDType, shape?: number[]): number;
+  unary(fn: UnaryOp, x: number): number;
+  binary(fn: BinaryOp, a: number, b: number): number;
+  matmul(a: number, b: number): number;
+  reduce(fn: ReduceOp, x: number, axis: number, keepdim: boolean): number;
+  softmax(x: number): number;
+  causalMask(x: number): number;
+  gather(table: number, ids: number): number;
+  scatterAdd(src: number, ids: number, rows: number): number;
+  permute(x: number, perm: number[]): number;
+  reshape(x: number, shape: number[]): number;
+  iota(like: number): number;
+  concat(xs: number[], axis: number): number;
+  slice(x: number, axis: number, start: number, size: number): number;
+  cast(x: number, dtype: IrDType): number;
+  cumsum(x: number, axis: number): number;
+  groupRows(ids: number, experts: number, align: number): number;
+  expertMatmul(x: number, w: number, ids: number, order: number): number;
+}
 
 export type NodeOf<K extends IrOpName> = Extract<IrNode, { op: K }>;
 
@@ -90,7 +241,7 @@ export interface WgslEnv {
 
 /** What training's autodiff will hand a gradient rule. */
 export interface VjpContext<N> {
-  ir: IrBuilder;
+  ir: GradientBuilder;
   node: N;
   /** The cotangent of the node's value (a node of the node's shape). */
   cotangent: number;
@@ -218,7 +369,7 @@ export const UNARY_FUNCTION_ROWS = {
     paddingSafe: true,
     vjp: ["none"],
   },
-} satisfies Record<string, UnaryFunctionRow>;
+} satisfies Record<UnaryOp, UnaryFunctionRow>;
 
 /** `eq` and `lt` give 1 or 0 in the operands' dtype. */
 function compare(op: string): BinaryFunctionRow["wgsl"] {
@@ -271,7 +422,7 @@ export const BINARY_FUNCTION_ROWS = {
     paddingSafe: false,
     vjp: ["none", "none"],
   },
-} satisfies Record<string, BinaryFunctionRow>;
+} satisfies Record<BinaryOp, BinaryFunctionRow>;
 
 export const REDUCE_FUNCTION_ROWS = {
   sum: {
@@ -292,11 +443,7 @@ export const REDUCE_FUNCTION_ROWS = {
     finish: (acc) => acc,
     wgsl: { combine: (acc, x) => `max(${acc}, ${x})`, finish: (acc) => acc },
   },
-} satisfies Record<string, ReduceFunctionRow>;
-
-export type UnaryOp = keyof typeof UNARY_FUNCTION_ROWS;
-export type BinaryOp = keyof typeof BINARY_FUNCTION_ROWS;
-export type ReduceOp = keyof typeof REDUCE_FUNCTION_ROWS;
+} satisfies Record<ReduceOp, ReduceFunctionRow>;
 
 /** Unary elementwise functions (the table's order). */
 export const UNARY_OPS = Object.keys(UNARY_FUNCTION_ROWS) as readonly UnaryOp[];
