@@ -213,6 +213,28 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 20]
     await expectMatches(r.model.graph, { task: { ints: 3 } });
   });
 
+  it.each([
+    ["Hash()", 4, { B: 3, T: 7 }],
+    ["Hash(seed: 5)", 9, { B: 1, T: 7 }], // more experts than tokens
+    ["Hash(seed: 2)", 3, { B: 2, T: 33 }],
+  ] as const)("%s over %i experts: the hash and the layer", async (router, experts, dims) => {
+    const src = `import std.nn { FFN }
+import std.route { MoE, Hash }
+model M() { in x: f32[B, T, 12]  in tokens: i32[B, T]  out y: f32[B, T, 12]
+  moe = MoE(router: ${router}, experts: [FFN(12, 20, act: gelu); ${experts}])
+  y = moe(x, tokens) }`;
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
+    const r = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)), {
+      routingStats: true,
+    });
+    if ("error" in r || !r.model) throw new Error(JSON.stringify(r));
+    expect(r.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+    const graph = r.model.graph;
+    expect(graph.outputs.map((o) => o.name)).toContain("routing:moe.experts");
+    // Ids over all of i32's non-negative range: the modular arithmetic near 2³¹ must agree.
+    await expectMatches(graph, { tokens: { ints: 2 ** 31 - 1 } });
+  });
+
   it("ties: a zero router gives every token experts 0 and 1", async () => {
     const graph = lowerSource("TopK(2)", 5, { B: 2, T: 3 });
     const zero = { lo: 0, hi: 0 };

@@ -6,7 +6,9 @@
  * builds what every family needs, dispatches to the family and adds the shared experts.
  */
 import { dimConst, dimValue, formatDim } from "../../check/dims.js";
+import type { BuiltinArg } from "../../check/builtins.js";
 import type { PrimitiveContext } from "../../check/primitive-rule.js";
+import { unifyTensor } from "../../check/unify.js";
 import {
   type Instance,
   type TensorType,
@@ -144,6 +146,13 @@ export const moeRule: LoweredPrimitiveRule = {
         file: ctx.file,
       });
     }
+    if (input === "token ids") {
+      // One id per token: x's type without its feature axis.
+      const xType = first.inputs[0]!.type;
+      const type: TensorType = { dtype: "i32", dims: xType.dims.slice(0, -1) };
+      if (xType.lead !== undefined) type.lead = xType.lead;
+      inst.inputs.push({ name: "tokens", type, span: ctx.span, file: ctx.file });
+    }
     inst.outputs = [{ ...first.outputs[0]!, name: "y" }];
     inst.freeAtoms = first.freeAtoms;
     inst.children.set("router", router);
@@ -180,6 +189,7 @@ export const moeRule: LoweredPrimitiveRule = {
     const info = moeInfo.get(inst);
     if (!info || inst.inputs.length === 0) return UNKNOWN;
     const needsTask = info.input === "task ids";
+    const needsTokens = info.input === "token ids";
     const want = info.input === "none" ? 1 : 2;
     if (args.length !== want) {
       if (needsTask && args.length === 1) {
@@ -188,11 +198,18 @@ export const moeRule: LoweredPrimitiveRule = {
           ctx.span,
           "this MoE's router routes on the task: pass the task ids too, `moe(x, task)`",
         );
+      } else if (needsTokens && args.length === 1) {
+        ctx.report(
+          "E0411",
+          ctx.span,
+          "this MoE's router routes on the token ids: pass them too, `moe(x, tokens)`",
+          { hint: "the ids are i32 with x's leading dims, e.g. `in tokens: i32[B, T]`" },
+        );
       } else {
         ctx.report(
           "E0305",
           ctx.span,
-          `MoE takes ${want} input${want === 1 ? "" : "s"} (x${needsTask ? ", task" : ""}), found ${args.length}`,
+          `MoE takes ${want} input${want === 1 ? "" : "s"} (x${needsTask ? ", task" : needsTokens ? ", tokens" : ""}), found ${args.length}`,
         );
       }
       return UNKNOWN;
@@ -239,9 +256,54 @@ export const moeRule: LoweredPrimitiveRule = {
         return UNKNOWN;
       }
     }
+    if (needsTokens && !checkTokenIds(ctx, args[1]!, inputs[1]!, x)) return UNKNOWN;
     return { k: "tensor", t: ctx.unifier.resolveTensor(outputs[0]!) };
   },
 };
+
+/**
+ * The token ids of a router that routes on them (`moe(x, tokens)`): i32 (E0411), one per token
+ * of x, i.e. x's dims without the last (E0302). `expected` is the layer's freshened port.
+ */
+function checkTokenIds(
+  ctx: PrimitiveContext,
+  t: BuiltinArg,
+  expected: TensorType,
+  x: BuiltinArg,
+): boolean {
+  const router = ctx.inst.children.get("router")?.component ?? "router";
+  if (t.value.k === "unknown") return true;
+  if (t.value.k !== "tensor" || t.value.t.dtype !== "i32") {
+    const found = t.value.k === "tensor" ? formatTensorType(t.value.t) : describeValue(t.value);
+    ctx.report(
+      "E0411",
+      t.span,
+      `${router} routes on the token ids: expected i32 ids, found ${found}`,
+      {
+        hint: "pass the model's token ids, e.g. `in tokens: i32[B, T]`",
+      },
+    );
+    return false;
+  }
+  const conflict = unifyTensor(ctx.unifier, expected, t.value.t);
+  if (conflict) {
+    const xs =
+      x.value.k === "tensor" ? formatTensorType(ctx.unifier.resolveTensor(x.value.t)) : "x";
+    ctx.report(
+      "E0302",
+      t.span,
+      `token ids ${formatTensorType(t.value.t)} must have the leading dims of x ${xs}: one id per token`,
+      {
+        hint:
+          conflict.kind === "dim"
+            ? `dimension ${conflict.position}: expected ${formatDim(conflict.expected!)}, found ${formatDim(conflict.found!)}`
+            : `expected ${formatTensorType(ctx.unifier.resolveTensor(expected))}`,
+      },
+    );
+    return false;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------- lowering
 
