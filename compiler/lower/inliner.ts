@@ -16,8 +16,6 @@ import {
 } from "../check/evaluator.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "../check/values.js";
 import type { IrBuilder } from "../ir/builder.js";
-import { loraDelta } from "../library/adapt/lora.js";
-import { lowerMoE } from "../library/route/moe.js";
 import type { LoweredPrimitiveRule, LoweringHooks } from "./lowering-hooks.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
 
@@ -107,11 +105,12 @@ export class Inliner implements EvaluationHooks {
       );
     }
     if (inst.form === "primitive") {
-      if (inst.component !== "MoE") {
+      const rule = this.rules.get(inst.component);
+      if (!rule?.lowerLayer) {
         lowering.unsupported(frame.file, span, `the ${inst.component} layer`);
         return UNKNOWN;
       }
-      return lowerMoE(
+      return rule.lowerLayer(
         {
           ctx: this.evaluator.primitiveContext(frame, span, inst),
           lowering,
@@ -147,7 +146,10 @@ export class Inliner implements EvaluationHooks {
       return UNKNOWN;
     }
     if (ids.k !== "tensor" || ids.node === undefined) return UNKNOWN;
-    if (inst.wrapOf && [...byTask.values()].every((t) => t.wrapOf?.adapter.component === "LoRA"))
+    const additive = (t: Instance) =>
+      t.wrapOf !== undefined &&
+      this.rules.get(t.wrapOf.adapter.component)?.lowerDelta !== undefined;
+    if (inst.wrapOf && [...byTask.values()].every(additive))
       return this.inlinePerTaskLora(inst.wrapOf.base, byTask, inputs, ids.node, span, frame);
     const segmented = this.inlinePerTaskSegmented(byTask, inputs, ids.node, span, frame);
     if (segmented) return segmented;
@@ -270,7 +272,7 @@ export class Inliner implements EvaluationHooks {
     const deltas: number[] = [];
     for (const one of byTask.values()) {
       const adapter = one.wrapOf!.adapter;
-      const d = loraDelta(
+      const d = this.rules.get(adapter.component)!.lowerDelta!(
         this.evaluator.primitiveContext(frame, span, adapter),
         this.lowering,
         one,

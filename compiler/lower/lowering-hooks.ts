@@ -44,6 +44,24 @@ export interface LoweringHooks {
   pinnedGroups(layer: string, groups: number): number[] | undefined;
 }
 
+/** Applies one sub-instance (an expert, inlined) to a tensor. */
+export type ApplyExpert = (
+  expert: Instance,
+  x: Extract<Value, { k: "tensor" }>,
+) => Extract<Value, { k: "tensor" }> | undefined;
+
+/** What a primitive module that lowers itself (the MoE layer) is given: its context and sub-instances. */
+export interface LayerLowering {
+  ctx: PrimitiveContext;
+  lowering: LoweringHooks;
+  applyExpert: ApplyExpert;
+  /** A PrimitiveContext for another instance (the LoRA adapters of factorised experts). */
+  contextFor(inst: Instance): PrimitiveContext;
+  unsupported(what: string): Value;
+  /** A lowering warning at the MoE layer's use. */
+  warn(code: DiagnosticCode, message: string, hint?: string): void;
+}
+
 /** A primitive's rule with its lowering (adapters: the IR of the wrapped output). */
 export interface LoweredPrimitiveRule extends PrimitiveRule {
   /** For adapters: IR for the wrapped output given the input `x` and the base output `y`. */
@@ -54,6 +72,18 @@ export interface LoweredPrimitiveRule extends PrimitiveRule {
     x: Extract<Value, { k: "tensor" }>,
     y: Extract<Value, { k: "tensor" }>,
   ): Value;
+  /** For primitive modules (the MoE layer): IR for the application to `args`. */
+  lowerLayer?(layer: LayerLowering, args: { value: Value }[]): Value;
+  /**
+   * For additive adapters (LoRA): the update added to the base's output for rows [N, d], so
+   * per-task adapters run segmented (one expert_matmul per factor for all tasks).
+   */
+  lowerDelta?(
+    ctx: PrimitiveContext,
+    lowering: LoweringHooks,
+    wrapped: Instance,
+    rows: number,
+  ): number | undefined;
 }
 
 /** The primitives' rules with their lowering halves (compiler/library/index.ts). */

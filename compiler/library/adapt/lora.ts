@@ -48,6 +48,7 @@ export const loraRule: LoweredPrimitiveRule = {
     ctx.registerParamAt(`${path}.lora_A`, a, LORA_A_INIT);
     ctx.registerParamAt(`${path}.lora_B`, b, "zeros");
   },
+  lowerDelta: (ctx, lowering, wrapped, rows) => loraDelta(ctx, lowering, wrapped, rows),
 };
 
 /** y + (alpha / r) · (x Aᵀ) Bᵀ, unmerged: the fuser folds it into the base matmul's epilogue. */

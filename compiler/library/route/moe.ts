@@ -18,7 +18,8 @@ import {
   formatTensorType,
 } from "../../check/values.js";
 import type { LoweredPrimitiveRule } from "../../lower/lowering-hooks.js";
-import type { MoeLowering, RoutingLowering } from "../../lower/routing/common.js";
+import type { LayerLowering } from "../../lower/lowering-hooks.js";
+import type { MoeLowering } from "../../lower/routing/common.js";
 import { ROUTER_FAMILIES } from "./families.js";
 import type { ExpertLayout, RouterShape, RoutingInput } from "./router-family.js";
 
@@ -259,6 +260,7 @@ export const moeRule: LoweredPrimitiveRule = {
     if (needsTokens && !checkTokenIds(ctx, args[1]!, inputs[1]!, x)) return UNKNOWN;
     return { k: "tensor", t: ctx.unifier.resolveTensor(outputs[0]!) };
   },
+  lowerLayer: (layer, args) => lowerMoE(layer, args),
 };
 
 /**
@@ -308,7 +310,7 @@ function checkTokenIds(
 // ---------------------------------------------------------------- lowering
 
 /** IR for one application of an MoE layer (`ctx.inst`) to `args` (x, then task or token ids). */
-export function lowerMoE(r: RoutingLowering, args: { value: Value }[]): Value {
+export function lowerMoE(r: LayerLowering, args: { value: Value }[]): Value {
   const { ctx, lowering } = r;
   const ir = lowering.builder;
   const inst = ctx.inst;

@@ -13,7 +13,7 @@
 import type { DiagnosticCode } from "../../diagnostics.js";
 import type { IrBuilder } from "../../ir/builder.js";
 import { numel } from "../../ir/graph.js";
-import type { LoweringHooks } from "../lowering-hooks.js";
+import type { LayerLowering, LoweringHooks } from "../lowering-hooks.js";
 import type { PrimitiveContext } from "../../check/primitive-rule.js";
 import { concatChunked, rowAlign, stackExperts } from "../stack-experts.js";
 import type { Instance, Value } from "../../check/values.js";
@@ -21,24 +21,9 @@ import { dimConst } from "../../check/dims.js";
 
 export type TensorValue = Extract<Value, { k: "tensor" }>;
 
-/** Applies one expert (inlined) to a tensor. */
-export type ApplyExpert = (expert: Instance, x: TensorValue) => TensorValue | undefined;
-
-/** Context the MoE lowering needs from the evaluator. */
-export interface RoutingLowering {
-  ctx: PrimitiveContext;
-  lowering: LoweringHooks;
-  applyExpert: ApplyExpert;
-  /** A PrimitiveContext for another instance (the LoRA adapters of factorised experts). */
-  contextFor(inst: Instance): PrimitiveContext;
-  unsupported(what: string): Value;
-  /** A lowering warning at the MoE layer's use. */
-  warn(code: DiagnosticCode, message: string, hint?: string): void;
-}
-
 /** One MoE layer, as a router family lowers it. */
 export interface MoeLowering {
-  r: RoutingLowering;
+  r: LayerLowering;
   router: Instance;
   /** The experts in their groups (one group per expert unless the router groups them). */
   groups: Instance[][];
@@ -55,12 +40,12 @@ export interface MoeLowering {
 }
 
 /** The MoE layer's parameter path: it names the layer's routing outputs and pinned groups. */
-export function layerPath(r: RoutingLowering): string {
+export function layerPath(r: LayerLowering): string {
   return r.ctx.inst.path ?? "moe";
 }
 
 /** Records the routing output `name` of the layer (`routing:<layer>.<name>`). */
-export function routingStat(r: RoutingLowering): (name: string, node: number) => void {
+export function routingStat(r: LayerLowering): (name: string, node: number) => void {
   return (name, node) => r.lowering.routing(layerPath(r), name, node);
 }
 
@@ -303,7 +288,7 @@ export function runExperts(
  * matmuls walk the rows grouped by expert: [R, dOut].
  */
 export function applyStackedExperts(
-  r: RoutingLowering,
+  r: LayerLowering,
   experts: Instance[],
   rows: number,
   ids: number,
