@@ -1,9 +1,10 @@
 /**
- * The tensor IR: a graph in SSA form over a small closed set of primitive ops. Every value has
- * a dtype and a concrete shape (dims are bound before lowering). Each op is pure and has a
- * gradient expressible in the same op set, so `moec train` can differentiate the graph into
- * more of the same IR. Everything about an op beyond its attributes (shape rule, reference
- * implementation, fusion class, WGSL, gradient slot) is its row in ./ops.ts.
+ * The tensor IR: a graph in SSA form over a small closed set of ops. Every value has a dtype
+ * and a concrete shape (dims are bound before lowering). Each op is pure and has a gradient
+ * expressible in the same op set, so `moec train` can differentiate the graph into more of the
+ * same IR. The node types and everything about an op (shape rule, reference implementation,
+ * fusion class, WGSL, gradient rule) are its row in ./ops.ts. ("Op" is the IR's word;
+ * "primitive" means the standard library's `primitive` declarations.)
  */
 import type { IrNode } from "./ops.js";
 

@@ -1,7 +1,7 @@
 /**
- * How each builtin function of the language lowers to IR primitives: one row per builtin, next
+ * How each builtin function of the language lowers to IR ops: one row per builtin, next
  * to its shape rule in builtins.ts. Derived functions (variance, log_softmax, select) are
- * compositions of primitives, so the IR stays small.
+ * compositions of IR ops, so the IR stays small.
  */
 import type { IrBuilder } from "../ir/builder.js";
 import { UNARY_OPS, type UnaryOp } from "../ir/graph.js";
