@@ -21,6 +21,15 @@ export class IrBuilder implements GradientBuilder {
   readonly outputs: { name: string; node: number }[] = [];
   private readonly params = new Map<string, number>();
 
+  /** A builder that appends to `graph`: its nodes, outputs and parameters are kept. */
+  static extend(graph: IrGraph): IrBuilder {
+    const b = new IrBuilder();
+    b.nodes.push(...graph.nodes);
+    b.outputs.push(...graph.outputs);
+    for (const n of graph.nodes) if (n.op === "param") b.params.set(n.name, n.id);
+    return b;
+  }
+
   /**
    * Adds a node of `draft`'s op with the dtype and shape its row gives. The node's keys keep
    * the draft's order, then dtype, shape and id: the order ir.json is written in.
@@ -161,6 +170,10 @@ export class IrBuilder implements GradientBuilder {
 
   expertMatmul(x: number, w: number, ids: number, order: number): number {
     return this.make({ op: "expert_matmul", inputs: [x, w, ids, order] });
+  }
+
+  expertMatmulWgrad(x: number, g: number, ids: number, order: number, experts: number): number {
+    return this.make({ op: "expert_matmul_wgrad", experts, inputs: [x, g, ids, order] });
   }
 
   output(name: string, node: number): void {

@@ -116,6 +116,7 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
 export function emitScatter(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const n = w.node(k.anchor!);
+  if (n.op === "expert_matmul_wgrad") return emitExpertWgrad(w, launch);
   if (n.op !== "scatter_add") throw new Error("internal: scatter kernel without scatter_add");
   const src = k.loads[n.inputs[0]]!;
   const ids = k.loads[n.inputs[1]]!;
@@ -145,6 +146,44 @@ export function emitScatter(w: KernelWriter, launch: Launch): string {
       `      ${out.set("at", `${out.get("at")} + f32(${srcBuf.get(viewIndex(src, srcCoords))})`)}`,
       `    }`,
       `  }`,
+    ]),
+  );
+}
+
+/**
+ * expert_matmul_wgrad: one invocation per weight element (e, q, j), summing x[r, q]·g[r, j]
+ * over the rows routed to expert e, so no two invocations write one element. It reads every
+ * row's id (R per element); a backward pass's weight gradients are a small share of its work.
+ */
+function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const n = w.node(k.anchor!);
+  if (n.op !== "expert_matmul_wgrad") throw new Error("internal: not expert_matmul_wgrad");
+  const [x, g, ids] = n.inputs.map((i) => k.loads[i]!);
+  const [experts, depth, cols] = n.shape as [number, number, number];
+  const rows = x!.shape[0]!;
+  const threads = launch.workgroupSize[0];
+  const out = w.bind(k.out.storage, k.out.dtype, "read_write");
+  const xBuf = w.bindView(x!);
+  const gBuf = w.bindView(g!);
+  const idsBuf = w.bindView(ids!);
+  return moduleText(
+    w,
+    entry(launch, [
+      `  let gi = wg * ${u32(threads)} + lidx;`,
+      `  if (gi >= ${u32(experts * depth * cols)}) {`,
+      `    return;`,
+      `  }`,
+      `  let e = i32(gi / ${u32(depth * cols)});`,
+      `  let q = (gi / ${u32(cols)}) % ${u32(depth)};`,
+      `  let j = gi % ${u32(cols)};`,
+      `  var acc = 0.0;`,
+      `  for (var r = 0u; r < ${u32(rows)}; r += 1u) {`,
+      `    if (i32(${idsBuf.get(viewIndex(ids!, ["r"]))}) == e) {`,
+      `      acc = acc + f32(${xBuf.get(viewIndex(x!, ["r", "q"]))}) * f32(${gBuf.get(viewIndex(g!, ["r", "j"]))});`,
+      `    }`,
+      `  }`,
+      `  ${out.set(viewIndex(k.out, ["u32(e)", "q", "j"]), "acc")}`,
     ]),
   );
 }
