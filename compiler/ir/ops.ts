@@ -698,6 +698,14 @@ function lines(shape: readonly number[], axis: number) {
   };
 }
 
+/** The schedule of an expert op must cover every row once, whatever its kernel does with it. */
+function coversRows(order: HostTensor, rows: number): void {
+  const seen = new Uint8Array(rows);
+  for (const r of order.data) if (r >= 0) seen[r]! += 1;
+  if (seen.some((c) => c !== 1))
+    throw new Error("expert_matmul: order does not cover every row once");
+}
+
 export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
   input: {
     dtype: given,
@@ -1159,11 +1167,7 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     reference(_, [x, w, ids, order], out) {
       const [E, K, N] = w!.shape as [number, number, number];
-      // The schedule must cover every row once, whatever the kernel does with it.
-      const seen = new Uint8Array(ids!.data.length);
-      for (const r of order!.data) if (r >= 0) seen[r]! += 1;
-      if (seen.some((c) => c !== 1))
-        throw new Error("expert_matmul: order does not cover every row once");
+      coversRows(order!, ids!.data.length);
       for (let r = 0; r < ids!.data.length; r++) {
         const e = ids!.data[r]!;
         if (!(e >= 0 && e < E)) continue;
@@ -1200,8 +1204,9 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       return [n.experts, x![1]!, g![1]!];
     },
     print: (n) => ` experts=${n.experts}`,
-    reference(n, [x, g, ids], out) {
+    reference(n, [x, g, ids, order], out) {
       const [E, K, N] = n.shape as [number, number, number];
+      coversRows(order!, ids!.data.length);
       for (let r = 0; r < ids!.data.length; r++) {
         const e = ids!.data[r]!;
         if (!(e >= 0 && e < E)) continue;
