@@ -1,8 +1,9 @@
 /**
  * Builds IR graphs with shape inference, so every node's shape is right by construction: each
  * typed constructor drafts a node and `make` takes its dtype and shape from the op's row in
- * ./ops.ts (which throws where the inputs do not fit). Used by lowering, by autodiff later, and
- * by tests that build graphs by hand.
+ * ./ops.ts (which throws where the inputs do not fit). Used by lowering, by autodiff
+ * (differentiate-graph.ts, which extends the graph it differentiates) and by tests that build
+ * graphs by hand.
  */
 import { type IrDType, type IrGraph, type IrNode, type IrOpName, inputsOf } from "./graph.js";
 import {

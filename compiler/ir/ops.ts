@@ -6,7 +6,7 @@
  * implementation (runtime/reference/interpret.ts is a loop over rows), the fusion class
  * (compiler/kernels/fuse-kernels.ts), the WGSL text of elementwise ops
  * (compiler/kernels/wgsl/kernel-writer.ts), how it prints (print.ts) and a slot for its
- * gradient rule (filled in by training).
+ * gradient rule (its vector-Jacobian product: ./differentiate-graph.ts walks the graph with them).
  *
  * Recipe: adding a new op.
  *   - A unary / binary / reduce function (`softplus`, `atan2`, `prod`): its name in the
@@ -20,9 +20,12 @@
  *     function is then fused and emitted by the generic path; an op that needs its own kernel
  *     template (a new anchor kind) also needs that template in kernels/wgsl/ and its case in
  *     emit-wgsl.ts and plan-buffers.ts.
+ *   - Its gradient: a rule per input in the row's `vjp` slot, or "none" where no gradient
+ *     flows (autodiff, ./differentiate-graph.ts, reads only the slots).
  *   - Tests: its reference against hand-computed values (test/runtime/reference/), its GPU
- *     kernel against the reference (test/runtime/kernels.test.ts); test/compiler/ir/ops.test.ts
- *     checks every row is complete.
+ *     kernel against the reference (test/runtime/kernels.test.ts), its gradient against
+ *     central differences (test/compiler/ir/differentiate-graph.test.ts);
+ *     test/compiler/ir/ops.test.ts checks every row is complete.
  */
 import { type HostTensor, broadcastIndex, erf, strides } from "./float64.js";
 import { broadcast, groupRowsLength, numel } from "./shapes.js";
@@ -253,7 +256,7 @@ export interface WgslEnv {
   f32(value: number): string;
 }
 
-/** What training's autodiff will hand a gradient rule. */
+/** What autodiff (./differentiate-graph.ts) hands a gradient rule. */
 export interface VjpContext<N> {
   ir: GradientBuilder;
   node: N;
@@ -264,7 +267,8 @@ export interface VjpContext<N> {
 export type Cotangent<N> = (ctx: VjpContext<N>) => number;
 /**
  * Per input: its cotangent rule; "none" where no gradient flows to it (indices, masks,
- * positions); undefined where the rule is not written yet.
+ * positions); undefined where the rule is not written (autodiff rejects the op where it needs
+ * one; test/compiler/ir/ops.test.ts wants every slot filled).
  */
 export type InputVjp<N> = Cotangent<N> | "none" | undefined;
 
@@ -281,7 +285,7 @@ export interface OpRow<K extends IrOpName> {
   fusion(n: NodeOf<K>): Fusion;
   /** For fusion kernel "map" with inline or shape operands: the WGSL expression of the value. */
   wgsl?(n: NodeOf<K>, operands: readonly string[], env: WgslEnv): string;
-  /** The gradient slot, one entry per input; absent: nothing written yet. */
+  /** The gradient slot, one entry per input; absent only for leaves (no inputs). */
   vjp?(n: NodeOf<K>): readonly InputVjp<NodeOf<K>>[] | undefined;
 }
 
@@ -611,9 +615,15 @@ export const BINARY_FUNCTION_ROWS = {
     },
     paddingSafe: false,
     vjp: sides(
-      // b·a^(b−1)
-      (ir, g, { inputs: [a, b] }) =>
-        mul(ir, g, mul(ir, b, ir.binary("pow", a, ir.binary("sub", b, scalar(ir, 1))))),
+      // b·a^(b−1); a constant exponent stays constant, so the kernel keeps its exact forms.
+      (ir, g, { inputs: [a, b] }) => {
+        const e = ir.node(b);
+        const less =
+          e.op === "const"
+            ? ir.constant(e.value - 1, e.dtype, [...e.shape])
+            : ir.binary("sub", b, scalar(ir, 1));
+        return mul(ir, g, mul(ir, b, ir.binary("pow", a, less)));
+      },
       // y·ln a: defined for a > 0 only (a constant exponent gets no gradient)
       (ir, g, n) => mul(ir, g, mul(ir, n.id, ir.unary("log", n.inputs[0]))),
     ),

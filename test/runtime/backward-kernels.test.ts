@@ -73,6 +73,12 @@ async function expectGradients(
 }
 
 describe("backward kernels", () => {
+  it("erf (GELU's derivative needs it) at 4097 points in [-6, 6]", async () => {
+    const b = new IrBuilder();
+    b.output("erf", b.unary("erf", b.input("x", "f32", [4097])));
+    await expectGradients(b.finish(), { x: { lo: -6, hi: 6 } }, false);
+  });
+
   for (const [rows, d, hidden] of [
     [7, 33, 67],
     [1, 7, 1],

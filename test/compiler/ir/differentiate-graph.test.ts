@@ -101,6 +101,16 @@ describe("binary rules", () => {
     }
   }
 
+  it("pow with a constant exponent: the exponent stays a constant, and gets no gradient", () => {
+    const { differentiated, forward } = checkGradients({
+      build: (b) => b.binary("pow", p(b, "a", [7]), b.constant(3)),
+      leaves: { a: uniform(prng(3), [7], -2, 2) },
+    });
+    const added = differentiated.graph.nodes.slice(forward.nodes.length);
+    expect(added.some((n) => n.op === "binary" && n.fn === "sub")).toBe(false);
+    expect(added.some((n) => n.op === "const" && n.value === 2)).toBe(true);
+  });
+
   it("max and min split a tie evenly between the sides", () => {
     for (const fn of ["max", "min"] as const) {
       const { graph, loss, leaves } = withLoss({

@@ -284,6 +284,34 @@ describe("the function rows", () => {
   });
 });
 
+describe("rows added for gradients", () => {
+  it("erf matches known values; expert_matmul_wgrad sums xᵀg per expert, skipping dropped rows", () => {
+    expect(UNARY_FUNCTION_ROWS.erf.reference(0)).toBe(0);
+    expect(UNARY_FUNCTION_ROWS.erf.reference(1)).toBeCloseTo(0.8427007929497149, 15);
+    expect(UNARY_FUNCTION_ROWS.erf.reference(-0.5)).toBeCloseTo(-0.5204998778130465, 15);
+    const b = new IrBuilder();
+    const ids = b.input("ids", "i32", [3]);
+    const x = b.input("x", "f32", [3, 2]);
+    const g = b.input("g", "f32", [3, 1]);
+    b.output("dw", b.expertMatmulWgrad(x, g, ids, b.groupRows(ids, 2, 1), 2));
+    const graph = b.finish();
+    expect(verifyGraph(graph)).toEqual([]);
+    expect(printGraph(graph)).toContain("expert_matmul_wgrad experts=2");
+    const t = (shape: number[], data: number[]) => ({ shape, data: Float64Array.from(data) });
+    const out = interpret(
+      graph,
+      new Map([
+        ["ids", t([3], [1, 5, 1])], // row 1 is dropped
+        ["x", t([3, 2], [1, 2, 3, 4, 5, 6])],
+        ["g", t([3, 1], [10, 20, 30])],
+      ]),
+    ).outputs.get("dw")!;
+    expect(out.shape).toEqual([2, 2, 1]);
+    // expert 0: no rows; expert 1: rows 0 and 2: [1, 2]·10 + [5, 6]·30
+    expect([...out.data]).toEqual([0, 0, 160, 200]);
+  });
+});
+
 describe("the recipe", () => {
   const added: (() => void)[] = [];
   afterEach(() => added.splice(0).forEach((undo) => undo()));
