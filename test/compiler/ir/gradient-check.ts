@@ -40,6 +40,8 @@ export function uniform(rand: () => number, shape: number[], lo = -2, hi = 2, ga
 }
 
 export interface GradientCase {
+  /** A graph to extend (a lowered model); default: an empty one. */
+  base?: IrGraph;
   /** The graph's value: params made with `b.param(name, shape, true, …)` are differentiated. */
   build(b: IrBuilder): number;
   /** Values of every param and input `build` makes. */
@@ -62,7 +64,7 @@ export function withLoss(c: GradientCase): {
   loss: number;
   leaves: Map<string, HostTensor>;
 } {
-  const b = new IrBuilder();
+  const b = c.base ? IrBuilder.extend(c.base) : new IrBuilder();
   const y = c.build(b);
   const shape = b.shape(y);
   const cot = b.input("cotangent", "f32", shape);
