@@ -8,6 +8,7 @@ import { IrBuilder } from "../../compiler/ir/builder.js";
 import { differentiateGraph } from "../../compiler/ir/differentiate-graph.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { interpret } from "../../runtime/reference/interpret.js";
+import { lower } from "../compiler/routing-fixtures.js";
 import { type LeafSpec, checkGraph, randomLeaves, useDevice } from "./gpu-harness.js";
 import { attention, layerNorm, linear, transformerBlock } from "./model-graphs.js";
 
@@ -183,6 +184,34 @@ describe("backward kernels", () => {
       const g = b.input("g", "f32", [rows, cols]);
       b.output("dw", b.expertMatmulWgrad(x, g, ids, b.groupRows(ids, experts, align), experts));
       await expectGradients(b.finish(), { ids: { ints: experts + dropped } }, false);
+    });
+  }
+
+  for (const [router, N] of [
+    ["TopK(2)", 7],
+    ["TopK(1)", 1],
+    ["ExpertChoice(capacity: 1.5)", 7],
+  ] as const) {
+    it(`a lowered MoE layer (${router}, stacked FFN experts) at N = ${N}`, async () => {
+      const m = lower(
+        `import std.nn { FFN }
+import std.route { MoE, TopK, ExpertChoice }
+model M() { in x: f32[N, 9]  out y: f32[N, 9]
+  moe = MoE(router: ${router}, experts: [FFN(9, 5, act: gelu); 3])
+  y = moe(x) }`,
+        { N },
+      );
+      const y = m.graph.outputs.find((o) => o.name === "y")!.node;
+      const b = IrBuilder.extend({ nodes: m.graph.nodes, outputs: [] });
+      const shape = b.shape(y);
+      const flat = b.reshape(b.binary("mul", y, b.input("c", "f32", shape)), [
+        shape[0]! * shape[1]!,
+      ]);
+      const loss = b.reduce("sum", flat, 0, false);
+      b.output("loss", loss);
+      const d = differentiateGraph(b.finish(), loss, { outputPrefix: "grad:" });
+      expect(d.unused).toEqual([]);
+      await expectGradients(d.graph);
     });
   }
 });
