@@ -2,8 +2,8 @@
  * One invocation per output element (or per `launch.items` elements, in a loop): the
  * elementwise-map template (fused elementwise chains, copies of views, gather, concat, iota,
  * masks, constant fills), the reduction along a non-last axis (a loop per output element,
- * with its epilogue), and scatter_add (one invocation per column, so no two invocations ever
- * add into the same element).
+ * with its epilogue), scatter_add (one invocation per column, so no two invocations ever
+ * add into the same element) and expert_matmul_wgrad (one per weight element).
  */
 import { numel } from "../../ir/graph.js";
 import { REDUCE_FUNCTION_ROWS, type ReduceFunctionRow } from "../../ir/ops.js";
