@@ -295,6 +295,20 @@ describe("the walk", () => {
     expect(fresh.some((n) => n.op === "param" || n.op === "input")).toBe(false);
   });
 
+  it("IrBuilder.extend keeps the graph's nodes, outputs and parameters", () => {
+    const b = new IrBuilder();
+    const w = b.param("w", [2], true, "normal");
+    b.output("y", b.unary("exp", w));
+    const g = b.finish();
+    const more = IrBuilder.extend(g);
+    expect(more.param("w", [2], true, "normal")).toBe(w);
+    more.output("z", more.unary("neg", w));
+    const extended = more.finish();
+    expect(extended.nodes.slice(0, 2)).toEqual(g.nodes);
+    expect(extended.outputs.map((o) => o.name)).toEqual(["y", "z"]);
+    expect(g.nodes).toHaveLength(2); // the original is not modified
+  });
+
   it("reports trainable parameters the loss does not reach as unused", () => {
     const b = new IrBuilder();
     const w = b.param("w", [2], true, "normal");
