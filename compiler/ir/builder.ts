@@ -1,8 +1,9 @@
 /**
  * Builds IR graphs with shape inference, so every node's shape is right by construction: each
  * typed constructor drafts a node and `make` takes its dtype and shape from the op's row in
- * ./ops.ts (which throws where the inputs do not fit). Used by lowering, by autodiff later, and
- * by tests that build graphs by hand.
+ * ./ops.ts (which throws where the inputs do not fit). Used by lowering, by autodiff
+ * (differentiate-graph.ts, which extends the graph it differentiates) and by tests that build
+ * graphs by hand.
  */
 import { type IrDType, type IrGraph, type IrNode, type IrOpName, inputsOf } from "./graph.js";
 import {
@@ -20,6 +21,15 @@ export class IrBuilder implements GradientBuilder {
   readonly nodes: IrNode[] = [];
   readonly outputs: { name: string; node: number }[] = [];
   private readonly params = new Map<string, number>();
+
+  /** A builder that appends to `graph`: its nodes, outputs and parameters are kept. */
+  static extend(graph: IrGraph): IrBuilder {
+    const b = new IrBuilder();
+    b.nodes.push(...graph.nodes);
+    b.outputs.push(...graph.outputs);
+    for (const n of graph.nodes) if (n.op === "param") b.params.set(n.name, n.id);
+    return b;
+  }
 
   /**
    * Adds a node of `draft`'s op with the dtype and shape its row gives. The node's keys keep
@@ -161,6 +171,10 @@ export class IrBuilder implements GradientBuilder {
 
   expertMatmul(x: number, w: number, ids: number, order: number): number {
     return this.make({ op: "expert_matmul", inputs: [x, w, ids, order] });
+  }
+
+  expertMatmulWgrad(x: number, g: number, ids: number, order: number, experts: number): number {
+    return this.make({ op: "expert_matmul_wgrad", experts, inputs: [x, g, ids, order] });
   }
 
   output(name: string, node: number): void {

@@ -6,7 +6,7 @@
  * implementation (runtime/reference/interpret.ts is a loop over rows), the fusion class
  * (compiler/kernels/fuse-kernels.ts), the WGSL text of elementwise ops
  * (compiler/kernels/wgsl/kernel-writer.ts), how it prints (print.ts) and a slot for its
- * gradient rule (filled in by training).
+ * gradient rule (its vector-Jacobian product: ./differentiate-graph.ts walks the graph with them).
  *
  * Recipe: adding a new op.
  *   - A unary / binary / reduce function (`softplus`, `atan2`, `prod`): its name in the
@@ -20,9 +20,12 @@
  *     function is then fused and emitted by the generic path; an op that needs its own kernel
  *     template (a new anchor kind) also needs that template in kernels/wgsl/ and its case in
  *     emit-wgsl.ts and plan-buffers.ts.
+ *   - Its gradient: a rule per input in the row's `vjp` slot, or "none" where no gradient
+ *     flows (autodiff, ./differentiate-graph.ts, reads only the slots).
  *   - Tests: its reference against hand-computed values (test/runtime/reference/), its GPU
- *     kernel against the reference (test/runtime/kernels.test.ts); test/compiler/ir/ops.test.ts
- *     checks every row is complete.
+ *     kernel against the reference (test/runtime/kernels.test.ts), its gradient against
+ *     central differences (test/compiler/ir/differentiate-graph.test.ts);
+ *     test/compiler/ir/ops.test.ts checks every row is complete.
  */
 import { type HostTensor, broadcastIndex, erf, strides } from "./float64.js";
 import { broadcast, groupRowsLength, numel } from "./shapes.js";
@@ -45,6 +48,7 @@ export type UnaryOp =
   | "sqrt"
   | "rsqrt"
   | "abs"
+  | "erf"
   | "step";
 /** Binary elementwise functions (numpy broadcasting): rows in BINARY_FUNCTION_ROWS. */
 export type BinaryOp = "add" | "sub" | "mul" | "div" | "max" | "min" | "pow" | "eq" | "lt";
@@ -149,6 +153,18 @@ export type IrNode =
       inputs: [number, number, number, number];
       dtype: IrDType;
       shape: number[];
+    }
+  /**
+   * The weight gradient of expert_matmul: dw[e] = Σ over rows r with ids[r] = e of
+   * x[r]ᵀ · g[r], for x [R, K], g [R, N], ids [R] (i32): [experts, K, N]. `order` as there.
+   */
+  | {
+      id: number;
+      op: "expert_matmul_wgrad";
+      experts: number;
+      inputs: [number, number, number, number];
+      dtype: IrDType;
+      shape: number[];
     };
 
 export type IrOpName = IrNode["op"];
@@ -178,6 +194,7 @@ export interface GradientBuilder {
   cumsum(x: number, axis: number): number;
   groupRows(ids: number, experts: number, align: number): number;
   expertMatmul(x: number, w: number, ids: number, order: number): number;
+  expertMatmulWgrad(x: number, g: number, ids: number, order: number, experts: number): number;
 }
 
 export type NodeOf<K extends IrOpName> = Extract<IrNode, { op: K }>;
@@ -239,7 +256,7 @@ export interface WgslEnv {
   f32(value: number): string;
 }
 
-/** What training's autodiff will hand a gradient rule. */
+/** What autodiff (./differentiate-graph.ts) hands a gradient rule. */
 export interface VjpContext<N> {
   ir: GradientBuilder;
   node: N;
@@ -250,7 +267,8 @@ export interface VjpContext<N> {
 export type Cotangent<N> = (ctx: VjpContext<N>) => number;
 /**
  * Per input: its cotangent rule; "none" where no gradient flows to it (indices, masks,
- * positions); undefined where the rule is not written yet.
+ * positions); undefined where the rule is not written (autodiff rejects the op where it needs
+ * one; test/compiler/ir/ops.test.ts wants every slot filled).
  */
 export type InputVjp<N> = Cotangent<N> | "none" | undefined;
 
@@ -267,7 +285,7 @@ export interface OpRow<K extends IrOpName> {
   fusion(n: NodeOf<K>): Fusion;
   /** For fusion kernel "map" with inline or shape operands: the WGSL expression of the value. */
   wgsl?(n: NodeOf<K>, operands: readonly string[], env: WgslEnv): string;
-  /** The gradient slot, one entry per input; absent: nothing written yet. */
+  /** The gradient slot, one entry per input; absent only for leaves (no inputs). */
   vjp?(n: NodeOf<K>): readonly InputVjp<NodeOf<K>>[] | undefined;
 }
 
@@ -305,23 +323,97 @@ export interface ReduceFunctionRow {
   };
 }
 
+// ---- Gradient helpers: what the rows' vjp rules share.
+
+type UnaryNode = NodeOf<"unary">;
+type BinaryNode = NodeOf<"binary">;
+
+/** A scalar f32 constant (broadcasts against anything). */
+const scalar = (ir: GradientBuilder, v: number) => ir.constant(v);
+const mul = (ir: GradientBuilder, a: number, b: number) => ir.binary("mul", a, b);
+
+/** `g` summed over the axes it was broadcast along (numpy rules), back to `shape`. */
+export function unbroadcast(ir: GradientBuilder, g: number, shape: readonly number[]): number {
+  let x = g;
+  while (ir.shape(x).length > shape.length) x = ir.reduce("sum", x, 0, false);
+  for (let a = 0; a < shape.length; a++)
+    if (shape[a] === 1 && ir.shape(x)[a] !== 1) x = ir.reduce("sum", x, a, true);
+  return x;
+}
+
+/** `g` broadcast to `shape` (itself where it has it already). */
+export function expand(ir: GradientBuilder, g: number, shape: readonly number[]): number {
+  if (ir.shape(g).join(",") === shape.join(",")) return g;
+  return ir.binary("add", g, ir.constant(0, "f32", [...shape]));
+}
+
+/** The last two axes swapped. */
+function transposeLast(ir: GradientBuilder, x: number): number {
+  const r = ir.shape(x).length;
+  return ir.permute(x, [...Array(r - 2).keys(), r - 1, r - 2]);
+}
+
+/** A unary rule g · f'(x), with f' built from x and the node's value y. */
+function chain(
+  derivative: (ir: GradientBuilder, x: number, y: number) => number,
+): readonly [InputVjp<UnaryNode>] {
+  return [({ ir, node, cotangent }) => mul(ir, cotangent, derivative(ir, node.inputs[0], node.id))];
+}
+
+/** A binary rule: each side's cotangent at the output's shape, summed back to the input's. */
+function sides(
+  da: (ir: GradientBuilder, g: number, n: BinaryNode) => number,
+  db: (ir: GradientBuilder, g: number, n: BinaryNode) => number,
+): readonly [InputVjp<BinaryNode>, InputVjp<BinaryNode>] {
+  return [
+    ({ ir, node, cotangent }) => unbroadcast(ir, da(ir, cotangent, node), ir.shape(node.inputs[0])),
+    ({ ir, node, cotangent }) => unbroadcast(ir, db(ir, cotangent, node), ir.shape(node.inputs[1])),
+  ];
+}
+
+/**
+ * Where a = b, max and min split the cotangent evenly between the sides (as JAX does): the
+ * share of side a is [a wins] + ½[a = b].
+ */
+function share(ir: GradientBuilder, wins: number, a: number, b: number): number {
+  return ir.binary("add", ir.unary("step", wins), mul(ir, ir.binary("eq", a, b), scalar(ir, 0.5)));
+}
+
 export const UNARY_FUNCTION_ROWS = {
   neg: {
     reference: (x) => -x,
     wgsl: (x) => `-${x}`,
     wgslI32: (x) => `-${x}`,
     paddingSafe: true,
+    vjp: [({ ir, cotangent }) => ir.unary("neg", cotangent)],
   },
   relu: {
     reference: (x) => (x > 0 ? x : 0),
     wgsl: (x) => `max(${x}, 0.0)`,
     wgslI32: (x) => `max(${x}, 0)`,
     paddingSafe: true,
+    vjp: chain((ir, x) => ir.unary("step", x)),
   },
   gelu: {
     reference: (x) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
     wgsl: (x, env) => `${env.use("gelu_")}(${x})`,
     paddingSafe: true,
+    vjp: chain((ir, x) =>
+      // Φ(x) + x·φ(x)
+      ir.binary(
+        "add",
+        mul(
+          ir,
+          scalar(ir, 0.5),
+          ir.binary("add", scalar(ir, 1), ir.unary("erf", mul(ir, x, scalar(ir, Math.SQRT1_2)))),
+        ),
+        mul(
+          ir,
+          mul(ir, x, scalar(ir, 1 / Math.sqrt(2 * Math.PI))),
+          ir.unary("exp", mul(ir, mul(ir, x, x), scalar(ir, -0.5))),
+        ),
+      ),
+    ),
   },
   gelu_tanh: {
     reference: (x) =>
@@ -329,37 +421,102 @@ export const UNARY_FUNCTION_ROWS = {
     wgsl: (x, env) =>
       `0.5 * ${x} * (1.0 + ${env.use("tanh_")}(0.7978845608028654 * (${x} + 0.044715 * ${x} * ${x} * ${x})))`,
     paddingSafe: true,
+    vjp: chain((ir, x) => {
+      // ½(1 + t) + ½x(1 − t²)·u', t = tanh u, u = √(2/π)(x + 0.044715x³)
+      const k = Math.sqrt(2 / Math.PI);
+      const x2 = mul(ir, x, x);
+      const u = mul(
+        ir,
+        scalar(ir, k),
+        ir.binary("add", x, mul(ir, scalar(ir, 0.044715), mul(ir, x2, x))),
+      );
+      const t = ir.unary("tanh", u);
+      const du = mul(
+        ir,
+        scalar(ir, k),
+        ir.binary("add", scalar(ir, 1), mul(ir, scalar(ir, 3 * 0.044715), x2)),
+      );
+      return ir.binary(
+        "add",
+        mul(ir, scalar(ir, 0.5), ir.binary("add", scalar(ir, 1), t)),
+        mul(
+          ir,
+          mul(ir, mul(ir, scalar(ir, 0.5), x), ir.binary("sub", scalar(ir, 1), mul(ir, t, t))),
+          du,
+        ),
+      );
+    }),
   },
   silu: {
     reference: (x) => x / (1 + Math.exp(-x)),
     wgsl: (x, env) => `${x} * ${env.use("sigmoid_")}(${x})`,
     paddingSafe: true,
+    vjp: chain((ir, x) => {
+      // σ(x)(1 + x(1 − σ(x)))
+      const s = ir.unary("sigmoid", x);
+      return mul(
+        ir,
+        s,
+        ir.binary("add", scalar(ir, 1), mul(ir, x, ir.binary("sub", scalar(ir, 1), s))),
+      );
+    }),
   },
   tanh: {
     reference: Math.tanh,
     wgsl: (x, env) => `${env.use("tanh_")}(${x})`,
     paddingSafe: true,
+    vjp: chain((ir, _, y) => ir.binary("sub", scalar(ir, 1), mul(ir, y, y))),
   },
   sigmoid: {
     reference: (x) => 1 / (1 + Math.exp(-x)),
     wgsl: (x, env) => `${env.use("sigmoid_")}(${x})`,
     paddingSafe: true,
+    vjp: chain((ir, _, y) => mul(ir, y, ir.binary("sub", scalar(ir, 1), y))),
   },
-  exp: { reference: Math.exp, wgsl: (x) => `exp(${x})`, paddingSafe: true },
+  exp: {
+    reference: Math.exp,
+    wgsl: (x) => `exp(${x})`,
+    paddingSafe: true,
+    vjp: chain((_, __, y) => y),
+  },
   // log 0, sqrt of a negative and 1/sqrt 0 are infinities or NaN a zero weight cannot cancel.
-  log: { reference: Math.log, wgsl: (x) => `log(${x})`, paddingSafe: false },
-  sqrt: { reference: Math.sqrt, wgsl: (x) => `sqrt(${x})`, paddingSafe: false },
+  log: {
+    reference: Math.log,
+    wgsl: (x) => `log(${x})`,
+    paddingSafe: false,
+    vjp: [({ ir, node, cotangent }) => ir.binary("div", cotangent, node.inputs[0])],
+  },
+  sqrt: {
+    reference: Math.sqrt,
+    wgsl: (x) => `sqrt(${x})`,
+    paddingSafe: false,
+    vjp: chain((ir, _, y) => ir.binary("div", scalar(ir, 0.5), y)),
+  },
   rsqrt: {
     reference: (x) => 1 / Math.sqrt(x),
     // 1/sqrt rather than inverseSqrt, which some drivers approximate to ~12 bits.
     wgsl: (x) => `(1.0 / sqrt(${x}))`,
     paddingSafe: false,
+    vjp: chain((ir, _, y) => mul(ir, scalar(ir, -0.5), mul(ir, y, mul(ir, y, y)))),
   },
   abs: {
     reference: Math.abs,
     wgsl: (x) => `abs(${x})`,
     wgslI32: (x) => `abs(${x})`,
     paddingSafe: true,
+    vjp: chain((ir, x) =>
+      ir.binary("sub", ir.unary("step", x), ir.unary("step", ir.unary("neg", x))),
+    ),
+  },
+  /** The error function: GELU's derivative needs it. */
+  erf: {
+    reference: erf,
+    wgsl: (x, env) => `${env.use("erf_")}(${x})`,
+    paddingSafe: true,
+    // 2/√π · exp(−x²)
+    vjp: chain((ir, x) =>
+      mul(ir, scalar(ir, 2 / Math.sqrt(Math.PI)), ir.unary("exp", ir.unary("neg", mul(ir, x, x)))),
+    ),
   },
   /** 1 where x > 0, else 0: the derivative of relu (its own gradient is zero). */
   step: {
@@ -380,12 +537,61 @@ function compare(op: string): BinaryFunctionRow["wgsl"] {
 }
 
 export const BINARY_FUNCTION_ROWS = {
-  add: { reference: (a, b) => a + b, wgsl: (a, b) => `${a} + ${b}`, paddingSafe: true },
-  sub: { reference: (a, b) => a - b, wgsl: (a, b) => `${a} - ${b}`, paddingSafe: true },
-  mul: { reference: (a, b) => a * b, wgsl: (a, b) => `${a} * ${b}`, paddingSafe: true },
-  div: { reference: (a, b) => a / b, wgsl: (a, b) => `${a} / ${b}`, paddingSafe: false },
-  max: { reference: Math.max, wgsl: (a, b) => `max(${a}, ${b})`, paddingSafe: true },
-  min: { reference: Math.min, wgsl: (a, b) => `min(${a}, ${b})`, paddingSafe: true },
+  add: {
+    reference: (a, b) => a + b,
+    wgsl: (a, b) => `${a} + ${b}`,
+    paddingSafe: true,
+    vjp: sides(
+      (_, g) => g,
+      (_, g) => g,
+    ),
+  },
+  sub: {
+    reference: (a, b) => a - b,
+    wgsl: (a, b) => `${a} - ${b}`,
+    paddingSafe: true,
+    vjp: sides(
+      (_, g) => g,
+      (ir, g) => ir.unary("neg", g),
+    ),
+  },
+  mul: {
+    reference: (a, b) => a * b,
+    wgsl: (a, b) => `${a} * ${b}`,
+    paddingSafe: true,
+    vjp: sides(
+      (ir, g, n) => mul(ir, g, n.inputs[1]),
+      (ir, g, n) => mul(ir, g, n.inputs[0]),
+    ),
+  },
+  div: {
+    reference: (a, b) => a / b,
+    wgsl: (a, b) => `${a} / ${b}`,
+    paddingSafe: false,
+    vjp: sides(
+      (ir, g, n) => ir.binary("div", g, n.inputs[1]),
+      // −g·a/b² = −g·y/b
+      (ir, g, n) => ir.unary("neg", ir.binary("div", mul(ir, g, n.id), n.inputs[1])),
+    ),
+  },
+  max: {
+    reference: Math.max,
+    wgsl: (a, b) => `max(${a}, ${b})`,
+    paddingSafe: true,
+    vjp: sides(
+      (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", a, b), a, b)),
+      (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", b, a), a, b)),
+    ),
+  },
+  min: {
+    reference: Math.min,
+    wgsl: (a, b) => `min(${a}, ${b})`,
+    paddingSafe: true,
+    vjp: sides(
+      (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", b, a), a, b)),
+      (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", a, b), a, b)),
+    ),
+  },
   pow: {
     reference: Math.pow,
     wgsl: (a, b, env) => {
@@ -408,6 +614,19 @@ export const BINARY_FUNCTION_ROWS = {
       return `${env.use("pow_")}(${a}, ${b})`;
     },
     paddingSafe: false,
+    vjp: sides(
+      // b·a^(b−1); a constant exponent stays constant, so the kernel keeps its exact forms.
+      (ir, g, { inputs: [a, b] }) => {
+        const e = ir.node(b);
+        const less =
+          e.op === "const"
+            ? ir.constant(e.value - 1, e.dtype, [...e.shape])
+            : ir.binary("sub", b, scalar(ir, 1));
+        return mul(ir, g, mul(ir, b, ir.binary("pow", a, less)));
+      },
+      // y·ln a: defined for a > 0 only (a constant exponent gets no gradient)
+      (ir, g, n) => mul(ir, g, mul(ir, n.id, ir.unary("log", n.inputs[0]))),
+    ),
   },
   // Comparisons keep padding finite, but stacking has never relied on it.
   eq: {
@@ -487,6 +706,14 @@ function lines(shape: readonly number[], axis: number) {
     inner: numel(shape.slice(axis + 1)),
     outer: numel(shape.slice(0, axis)),
   };
+}
+
+/** The schedule of an expert op must cover every row once, whatever its kernel does with it. */
+function coversRows(order: HostTensor, rows: number): void {
+  const seen = new Uint8Array(rows);
+  for (const r of order.data) if (r >= 0) seen[r]! += 1;
+  if (seen.some((c) => c !== 1))
+    throw new Error("expert_matmul: order does not cover every row once");
 }
 
 export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
@@ -584,6 +811,22 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       }
     },
     fusion: fusion("matmul", "stored", true),
+    vjp: () => [
+      ({ ir, node, cotangent: g }) => {
+        const [a, b] = node.inputs;
+        return unbroadcast(ir, ir.matmul(g, transposeLast(ir, b)), ir.shape(a));
+      },
+      ({ ir, node, cotangent: g }) => {
+        const [a, b] = node.inputs;
+        const bs = ir.shape(b);
+        if (bs.length > 2) return unbroadcast(ir, ir.matmul(transposeLast(ir, a), g), bs);
+        // A shared right side: one [k, rows] @ [rows, n] product sums over the batch.
+        const [k, n] = bs as [number, number];
+        const rows = numel(node.shape) / Math.max(1, n);
+        const a2 = ir.reshape(a, [rows, k]);
+        return ir.matmul(ir.permute(a2, [1, 0]), ir.reshape(g, [rows, n]));
+      },
+    ],
   },
   /** Along one axis, kept with size 1 (the builder reshapes it away unless keepdim). */
   reduce: {
@@ -610,6 +853,24 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       n.axis === n.shape.length - 1
         ? { kernel: "rows", operands: "inline" }
         : { kernel: "reduce", operands: "stored", epilogue: true },
+    vjp: () => [
+      ({ ir, node, cotangent: g }) => {
+        const x = node.inputs[0];
+        const shape = ir.shape(x);
+        switch (node.fn) {
+          case "sum":
+            return expand(ir, g, shape);
+          case "mean":
+            return expand(ir, mul(ir, g, scalar(ir, 1 / shape[node.axis]!)), shape);
+          case "max": {
+            // Ties share the cotangent evenly among the positions equal to the maximum.
+            const hit = ir.binary("eq", x, node.id);
+            const count = ir.reduce("sum", hit, node.axis, true);
+            return mul(ir, hit, ir.binary("div", g, count));
+          }
+        }
+      },
+    ],
   },
   /** Softmax along the last axis (max subtracted, float32). */
   softmax: {
@@ -628,6 +889,14 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       }
     },
     fusion: ROWS,
+    vjp: () => [
+      // y ⊙ (g − Σ g⊙y) along the last axis
+      ({ ir, node, cotangent: g }) => {
+        const y = node.id;
+        const dot = ir.reduce("sum", mul(ir, g, y), -1, true);
+        return mul(ir, y, ir.binary("sub", g, dot));
+      },
+    ],
   },
   /** out[..., i, j] = x[..., i, j] where j ≤ i, else -inf. */
   causal_mask: {
@@ -647,6 +916,13 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       const r = n.shape.length;
       return `select(${x}, ${env.f32(-Infinity)}, ${env.coord(r - 1)} > ${env.coord(r - 2)})`;
     },
+    vjp: () => [
+      // Zero where masked: step(mask(0) + 1) is 1 on the kept positions, 0 on the -inf ones.
+      ({ ir, node, cotangent: g }) => {
+        const kept = ir.causalMask(ir.constant(0, "f32", [...node.shape]));
+        return mul(ir, g, ir.unary("step", ir.binary("add", kept, scalar(ir, 1))));
+      },
+    ],
   },
   /** Rows of a [n, d] table at integer ids [...]: [..., d]. */
   gather: {
@@ -663,7 +939,12 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     // Evaluated per element, reading the table and the ids from their buffers.
     fusion: MAP_STORED,
-    vjp: () => [undefined, "none"],
+    // Repeated ids accumulate: the table's cotangent is the cotangent scattered back.
+    vjp: () => [
+      ({ ir, node, cotangent }) =>
+        ir.scatterAdd(cotangent, node.inputs[1], ir.shape(node.inputs[0])[0]!),
+      "none",
+    ],
   },
   /** Adds rows of src [..., d] into a zero [n, d] table at ids [...] (the gradient of gather). */
   scatter_add: {
@@ -676,7 +957,7 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
         for (let j = 0; j < d; j++) out[ids!.data[i]! * d + j] += src!.data[i * d + j]!;
     },
     fusion: fusion("scatter", "stored"),
-    vjp: () => [undefined, "none"],
+    vjp: () => [({ ir, node, cotangent }) => ir.gather(cotangent, node.inputs[1]), "none"],
   },
   permute: {
     dtype: same(0),
@@ -697,6 +978,10 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       }
     },
     fusion: VIEW,
+    vjp: (n) => {
+      const inverse = n.perm.map((_, a) => n.perm.indexOf(a));
+      return [({ ir, cotangent }) => ir.permute(cotangent, inverse)];
+    },
   },
   /** The shape is the attribute; the element count must not change. */
   reshape: {
@@ -708,6 +993,7 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     reference: (_, [x], out) => out.set(x!.data),
     fusion: VIEW,
+    vjp: () => [({ ir, node, cotangent }) => ir.reshape(cotangent, ir.shape(node.inputs[0]))],
   },
   /** The last-axis position of each element, 0..n-1 (as i32); reads only its input's shape. */
   iota: {
@@ -747,6 +1033,13 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     // Evaluated per element, each part read from its buffer.
     fusion: MAP_STORED,
+    // Each part's cotangent is its slice; the offset is the parts before it.
+    vjp: (n) =>
+      n.inputs.map((input, k): InputVjp<NodeOf<"concat">> => ({ ir, node, cotangent }) => {
+        const size = (i: number) => ir.shape(i)[node.axis]!;
+        const start = node.inputs.slice(0, k).reduce((acc, i) => acc + size(i), 0);
+        return ir.slice(cotangent, node.axis, start, size(input));
+      }),
   },
   /** The slice [start, start + size) along `axis`. */
   slice: {
@@ -769,6 +1062,25 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       }
     },
     fusion: VIEW,
+    vjp: () => [
+      // Zero padding on both sides, as concat with zero constants.
+      ({ ir, node, cotangent }) => {
+        const full = ir.shape(node.inputs[0]);
+        const pad = (size: number) =>
+          ir.constant(
+            0,
+            "f32",
+            full.map((d, a) => (a === node.axis ? size : d)),
+          );
+        const after = full[node.axis]! - node.start - node.size;
+        const parts = [
+          ...(node.start > 0 ? [pad(node.start)] : []),
+          cotangent,
+          ...(after > 0 ? [pad(after)] : []),
+        ];
+        return parts.length === 1 ? cotangent : ir.concat(parts, node.axis);
+      },
+    ],
   },
   /** The dtype is the attribute; to i32 truncates toward zero. */
   cast: {
@@ -781,7 +1093,8 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     fusion: MAP_INLINE,
     // The operand arrives converted to the node's dtype, which is the whole cast.
     wgsl: (_, [x]) => x!,
-    vjp: (n) => (n.dtype === "i32" ? ["none"] : undefined),
+    // To f32 from f32 passes the cotangent; from i32 its input is not differentiated anyway.
+    vjp: (n) => (n.dtype === "i32" ? ["none"] : [({ cotangent }) => cotangent]),
   },
   /** Running sum along `axis` (inclusive). */
   cumsum: {
@@ -803,6 +1116,13 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
         }
     },
     fusion: fusion("scan", "stored"),
+    vjp: () => [
+      // The reverse running sum: Σ g − cumsum(g) + g.
+      ({ ir, node, cotangent: g }) => {
+        const total = ir.reduce("sum", g, node.axis, true);
+        return ir.binary("add", ir.binary("sub", total, ir.cumsum(g, node.axis)), g);
+      },
+    ],
   },
   /**
    * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
@@ -857,11 +1177,7 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     reference(_, [x, w, ids, order], out) {
       const [E, K, N] = w!.shape as [number, number, number];
-      // The schedule must cover every row once, whatever the kernel does with it.
-      const seen = new Uint8Array(ids!.data.length);
-      for (const r of order!.data) if (r >= 0) seen[r]! += 1;
-      if (seen.some((c) => c !== 1))
-        throw new Error("expert_matmul: order does not cover every row once");
+      coversRows(order!, ids!.data.length);
       for (let r = 0; r < ids!.data.length; r++) {
         const e = ids!.data[r]!;
         if (!(e >= 0 && e < E)) continue;
@@ -873,7 +1189,57 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       }
     },
     fusion: fusion("matmul", "stored", true),
-    vjp: () => [undefined, undefined, "none", "none"],
+    vjp: () => [
+      // dx[r] = g[r] @ w[ids[r]]ᵀ
+      ({ ir, node, cotangent }) => {
+        const [, w, ids, order] = node.inputs;
+        return ir.expertMatmul(cotangent, ir.permute(w, [0, 2, 1]), ids, order);
+      },
+      ({ ir, node, cotangent }) => {
+        const [x, w, ids, order] = node.inputs;
+        return ir.expertMatmulWgrad(x, cotangent, ids, order, ir.shape(w)[0]!);
+      },
+      "none",
+      "none",
+    ],
+  },
+  /** dw[e] = Σ_{r: ids[r] = e} x[r]ᵀ · g[r]: [experts, K, N]. */
+  expert_matmul_wgrad: {
+    dtype: always("f32"),
+    shape(n, [x, g, ids]) {
+      if (x!.length !== 2 || g!.length !== 2 || ids!.length !== 1)
+        throw new Error(`internal: expert_matmul_wgrad of [${x}], [${g}], [${ids}]`);
+      if (x![0] !== g![0] || x![0] !== ids![0])
+        throw new Error(`internal: expert_matmul_wgrad rows [${x}], [${g}], [${ids}]`);
+      return [n.experts, x![1]!, g![1]!];
+    },
+    print: (n) => ` experts=${n.experts}`,
+    reference(n, [x, g, ids, order], out) {
+      const [E, K, N] = n.shape as [number, number, number];
+      coversRows(order!, ids!.data.length);
+      for (let r = 0; r < ids!.data.length; r++) {
+        const e = ids!.data[r]!;
+        if (!(e >= 0 && e < E)) continue;
+        for (let q = 0; q < K; q++)
+          for (let j = 0; j < N; j++)
+            out[(e * K + q) * N + j] += x!.data[r * K + q]! * g!.data[r * N + j]!;
+      }
+    },
+    // One invocation per weight element, looping over the rows (no two write one element).
+    fusion: fusion("scatter", "stored"),
+    vjp: () => [
+      // dx[r] = c[ids[r]] · g[r]ᵀ, dg[r] = x[r] · c[ids[r]] for the cotangent c.
+      ({ ir, node, cotangent }) => {
+        const [, g, ids, order] = node.inputs;
+        return ir.expertMatmul(g, ir.permute(cotangent, [0, 2, 1]), ids, order);
+      },
+      ({ ir, node, cotangent }) => {
+        const [x, , ids, order] = node.inputs;
+        return ir.expertMatmul(x, cotangent, ids, order);
+      },
+      "none",
+      "none",
+    ],
   },
 };
 

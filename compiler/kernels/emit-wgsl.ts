@@ -2,9 +2,9 @@
  * Back end pass 3 (emit): WGSL for every kernel of a planned program, from a few templates
  * (compiler/kernels/wgsl/): elementwise map (also copies, gather, concat, fills), matmul with a fused
  * epilogue (variants chosen by the plan), row reductions (softmax, norms), non-last-axis
- * reductions, scatter_add, fused attention, and the routing kernels (top-k, running sums,
- * rows grouped by expert). Sizes, strides and tile shapes are constants
- * in the text, so each kernel is specialised to its shapes.
+ * reductions, scatter_add and expert weight gradients, fused attention, and the routing
+ * kernels (top-k, running sums, rows grouped by expert). Sizes, strides and tile shapes are
+ * constants in the text, so each kernel is specialised to its shapes.
  *
  * The output is plain data: the runtime creates one pipeline per distinct WGSL text and binds
  * the planned buffers in the order of `bindings`.

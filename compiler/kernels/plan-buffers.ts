@@ -387,6 +387,10 @@ function scheduleKernel(
       return l;
     }
     case "scatter": {
+      if (graph.nodes[k.anchor!]!.op === "expert_matmul_wgrad") {
+        const t = clampThreads(tuning.mapThreads, lim);
+        return launch([t, 1, 1], Math.ceil(size / t));
+      }
       const d = k.shape[k.shape.length - 1]!;
       const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(d)), lim);
       return launch([t, 1, 1], Math.ceil(d / t));

@@ -2,8 +2,8 @@
  * One invocation per output element (or per `launch.items` elements, in a loop): the
  * elementwise-map template (fused elementwise chains, copies of views, gather, concat, iota,
  * masks, constant fills), the reduction along a non-last axis (a loop per output element,
- * with its epilogue), and scatter_add (one invocation per column, so no two invocations ever
- * add into the same element).
+ * with its epilogue), scatter_add (one invocation per column, so no two invocations ever
+ * add into the same element) and expert_matmul_wgrad (one per weight element).
  */
 import { numel } from "../../ir/graph.js";
 import { REDUCE_FUNCTION_ROWS, type ReduceFunctionRow } from "../../ir/ops.js";
@@ -116,6 +116,7 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
 export function emitScatter(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const n = w.node(k.anchor!);
+  if (n.op === "expert_matmul_wgrad") return emitExpertWgrad(w, launch);
   if (n.op !== "scatter_add") throw new Error("internal: scatter kernel without scatter_add");
   const src = k.loads[n.inputs[0]]!;
   const ids = k.loads[n.inputs[1]]!;
@@ -145,6 +146,80 @@ export function emitScatter(w: KernelWriter, launch: Launch): string {
       `      ${out.set("at", `${out.get("at")} + f32(${srcBuf.get(viewIndex(src, srcCoords))})`)}`,
       `    }`,
       `  }`,
+    ]),
+  );
+}
+
+/**
+ * expert_matmul_wgrad: one invocation per weight element (e, q, j), summing x[r, q]·g[r, j]
+ * over the rows routed to expert e, so no two invocations write one element. The rows come
+ * from `order` (group_rows of ids): expert e's segment starts at a block of `align` slots,
+ * found by binary search over the blocks' first rows (their experts never decrease), and ends
+ * at the first slot of another expert or a block of fill.
+ */
+function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
+  const k = w.kernel;
+  const n = w.node(k.anchor!);
+  if (n.op !== "expert_matmul_wgrad") throw new Error("internal: not expert_matmul_wgrad");
+  const orderNode = w.node(n.inputs[3]);
+  if (orderNode.op !== "group_rows") throw new Error("internal: expert rows not group_rows");
+  const [x, g, ids, order] = n.inputs.map((i) => k.loads[i]!);
+  const [experts, depth, cols] = n.shape as [number, number, number];
+  const align = orderNode.align;
+  const slots = order!.shape[0]!;
+  const threads = launch.workgroupSize[0];
+  const out = w.bind(k.out.storage, k.out.dtype, "read_write");
+  const xBuf = w.bindView(x!);
+  const gBuf = w.bindView(g!);
+  const idsBuf = w.bindView(ids!);
+  const orderBuf = w.bindView(order!);
+  const slot = (at: string) => `i32(${orderBuf.get(viewIndex(order!, [at]))})`;
+  const expertOf = (row: string) => `i32(${idsBuf.get(viewIndex(ids!, [`u32(${row})`]))})`;
+  return moduleText(
+    w,
+    entry(launch, [
+      `  let gi = wg * ${u32(threads)} + lidx;`,
+      `  if (gi >= ${u32(experts * depth * cols)}) {`,
+      `    return;`,
+      `  }`,
+      `  let e = i32(gi / ${u32(depth * cols)});`,
+      `  let q = (gi / ${u32(cols)}) % ${u32(depth)};`,
+      `  let j = gi % ${u32(cols)};`,
+      // The first block whose first row's expert is ≥ e (dropped rows and fill count as E).
+      `  var lo = 0u;`,
+      `  var hi = ${u32(slots / align)};`,
+      `  while (lo < hi) {`,
+      `    let mid = (lo + hi) / 2u;`,
+      `    let first = ${slot(`mid * ${u32(align)}`)};`,
+      `    var key = ${experts};`,
+      `    if (first >= 0) {`,
+      `      let ex = ${expertOf("first")};`,
+      `      if (ex >= 0 && ex < ${experts}) {`,
+      `        key = ex;`,
+      `      }`,
+      `    }`,
+      `    if (key < e) {`,
+      `      lo = mid + 1u;`,
+      `    } else {`,
+      `      hi = mid;`,
+      `    }`,
+      `  }`,
+      `  var acc = 0.0;`,
+      `  for (var s = lo * ${u32(align)}; s < ${u32(slots)}; s += 1u) {`,
+      `    let r = ${slot("s")};`,
+      `    if (r < 0) {`,
+      `      if (s % ${u32(align)} == 0u) {`,
+      `        break;`,
+      `      }`,
+      `      continue;`,
+      `    }`,
+      `    if (${expertOf("r")} != e) {`,
+      `      break;`,
+      `    }`,
+      `    let row = u32(r);`,
+      `    acc = acc + f32(${xBuf.get(viewIndex(x!, ["row", "q"]))}) * f32(${gBuf.get(viewIndex(g!, ["row", "j"]))});`,
+      `  }`,
+      `  ${out.set(viewIndex(k.out, ["u32(e)", "q", "j"]), "acc")}`,
     ]),
   );
 }

@@ -4,7 +4,7 @@
 import { afterEach, describe, expect, it } from "vitest";
 
 import { IrBuilder } from "../../../compiler/ir/builder.js";
-import type { IrGraph, IrNode, IrOpName } from "../../../compiler/ir/graph.js";
+import { type IrGraph, type IrNode, type IrOpName, inputsOf } from "../../../compiler/ir/graph.js";
 import {
   BINARY_FUNCTION_ROWS,
   BINARY_OPS,
@@ -56,6 +56,7 @@ const ALL_OPS: Record<IrOpName, true> = {
   topk: true,
   group_rows: true,
   expert_matmul: true,
+  expert_matmul_wgrad: true,
 };
 
 /** A graph with one node of every op, every node an output. */
@@ -84,6 +85,7 @@ function everyOp(): IrGraph {
     b.cumsum(x, 1),
     b.topk(x, 2),
     b.expertMatmul(rows, we, ids, b.groupRows(ids, 3, 4)),
+    b.expertMatmulWgrad(rows, b.reshape(b.cast(x, "f32"), [6, 4]), ids, b.groupRows(ids, 3, 4), 3),
   ];
   nodes.forEach((n, i) => b.output(`y${i}`, n));
   return b.finish();
@@ -176,22 +178,49 @@ describe("the op table", () => {
     expect(() => b.permute(x, [0, 0])).toThrow(/permute/);
   });
 
-  it("declares the inputs no gradient flows to, and leaves every other slot open", () => {
+  it('fills every gradient slot: a rule for each input, or "none" where no gradient flows', () => {
     const slots = (n: IrNode) => opRow(n.op).vjp?.(n);
     const g = everyOp();
     const byOp = (op: string) => g.nodes.find((n) => n.op === op)!;
-    expect(slots(byOp("gather"))).toEqual([undefined, "none"]);
-    expect(slots(byOp("scatter_add"))).toEqual([undefined, "none"]);
-    expect(slots(byOp("topk"))).toEqual(["none"]);
-    expect(slots(byOp("iota"))).toEqual(["none"]);
-    expect(slots(byOp("group_rows"))).toEqual(["none"]);
-    expect(slots(byOp("expert_matmul"))).toEqual([undefined, undefined, "none", "none"]);
-    expect(slots(byOp("cast"))).toEqual(["none"]); // to i32
+    const kinds = (n: IrNode) => slots(n)?.map((s) => (s === "none" ? s : typeof s));
+    expect(kinds(byOp("gather"))).toEqual(["function", "none"]);
+    expect(kinds(byOp("scatter_add"))).toEqual(["function", "none"]);
+    expect(kinds(byOp("topk"))).toEqual(["none"]);
+    expect(kinds(byOp("iota"))).toEqual(["none"]);
+    expect(kinds(byOp("group_rows"))).toEqual(["none"]);
+    expect(kinds(byOp("expert_matmul"))).toEqual(["function", "function", "none", "none"]);
+    expect(kinds(byOp("expert_matmul_wgrad"))).toEqual(["function", "function", "none", "none"]);
+    expect(kinds(byOp("cast"))).toEqual(["none"]); // to i32
     expect(BINARY_FUNCTION_ROWS.eq.vjp).toEqual(["none", "none"]);
     expect(BINARY_FUNCTION_ROWS.lt.vjp).toEqual(["none", "none"]);
-    // No rule is written yet: every slot is "none" or undefined.
-    for (const n of g.nodes)
-      for (const s of slots(n) ?? []) expect([undefined, "none"]).toContain(s);
+    expect(UNARY_FUNCTION_ROWS.step.vjp).toEqual(["none"]);
+    // Every node of every op (leaves have no inputs), and every function's row.
+    for (const n of g.nodes) {
+      const s = slots(n) ?? [];
+      expect(s.length, n.op).toBe(inputsOf(n).length);
+      for (const rule of s) expect(rule === "none" || typeof rule === "function", n.op).toBe(true);
+    }
+    const functionRows: [string, readonly unknown[] | undefined, number][] = [
+      ...Object.entries(UNARY_FUNCTION_ROWS).map(
+        ([name, r]): [string, readonly unknown[] | undefined, number] => [
+          name,
+          (r as UnaryFunctionRow).vjp,
+          1,
+        ],
+      ),
+      ...Object.entries(BINARY_FUNCTION_ROWS).map(
+        ([name, r]): [string, readonly unknown[] | undefined, number] => [
+          name,
+          (r as BinaryFunctionRow).vjp,
+          2,
+        ],
+      ),
+    ];
+    for (const [name, vjp, arity] of functionRows) {
+      expect(vjp?.length, name).toBe(arity);
+      for (const rule of vjp ?? [])
+        expect(rule === "none" || typeof rule === "function", name).toBe(true);
+    }
   });
 });
 
@@ -252,6 +281,34 @@ describe("the function rows", () => {
       );
     };
     expect([run("sum"), run("mean"), run("max")]).toEqual([7, 1.75, 4]);
+  });
+});
+
+describe("rows added for gradients", () => {
+  it("erf matches known values; expert_matmul_wgrad sums xᵀg per expert, skipping dropped rows", () => {
+    expect(UNARY_FUNCTION_ROWS.erf.reference(0)).toBe(0);
+    expect(UNARY_FUNCTION_ROWS.erf.reference(1)).toBeCloseTo(0.8427007929497149, 15);
+    expect(UNARY_FUNCTION_ROWS.erf.reference(-0.5)).toBeCloseTo(-0.5204998778130465, 15);
+    const b = new IrBuilder();
+    const ids = b.input("ids", "i32", [3]);
+    const x = b.input("x", "f32", [3, 2]);
+    const g = b.input("g", "f32", [3, 1]);
+    b.output("dw", b.expertMatmulWgrad(x, g, ids, b.groupRows(ids, 2, 1), 2));
+    const graph = b.finish();
+    expect(verifyGraph(graph)).toEqual([]);
+    expect(printGraph(graph)).toContain("expert_matmul_wgrad experts=2");
+    const t = (shape: number[], data: number[]) => ({ shape, data: Float64Array.from(data) });
+    const out = interpret(
+      graph,
+      new Map([
+        ["ids", t([3], [1, 5, 1])], // row 1 is dropped
+        ["x", t([3, 2], [1, 2, 3, 4, 5, 6])],
+        ["g", t([3, 1], [10, 20, 30])],
+      ]),
+    ).outputs.get("dw")!;
+    expect(out.shape).toEqual([2, 2, 1]);
+    // expert 0: no rows; expert 1: rows 0 and 2: [1, 2]·10 + [5, 6]·30
+    expect([...out.data]).toEqual([0, 0, 160, 200]);
   });
 });
 
