@@ -28,6 +28,11 @@ import {
 import { type FileSystemView, type ModuleGraph, loadModules } from "./check/load-modules.js";
 import { STANDARD_LIBRARY } from "./library/index.js";
 import { type LowerOptions, type LoweredModel, lowerModel } from "./lower/lower-model.js";
+import {
+  type LoweredTrain,
+  lowerTrain as lowerTrainProgram,
+  selectTrainProgram,
+} from "./lower/lower-train.js";
 import { type ResolvedProgram, resolveNames } from "./check/resolve-names.js";
 import type { Value } from "./check/values.js";
 
@@ -113,6 +118,34 @@ export function lower(
     );
   });
   return { model, diagnostics };
+}
+
+/**
+ * Back end for a `train` program (`--program NAME`, default the file's first): its forward
+ * passes and losses as one IR graph, with the optimizer's options and the parameters' flags.
+ */
+export function lowerTrain(
+  analysis: Analysis,
+  file: string,
+  programName: string | undefined,
+  overrides: Map<string, Value>,
+  dims: ReadonlyMap<string, number>,
+): { train: LoweredTrain | undefined; diagnostics: Diagnostic[] } | { error: string } {
+  const chosen = selectTrainProgram(analysis.program, file, programName);
+  if (typeof chosen === "string") return { error: chosen };
+  const diagnostics: Diagnostic[] = [];
+  let train: LoweredTrain | undefined;
+  guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
+    train = lowerTrainProgram(
+      analysis.program,
+      chosen,
+      overrides,
+      dims,
+      diagnostics,
+      STANDARD_LIBRARY,
+    );
+  });
+  return { train, diagnostics };
 }
 
 /** Report: parameter table and budgets of an elaborated model. */
