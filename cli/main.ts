@@ -65,6 +65,10 @@ program
   )
   .argument("<file>", ".moe file")
   .option("--model <name>", "the model to compile (default: the last model in the file)")
+  .option(
+    "--program [name]",
+    "compile a train program instead (default: the file's first): its forward passes and losses, with --emit ir",
+  )
   .option("-o, --output <dir>", "bundle directory (default: <model>.moec)")
   .option(
     "--dim <name=size>",
