@@ -36,15 +36,24 @@ program
   )
   .argument("<file>", ".moe file")
   .option("--model <name>", "the model to instantiate (default: the last model in the file)")
+  .option(
+    "--program [name]",
+    "a train program's parameters instead (default: the file's first), frozen instances frozen",
+  )
   .addOption(
     new Option("--set <name=value>", "override a model parameter (repeatable)").argParser(
       (v: string, prev: string[] = []) => [...prev, v],
     ),
   )
   .option("--json", "machine-readable report")
-  .action((file: string, opts: { model?: string; set?: string[]; json?: boolean }) => {
-    process.exitCode = runParams(file, opts);
-  });
+  .action(
+    (
+      file: string,
+      opts: { model?: string; program?: string | boolean; set?: string[]; json?: boolean },
+    ) => {
+      process.exitCode = runParams(file, opts);
+    },
+  );
 
 program
   .command("fmt")

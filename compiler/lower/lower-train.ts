@@ -12,7 +12,8 @@
  *   aux:<layer>.z          z_loss·mean over tokens of logsumexp(logits)²
  */
 import type { Span, TrainDecl } from "../../grammar/ast.js";
-import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
+import { type Diagnostic, diagnostic } from "../diagnostics.js";
+import { checkTrainOverrides } from "../check/elaborate-model.js";
 import { Evaluator } from "../check/evaluator.js";
 import type { ResolvedProgram } from "../check/resolve-names.js";
 import type { Value } from "../check/values.js";
@@ -76,36 +77,7 @@ export const lossTermName = (name: string): string => `loss:${name}`;
 /** Output name of an MoE layer's weighted auxiliary loss (`what`: balance or z). */
 export const auxTermName = (layer: string, what: "balance" | "z"): string => `aux:${layer}.${what}`;
 
-/** The training programs of `file`, in source order. */
-export function listTrainPrograms(
-  program: ResolvedProgram,
-  file: string,
-): { decl: TrainDecl; file: string }[] {
-  const scope = program.scopes.get(file);
-  if (!scope) return [];
-  return scope.module.ast.items
-    .filter((item): item is TrainDecl => item.kind === "TrainDecl")
-    .map((decl) => ({ decl, file }));
-}
-
-/**
- * Picks a training program: by name, or the file's first. Returns a one-line error naming
- * the programs there are when there is none or the name is unknown.
- */
-export function selectTrainProgram(
-  program: ResolvedProgram,
-  file: string,
-  name: string | undefined,
-): { decl: TrainDecl; file: string } | string {
-  const all = listTrainPrograms(program, file);
-  if (all.length === 0) return `${file} declares no training program`;
-  if (name === undefined) return all[0]!;
-  const found = all.find((t) => t.decl.name.name === name);
-  if (found) return found;
-  const names = all.map((t) => t.decl.name.name);
-  const close = suggest(name, names);
-  return `no training program \`${name}\` in ${file}${close ? ` (did you mean \`${close}\`?)` : ""}; training programs: ${names.join(", ")}`;
-}
+export { listTrainPrograms, selectTrainProgram } from "../check/elaborate-model.js";
 
 /** Lowering hooks that keep each MoE layer's balance and z losses for the aux terms. */
 class TrainLowering extends Lowering {
@@ -153,19 +125,7 @@ export function lowerTrain(
   library: LoweredLibrary,
 ): LoweredTrain | undefined {
   const { decl, file } = train;
-  for (const key of overrides.keys()) {
-    if (!decl.params.some((p) => p.name.name === key)) {
-      diagnostics.push(
-        diagnostic(
-          "E0306",
-          file,
-          decl.name.span,
-          `training program ${decl.name.name} has no parameter \`${key}\``,
-          { hint: `its parameters are (${decl.params.map((p) => p.name.name).join(", ")})` },
-        ),
-      );
-    }
-  }
+  checkTrainOverrides(train, overrides, diagnostics);
   // Routing statistics on: the balance and z losses are built from them.
   const lowering = new TrainLowering(dims, diagnostics, file, decl.name.span, true);
   const evaluator = new Evaluator(program, diagnostics, "lower", library);

@@ -125,4 +125,26 @@ describe("moec compile --program", () => {
     expect(noDim.code).toBe(1);
     expect(noDim.stderr).toMatch(/--dim B=N/);
   });
+
+  it("moec params --program lists a training program's parameters, frozen ones frozen", () => {
+    const r = moec(["params", file, "--program", "Second", "--json"]);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as {
+      model: string;
+      trainable: number;
+      frozen: number;
+      params: { name: string; trainable: boolean }[];
+    };
+    expect(report.model).toBe("Second");
+    expect(report.params.map((p) => [p.name, p.trainable])).toEqual([
+      ["net.embed.weight", false],
+      ["net.head.weight", false],
+      ["net.head.bias", false],
+    ]);
+    expect([report.trainable, report.frozen]).toEqual([0, 53]);
+    const text = moec(["params", file, "--program"]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^train Fit \(/);
+    expect(text.stdout).toMatch(/trainable +53/);
+  });
 });

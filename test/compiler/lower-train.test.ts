@@ -6,7 +6,13 @@ import { describe, expect, it } from "vitest";
 import type { Value } from "../../compiler/check/values.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
 import type { LoweredTrain } from "../../compiler/lower/lower-train.js";
-import { analyze, lowerTrain, nodeFileSystem } from "../../compiler/pipeline.js";
+import {
+  analyze,
+  elaborateTrain,
+  lowerTrain,
+  nodeFileSystem,
+  reportParams,
+} from "../../compiler/pipeline.js";
 import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
 import { type Mat, linear, mat, row, softmax, values } from "./routing-fixtures.js";
 
@@ -437,6 +443,17 @@ train Tune() {
     expect(p.get("base.enc.blocks.0.layer.mlp.up.weight")?.trainable).toBe(false);
     expect(p.get("student.enc.nli_head.weight")).toMatchObject({ trainable: true, decay: true });
     expect(p.get("student.enc.norm.weight")).toMatchObject({ trainable: true, decay: false });
+    // The names and flags are those `moec params --program` reports.
+    const analysis = analyze([at], nodeFileSystem(new Map([[at, source]])));
+    const elaborated = elaborateTrain(analysis, at, "Distill");
+    if ("error" in elaborated) throw new Error(elaborated.error);
+    expect(elaborated.diagnostics).toEqual([]);
+    const report = reportParams(elaborated.model);
+    expect(new Map(report.params.map((r) => [r.name, [r.shape, r.trainable]]))).toEqual(
+      new Map(t.params.map((x) => [x.name, [x.shape, x.trainable]])),
+    );
+    expect(report.trainable).toBeGreaterThan(0);
+    expect(report.frozen).toBeGreaterThan(report.trainable);
     const l = leaves(t, 1, {}, 1);
     const out = run(t, l);
     for (const v of out.values()) expect(Number.isFinite(v)).toBe(true);
