@@ -14,7 +14,7 @@ import {
   reportParams,
 } from "../../compiler/pipeline.js";
 import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
-import { type Mat, linear, mat, row, softmax, values } from "./routing-fixtures.js";
+import { type Mat, ffn, linear, mat, row, softmax, values } from "./routing-fixtures.js";
 
 const examples = path.join(import.meta.dirname, "../../examples");
 const file = path.join(examples, "__train__.moe");
@@ -380,6 +380,23 @@ train Fit() {
         z += (lse * lse) / N;
       }
       const balance = 4 * counts.reduce((a, c, e) => a + (c / N) * meanP[e]!, 0);
+      // The forward pass by hand: top-1 with renormalisation gives the chosen expert weight 1.
+      const top1 = (layer: string, x: number[]) => {
+        const z = linear(x, mat(l.get(`net.${layer}.router.gate.weight`)!));
+        return ffn(l, `net.${layer}.experts.${z.indexOf(Math.max(...z))}`, x);
+      };
+      const target = mat(l.get("target")!);
+      let fit = 0;
+      mat(l.get("x")!).forEach((x, n) => {
+        const h = top1("moe", x).map((v, j) => v + x[j]!);
+        const y = linear(
+          top1("quiet", h),
+          mat(l.get("net.head.weight")!),
+          row(l.get("net.head.bias")!, 0),
+        );
+        y.forEach((v, j) => (fit += (v - target[n]![j]!) ** 2 / (N * 3)));
+      });
+      near(out.get("loss:fit")!, fit);
       near(out.get("aux:net.moe.balance")!, 0.01 * balance);
       near(out.get("aux:net.moe.z")!, 0.001 * z);
       near(out.get("loss")!, out.get("loss:fit")! + 0.01 * balance + 0.001 * z);
