@@ -1,17 +1,21 @@
 /**
  * `moec compile FILE`: lowers a model at fixed sizes and writes a bundle (manifest, IR, plan,
- * one WGSL file per kernel), or prints one stage with `--emit ast|ir|wgsl|plan`.
+ * one WGSL file per kernel), or prints one stage with `--emit ast|ir|wgsl|plan`. With
+ * `--program [NAME]` it lowers a training program instead (forward passes and losses), which
+ * prints with `--emit ast|ir`.
  */
 import * as path from "node:path";
 import { printGraph } from "../compiler/ir/print.js";
 import { compileForBundle, writeBundle } from "./bundle.js";
-import { type ModelOptions, lowerFromSource } from "./model-options.js";
+import { type ModelOptions, lowerFromSource, lowerTrainFromSource } from "./model-options.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
 export interface CompileOptions extends ModelOptions {
   output?: string;
   emit?: string;
+  /** `--program [NAME]`: a training program (true: the file's first). */
+  program?: string | boolean;
 }
 
 const STAGES = ["ast", "ir", "wgsl", "plan"] as const;
@@ -21,6 +25,7 @@ export function runCompile(file: string, options: CompileOptions): number {
   if (emit !== undefined && !(STAGES as readonly string[]).includes(emit)) {
     throw new CliError(`--emit must be one of ${STAGES.join(", ")}, found "${emit}"`, EXIT_USAGE);
   }
+  if (options.program !== undefined) return compileTrain(file, options, emit);
   const { analysis, lowered, entry } = lowerFromSource(file, options);
   if (emit === "ast") {
     const ast = analysis.graph.modules.get(entry)!.ast;
@@ -61,5 +66,24 @@ export function runCompile(file: string, options: CompileOptions): number {
   }
   lines.push(`wrote ${displayPath(path.resolve(out))}/`);
   process.stdout.write(lines.join("\n") + "\n");
+  return 0;
+}
+
+/** A training program's forward-and-loss graph; bundles wait for the backward pass. */
+function compileTrain(file: string, options: CompileOptions, emit: string | undefined): number {
+  if (options.model !== undefined)
+    throw new CliError("--model and --program exclude each other", EXIT_USAGE);
+  if (emit !== "ir" && emit !== "ast") {
+    throw new CliError(
+      "a training program compiles with --emit ir or --emit ast only (no bundle yet: training runs need the backward pass)",
+      EXIT_USAGE,
+    );
+  }
+  const name = typeof options.program === "string" ? options.program : undefined;
+  const { analysis, train, entry } = lowerTrainFromSource(file, name, options);
+  if (emit === "ast") {
+    const ast = analysis.graph.modules.get(entry)!.ast;
+    process.stdout.write(JSON.stringify(ast, null, 2) + "\n");
+  } else process.stdout.write(printGraph(train.graph));
   return 0;
 }

@@ -36,15 +36,24 @@ program
   )
   .argument("<file>", ".moe file")
   .option("--model <name>", "the model to instantiate (default: the last model in the file)")
+  .option(
+    "--program [name]",
+    "a train program's parameters instead (default: the file's first), frozen instances frozen",
+  )
   .addOption(
     new Option("--set <name=value>", "override a model parameter (repeatable)").argParser(
       (v: string, prev: string[] = []) => [...prev, v],
     ),
   )
   .option("--json", "machine-readable report")
-  .action((file: string, opts: { model?: string; set?: string[]; json?: boolean }) => {
-    process.exitCode = runParams(file, opts);
-  });
+  .action(
+    (
+      file: string,
+      opts: { model?: string; program?: string | boolean; set?: string[]; json?: boolean },
+    ) => {
+      process.exitCode = runParams(file, opts);
+    },
+  );
 
 program
   .command("fmt")
@@ -65,6 +74,10 @@ program
   )
   .argument("<file>", ".moe file")
   .option("--model <name>", "the model to compile (default: the last model in the file)")
+  .option(
+    "--program [name]",
+    "compile a train program instead (default: the file's first): its forward passes and losses, with --emit ir",
+  )
   .option("-o, --output <dir>", "bundle directory (default: <model>.moec)")
   .option(
     "--dim <name=size>",

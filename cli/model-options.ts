@@ -4,7 +4,8 @@
  */
 import { hasErrors } from "../compiler/diagnostics.js";
 import type { LoweredModel } from "../compiler/lower/lower-model.js";
-import { type Analysis, analyze, lower, nodeFileSystem } from "../compiler/pipeline.js";
+import type { LoweredTrain } from "../compiler/lower/lower-train.js";
+import { type Analysis, analyze, lower, lowerTrain, nodeFileSystem } from "../compiler/pipeline.js";
 import { resolveInputFiles } from "./check-command.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, EXIT_USAGE, displayPath, printDiagnostics } from "./report.js";
@@ -98,4 +99,29 @@ export function lowerFromSource(
     throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
   return { analysis, lowered: result.model, entry: entry! };
+}
+
+/**
+ * Checks the file and lowers one training program (`name`, or the file's first) at the given
+ * sizes: its forward passes and losses. Errors as lowerFromSource.
+ */
+export function lowerTrainFromSource(
+  file: string,
+  name: string | undefined,
+  options: Pick<ModelOptions, "set" | "dim">,
+): { analysis: Analysis; train: LoweredTrain; entry: string } {
+  const [entry] = resolveInputFiles([file]);
+  const analysis = analyze([entry!], nodeFileSystem());
+  if (hasErrors(analysis.diagnostics)) {
+    printDiagnostics(analysis.diagnostics, analysis);
+    throw new CliError(`${displayPath(entry!)} has errors; see above`);
+  }
+  const overrides = new Map((options.set ?? []).map(parseOverride));
+  const result = lowerTrain(analysis, entry!, name, overrides, parseDims(options.dim));
+  if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
+  if (hasErrors(result.diagnostics) || !result.train) {
+    printDiagnostics(result.diagnostics, analysis);
+    throw new CliError(`cannot lower ${displayPath(entry!)}; see above`);
+  }
+  return { analysis, train: result.train, entry: entry! };
 }

@@ -1,7 +1,13 @@
 /** `moec params FILE [--model M]`: every parameter, totals, active per token, per-task cost. */
 import { hasErrors } from "../compiler/diagnostics.js";
 import { dimConst } from "../compiler/check/dims.js";
-import { analyze, elaborate, nodeFileSystem, reportParams } from "../compiler/pipeline.js";
+import {
+  analyze,
+  elaborate,
+  elaborateTrain,
+  nodeFileSystem,
+  reportParams,
+} from "../compiler/pipeline.js";
 import type { ParamReport } from "../compiler/check/count-params.js";
 import type { Value } from "../compiler/check/values.js";
 import { resolveInputFiles } from "./check-command.js";
@@ -31,8 +37,10 @@ const fmt = (n: number) => n.toLocaleString("en-US");
 
 export function runParams(
   file: string,
-  options: { model?: string; set?: string[]; json?: boolean },
+  options: { model?: string; program?: string | boolean; set?: string[]; json?: boolean },
 ): number {
+  if (options.model !== undefined && options.program !== undefined)
+    throw new CliError("--model and --program exclude each other", EXIT_USAGE);
   const [entry] = resolveInputFiles([file]);
   const overrides = new Map((options.set ?? []).map(parseOverride));
   const analysis = analyze([entry!], nodeFileSystem());
@@ -48,7 +56,16 @@ export function runParams(
     else printDiagnostics(analysis.diagnostics, analysis);
     return EXIT_USER_ERROR;
   }
-  const result = elaborate(analysis, entry!, options.model, overrides);
+  // `--program [NAME]`: the parameters of a training program's instances (frozen ones frozen).
+  const result =
+    options.program !== undefined
+      ? elaborateTrain(
+          analysis,
+          entry!,
+          typeof options.program === "string" ? options.program : undefined,
+          overrides,
+        )
+      : elaborate(analysis, entry!, options.model, overrides);
   if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
   if (hasErrors(result.diagnostics)) {
     if (options.json)
@@ -69,13 +86,18 @@ export function runParams(
     );
   } else {
     printDiagnostics(analysis.diagnostics, analysis);
-    process.stdout.write(formatReport(report, displayPath(entry!)));
+    const kind = options.program !== undefined ? "train" : "model";
+    process.stdout.write(formatReport(report, displayPath(entry!), kind));
   }
   return EXIT_OK;
 }
 
-export function formatReport(r: ParamReport, file: string): string {
-  const lines: string[] = [`model ${r.model} (${file})`, ""];
+export function formatReport(
+  r: ParamReport,
+  file: string,
+  kind: "model" | "train" = "model",
+): string {
+  const lines: string[] = [`${kind} ${r.model} (${file})`, ""];
   const rows = r.params.map((p) => [
     p.name,
     `[${p.shape.join(", ")}]`,

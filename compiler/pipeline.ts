@@ -22,12 +22,15 @@ import { type Diagnostic, hasErrors } from "./diagnostics.js";
 import {
   type ElaboratedModel,
   elaborateModel,
+  elaborateTrain as elaborateTrainProgram,
   listModels,
   selectModel,
+  selectTrainProgram,
 } from "./check/elaborate-model.js";
 import { type FileSystemView, type ModuleGraph, loadModules } from "./check/load-modules.js";
 import { STANDARD_LIBRARY } from "./library/index.js";
 import { type LowerOptions, type LoweredModel, lowerModel } from "./lower/lower-model.js";
+import { type LoweredTrain, lowerTrain as lowerTrainProgram } from "./lower/lower-train.js";
 import { type ResolvedProgram, resolveNames } from "./check/resolve-names.js";
 import type { Value } from "./check/values.js";
 
@@ -85,6 +88,38 @@ export function elaborate(
   return { model, diagnostics };
 }
 
+/** Middle end for a `train` program: its instances' parameters, for the parameter report. */
+export function elaborateTrain(
+  analysis: Analysis,
+  file: string,
+  programName: string | undefined,
+  overrides: Map<string, Value> = new Map(),
+): { model: ElaboratedModel; diagnostics: Diagnostic[] } | { error: string } {
+  const chosen = selectTrainProgram(analysis.program, file, programName);
+  if (typeof chosen === "string") return { error: chosen };
+  const diagnostics: Diagnostic[] = [];
+  let model: ElaboratedModel | undefined;
+  guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
+    model = elaborateTrainProgram(
+      analysis.program,
+      chosen,
+      overrides,
+      diagnostics,
+      STANDARD_LIBRARY,
+    );
+  });
+  // A program nested too deeply to evaluate reports E0105 and has no parameters.
+  const empty = {
+    name: chosen.decl.name.name,
+    file,
+    root: undefined,
+    params: [],
+    moes: [],
+    tasks: [],
+  };
+  return { model: model ?? empty, diagnostics };
+}
+
 /**
  * Back end, first step: lower one model to the tensor IR with its free input dims bound
  * (`dims`: B, T, ...). The remaining steps (fuse → plan → emit WGSL) are compileGraph's.
@@ -113,6 +148,34 @@ export function lower(
     );
   });
   return { model, diagnostics };
+}
+
+/**
+ * Back end for a `train` program (`--program NAME`, default the file's first): its forward
+ * passes and losses as one IR graph, with the optimizer's options and the parameters' flags.
+ */
+export function lowerTrain(
+  analysis: Analysis,
+  file: string,
+  programName: string | undefined,
+  overrides: Map<string, Value>,
+  dims: ReadonlyMap<string, number>,
+): { train: LoweredTrain | undefined; diagnostics: Diagnostic[] } | { error: string } {
+  const chosen = selectTrainProgram(analysis.program, file, programName);
+  if (typeof chosen === "string") return { error: chosen };
+  const diagnostics: Diagnostic[] = [];
+  let train: LoweredTrain | undefined;
+  guardDepth(diagnostics, chosen.file, chosen.decl.span, () => {
+    train = lowerTrainProgram(
+      analysis.program,
+      chosen,
+      overrides,
+      dims,
+      diagnostics,
+      STANDARD_LIBRARY,
+    );
+  });
+  return { train, diagnostics };
 }
 
 /** Report: parameter table and budgets of an elaborated model. */

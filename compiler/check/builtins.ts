@@ -112,6 +112,20 @@ function boolArg(call: BuiltinCall, name: string): boolean | undefined {
   return undefined;
 }
 
+/** A Float argument (an Int is accepted as its value); undefined when unknown or wrong. */
+function floatArg(call: BuiltinCall, name: string): number | undefined {
+  const a = call.args.get(name);
+  if (!a || a.value.k === "unknown") return undefined;
+  if (a.value.k === "float") return a.value.v;
+  if (a.value.k === "int") return dimValue(a.value.v);
+  call.report(
+    "E0301",
+    a.span,
+    `${call.name}: \`${name}\` must be a Float, found ${describeValue(a.value)}`,
+  );
+  return undefined;
+}
+
 /** Rank of a tensor with no `...`, or undefined. */
 function fixedRank(t: TensorType): number | undefined {
   return t.lead === undefined ? t.dims.length : undefined;
@@ -538,13 +552,33 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
       },
       {
         name: "cross_entropy",
-        signature: "cross_entropy(logits, labels)",
-        doc: "Mean cross-entropy of logits [..., C] against integer labels [...]; a scalar.",
+        signature:
+          "cross_entropy(logits, labels, ignore_index: Int = -100, label_smoothing: Float = 0.0)",
+        doc: "Mean cross-entropy of logits [..., C] against integer labels [...] over the positions whose label is not `ignore_index` (0 when all are), with PyTorch's label smoothing; a scalar.",
         params: [
           { name: "logits", required: true },
           { name: "labels", required: true },
+          { name: "ignore_index", default: int(-100) },
+          { name: "label_smoothing", default: float(0) },
         ],
         rule(call) {
+          // A symbolic Int (a train program's parameter) is fine here: only its kind is checked.
+          const ignore = call.args.get("ignore_index");
+          if (ignore && ignore.value.k !== "int" && ignore.value.k !== "unknown") {
+            call.report(
+              "E0301",
+              ignore.span,
+              `cross_entropy: \`ignore_index\` must be an Int, found ${describeValue(ignore.value)}`,
+            );
+          }
+          const smoothing = floatArg(call, "label_smoothing");
+          if (smoothing !== undefined && !(smoothing >= 0 && smoothing <= 1)) {
+            call.report(
+              "E0319",
+              call.args.get("label_smoothing")!.span,
+              `cross_entropy: label_smoothing must be in [0, 1], found ${smoothing}`,
+            );
+          }
           const logits = tensorArg(call, "logits");
           const labels = tensorArg(call, "labels");
           if (logits && labels) {

@@ -3,7 +3,7 @@
  * component is expanded with concrete sizes, so checks that need numbers (k ≤ experts,
  * d divisible by heads) run, and every learnable tensor gets its dotted path and shape.
  */
-import type { ComponentDecl } from "../../grammar/ast.js";
+import type { ComponentDecl, TrainDecl } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic, suggest } from "../diagnostics.js";
 import { Evaluator, type ParamRecord } from "./evaluator.js";
 import type { MoeRecord, PrimitiveLibrary } from "./primitive-rule.js";
@@ -96,5 +96,82 @@ export function elaborateModel(
     params: evaluator.params,
     moes: evaluator.moes,
     tasks,
+  };
+}
+
+/** The training programs of `file`, in source order. */
+export function listTrainPrograms(
+  program: ResolvedProgram,
+  file: string,
+): { decl: TrainDecl; file: string }[] {
+  const scope = program.scopes.get(file);
+  if (!scope) return [];
+  return scope.module.ast.items
+    .filter((item): item is TrainDecl => item.kind === "TrainDecl")
+    .map((decl) => ({ decl, file }));
+}
+
+/**
+ * Picks a training program: by name, or the file's first. Returns a one-line error naming
+ * the programs there are when there is none or the name is unknown.
+ */
+export function selectTrainProgram(
+  program: ResolvedProgram,
+  file: string,
+  name: string | undefined,
+): { decl: TrainDecl; file: string } | string {
+  const all = listTrainPrograms(program, file);
+  if (all.length === 0) return `${file} declares no training program`;
+  if (name === undefined) return all[0]!;
+  const found = all.find((t) => t.decl.name.name === name);
+  if (found) return found;
+  const names = all.map((t) => t.decl.name.name);
+  const close = suggest(name, names);
+  return `no training program \`${name}\` in ${file}${close ? ` (did you mean \`${close}\`?)` : ""}; training programs: ${names.join(", ")}`;
+}
+
+/** E0306 for each override that names none of the program's parameters. */
+export function checkTrainOverrides(
+  train: { decl: TrainDecl; file: string },
+  overrides: Map<string, Value>,
+  diagnostics: Diagnostic[],
+): void {
+  const { decl, file } = train;
+  for (const key of overrides.keys()) {
+    if (decl.params.some((p) => p.name.name === key)) continue;
+    diagnostics.push(
+      diagnostic(
+        "E0306",
+        file,
+        decl.name.span,
+        `training program ${decl.name.name} has no parameter \`${key}\``,
+        { hint: `its parameters are (${decl.params.map((p) => p.name.name).join(", ")})` },
+      ),
+    );
+  }
+}
+
+/**
+ * Instantiates a training program's body with its parameters' defaults (and overrides): every
+ * parameter of the instances it binds, named under their bindings (`student.enc...`), frozen
+ * where the instance is `frozen`. The result reads like a model's for the parameter report.
+ */
+export function elaborateTrain(
+  program: ResolvedProgram,
+  train: { decl: TrainDecl; file: string },
+  overrides: Map<string, Value>,
+  diagnostics: Diagnostic[],
+  library: PrimitiveLibrary,
+): ElaboratedModel {
+  checkTrainOverrides(train, overrides, diagnostics);
+  const evaluator = new Evaluator(program, diagnostics, "elaborate", library);
+  evaluator.evaluateTrainRoot(train.decl, train.file, overrides);
+  return {
+    name: train.decl.name.name,
+    file: train.file,
+    root: undefined,
+    params: evaluator.params,
+    moes: evaluator.moes,
+    tasks: [],
   };
 }

@@ -2378,6 +2378,41 @@ export class Evaluator {
     return out;
   }
 
+  /**
+   * Lower mode entry for a training program: binds its parameters (defaults or `overrides`),
+   * evaluates its body with its `in` ports given by the hooks, and returns its top-level
+   * bindings in source order (`loss`, `optimizer` and the loss terms among them).
+   */
+  evaluateTrainRoot(
+    decl: TrainDecl,
+    file: string,
+    overrides: Map<string, Value>,
+  ): Map<string, Value> | undefined {
+    const frame = this.newFrame(this.scopeOf(file), file, "", false);
+    for (const p of decl.params) {
+      const type = this.evalParamType(p.type, frame);
+      let v: Value = UNKNOWN;
+      if (overrides.has(p.name.name)) {
+        v = overrides.get(p.name.name)!;
+        this.checkParamValue(v, type, p.span, frame, `--set ${p.name.name}`);
+      } else if (p.default) v = this.evalExpr(p.default, frame, undefined, type);
+      frame.scope.vars.set(p.name.name, {
+        value: v,
+        span: p.name.span,
+        role: "param",
+        assigned: true,
+        used: true,
+      });
+    }
+    frame.rootInputs = true;
+    this.sites.push({ file, span: decl.name.span, component: decl.name.name });
+    this.evalBody(decl.body, frame);
+    this.sites.pop();
+    const out = new Map<string, Value>();
+    for (const [name, v] of frame.top.vars) if (v.role !== "param") out.set(name, v.value);
+    return out;
+  }
+
   /** Applies an instance by unifying its ports with the arguments. */
   applyGeneric(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     const { inputs, outputs } = this.freshen(inst);

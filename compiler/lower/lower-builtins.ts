@@ -6,6 +6,8 @@
 import type { IrBuilder } from "../ir/builder.js";
 import { UNARY_OPS, type UnaryOp } from "../ir/graph.js";
 import type { Value } from "../check/values.js";
+import { dimValue } from "../check/dims.js";
+import { lowerCrossEntropy, lowerDistill, lowerMse } from "./lower-losses.js";
 
 /** An argument with its IR node (tensors) or its number (compile-time scalars). */
 export interface LowerArg {
@@ -46,6 +48,18 @@ function numbers(v: Value): number[] | undefined {
     if (item.k !== "int" || item.v.size > 1 || (item.v.size === 1 && !item.v.has("")))
       return undefined;
     out.push(item.v.get("") ?? 0);
+  }
+  return out;
+}
+
+/** A list of compile-time numbers (Float or Int items), e.g. distill's weights. */
+function floats(v: Value | undefined): number[] | undefined {
+  if (v?.k !== "list") return undefined;
+  const out: number[] = [];
+  for (const item of v.items) {
+    if (item.k === "float" && item.v !== undefined) out.push(item.v);
+    else if (item.k === "int" && dimValue(item.v) !== undefined) out.push(dimValue(item.v)!);
+    else return undefined;
   }
   return out;
 }
@@ -203,4 +217,43 @@ export const BUILTIN_LOWERINGS: ReadonlyMap<string, BuiltinLowering> = new Map<
     },
   ],
   ["task_ids", (ir, args) => args.get("x")?.node],
+  [
+    "cross_entropy",
+    (ir, args) => {
+      const logits = args.get("logits")?.node;
+      const labels = args.get("labels")?.node;
+      if (logits === undefined || labels === undefined) return undefined;
+      const ignore = args.get("ignore_index")?.number ?? -100;
+      return lowerCrossEntropy(
+        ir,
+        logits,
+        labels,
+        ignore,
+        args.get("label_smoothing")?.number ?? 0,
+      );
+    },
+  ],
+  [
+    "distill",
+    (ir, args) => {
+      const s = args.get("student")?.node;
+      const ts = args.get("teachers")?.value;
+      if (s === undefined || ts?.k !== "list") return undefined;
+      const teachers = ts.items.map((v) => (v.k === "tensor" ? v.node : undefined));
+      if (teachers.length === 0 || teachers.some((t) => t === undefined)) return undefined;
+      const given = floats(args.get("weights")?.value);
+      if (given === undefined) return undefined;
+      const weights = given.length > 0 ? given : teachers.map(() => 1 / teachers.length);
+      const temperature = args.get("temperature")?.number ?? 1;
+      return lowerDistill(ir, s, teachers as number[], temperature, weights);
+    },
+  ],
+  [
+    "mse",
+    (ir, args) => {
+      const a = args.get("a")?.node;
+      const b = args.get("b")?.node;
+      return a === undefined || b === undefined ? undefined : lowerMse(ir, a, b);
+    },
+  ],
 ]);

@@ -70,7 +70,8 @@ export interface LoweredModel {
 
 const BINARY: Record<string, BinaryOp> = { "+": "add", "-": "sub", "*": "mul", "/": "div" };
 
-class Lowering implements LoweringHooks {
+/** The hooks lowering gives the evaluator; lower-train.ts extends them for training programs. */
+export class Lowering implements LoweringHooks {
   readonly builder = new IrBuilder();
   readonly inputs: LoweredInput[] = [];
   readonly usedDims = new Map<string, number>();
@@ -298,6 +299,13 @@ class Lowering implements LoweringHooks {
           const table = args.get("table")?.node;
           const ids = args.get("ids")?.node;
           if (table !== undefined && ids !== undefined) this.noteIdRange(ids, ir.shape(table)[0]!);
+        }
+        if (callee.name === "cross_entropy") {
+          // Random labels for a training input are classes of the logits it is scored against.
+          const logits = args.get("logits")?.node;
+          const labels = args.get("labels")?.node;
+          if (logits !== undefined && labels !== undefined)
+            this.noteIdRange(labels, ir.shape(logits).at(-1)!);
         }
         return lowering(ir, args, shape);
       }

@@ -40,6 +40,12 @@ export interface LoweringHooks {
   noteLora(path: string, r: number, alpha: number): void;
   /** Records one routing output of the MoE layer at `layer` (a parameter path). */
   routing(layer: string, name: string, node: number): void;
+  /**
+   * After an MoE layer at `layer` is lowered (its routing statistics recorded): the weights
+   * its router gives the balance and z auxiliary losses (0 where it declares none), and
+   * whether the router trains. Training lowering (lower-train.ts) adds the weighted losses.
+   */
+  auxLossWeights?(layer: string, weights: { balance: number; z: number }, trainable: boolean): void;
   /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
   pinnedGroups(layer: string, groups: number): number[] | undefined;
 }

@@ -19,7 +19,8 @@ import {
 } from "../../check/values.js";
 import type { LoweredPrimitiveRule } from "../../lower/lowering-hooks.js";
 import type { LayerLowering } from "../../lower/lowering-hooks.js";
-import type { MoeLowering } from "../../lower/routing/common.js";
+import { type MoeLowering, layerPath } from "../../lower/routing/common.js";
+import { num } from "../options.js";
 import { ROUTER_FAMILIES } from "./families.js";
 import type { ExpertLayout, RouterShape, RoutingInput } from "./router-family.js";
 
@@ -363,6 +364,11 @@ export function lowerMoE(r: LayerLowering, args: { value: Value }[]): Value {
   };
   let y = family.lower(layer);
   if (y === undefined) return UNKNOWN;
+  lowering.auxLossWeights?.(
+    layerPath(r),
+    { balance: num(routerInst, "balance") ?? 0, z: num(routerInst, "z_loss") ?? 0 },
+    trainable,
+  );
   const shared = inst.args.get("shared");
   if (shared?.k === "list") {
     for (const s of shared.items) {

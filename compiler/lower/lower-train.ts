@@ -1,0 +1,202 @@
+/**
+ * Pass: lower a `train` program to one IR graph, the forward passes of its instances and its
+ * losses. The evaluator runs the program's body in `lower` mode, as lower-model.ts does for a
+ * model: its `in` ports become IR inputs, the instances it applies are inlined (a `frozen`
+ * instance's parameters are frozen and named under its binding, `large.enc...`), the loss
+ * builtins lower through lower-losses.ts, and each trainable MoE layer whose router weights
+ * the balance or z loss adds them as terms. Outputs, each f32 [1]:
+ *
+ *   loss                   the program's `loss` plus every `aux:` term (what training minimises)
+ *   loss:<name>            each other scalar f32 binding of the program body (ce, kd, ...)
+ *   aux:<layer>.balance    balance·E·Σₑ fₑ·Pₑ of the MoE layer at <layer> (its parameter path)
+ *   aux:<layer>.z          z_loss·mean over tokens of logsumexp(logits)²
+ */
+import type { Span, TrainDecl } from "../../grammar/ast.js";
+import { type Diagnostic, diagnostic } from "../diagnostics.js";
+import { checkTrainOverrides } from "../check/elaborate-model.js";
+import { Evaluator } from "../check/evaluator.js";
+import type { ResolvedProgram } from "../check/resolve-names.js";
+import type { Value } from "../check/values.js";
+import type { IrGraph } from "../ir/graph.js";
+import { pruneGraph } from "../ir/prune-graph.js";
+import { num } from "../library/options.js";
+import { Inliner } from "./inliner.js";
+import { type LoweredInput, Lowering } from "./lower-model.js";
+import type { LoweredLibrary } from "./lowering-hooks.js";
+
+/** A parameter of a lowered training program. */
+export interface TrainParam {
+  /** Dotted path, as `moec params` names it (frozen instances under their binding). */
+  name: string;
+  shape: number[];
+  /** False for parameters of `frozen` instances. */
+  trainable: boolean;
+  /**
+   * Whether AdamW's weight decay applies: to matrices (rank ≥ 2) that are not embedding
+   * tables (read with `take`, as std.nn's Embedding and routers' task tables are); never to
+   * biases or norm weights (rank 1).
+   */
+  decay: boolean;
+}
+
+/** AdamW's options, as the program's `optimizer = AdamW(...)` gives them (std.optim defaults). */
+export interface AdamWOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+}
+
+/** One output of a training graph that `loss` adds up or reports. */
+export interface LossTerm {
+  /** The output name: `loss:<binding>` or `aux:<layer>.balance` / `aux:<layer>.z`. */
+  name: string;
+  /** Its node in `graph` (f32 [1]). */
+  node: number;
+}
+
+/** The IR of one training program at fixed sizes. */
+export interface LoweredTrain {
+  name: string;
+  /** Forward passes and losses; outputs `loss`, then the terms in order. */
+  graph: IrGraph;
+  /** The node of the `loss` output (f32 [1]). */
+  loss: number;
+  /** The program's scalar bindings (`loss:`), then the MoE auxiliary losses (`aux:`). */
+  terms: LossTerm[];
+  inputs: LoweredInput[];
+  /** Free dims and their sizes (B, T, ...). */
+  dims: Map<string, number>;
+  optimizer: AdamWOptions;
+  params: TrainParam[];
+}
+
+/** Output name of the loss term bound to `name` in the program body. */
+export const lossTermName = (name: string): string => `loss:${name}`;
+/** Output name of an MoE layer's weighted auxiliary loss (`what`: balance or z). */
+export const auxTermName = (layer: string, what: "balance" | "z"): string => `aux:${layer}.${what}`;
+
+export { listTrainPrograms, selectTrainProgram } from "../check/elaborate-model.js";
+
+/** Lowering hooks that keep each MoE layer's balance and z losses for the aux terms. */
+class TrainLowering extends Lowering {
+  /** The latest application's statistics by layer, until its weights arrive. */
+  private readonly pending = new Map<string, Map<string, number>>();
+  readonly aux: LossTerm[] = [];
+
+  override routing(layer: string, name: string, node: number): void {
+    if (name !== "balance_loss" && name !== "z_loss") return;
+    let m = this.pending.get(layer);
+    if (!m) this.pending.set(layer, (m = new Map()));
+    m.set(name, node);
+  }
+
+  auxLossWeights(layer: string, w: { balance: number; z: number }, trainable: boolean): void {
+    const stats = this.pending.get(layer);
+    this.pending.delete(layer);
+    // A frozen router (a teacher's) learns nothing from its own balance.
+    if (!stats || !trainable) return;
+    const ir = this.builder;
+    const add = (stat: string, what: "balance" | "z", weight: number) => {
+      const node = stats.get(stat);
+      if (weight <= 0 || node === undefined) return;
+      let name = auxTermName(layer, what);
+      // A layer applied twice (shared weights) gets one term per application.
+      for (let i = 2; this.aux.some((t) => t.name === name); i++)
+        name = auxTermName(`${layer}#${i}`, what);
+      this.aux.push({ name, node: ir.binary("mul", ir.reshape(node, [1]), ir.constant(weight)) });
+    };
+    add("balance_loss", "balance", w.balance);
+    add("z_loss", "z", w.z);
+  }
+}
+
+/**
+ * Lowers the training program `train` with parameter `overrides` (of the program's own
+ * parameters) and free-dim sizes `dims`. Problems are added to `diagnostics`.
+ */
+export function lowerTrain(
+  program: ResolvedProgram,
+  train: { decl: TrainDecl; file: string },
+  overrides: Map<string, Value>,
+  dims: ReadonlyMap<string, number>,
+  diagnostics: Diagnostic[],
+  library: LoweredLibrary,
+): LoweredTrain | undefined {
+  const { decl, file } = train;
+  checkTrainOverrides(train, overrides, diagnostics);
+  // Routing statistics on: the balance and z losses are built from them.
+  const lowering = new TrainLowering(dims, diagnostics, file, decl.name.span, true);
+  const evaluator = new Evaluator(program, diagnostics, "lower", library);
+  evaluator.hooks = new Inliner(evaluator, lowering, library.rules);
+  lowering.evaluator = evaluator;
+  const before = diagnostics.length;
+  const bindings = evaluator.evaluateTrainRoot(decl, file, overrides);
+  if (!bindings || diagnostics.slice(before).some((d) => d.severity === "error")) return undefined;
+  const fail = (span: Span, message: string): undefined => {
+    diagnostics.push(diagnostic("E0601", file, span, message));
+    return undefined;
+  };
+  const ir = lowering.builder;
+  const loss = bindings.get("loss");
+  if (loss?.k !== "tensor" || loss.node === undefined)
+    return fail(decl.name.span, "the back end could not lower `loss`");
+  const terms: LossTerm[] = [];
+  for (const [name, v] of bindings) {
+    if (name === "loss" || v.k !== "tensor" || v.node === undefined) continue;
+    if (v.t.dtype !== "f32" || v.t.lead !== undefined || v.t.dims.length !== 0) continue;
+    terms.push({ name: lossTermName(name), node: ir.reshape(v.node, [1]) });
+  }
+  let total = ir.reshape(loss.node, [1]);
+  for (const t of lowering.aux) total = ir.binary("add", total, t.node);
+  ir.output("loss", total);
+  for (const t of [...terms, ...lowering.aux]) ir.output(t.name, t.node);
+  const optimizer = adamwOptions(bindings.get("optimizer"));
+  if (!optimizer) return fail(decl.name.span, "the back end can train with AdamW only");
+  for (const [name, size] of dims)
+    if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
+  const graph = pruneGraph(ir.finish());
+  const outputs = new Map(graph.outputs.map((o) => [o.name, o.node]));
+  return {
+    name: decl.name.name,
+    graph,
+    loss: outputs.get("loss")!,
+    terms: [...terms, ...lowering.aux].map((t) => ({ name: t.name, node: outputs.get(t.name)! })),
+    inputs: lowering.inputs,
+    dims: lowering.usedDims,
+    optimizer,
+    params: trainParams(graph),
+  };
+}
+
+/** The optimizer binding's options; undefined unless it is an AdamW. */
+function adamwOptions(v: Value | undefined): AdamWOptions | undefined {
+  if (v?.k !== "instance" || v.inst.component !== "AdamW") return undefined;
+  const inst = v.inst;
+  // The declaration's defaults are bound already; these fallbacks repeat std.optim's.
+  return {
+    lr: num(inst, "lr") ?? 1e-3,
+    beta1: num(inst, "beta1") ?? 0.9,
+    beta2: num(inst, "beta2") ?? 0.999,
+    eps: num(inst, "eps") ?? 1e-8,
+    weightDecay: num(inst, "weight_decay") ?? 0.01,
+  };
+}
+
+/** Every parameter of the graph with its trainability and weight-decay flag (see TrainParam). */
+function trainParams(graph: IrGraph): TrainParam[] {
+  const tables = new Set<number>();
+  for (const n of graph.nodes) if (n.op === "gather") tables.add(n.inputs[0]);
+  const out: TrainParam[] = [];
+  for (const n of graph.nodes) {
+    if (n.op !== "param") continue;
+    out.push({
+      name: n.name,
+      shape: [...n.shape],
+      trainable: n.trainable,
+      decay: n.shape.length >= 2 && !tables.has(n.id),
+    });
+  }
+  return out;
+}

@@ -1,0 +1,150 @@
+// `moec compile FILE --program [NAME] --emit ir`: a training program's forward-and-loss graph,
+// and the one-line errors around it. No device: compile stops before WGSL for train programs.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+
+const root = path.join(import.meta.dirname, "../..");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-train-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function moec(args: string[]) {
+  const r = spawnSync(
+    process.execPath,
+    ["--import", "tsx", path.join(root, "cli/main.ts"), ...args],
+    { cwd: root, encoding: "utf8", timeout: 120_000 },
+  );
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+const file = path.join(tmp, "fit.moe");
+fs.writeFileSync(
+  file,
+  `import std.nn { Embedding, Linear }
+import std.optim { AdamW }
+
+model Clf() {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 5]
+  embed = Embedding(7, 4)
+  head = Linear(4, 5)
+  logits = head(embed(tokens))
+}
+
+train Fit() {
+  in tokens: i32[B, T]
+  in labels: i32[B, T]
+  net = Clf()
+  ce = cross_entropy(net(tokens), labels, label_smoothing: 0.1)
+  loss = ce
+  optimizer = AdamW(lr: 0.01)
+}
+
+train Second() {
+  in tokens: i32[B, T]
+  in labels: i32[B, T]
+  net = frozen Clf()
+  loss = cross_entropy(net(tokens), labels)
+  optimizer = AdamW()
+}
+`,
+);
+
+describe("moec compile --program", () => {
+  it("prints the forward and loss graph of the named (or first) training program", () => {
+    const r = moec([
+      "compile",
+      file,
+      "--program",
+      "Fit",
+      "--emit",
+      "ir",
+      "--dim",
+      "B=2",
+      "--dim",
+      "T=3",
+    ]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/input "labels" : i32\[2, 3\]/);
+    expect(r.stdout).toMatch(/param "net\.head\.weight".*: f32\[5, 4\]/);
+    expect(r.stdout).toMatch(/output "loss" = %\d+/);
+    expect(r.stdout).toMatch(/output "loss:ce" = %\d+/);
+    const first = moec([
+      "compile",
+      file,
+      "--program",
+      "--emit",
+      "ir",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=2",
+    ]);
+    expect(first.code).toBe(0);
+    expect(first.stdout).toMatch(/output "loss:ce"/);
+    const second = moec([
+      "compile",
+      file,
+      "--program",
+      "Second",
+      "--emit",
+      "ir",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=2",
+    ]);
+    expect(second.code).toBe(0);
+    expect(second.stdout).toMatch(/param "net\.embed\.weight" frozen/);
+  });
+
+  it("names the programs there are, and refuses what it cannot do yet", () => {
+    const bad = moec([
+      "compile",
+      file,
+      "--program",
+      "Fitt",
+      "--emit",
+      "ir",
+      "--dim",
+      "B=1",
+      "--dim",
+      "T=1",
+    ]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(
+      /no training program `Fitt`.*did you mean `Fit`.*training programs: Fit, Second/,
+    );
+    const bundle = moec(["compile", file, "--program", "Fit", "--dim", "B=1", "--dim", "T=1"]);
+    expect(bundle.code).toBe(2);
+    expect(bundle.stderr).toMatch(/--emit ir/);
+    const noDim = moec(["compile", file, "--program", "Fit", "--emit", "ir"]);
+    expect(noDim.code).toBe(1);
+    expect(noDim.stderr).toMatch(/--dim B=N/);
+  });
+
+  it("moec params --program lists a training program's parameters, frozen ones frozen", () => {
+    const r = moec(["params", file, "--program", "Second", "--json"]);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as {
+      model: string;
+      trainable: number;
+      frozen: number;
+      params: { name: string; trainable: boolean }[];
+    };
+    expect(report.model).toBe("Second");
+    expect(report.params.map((p) => [p.name, p.trainable])).toEqual([
+      ["net.embed.weight", false],
+      ["net.head.weight", false],
+      ["net.head.bias", false],
+    ]);
+    expect([report.trainable, report.frozen]).toEqual([0, 53]);
+    const text = moec(["params", file, "--program"]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(/^train Fit \(/);
+    expect(text.stdout).toMatch(/trainable +53/);
+  });
+});

@@ -1,0 +1,483 @@
+// Lowering `train` programs: the forward passes and losses as one graph, run by the float64
+// reference interpreter and compared with loss formulas written independently here.
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import type { Value } from "../../compiler/check/values.js";
+import { verifyGraph } from "../../compiler/ir/verify.js";
+import type { LoweredTrain } from "../../compiler/lower/lower-train.js";
+import {
+  analyze,
+  elaborateTrain,
+  lowerTrain,
+  nodeFileSystem,
+  reportParams,
+} from "../../compiler/pipeline.js";
+import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
+import { type Mat, ffn, linear, mat, row, softmax, values } from "./routing-fixtures.js";
+
+const examples = path.join(import.meta.dirname, "../../examples");
+const file = path.join(examples, "__train__.moe");
+
+function lowerSource(
+  source: string,
+  dims: Record<string, number>,
+  program?: string,
+  overrides: Map<string, Value> = new Map(),
+  at = file,
+) {
+  const analysis = analyze([at], nodeFileSystem(new Map([[at, source]])));
+  expect(analysis.diagnostics.filter((d) => d.severity === "error")).toEqual([]);
+  return lowerTrain(analysis, at, program, overrides, new Map(Object.entries(dims)));
+}
+
+function lowerInline(
+  source: string,
+  dims: Record<string, number>,
+  program?: string,
+  overrides?: Map<string, Value>,
+  at?: string,
+): LoweredTrain {
+  const r = lowerSource(source, dims, program, overrides, at);
+  if ("error" in r) throw new Error(r.error);
+  expect(r.diagnostics).toEqual([]);
+  expect(verifyGraph(r.train!.graph)).toEqual([]);
+  return r.train!;
+}
+
+/** Seeded leaves: f32 values in [-1, 1) (scaled), integer inputs in [0, max). */
+function leaves(
+  t: LoweredTrain,
+  seed: number,
+  fixed: Record<string, number[]> = {},
+  scale = 1,
+): Map<string, HostTensor> {
+  const out = new Map<string, HostTensor>();
+  t.graph.nodes.forEach((n, i) => {
+    if (n.op !== "param" && n.op !== "input") return;
+    const size = n.shape.reduce((a, b) => a * b, 1);
+    let data = values(size, seed * 7919 + i + 1).map((v) => v * scale);
+    const info = t.inputs.find((x) => x.name === n.name);
+    if (n.op === "input" && n.dtype === "i32")
+      data = data.map((v) => Math.floor(((v / scale + 1) / 2) * (info?.max ?? 2)));
+    if (fixed[n.name]) data = Float64Array.from(fixed[n.name]!);
+    out.set(n.name, { shape: n.shape, data });
+  });
+  return out;
+}
+
+function run(t: LoweredTrain, l: Map<string, HostTensor>): Map<string, number> {
+  const outs = interpret(t.graph, l).outputs;
+  const m = new Map<string, number>();
+  for (const [name, v] of outs) {
+    expect(v.shape).toEqual([1]);
+    m.set(name, v.data[0]!);
+  }
+  return m;
+}
+
+const logSoftmax = (z: number[]) => {
+  const m = Math.max(...z);
+  const lse = m + Math.log(z.reduce((a, v) => a + Math.exp(v - m), 0));
+  return z.map((v) => v - lse);
+};
+
+/** PyTorch's F.cross_entropy (reduction "mean"), except that all-ignored gives 0. */
+function crossEntropy(logits: Mat, labels: number[], ignore = -100, eps = 0): number {
+  let total = 0;
+  let count = 0;
+  logits.forEach((z, i) => {
+    if (labels[i] === ignore) return;
+    const lp = logSoftmax(z);
+    const nll = -lp[labels[i]!]!;
+    const smooth = -lp.reduce((a, b) => a + b) / lp.length;
+    total += (1 - eps) * nll + eps * smooth;
+    count++;
+  });
+  return count === 0 ? 0 : total / count;
+}
+
+/** τ²·KL(Σ w_k softmax(t_k/τ) ‖ softmax(s/τ)), mean over rows. */
+function distill(s: Mat, ts: Mat[], tau: number, w: number[]): number {
+  let kl = 0;
+  s.forEach((z, i) => {
+    const q = softmax(z.map((v) => v / tau));
+    const p = q.map((_, j) =>
+      ts.reduce((a, t, k) => a + w[k]! * softmax(t[i]!.map((v) => v / tau))[j]!, 0),
+    );
+    p.forEach((pj, j) => (kl += pj === 0 ? 0 : pj * Math.log(pj / q[j]!)));
+  });
+  return (tau * tau * kl) / s.length;
+}
+
+const near = (a: number, b: number, tol = 1e-9) =>
+  expect(Math.abs(a - b)).toBeLessThan(tol * Math.max(1, Math.abs(b)));
+
+const CLASSIFIER = `import std.nn { Embedding, Linear }
+import std.optim { AdamW }
+
+model Clf() {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 5]
+  embed = Embedding(7, 4)
+  head = Linear(4, 5)
+  logits = head(embed(tokens))
+}
+
+train Fit(ls: Float = 0.1) {
+  in tokens: i32[B, T]
+  in labels: i32[B, T]
+  net = Clf()
+  ce = cross_entropy(net(tokens), labels, ignore_index: 2, label_smoothing: ls)
+  plain = cross_entropy(net(tokens), labels)
+  loss = ce
+  optimizer = AdamW(lr: 0.01)
+}
+
+train Other() {
+  in tokens: i32[B, T]
+  in labels: i32[B, T]
+  net = Clf()
+  loss = cross_entropy(net(tokens), labels)
+  optimizer = AdamW()
+}
+`;
+
+/** The classifier's logits, by hand: head(embed(tokens)) per position. */
+function classifierLogits(l: Map<string, HostTensor>): Mat {
+  const emb = mat(l.get("net.embed.weight")!);
+  const w = mat(l.get("net.head.weight")!);
+  const b = row(l.get("net.head.bias")!, 0);
+  return [...l.get("tokens")!.data].map((tok) => linear(emb[tok]!, w, b));
+}
+
+describe("lowering train programs", () => {
+  it("cross_entropy with ignore_index and label smoothing matches PyTorch's formula", () => {
+    const t = lowerInline(CLASSIFIER, { B: 3, T: 4 }, "Fit");
+    expect(t.name).toBe("Fit");
+    expect(t.graph.outputs.map((o) => o.name)).toEqual(["loss", "loss:ce", "loss:plain"]);
+    expect(t.terms.map((x) => x.name)).toEqual(["loss:ce", "loss:plain"]);
+    expect(t.graph.outputs[0]!.node).toBe(t.loss);
+    expect(t.inputs).toEqual([
+      { name: "tokens", dtype: "i32", shape: [3, 4], max: 7 },
+      { name: "labels", dtype: "i32", shape: [3, 4], max: 5 },
+    ]);
+    expect(t.dims).toEqual(
+      new Map([
+        ["B", 3],
+        ["T", 4],
+      ]),
+    );
+    expect(t.optimizer).toEqual({
+      lr: 0.01,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: 0.01,
+    });
+    expect(t.params).toEqual([
+      { name: "net.embed.weight", shape: [7, 4], trainable: true, decay: false },
+      { name: "net.head.weight", shape: [5, 4], trainable: true, decay: true },
+      { name: "net.head.bias", shape: [5], trainable: true, decay: false },
+    ]);
+    for (const seed of [1, 2, 3]) {
+      const l = leaves(t, seed, {}, 3);
+      // Some positions carry the ignored label, some a label of 2's neighbours.
+      const labels = l.get("labels")!.data;
+      labels[0] = 2;
+      labels[5] = 2;
+      labels[7] = 4;
+      const out = run(t, l);
+      const logits = classifierLogits(l);
+      const ce = crossEntropy(logits, [...labels], 2, 0.1);
+      near(out.get("loss:ce")!, ce);
+      near(out.get("loss")!, ce);
+      near(out.get("loss:plain")!, crossEntropy(logits, [...labels]));
+      expect(Math.abs(out.get("loss:plain")! - ce)).toBeGreaterThan(1e-6);
+    }
+  });
+
+  it("cross_entropy over only ignored positions is 0, and --set reaches the program", () => {
+    const t = lowerInline(
+      CLASSIFIER,
+      { B: 2, T: 3 },
+      "Fit",
+      new Map<string, Value>([["ls", { k: "float", v: 0.3 }]]),
+    );
+    const l = leaves(t, 4, { labels: [2, 2, 2, 2, 2, 2] });
+    expect(run(t, l).get("loss:ce")).toBe(0);
+    const l2 = leaves(t, 5);
+    const labels = [...l2.get("labels")!.data];
+    near(run(t, l2).get("loss:ce")!, crossEntropy(classifierLogits(l2), labels, 2, 0.3));
+  });
+
+  it("selects programs by name, the first by default, and lists them otherwise", () => {
+    expect(lowerInline(CLASSIFIER, { B: 1, T: 2 }).name).toBe("Fit");
+    expect(lowerInline(CLASSIFIER, { B: 1, T: 2 }, "Other").name).toBe("Other");
+    const bad = lowerSource(CLASSIFIER, { B: 1, T: 2 }, "Fitt");
+    expect("error" in bad && bad.error).toMatch(
+      /no training program `Fitt`.*did you mean `Fit`.*training programs: Fit, Other/,
+    );
+    const none = lowerSource(
+      "import std.nn { Linear }\nmodel M() { in x: f32[N, 2]  out y: f32[N, 2]  l = Linear(2, 2)  y = l(x) }\n",
+      { N: 1 },
+    );
+    expect("error" in none && none.error).toMatch(/declares no training program/);
+    const unknown = lowerSource(
+      CLASSIFIER,
+      { B: 1, T: 2 },
+      "Fit",
+      new Map<string, Value>([["lr", { k: "float", v: 1 }]]),
+    );
+    expect("error" in unknown).toBe(false);
+    if (!("error" in unknown)) expect(unknown.diagnostics.map((d) => d.code)).toEqual(["E0306"]);
+  });
+
+  it("distill from two frozen teachers is τ²·KL(mixture ‖ student), teachers frozen", () => {
+    const source = `import std.nn { Linear }
+import std.optim { AdamW }
+model Lin() { in x: f32[..., 5]  out y: f32[..., 4]  proj = Linear(5, 4)  y = proj(x) }
+train KD(temperature: Float = 2.0, alpha: Float = 0.25) {
+  in x: f32[N, 5]
+  in labels: i32[N]
+  student = Lin()
+  t1 = frozen Lin()
+  t2 = frozen Lin()
+  s = student(x)
+  kd = distill(s, [t1(x), t2(x)], temperature: temperature, weights: [0.7, 0.3])
+  even = distill(s, [t1(x), t2(x)])
+  ce = cross_entropy(s, labels)
+  loss = alpha * ce + (1.0 - alpha) * kd
+  optimizer = AdamW(lr: 1e-4, weight_decay: 0.05, eps: 1e-6)
+}
+`;
+    const t = lowerInline(source, { N: 6 });
+    expect(t.optimizer).toEqual({
+      lr: 1e-4,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-6,
+      weightDecay: 0.05,
+    });
+    const flags = new Map(t.params.map((p) => [p.name, p.trainable]));
+    expect(flags).toEqual(
+      new Map([
+        ["student.proj.weight", true],
+        ["student.proj.bias", true],
+        ["t1.proj.weight", false],
+        ["t1.proj.bias", false],
+        ["t2.proj.weight", false],
+        ["t2.proj.bias", false],
+      ]),
+    );
+    for (const seed of [1, 2]) {
+      const l = leaves(t, seed, {}, 2);
+      const out = run(t, l);
+      const x = mat(l.get("x")!);
+      const apply = (p: string) =>
+        x.map((r) => linear(r, mat(l.get(`${p}.proj.weight`)!), row(l.get(`${p}.proj.bias`)!, 0)));
+      const [s, t1, t2] = [apply("student"), apply("t1"), apply("t2")];
+      const kd = distill(s, [t1, t2], 2, [0.7, 0.3]);
+      near(out.get("loss:kd")!, kd);
+      near(out.get("loss:even")!, distill(s, [t1, t2], 1, [0.5, 0.5]));
+      const ce = crossEntropy(s, [...l.get("labels")!.data]);
+      near(out.get("loss:ce")!, ce);
+      near(out.get("loss")!, 0.25 * ce + 0.75 * kd);
+      // A teacher equal to the student (and weight 1) gives 0.
+      const same = leaves(
+        t,
+        seed,
+        {
+          "t1.proj.weight": [...l.get("student.proj.weight")!.data],
+          "t1.proj.bias": [...l.get("student.proj.bias")!.data],
+          "t2.proj.weight": [...l.get("student.proj.weight")!.data],
+          "t2.proj.bias": [...l.get("student.proj.bias")!.data],
+        },
+        2,
+      );
+      expect(Math.abs(run(t, same).get("loss:kd")!)).toBeLessThan(1e-12);
+    }
+  });
+
+  it("distill over [B, T, C] averages over all B·T rows; mse is the mean squared error", () => {
+    const source = `import std.nn { Linear }
+import std.optim { AdamW }
+model Lin() { in x: f32[..., 3]  out y: f32[..., 3]  proj = Linear(3, 3)  y = proj(x) }
+train KD() {
+  in x: f32[B, T, 3]
+  in target: f32[B, T, 3]
+  student = Lin()
+  teacher = frozen Lin()
+  s = student(x)
+  kd = distill(s, [teacher(x)], temperature: 0.5)
+  fit = mse(s, target)
+  loss = kd + fit
+  optimizer = AdamW()
+}
+`;
+    const t = lowerInline(source, { B: 2, T: 3 });
+    const l = leaves(t, 9, {}, 2);
+    const out = run(t, l);
+    const x = mat(l.get("x")!);
+    const apply = (p: string) =>
+      x.map((r) => linear(r, mat(l.get(`${p}.proj.weight`)!), row(l.get(`${p}.proj.bias`)!, 0)));
+    const s = apply("student");
+    near(out.get("loss:kd")!, distill(s, [apply("teacher")], 0.5, [1]));
+    const target = [...l.get("target")!.data];
+    const mse = s.flat().reduce((a, v, i) => a + (v - target[i]!) ** 2, 0) / 18;
+    near(out.get("loss:fit")!, mse);
+    near(out.get("loss")!, out.get("loss:kd")! + mse);
+  });
+
+  it("a top-1 MoE layer adds its weighted balance and z losses as aux terms", () => {
+    const source = `import std.nn { FFN, Linear }
+import std.route { MoE, TopK }
+import std.optim { AdamW }
+model Net() {
+  in x: f32[N, 6]
+  out y: f32[N, 3]
+  moe = MoE(router: TopK(k: 1, balance: 0.01, z_loss: 0.001), experts: [FFN(6, 8, act: relu); 4])
+  quiet = MoE(router: TopK(k: 1), experts: [FFN(6, 8, act: relu); 4])
+  head = Linear(6, 3)
+  y = head(quiet(x + moe(x)))
+}
+train Fit() {
+  in x: f32[N, 6]
+  in target: f32[N, 3]
+  net = Net()
+  teacher = frozen Net()
+  fit = mse(net(x), target) + 0.0 * mean(mean(teacher(x), axis: 1), axis: 0)
+  loss = fit
+  optimizer = AdamW()
+}
+`;
+    const N = 10;
+    const t = lowerInline(source, { N });
+    expect(t.terms.map((x) => x.name)).toEqual([
+      "loss:fit",
+      "aux:net.moe.balance",
+      "aux:net.moe.z",
+    ]);
+    const gate = t.params.find((p) => p.name === "net.moe.router.gate.weight")!;
+    expect(gate).toEqual({ name: gate.name, shape: [4, 6], trainable: true, decay: true });
+    expect(t.params.find((p) => p.name === "teacher.moe.router.gate.weight")?.trainable).toBe(
+      false,
+    );
+    for (const seed of [1, 2, 3]) {
+      const l = leaves(t, seed, {}, 2);
+      const out = run(t, l);
+      const logits = mat(l.get("x")!).map((r) =>
+        linear(r, mat(l.get("net.moe.router.gate.weight")!)),
+      );
+      const counts = [0, 0, 0, 0];
+      const meanP = [0, 0, 0, 0];
+      let z = 0;
+      for (const z_ of logits) {
+        counts[z_.indexOf(Math.max(...z_))]! += 1;
+        softmax(z_).forEach((p, e) => (meanP[e]! += p / N));
+        const m = Math.max(...z_);
+        const lse = m + Math.log(z_.reduce((a, v) => a + Math.exp(v - m), 0));
+        z += (lse * lse) / N;
+      }
+      const balance = 4 * counts.reduce((a, c, e) => a + (c / N) * meanP[e]!, 0);
+      // The forward pass by hand: top-1 with renormalisation gives the chosen expert weight 1.
+      const top1 = (layer: string, x: number[]) => {
+        const z = linear(x, mat(l.get(`net.${layer}.router.gate.weight`)!));
+        return ffn(l, `net.${layer}.experts.${z.indexOf(Math.max(...z))}`, x);
+      };
+      const target = mat(l.get("target")!);
+      let fit = 0;
+      mat(l.get("x")!).forEach((x, n) => {
+        const h = top1("moe", x).map((v, j) => v + x[j]!);
+        const y = linear(
+          top1("quiet", h),
+          mat(l.get("net.head.weight")!),
+          row(l.get("net.head.bias")!, 0),
+        );
+        y.forEach((v, j) => (fit += (v - target[n]![j]!) ** 2 / (N * 3)));
+      });
+      near(out.get("loss:fit")!, fit);
+      near(out.get("aux:net.moe.balance")!, 0.01 * balance);
+      near(out.get("aux:net.moe.z")!, 0.001 * z);
+      near(out.get("loss")!, out.get("loss:fit")! + 0.01 * balance + 0.001 * z);
+    }
+  });
+
+  it("LoRA on a frozen base: only the adapter trains, and the loss sees its update", () => {
+    const source = `import std.nn { Linear }
+import std.adapt { LoRA }
+import std.optim { AdamW }
+model Base() { in x: f32[N, 6]  out y: f32[N, 3]  proj = Linear(6, 3)  y = proj(x) }
+train Tune() {
+  in x: f32[N, 6]
+  in labels: i32[N]
+  net = frozen Base() with LoRA(r: 2, alpha: 4.0)
+  ce = cross_entropy(net(x), labels, label_smoothing: 0.2)
+  loss = ce
+  optimizer = AdamW()
+}
+`;
+    const t = lowerInline(source, { N: 5 });
+    const byName = new Map(t.params.map((p) => [p.name, p]));
+    expect(byName.get("net.proj.weight")).toMatchObject({ trainable: false, decay: true });
+    expect(byName.get("net.proj.bias")).toMatchObject({ trainable: false, decay: false });
+    const trainable = t.params.filter((p) => p.trainable).map((p) => [p.name, p.shape]);
+    expect(trainable).toEqual(
+      expect.arrayContaining([
+        [expect.stringMatching(/lora_A\.weight$/), [2, 6]],
+        [expect.stringMatching(/lora_B\.weight$/), [3, 2]],
+      ]),
+    );
+    expect(trainable).toHaveLength(2);
+    const aName = trainable.find(([n]) => (n as string).includes("lora_A"))![0] as string;
+    const bName = aName.replace("lora_A", "lora_B");
+    const l = leaves(t, 3, {}, 2);
+    const A = mat(l.get(aName)!);
+    const Bm = mat(l.get(bName)!);
+    const logits = mat(l.get("x")!).map((r) =>
+      linear(r, mat(l.get("net.proj.weight")!), row(l.get("net.proj.bias")!, 0)).map(
+        (v, o) => v + 2 * linear(linear(r, A), Bm)[o]!,
+      ),
+    );
+    near(run(t, l).get("loss")!, crossEntropy(logits, [...l.get("labels")!.data], -100, 0.2));
+  });
+
+  it("examples/road-distill.moe's Distill lowers at a small configuration", () => {
+    const at = path.join(examples, "road-distill.moe");
+    const source = fs
+      .readFileSync(at, "utf8")
+      .replace("vocab: Int = 30522", "vocab: Int = 40")
+      .replace(
+        /layers: Int = \d+, d: Dim = \d+, heads: Int = \d+/g,
+        "layers: Int = 1, d: Dim = 8, heads: Int = 2",
+      );
+    const t = lowerInline(source, { B: 2, T: 3 }, "Distill", undefined, at);
+    expect(t.graph.outputs.map((o) => o.name)).toEqual(["loss", "loss:kd", "loss:ce", "loss:qa"]);
+    expect(t.optimizer.lr).toBe(3e-5);
+    const p = new Map(t.params.map((x) => [x.name, x]));
+    expect(p.get("student.enc.embed.weight")).toMatchObject({ trainable: true, decay: false });
+    expect(p.get("large.enc.embed.weight")).toMatchObject({ trainable: false, shape: [40, 8] });
+    expect(p.get("base.enc.blocks.0.layer.mlp.up.weight")?.trainable).toBe(false);
+    expect(p.get("student.enc.nli_head.weight")).toMatchObject({ trainable: true, decay: true });
+    expect(p.get("student.enc.norm.weight")).toMatchObject({ trainable: true, decay: false });
+    // The names and flags are those `moec params --program` reports.
+    const analysis = analyze([at], nodeFileSystem(new Map([[at, source]])));
+    const elaborated = elaborateTrain(analysis, at, "Distill");
+    if ("error" in elaborated) throw new Error(elaborated.error);
+    expect(elaborated.diagnostics).toEqual([]);
+    const report = reportParams(elaborated.model);
+    expect(new Map(report.params.map((r) => [r.name, [r.shape, r.trainable]]))).toEqual(
+      new Map(t.params.map((x) => [x.name, [x.shape, x.trainable]])),
+    );
+    expect(report.trainable).toBeGreaterThan(0);
+    expect(report.frozen).toBeGreaterThan(report.trainable);
+    const l = leaves(t, 1, {}, 1);
+    const out = run(t, l);
+    for (const v of out.values()) expect(Number.isFinite(v)).toBe(true);
+    near(
+      out.get("loss")!,
+      0.5 * out.get("loss:ce")! + 0.5 * out.get("loss:kd")! + out.get("loss:qa")!,
+    );
+    expect(out.get("loss:kd")!).toBeGreaterThan(0);
+  });
+});
