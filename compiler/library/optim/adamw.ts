@@ -85,12 +85,15 @@ export function appendAdamW(
   const bc1 = b.input(ADAMW_INPUTS.biasCorrection1, "f32", [1]);
   const bc2 = b.input(ADAMW_INPUTS.biasCorrection2, "f32", [1]);
 
-  // ‖g‖ over every gradient, as one vector (clip_grad_norm_ with the 2-norm).
+  // ‖g‖ over every gradient, as one vector (clip_grad_norm_ with the 2-norm): each square is
+  // summed along its last axis first, so a large matrix is reduced by many rows at once.
   let sumSq: number | undefined;
   for (const p of params) {
-    const n = b.shape(p.grad).reduce((a, d) => a * d, 1);
-    const flat = b.reshape(p.grad, [1, n]);
-    const s = b.reduce("sum", b.binary("mul", flat, flat), 1, false);
+    const shape = b.shape(p.grad);
+    let sq = b.binary("mul", p.grad, p.grad);
+    if (shape.length >= 2) sq = b.reduce("sum", sq, -1, false);
+    const n = b.shape(sq).reduce((a, d) => a * d, 1);
+    const s = b.reduce("sum", b.reshape(sq, [1, n]), 1, false);
     sumSq = sumSq === undefined ? s : b.binary("add", sumSq, s);
   }
   const norm = sumSq === undefined ? b.constant(0, "f32", [1]) : b.unary("sqrt", sumSq);

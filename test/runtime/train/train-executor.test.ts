@@ -126,6 +126,39 @@ describe("TrainExecutor", () => {
     }
   });
 
+  it("recomputes values of parameters alone (static kernels) every step", async () => {
+    const ctx = gpu();
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", [3, 4]);
+    const w = b.param("w", [4, 4], true, "normal");
+    // w·2 + 1 depends on the parameter alone: the back end computes it in a static kernel.
+    const scaled = b.binary("add", b.binary("mul", w, b.constant(2)), b.constant(1));
+    b.output("y", b.matmul(x, b.permute(scaled, [1, 0])));
+    b.output("update:w", b.binary("add", w, b.constant(0.5)));
+    const program = compileGraph(b.finish(), ctx.limits);
+    expect(program.kernels.some((k) => k.static)).toBe(true);
+    const exe = await TrainExecutor.create(ctx, program);
+    try {
+      const rand = prng(12);
+      const w0 = Float32Array.from({ length: 16 }, () => rand() - 0.5);
+      const xs = Float32Array.from({ length: 12 }, () => rand() - 0.5);
+      exe.setState(new Map([["w", w0]]));
+      exe.poison();
+      for (let t = 1; t <= 3; t++) {
+        const y = (await exe.step(new Map([["x", xs]]))).scalars.get("y")!;
+        for (let i = 0; i < 3; i++)
+          for (let j = 0; j < 4; j++) {
+            let want = 0;
+            for (let k = 0; k < 4; k++)
+              want += xs[i * 4 + k]! * (2 * (w0[j * 4 + k]! + 0.5 * (t - 1)) + 1);
+            expect(y[i * 4 + j]).toBeCloseTo(want, 4);
+          }
+      }
+    } finally {
+      exe.destroy();
+    }
+  });
+
   it("rejects unset parameters, missing inputs, and updates of unknown parameters", async () => {
     const ctx = gpu();
     const exe = await TrainExecutor.create(ctx, compileGraph(softmaxRegression(), ctx.limits));
