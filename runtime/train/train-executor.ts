@@ -254,6 +254,9 @@ export class TrainExecutor {
     device.queue.submit([encoder.finish()]);
     const validated = device.popErrorScope();
     const result = this.#readScalars(step, slot, validated);
+    // A caller that drops a step's result must not crash the process with an unhandled
+    // rejection; one that awaits it still sees the error.
+    result.catch(() => undefined);
     slot.busy = result;
     return { step, result };
   }
