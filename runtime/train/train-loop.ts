@@ -60,6 +60,11 @@ export interface TrainRunOptions {
   progress?: { write: (text: string) => void; mode: "tty" | "json"; every?: number };
   warn?: (line: string) => void;
   inFlight?: number;
+  /**
+   * Evaluates the parameters at each checkpoint (for instance a forward program on held-out
+   * data); the loss is recorded as the checkpoint's `evalLoss`, so retention can keep the best.
+   */
+  evaluate?: (params: ReadonlyMap<string, TensorData>, step: number) => Promise<number> | number;
 }
 
 export interface TrainRunResult {
@@ -208,6 +213,10 @@ async function saveCheckpoint(
     sourceHash: o.sourceHash,
     moecVersion: moecVersion(),
   };
+  if (o.evaluate) {
+    const model = new Map([...params].map(([name, t]) => [name, t.data]));
+    state.evalLoss = await o.evaluate(model, step);
+  }
   return writeCheckpoint(o.runDir, { state, params, optimizer }, o.retention);
 }
 

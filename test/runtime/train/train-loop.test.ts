@@ -23,7 +23,7 @@ const EXAMPLES = 150;
 const STEPS = 30;
 
 describe("runTraining", () => {
-  it("resumes past a torn checkpoint and matches an uninterrupted run exactly", async () => {
+  it("resumes past a torn checkpoint and matches an uninterrupted run; keeps the best evaluated", async () => {
     const ctx = gpu();
     const program = compileGraph(softmaxRegression(), ctx.limits);
     const { x, y } = dataset(31, EXAMPLES);
@@ -64,6 +64,27 @@ describe("runTraining", () => {
     expect(listCheckpoints(whole).map((c) => c.step)).toEqual([30, 20, 10]);
     expect(lines).toHaveLength(STEPS);
     expect(JSON.parse(lines[STEPS - 1]!)).toMatchObject({ step: STEPS, total_steps: STEPS });
+
+    // Evaluated at each checkpoint: the best (step 20 here) outlives the last-K window.
+    const evaluated = path.join(root, "evaluated");
+    const evalLosses = new Map([
+      [10, 0.5],
+      [20, 0.1],
+      [30, 0.3],
+    ]);
+    const seen: number[] = [];
+    await runTraining(ctx, {
+      ...options(evaluated),
+      retention: { keepLast: 1, keepBest: true },
+      evaluate: (params, step) => {
+        expect([...params.keys()].sort()).toEqual(["b", "temp", "w"]);
+        seen.push(step);
+        return evalLosses.get(step)!;
+      },
+    });
+    expect(seen).toEqual([10, 20, 30]);
+    expect(listCheckpoints(evaluated).map((c) => c.step)).toEqual([30, 20]);
+    expect(readCheckpoint(path.join(evaluated, "ckpt-20")).state.evalLoss).toBe(0.1);
 
     const broken = path.join(root, "broken");
     const b1 = await runTraining(ctx, { ...options(broken), stopAfter: 17 });
