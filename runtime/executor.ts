@@ -122,17 +122,64 @@ async function compilePipeline(
   }
 }
 
-interface Prepared {
+/** One kernel ready to dispatch. */
+export interface PreparedKernel {
   kernel: EmittedKernel;
   pipeline: GPUComputePipeline;
   bindGroup: GPUBindGroup;
+}
+
+/** A program's buffers and its kernels' pipelines and bind groups, ready to dispatch. */
+export interface AllocatedProgram {
+  buffers: GPUBuffer[];
+  kernels: PreparedKernel[];
+}
+
+/**
+ * Compiles the program's kernels and creates its buffers (storage, copy source and
+ * destination) and bind groups: what Executor and runtime/train/train-executor.ts share.
+ */
+export async function allocateProgram(
+  ctx: GpuContext,
+  program: Pick<CompiledProgram, "kernels" | "buffers">,
+): Promise<AllocatedProgram> {
+  const device = ctx.device;
+  const pipelines = await Promise.all(program.kernels.map((k) => createKernelPipeline(device, k)));
+  device.pushErrorScope("validation");
+  device.pushErrorScope("out-of-memory");
+  const buffers = program.buffers.map((b) =>
+    device.createBuffer({
+      label: `moec ${b.role} ${b.id}`,
+      size: b.bytes,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    }),
+  );
+  const kernels = program.kernels.map((kernel, i) => {
+    const pipeline = pipelines[i]!;
+    const bindGroup = device.createBindGroup({
+      label: kernel.name,
+      layout: pipeline.getBindGroupLayout(0),
+      entries: kernel.bindings.map((b) => ({
+        binding: b.binding,
+        resource: { buffer: buffers[b.buffer]!, offset: b.byteOffset, size: b.byteSize },
+      })),
+    });
+    return { kernel, pipeline, bindGroup };
+  });
+  const oom = await device.popErrorScope();
+  const invalid = await device.popErrorScope();
+  if (oom || invalid) {
+    for (const b of buffers) b.destroy();
+    throw new Error(`could not allocate the program's buffers: ${(oom ?? invalid)!.message}`);
+  }
+  return { buffers, kernels };
 }
 
 export class Executor {
   readonly #ctx: GpuContext;
   readonly #program: CompiledProgram;
   readonly #buffers: GPUBuffer[];
-  readonly #kernels: Prepared[];
+  readonly #kernels: PreparedKernel[];
   readonly #staging = new Map<string, GPUBuffer>();
   readonly #stats: KernelStats[];
   readonly #timing: boolean;
@@ -154,7 +201,7 @@ export class Executor {
     ctx: GpuContext,
     program: CompiledProgram,
     buffers: GPUBuffer[],
-    kernels: Prepared[],
+    kernels: PreparedKernel[],
     options: ExecutorOptions,
   ) {
     this.#ctx = ctx;
@@ -174,37 +221,7 @@ export class Executor {
     program: CompiledProgram,
     options: ExecutorOptions = {},
   ): Promise<Executor> {
-    const device = ctx.device;
-    const pipelines = await Promise.all(
-      program.kernels.map((k) => createKernelPipeline(device, k)),
-    );
-    device.pushErrorScope("validation");
-    device.pushErrorScope("out-of-memory");
-    const buffers = program.buffers.map((b) =>
-      device.createBuffer({
-        label: `moec ${b.role} ${b.id}`,
-        size: b.bytes,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      }),
-    );
-    const kernels = program.kernels.map((kernel, i) => {
-      const pipeline = pipelines[i]!;
-      const bindGroup = device.createBindGroup({
-        label: kernel.name,
-        layout: pipeline.getBindGroupLayout(0),
-        entries: kernel.bindings.map((b) => ({
-          binding: b.binding,
-          resource: { buffer: buffers[b.buffer]!, offset: b.byteOffset, size: b.byteSize },
-        })),
-      });
-      return { kernel, pipeline, bindGroup };
-    });
-    const oom = await device.popErrorScope();
-    const invalid = await device.popErrorScope();
-    if (oom || invalid) {
-      for (const b of buffers) b.destroy();
-      throw new Error(`could not allocate the program's buffers: ${(oom ?? invalid)!.message}`);
-    }
+    const { buffers, kernels } = await allocateProgram(ctx, program);
     return new Executor(ctx, program, buffers, kernels, options);
   }
 
@@ -338,7 +355,7 @@ export class Executor {
     );
   }
 
-  #dispatch(pass: GPUComputePassEncoder, k: Prepared): void {
+  #dispatch(pass: GPUComputePassEncoder, k: PreparedKernel): void {
     pass.setPipeline(k.pipeline);
     pass.setBindGroup(0, k.bindGroup);
     pass.dispatchWorkgroups(...k.kernel.grid);
