@@ -2,10 +2,11 @@
  * `moec compile FILE`: lowers a model at fixed sizes and writes a bundle (manifest, IR, plan,
  * one WGSL file per kernel), or prints one stage with `--emit ast|ir|wgsl|plan`. With
  * `--program [NAME]` it lowers a training program instead (forward passes and losses), which
- * prints with `--emit ast|ir`.
+ * prints with `--emit ast|ir` (the whole train step: forward, loss, backward, AdamW).
  */
 import * as path from "node:path";
 import { printGraph } from "../compiler/ir/print.js";
+import { assembleTrain } from "../compiler/pipeline.js";
 import { compileForBundle, writeBundle } from "./bundle.js";
 import { type ModelOptions, lowerFromSource, lowerTrainFromSource } from "./model-options.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
@@ -69,13 +70,16 @@ export function runCompile(file: string, options: CompileOptions): number {
   return 0;
 }
 
-/** A training program's forward-and-loss graph; bundles wait for the backward pass. */
+/**
+ * A training program: `--emit ir` prints the whole train step (forward, loss, backward and
+ * AdamW) as `moec train` runs it; `--emit ast` the file's syntax tree.
+ */
 function compileTrain(file: string, options: CompileOptions, emit: string | undefined): number {
   if (options.model !== undefined)
     throw new CliError("--model and --program exclude each other", EXIT_USAGE);
   if (emit !== "ir" && emit !== "ast") {
     throw new CliError(
-      "a training program compiles with --emit ir or --emit ast only (no bundle yet: training runs need the backward pass)",
+      "a training program compiles with --emit ir or --emit ast; to run it, use moec train",
       EXIT_USAGE,
     );
   }
@@ -84,6 +88,10 @@ function compileTrain(file: string, options: CompileOptions, emit: string | unde
   if (emit === "ast") {
     const ast = analysis.graph.modules.get(entry)!.ast;
     process.stdout.write(JSON.stringify(ast, null, 2) + "\n");
-  } else process.stdout.write(printGraph(train.graph));
+    return 0;
+  }
+  const step = assembleTrain(train);
+  if ("error" in step) throw new CliError(step.error);
+  process.stdout.write(printGraph(step.graph));
   return 0;
 }

@@ -9,6 +9,7 @@ import type { DataGenOptions } from "./data-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
 import { runParams } from "./params-command.js";
+import type { TrainOptions } from "./train-command.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
 
 const program = new Command();
@@ -144,6 +145,40 @@ program
   .option("--json", "machine-readable summary")
   .action(async (target: string, opts: RunOptions) => {
     process.exitCode = await runRun(target, opts);
+  });
+
+program
+  .command("train")
+  .description(
+    "train a `train` program on the WebGPU device: checkpoints and metrics in a run directory",
+  )
+  .argument("<file>", ".moe file")
+  .option("--program <name>", "the training program (default: the file's first)")
+  .option("--data <file>", "training data: a safetensors file with one tensor per input port")
+  .option("--steps <n>", "optimizer steps (the schedule's length)", "100")
+  .option("--batch <n>", "examples per step (the inputs' leading dimension)", "32")
+  .option("--seed <n>", "seed of the initialisation and the data order", "0")
+  .option("--out <dir>", "run directory (default: runs/<program>)")
+  .option("--save-every <n>", "write a checkpoint every N steps (and always at the end)")
+  .option("--keep <n>", "checkpoints to keep, newest first", "3")
+  .option(
+    "--resume [dir]",
+    "continue the run in --out (or DIR) from its newest complete checkpoint",
+  )
+  .option(
+    "--weights <[prefix=]file>",
+    "start from a checkpoint; with PREFIX, for the instance bound to it (large=teacher.safetensors; repeatable)",
+    collect,
+  )
+  .option("--warmup <n>", "linear learning-rate warmup over the first N steps", "0")
+  .option("--schedule <name>", "learning rate after warmup: constant, cosine or linear", "constant")
+  .option("--dim <name=size>", "size of a free dimension the data does not give", collect)
+  .option("--set <name=value>", "override a program parameter (repeatable)", collect)
+  .option("--json", "progress and summary as JSON lines on stdout")
+  .action(async (file: string, opts: TrainOptions) => {
+    // Loaded lazily: only this command needs the training runtime.
+    const { runTrain } = await import("./train-command.js");
+    process.exitCode = await runTrain(file, opts);
   });
 
 const data = program.command("data").description("synthetic multi-task data sets for moec train");

@@ -110,18 +110,36 @@ export function lowerTrainFromSource(
   name: string | undefined,
   options: Pick<ModelOptions, "set" | "dim">,
 ): { analysis: Analysis; train: LoweredTrain; entry: string } {
+  const { analysis, entry } = analyzeEntry(file);
+  const train = lowerTrainProgram(analysis, entry, name, options.set, parseDims(options.dim));
+  return { analysis, train, entry };
+}
+
+/** Parses and checks one entry file; errors are printed and become a CliError (exit 1). */
+export function analyzeEntry(file: string): { analysis: Analysis; entry: string } {
   const [entry] = resolveInputFiles([file]);
   const analysis = analyze([entry!], nodeFileSystem());
   if (hasErrors(analysis.diagnostics)) {
     printDiagnostics(analysis.diagnostics, analysis);
     throw new CliError(`${displayPath(entry!)} has errors; see above`);
   }
-  const overrides = new Map((options.set ?? []).map(parseOverride));
-  const result = lowerTrain(analysis, entry!, name, overrides, parseDims(options.dim));
-  if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
+  return { analysis, entry: entry! };
+}
+
+/** Lowers a training program of an analysed file at the given sizes; errors as above. */
+export function lowerTrainProgram(
+  analysis: Analysis,
+  entry: string,
+  name: string | undefined,
+  set: readonly string[] | undefined,
+  dims: ReadonlyMap<string, number>,
+): LoweredTrain {
+  const overrides = new Map((set ?? []).map(parseOverride));
+  const result = lowerTrain(analysis, entry, name, overrides, dims);
+  if ("error" in result) throw new CliError(result.error.replace(entry, displayPath(entry)));
   if (hasErrors(result.diagnostics) || !result.train) {
     printDiagnostics(result.diagnostics, analysis);
-    throw new CliError(`cannot lower ${displayPath(entry!)}; see above`);
+    throw new CliError(`cannot lower ${displayPath(entry)}; see above`);
   }
-  return { analysis, train: result.train, entry: entry! };
+  return result.train;
 }

@@ -5,6 +5,8 @@
  *   source ─parse─▶ AST ─load─▶ module graph ─resolve─▶ scopes ─check─▶ typed program
  *          ─elaborate─▶ concrete model ─count─▶ parameter report
  *          ─lower─▶ tensor IR ─fuse─▶ kernels ─plan─▶ buffers, dispatches ─emit─▶ WGSL
+ *   train:  ─lowerTrain─▶ forward + loss IR ─differentiate─▶ + gradients ─assemble─▶ + AdamW
+ *          (one train-step graph, then fuse → plan → emit as above)
  *
  *   grammar/        parse (tokens, parser, CST → AST)
  *   compiler/check/ load, resolve, check, elaborate, count: the front end, pure, no IR
@@ -28,7 +30,10 @@ import {
   selectTrainProgram,
 } from "./check/elaborate-model.js";
 import { type FileSystemView, type ModuleGraph, loadModules } from "./check/load-modules.js";
+import { differentiateGraph } from "./ir/differentiate-graph.js";
+import type { IrGraph } from "./ir/graph.js";
 import { STANDARD_LIBRARY } from "./library/index.js";
+import { assembleTrainStep } from "./library/optim/train-step.js";
 import { type LowerOptions, type LoweredModel, lowerModel } from "./lower/lower-model.js";
 import { type LoweredTrain, lowerTrain as lowerTrainProgram } from "./lower/lower-train.js";
 import { type ResolvedProgram, resolveNames } from "./check/resolve-names.js";
@@ -176,6 +181,39 @@ export function lowerTrain(
     );
   });
   return { train, diagnostics };
+}
+
+/** One training step as IR: forward, loss, backward and the AdamW update. */
+export interface TrainStepGraph {
+  graph: IrGraph;
+  /** Trainable parameters the step updates (those the loss depends on), in graph order. */
+  updated: string[];
+  /** Trainable parameters the loss does not reach: they keep their values, as in PyTorch. */
+  unused: string[];
+}
+
+/**
+ * Back end for training, after lowerTrain: differentiate the loss with respect to every
+ * trainable parameter (ir/differentiate-graph.ts) and append the optimizer
+ * (library/optim/train-step.ts). A program with nothing to train is an error, not a no-op.
+ */
+export function assembleTrain(train: LoweredTrain): TrainStepGraph | { error: string } {
+  const trainable = train.params.filter((p) => p.trainable);
+  if (trainable.length === 0)
+    return {
+      error: `every parameter of ${train.name} is frozen: there is nothing to train (drop \`frozen\` from the instances to train)`,
+    };
+  const { graph, gradients, unused } = differentiateGraph(train.graph, train.loss);
+  if (gradients.size === 0)
+    return {
+      error: `the loss of ${train.name} does not depend on any trainable parameter (${trainable
+        .slice(0, 3)
+        .map((p) => p.name)
+        .join(", ")}${trainable.length > 3 ? ", ..." : ""})`,
+    };
+  const { lr: _lr, ...adamw } = train.optimizer;
+  const step = assembleTrainStep(graph, gradients, train.params, adamw);
+  return { graph: step, updated: [...gradients.keys()], unused };
 }
 
 /** Report: parameter table and budgets of an elaborated model. */

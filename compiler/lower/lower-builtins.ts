@@ -23,8 +23,10 @@ export type BuiltinLowering = (
   shape: number[],
 ) => number | undefined;
 
-/** The IR's unary ops that are also language builtins (`neg` is `-x`; `step` is internal). */
-const UNARY: readonly UnaryOp[] = UNARY_OPS.filter((op) => op !== "neg" && op !== "step");
+/** The IR's unary ops that are also language builtins (`neg` is `-x`; `step` and `erf`, a gradient rule's, are internal). */
+const UNARY: readonly UnaryOp[] = UNARY_OPS.filter(
+  (op) => op !== "neg" && op !== "step" && op !== "erf",
+);
 
 function axisOf(ir: IrBuilder, x: number, a: LowerArg | undefined, fallback: number): number {
   const rank = ir.shape(x).length;

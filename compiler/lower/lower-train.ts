@@ -46,6 +46,8 @@ export interface AdamWOptions {
   beta2: number;
   eps: number;
   weightDecay: number;
+  /** Global gradient-norm clipping (`max_norm`); undefined: none. */
+  maxNorm?: number;
 }
 
 /** One output of a training graph that `loss` adds up or reports. */
@@ -174,6 +176,7 @@ export function lowerTrain(
 function adamwOptions(v: Value | undefined): AdamWOptions | undefined {
   if (v?.k !== "instance" || v.inst.component !== "AdamW") return undefined;
   const inst = v.inst;
+  const maxNorm = num(inst, "max_norm") ?? 0;
   // The declaration's defaults are bound already; these fallbacks repeat std.optim's.
   return {
     lr: num(inst, "lr") ?? 1e-3,
@@ -181,6 +184,7 @@ function adamwOptions(v: Value | undefined): AdamWOptions | undefined {
     beta2: num(inst, "beta2") ?? 0.999,
     eps: num(inst, "eps") ?? 1e-8,
     weightDecay: num(inst, "weight_decay") ?? 0.01,
+    ...(maxNorm > 0 ? { maxNorm } : {}),
   };
 }
 

@@ -47,6 +47,8 @@ const showShape = (s: readonly (number | string)[]) => `[${s.join(", ")}]`;
 export class TrainData {
   readonly examples: number;
   readonly batchSize: number;
+  /** Tensors of the file that no input reads. */
+  unused: readonly string[] = [];
   readonly #rows = new Map<string, { data: Float32Array | Int32Array; rowSize: number }>();
   readonly #ports: readonly DataPort[];
   readonly #seed: number;
@@ -93,14 +95,10 @@ export class TrainData {
         throw new Error(`internal: input ${p.name} ${showShape(p.shape)} has no batch of ${batch}`);
       }
     }
+    // Tensors no input takes are left unread (one data set serves several programs: a dense
+    // arm ignores the task ids a task-routed arm reads); `unused` lists them.
     const portNames = new Set(ports.map((p) => p.name));
-    for (const name of st.names()) {
-      if (!portNames.has(name)) {
-        throw new DataError(
-          `${file}: tensor ${name} is not an input of the program (inputs: ${[...portNames].join(", ")})`,
-        );
-      }
-    }
+    const unused = st.names().filter((name) => !portNames.has(name));
     let examples: { name: string; n: number } | undefined;
     for (const p of ports) {
       const want = showShape(["N", ...p.shape.slice(1)]);
@@ -139,10 +137,12 @@ export class TrainData {
       }
       tensors.set(p.name, data as Float32Array | Int32Array);
     }
-    return new TrainData(ports, tensors, examples!.n, {
+    const data = new TrainData(ports, tensors, examples!.n, {
       seed: options.seed,
       shuffle: options.shuffle ?? true,
     });
+    data.unused = unused;
+    return data;
   }
 
   /** Batches per epoch (the remainder is dropped). */

@@ -124,7 +124,13 @@ export interface Progress {
  * The progress line: on a terminal one line to rewrite in place (\r, then clear to the end of
  * the line; no newline), else a JSON object and a newline.
  */
-export function formatProgress(p: Progress, mode: "tty" | "json"): string {
+export type ProgressMode = "tty" | "lines" | "json";
+
+/**
+ * The progress line of one step: `tty` rewrites one line in place, `lines` prints a line per
+ * call (a log file or a pipe), `json` one JSON object per line.
+ */
+export function formatProgress(p: Progress, mode: ProgressMode): string {
   const etaS = ((p.totalSteps - p.step) * p.msPerStep) / 1000;
   if (mode === "json") {
     return (
@@ -147,11 +153,11 @@ export function formatProgress(p: Progress, mode: "tty" | "json"): string {
     `loss ${fixed(p.loss)}` +
       (terms.length ? ` (${terms.map(([k, v]) => `${k} ${fixed(v)}`).join(", ")})` : ""),
     `${compact(p.tokensPerS)} tok/s`,
-    `${p.msPerStep.toFixed(1)} ms/step`,
+    `${Number.isFinite(p.msPerStep) ? p.msPerStep.toFixed(1) : "-"} ms/step`,
     `lr ${p.lr.toExponential(2)}`,
     `ETA ${duration(etaS)}`,
   ];
-  return `\r${parts.join(" | ")}\x1b[K`;
+  return mode === "tty" ? `\r${parts.join(" | ")}\x1b[K` : `${parts.join(" | ")}\n`;
 }
 
 const fixed = (x: number) => (Number.isFinite(x) ? x.toFixed(4) : String(x));

@@ -341,8 +341,10 @@ export class TrainExecutor {
   ): Promise<StepResult> {
     const err = await validated;
     if (err) throw new Error(`GPU validation error in train step ${step}: ${err.message}`);
-    // The first step also compiles the shaders: its time says nothing about the next.
-    await this.#pacer.wait(() => slot.staging.mapAsync(GPUMapMode.READ), 1, { learn: step > 1 });
+    // The first step also compiles the shaders, and the steps submitted with it wait behind
+    // that: their times say nothing about the next (learning one made step 3 sleep 8 s).
+    const learn = step > this.#slots.length;
+    await this.#pacer.wait(() => slot.staging.mapAsync(GPUMapMode.READ), 1, { learn });
     const all = slot.staging.getMappedRange().slice(0);
     slot.staging.unmap();
     const scalars = new Map<string, TensorData>();

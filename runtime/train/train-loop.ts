@@ -28,7 +28,7 @@ import {
   writeCheckpoint,
 } from "./checkpoint.js";
 import type { DataCursor, DataPort, TrainData } from "./data.js";
-import { Ema, MetricsLog, formatProgress } from "./metrics.js";
+import { Ema, MetricsLog, type ProgressMode, formatProgress } from "./metrics.js";
 import { type LrSchedule, checkSchedule, learningRate } from "./schedule.js";
 import { type PendingStep, TrainExecutor } from "./train-executor.js";
 
@@ -57,7 +57,7 @@ export interface TrainRunOptions {
   resume?: boolean;
   /** Stop after this step, as if interrupted (tests; default: the schedule's total). */
   stopAfter?: number;
-  progress?: { write: (text: string) => void; mode: "tty" | "json"; every?: number };
+  progress?: { write: (text: string) => void; mode: ProgressMode; every?: number };
   warn?: (line: string) => void;
   inFlight?: number;
   /**
@@ -67,10 +67,28 @@ export interface TrainRunOptions {
   evaluate?: (params: ReadonlyMap<string, TensorData>, step: number) => Promise<number> | number;
 }
 
+/**
+ * A step whose loss or gradient norm is not finite: training stops there, before any
+ * checkpoint holds the step's parameters (the newest checkpoint is the last finite state).
+ */
+export class NonFiniteError extends Error {
+  override readonly name = "NonFiniteError";
+  constructor(
+    readonly step: number,
+    /** `loss`, a loss term's name, or `grad_norm`. */
+    readonly what: string,
+    readonly value: number,
+  ) {
+    super(`step ${step}: ${what} is ${value}`);
+  }
+}
+
 export interface TrainRunResult {
   /** The step training started after (0, or the resumed checkpoint's). */
   resumedFrom: number;
   lastStep: number;
+  /** The loss of the first step this call ran, and of the last. */
+  firstLoss: number;
   lastLoss: number;
   lastCheckpoint: string | undefined;
 }
@@ -115,9 +133,10 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
     throw e;
   }
   const tokens = o.tokensPerStep ?? o.data.batchSize;
-  const smoothLoss = new Ema();
+  const smoothLoss = new Ema(0.9);
   const smoothMs = new Ema(0.9);
   let lastLoss = NaN;
+  let firstLoss = NaN;
   let lastCheckpoint: string | undefined;
   let lastArrival = performance.now();
   // The executor counts its own steps from 1; the run's continue the checkpoint's.
@@ -132,21 +151,29 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       const ms = now - lastArrival;
       lastArrival = now;
       lastLoss = scalars.get("loss")?.[0] ?? NaN;
+      if (pending.step === 1) firstLoss = lastLoss;
       const terms: Record<string, number> = {};
       for (const [name, v] of scalars)
         if (name !== "loss" && name !== adamwNames.gradNorm && v.length === 1) terms[name] = v[0]!;
       // The first step also compiles the shaders: its time is not a step's.
       const msPerStep = pending.step === 1 ? NaN : ms;
       const s = pending.step + offset;
+      const gradNorm = scalars.get(adamwNames.gradNorm)?.[0] ?? NaN;
       log.append({
         step: s,
         loss: lastLoss,
         terms,
-        grad_norm: scalars.get(adamwNames.gradNorm)?.[0] ?? NaN,
+        grad_norm: gradNorm,
         lr,
         tokens_per_s: (tokens * 1000) / msPerStep,
         ms_per_step: msPerStep,
       });
+      if (!Number.isFinite(lastLoss)) {
+        // Name the first term that went bad, when one did: it says where to look.
+        const bad = Object.entries(terms).find(([, v]) => !Number.isFinite(v));
+        throw new NonFiniteError(s, bad ? bad[0] : "loss", bad ? bad[1] : lastLoss);
+      }
+      if (!Number.isFinite(gradNorm)) throw new NonFiniteError(s, "the gradient norm", gradNorm);
       smoothLoss.add(lastLoss);
       smoothMs.add(msPerStep);
       if (o.progress && (s % (o.progress.every ?? 1) === 0 || s === last)) {
@@ -185,7 +212,13 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
     }
     while (queue.length > 0) await receive();
     if (o.progress?.mode === "tty") o.progress.write("\n");
-    return { resumedFrom: offset, lastStep: Math.max(last, offset), lastLoss, lastCheckpoint };
+    return {
+      resumedFrom: offset,
+      lastStep: Math.max(last, offset),
+      firstLoss,
+      lastLoss,
+      lastCheckpoint,
+    };
   } finally {
     log.close();
     exe.destroy();
@@ -200,6 +233,12 @@ async function saveCheckpoint(
   shapes: ReadonlyMap<string, number[]>,
 ): Promise<string> {
   const all = await exe.readState();
+  // A finite loss does not make the update after it finite (an overflowing learning rate):
+  // a checkpoint is only ever of finite state, so the newest one is always safe to resume.
+  for (const [name, data] of all) {
+    const bad = data.findIndex((x) => !Number.isFinite(x));
+    if (bad >= 0) throw new NonFiniteError(step, `parameter ${name}`, data[bad]!);
+  }
   const params = new Map<string, StateTensor>();
   const optimizer = new Map<string, StateTensor>();
   for (const [name, data] of all) {

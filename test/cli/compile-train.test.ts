@@ -1,5 +1,5 @@
-// `moec compile FILE --program [NAME] --emit ir`: a training program's forward-and-loss graph,
-// and the one-line errors around it. No device: compile stops before WGSL for train programs.
+// `moec compile FILE --program [NAME] --emit ir`: a training program's whole train step
+// (forward, loss, backward, AdamW), and the one-line errors around it. No device.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -53,7 +53,7 @@ train Second() {
 );
 
 describe("moec compile --program", () => {
-  it("prints the forward and loss graph of the named (or first) training program", () => {
+  it("prints the train step of the named (or first) training program", () => {
     const r = moec([
       "compile",
       file,
@@ -72,6 +72,12 @@ describe("moec compile --program", () => {
     expect(r.stdout).toMatch(/param "net\.head\.weight".*: f32\[5, 4\]/);
     expect(r.stdout).toMatch(/output "loss" = %\d+/);
     expect(r.stdout).toMatch(/output "loss:ce" = %\d+/);
+    // The backward: the embedding's gradient accumulates by index, and AdamW's outputs.
+    expect(r.stdout).toMatch(/scatter_add/);
+    for (const p of ["net.embed.weight", "net.head.weight", "net.head.bias"])
+      for (const out of ["update", "exp_avg", "exp_avg_sq"])
+        expect(r.stdout).toContain(`output "${out}:${p}"`);
+    expect(r.stdout).toMatch(/output "grad_norm"/);
     const first = moec([
       "compile",
       file,
@@ -97,8 +103,9 @@ describe("moec compile --program", () => {
       "--dim",
       "T=2",
     ]);
-    expect(second.code).toBe(0);
-    expect(second.stdout).toMatch(/param "net\.embed\.weight" frozen/);
+    // Every parameter frozen: nothing to train is an error, not an empty step.
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(/every parameter of Second is frozen: there is nothing to train/);
   });
 
   it("names the programs there are, and refuses what it cannot do yet", () => {

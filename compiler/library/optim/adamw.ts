@@ -20,6 +20,7 @@ export const adamwRule: LoweredPrimitiveRule = {
     requireRange(ctx, "beta1", (x) => x >= 0 && x < 1, "in [0, 1)");
     requireRange(ctx, "beta2", (x) => x >= 0 && x < 1, "in [0, 1)");
     requireRange(ctx, "weight_decay", (x) => x >= 0, "non-negative");
+    requireRange(ctx, "max_norm", (x) => x >= 0, "non-negative (0: no clipping)");
   },
 };
 

@@ -1,0 +1,338 @@
+/**
+ * `moec train FILE --data D.safetensors`: lowers a `train` program at the data's sizes,
+ * differentiates its loss and appends AdamW (one train-step graph), compiles it for the
+ * device and runs it step after step, with checkpoints and metrics in a run directory.
+ */
+import { createHash } from "node:crypto";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import type { NamedType, TrainDecl } from "../grammar/ast.js";
+import { LimitError } from "../compiler/kernels/plan-buffers.js";
+import { selectTrainProgram } from "../compiler/lower/lower-train.js";
+import type { LoweredTrain } from "../compiler/lower/lower-train.js";
+import { assembleTrain } from "../compiler/pipeline.js";
+import { paramSpecs } from "../runtime/run-model.js";
+import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
+import { DataError, TrainData } from "../runtime/train/data.js";
+import { listCheckpoints } from "../runtime/train/checkpoint.js";
+import { CheckpointError } from "../runtime/train/checkpoint.js";
+import type { LrSchedule } from "../runtime/train/schedule.js";
+import { loadWeights } from "../runtime/weights.js";
+import type { TensorData } from "../runtime/executor.js";
+import { analyzeEntry, lowerTrainProgram, parseDims } from "./model-options.js";
+import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+
+export interface TrainOptions {
+  program?: string;
+  data?: string;
+  steps?: string;
+  batch?: string;
+  seed?: string;
+  out?: string;
+  saveEvery?: string;
+  keep?: string;
+  resume?: boolean | string;
+  weights?: string[];
+  warmup?: string;
+  schedule?: string;
+  set?: string[];
+  dim?: string[];
+  json?: boolean;
+}
+
+/** What a finished run reports (and tests read). */
+export interface TrainSummary {
+  program: string;
+  runDir: string;
+  device: string;
+  dims: Record<string, number>;
+  steps: number;
+  resumedFrom: number;
+  firstLoss: number;
+  lastLoss: number;
+  checkpoint: string | undefined;
+  updated: number;
+  frozen: number;
+  kernels: number;
+}
+
+const SCHEDULES = ["constant", "cosine", "linear"] as const;
+
+function positive(value: string | undefined, flag: string, fallback: number, min = 1): number {
+  if (value === undefined) return fallback;
+  if (!/^\d+$/.test(value) || Number(value) < min || !Number.isSafeInteger(Number(value)))
+    throw new CliError(
+      `${flag} expects an integer of at least ${min}, found "${value}"`,
+      EXIT_USAGE,
+    );
+  return Number(value);
+}
+
+/**
+ * The sizes of the program's free input dims: the leading one of every data input is the
+ * batch (`--batch`), the others come from the data file's tensors (a sequence length), unless
+ * `--dim` gives them.
+ */
+export function trainDims(
+  decl: TrainDecl,
+  data: SafetensorsFile,
+  batch: number,
+  given: ReadonlyMap<string, number>,
+): Map<string, number> {
+  const dims = new Map(given);
+  for (const stmt of decl.body) {
+    if (stmt.kind !== "PortDecl" || stmt.direction !== "in") continue;
+    const type = stmt.type as NamedType;
+    const names = (type.dims ?? []).map((d) => (d.kind === "NameExpr" ? d.name.name : undefined));
+    const lead = names[0];
+    if (lead !== undefined && !given.has(lead)) dims.set(lead, batch);
+    if (!data.has(stmt.name.name)) continue; // TrainData names the missing tensor
+    const stored = data.info(stmt.name.name).shape;
+    names.forEach((name, i) => {
+      if (i > 0 && name !== undefined && !dims.has(name) && stored[i] !== undefined)
+        dims.set(name, stored[i]!);
+    });
+  }
+  return dims;
+}
+
+/** `--weights [PREFIX=]FILE`: a checkpoint for the parameters under PREFIX (all without). */
+function parseWeightSpec(spec: string): { prefix: string | undefined; file: string } {
+  const m = /^([A-Za-z_][\w.]*)=(.+)$/.exec(spec);
+  if (!m || fs.existsSync(spec)) return { prefix: undefined, file: spec };
+  return { prefix: m[1]!, file: m[2]! };
+}
+
+/**
+ * Parameters at step 0: seeded as `moec run` seeds them, then each `--weights` file over the
+ * parameters it covers (its keys prefixed with PREFIX.). A key that matches no parameter, or
+ * a parameter two files give, is an error.
+ */
+function initialParameters(
+  train: LoweredTrain,
+  specs: readonly string[],
+  seed: number,
+): { params: Map<string, TensorData>; loaded: number } {
+  const all = paramSpecs(train.graph);
+  const params = new Map<string, TensorData>();
+  for (const [name, t] of loadWeights(all, undefined, { seed }))
+    params.set(name, t.data as TensorData);
+  const from = new Map<string, string>();
+  for (const spec of specs) {
+    const { prefix, file } = parseWeightSpec(spec);
+    if (!fs.existsSync(file)) throw new CliError(`--weights ${file}: no such file`);
+    const under = prefix === undefined ? all : all.filter((p) => p.path.startsWith(`${prefix}.`));
+    if (prefix !== undefined && under.length === 0) {
+      const tops = [...new Set(all.map((p) => p.path.split(".")[0]!))];
+      throw new CliError(
+        `--weights ${prefix}=...: the program has no parameters under ${prefix} (its instances: ${tops.join(", ")})`,
+        EXIT_USAGE,
+      );
+    }
+    try {
+      const st = readSafetensorsFile(file);
+      const rename = (key: string) => (prefix === undefined ? key : `${prefix}.${key}`);
+      const loaded = loadWeights(under, st, { rename, missing: "init", seed });
+      for (const key of st.names()) {
+        const name = rename(key);
+        const before = from.get(name);
+        if (before !== undefined)
+          throw new CliError(`--weights: ${name} is in both ${before} and ${file}`, EXIT_USAGE);
+        from.set(name, file);
+        params.set(name, loaded.get(name)!.data as TensorData);
+      }
+    } catch (err) {
+      if (err instanceof WeightsError) throw new CliError(err.message);
+      throw err;
+    }
+  }
+  return { params, loaded: from.size };
+}
+
+function hashOf(value: unknown): string {
+  return createHash("sha256").update(JSON.stringify(value)).digest("hex").slice(0, 16);
+}
+
+export async function executeTrain(file: string, o: TrainOptions): Promise<TrainSummary> {
+  if (!o.data)
+    throw new CliError(
+      "missing --data FILE (a safetensors file, one tensor per input)",
+      EXIT_USAGE,
+    );
+  const steps = positive(o.steps, "--steps", 100);
+  const batch = positive(o.batch, "--batch", 32);
+  const seed = positive(o.seed, "--seed", 0, 0);
+  const warmup = positive(o.warmup, "--warmup", 0, 0);
+  const keep = positive(o.keep, "--keep", 3);
+  const schedule = o.schedule ?? "constant";
+  if (!(SCHEDULES as readonly string[]).includes(schedule))
+    throw new CliError(
+      `--schedule must be one of ${SCHEDULES.join(", ")}, found "${schedule}"`,
+      EXIT_USAGE,
+    );
+  if (!fs.existsSync(o.data)) throw new CliError(`--data ${o.data}: no such file`);
+  let dataFile: SafetensorsFile;
+  try {
+    dataFile = readSafetensorsFile(o.data);
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(`--data ${err.message.split("\n")[0]}`);
+    throw err;
+  }
+
+  const { analysis, entry } = analyzeEntry(file);
+  const chosen = selectTrainProgram(analysis.program, entry, o.program);
+  if (typeof chosen === "string") throw new CliError(chosen.replace(entry, displayPath(entry)));
+  const dims = trainDims(chosen.decl, dataFile, batch, parseDims(o.dim));
+  const train = lowerTrainProgram(analysis, entry, chosen.decl.name.name, o.set, dims);
+  const step = assembleTrain(train);
+  if ("error" in step) throw new CliError(step.error);
+
+  const runDir = path.resolve(
+    typeof o.resume === "string" ? o.resume : (o.out ?? path.join("runs", train.name)),
+  );
+  const existing = fs.existsSync(runDir) ? listCheckpoints(runDir) : [];
+  if (existing.length > 0 && o.resume === undefined)
+    throw new CliError(
+      `${displayPath(runDir)} already holds checkpoints (newest ${path.basename(existing.at(-1)!.dir)}): --resume to continue that run, or --out another directory`,
+      EXIT_USAGE,
+    );
+  const initial = initialParameters(train, o.weights ?? [], seed);
+  const sourceHash = createHash("sha256")
+    .update(analysis.graph.modules.get(entry)!.text)
+    .digest("hex")
+    .slice(0, 16);
+  const lrSchedule: LrSchedule = {
+    lr: train.optimizer.lr,
+    totalSteps: steps,
+    warmupSteps: warmup,
+    decay: schedule as LrSchedule["decay"],
+  };
+  const { lr: _lr, ...adamw } = train.optimizer;
+  const configHash = hashOf({
+    program: train.name,
+    dims: [...train.dims],
+    set: o.set ?? [],
+    batch,
+    seed,
+    schedule: lrSchedule,
+    adamw,
+    weights: o.weights ?? [],
+  });
+
+  // Loaded lazily: only training touches the device.
+  const { openDevice, adapterSummary, DeviceError } = await import("../runtime/device.js");
+  const { compileGraph } = await import("../compiler/kernels/compile-graph.js");
+  const { loadTuning } = await import("../runtime/autotune.js");
+  const { DEFAULT_TUNING } = await import("../compiler/kernels/wgsl/variants.js");
+  const { runTraining, dataPorts, NonFiniteError } = await import("../runtime/train/train-loop.js");
+  const ctx = await openDevice().catch((err: unknown) => {
+    if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
+    throw err;
+  });
+  try {
+    let program;
+    try {
+      program = compileGraph(step.graph, ctx.limits, loadTuning(ctx) ?? DEFAULT_TUNING);
+    } catch (err) {
+      if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
+      throw err;
+    }
+    const ports = dataPorts(program);
+    let data: TrainData;
+    try {
+      data = TrainData.open(o.data, ports, { seed });
+    } catch (err) {
+      if (err instanceof DataError) throw new CliError(err.message);
+      throw err;
+    }
+    // Tokens per step: the elements of the largest integer input (tokens [B, T]), else B.
+    const tokensPerStep = Math.max(
+      batch,
+      ...ports.filter((p) => p.dtype === "i32").map((p) => p.shape.reduce((a, b) => a * b, 1)),
+    );
+    const frozen = train.params.filter((p) => !p.trainable).length;
+    const header = [
+      `training ${train.name} on ${adapterSummary(ctx)}`,
+      `  ${step.updated.length} trained tensors, ${frozen} frozen; ${program.kernels.length} kernels per step; ${[...train.dims].map(([k, v]) => `${k}=${v}`).join(", ")}`,
+      `  data ${displayPath(path.resolve(o.data))}: ${data.examples} examples; run ${displayPath(runDir)}`,
+    ];
+    if (data.unused.length > 0)
+      header.push(`  data tensors no input reads (left unread): ${data.unused.join(", ")}`);
+    if (initial.loaded > 0) header.push(`  ${initial.loaded} tensors from --weights`);
+    if (step.unused.length > 0)
+      header.push(
+        `  not reached by the loss (left as they are): ${step.unused.slice(0, 4).join(", ")}${step.unused.length > 4 ? ", ..." : ""}`,
+      );
+    if (!o.json) process.stderr.write(header.join("\n") + "\n");
+
+    const tty = process.stderr.isTTY === true;
+    const progress = o.json
+      ? { write: (t: string) => process.stdout.write(t), mode: "json" as const }
+      : tty
+        ? { write: (t: string) => process.stderr.write(t), mode: "tty" as const }
+        : {
+            write: (t: string) => process.stderr.write(t),
+            mode: "lines" as const,
+            every: Math.max(1, Math.round(steps / 20)),
+          };
+    let result;
+    try {
+      result = await runTraining(ctx, {
+        runDir,
+        program,
+        data,
+        schedule: lrSchedule,
+        adamw,
+        initialParams: () => initial.params,
+        checkpointEvery: positive(o.saveEvery, "--save-every", steps),
+        retention: { keepLast: keep },
+        seeds: { init: seed, data: seed },
+        configHash,
+        sourceHash,
+        tokensPerStep,
+        resume: o.resume !== undefined,
+        progress,
+      });
+    } catch (err) {
+      if (err instanceof NonFiniteError) {
+        const ckpts = listCheckpoints(runDir);
+        const kept = ckpts.length
+          ? `; ${displayPath(ckpts.at(-1)!.dir)} holds the last finite state`
+          : "; no checkpoint was written before it";
+        throw new CliError(`training stopped at ${err.message}${kept}`, EXIT_DEVICE);
+      }
+      if (err instanceof CheckpointError) throw new CliError(err.message);
+      throw err;
+    }
+    return {
+      program: train.name,
+      runDir,
+      device: adapterSummary(ctx),
+      dims: Object.fromEntries(train.dims),
+      steps: result.lastStep,
+      resumedFrom: result.resumedFrom,
+      firstLoss: result.firstLoss,
+      lastLoss: result.lastLoss,
+      checkpoint: result.lastCheckpoint,
+      updated: step.updated.length,
+      frozen,
+      kernels: program.kernels.length,
+    };
+  } finally {
+    await ctx.close();
+  }
+}
+
+export async function runTrain(file: string, o: TrainOptions): Promise<number> {
+  const s = await executeTrain(file, o);
+  if (o.json) {
+    process.stdout.write(JSON.stringify({ event: "done", ...s }) + "\n");
+    return 0;
+  }
+  const from = s.resumedFrom > 0 ? ` (resumed after step ${s.resumedFrom})` : "";
+  process.stdout.write(
+    `trained ${s.program}: ${s.steps} steps${from}, loss ${s.lastLoss.toFixed(4)}\n` +
+      (s.checkpoint ? `wrote ${displayPath(s.checkpoint)}/\n` : ""),
+  );
+  return 0;
+}

@@ -1,0 +1,336 @@
+// `moec train` end to end on the WebGPU device (a child process per run, one device each):
+// a shipped example and a small classifier overfit their data, a checkpoint holds what
+// `moec params` names, the same seed gives the same bytes, a run killed with SIGKILL resumes
+// to the uninterrupted run's weights bit for bit, a loss that blows up stops with exit 3, and
+// bad input is one line before anything runs.
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
+
+const root = path.join(import.meta.dirname, "../..");
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-train-"));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const cli = ["--import", "tsx", path.join(root, "cli/main.ts")];
+
+function moec(args: string[]) {
+  const r = spawnSync(process.execPath, [...cli, ...args], {
+    cwd: root,
+    encoding: "utf8",
+    timeout: 240_000,
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr.replace(/Warning: .*\n/g, "") };
+}
+
+/** The tensors of a safetensors file as name → bytes (for bit-for-bit comparisons). */
+function bytesOf(file: string): Map<string, Buffer> {
+  const st = readSafetensorsFile(file);
+  return new Map(
+    st.names().map((n) => {
+      const d = st.read(n).data as Float32Array;
+      return [n, Buffer.from(d.buffer, d.byteOffset, d.byteLength)];
+    }),
+  );
+}
+
+function lastMetrics(runDir: string): Record<string, number> {
+  const lines = fs.readFileSync(path.join(runDir, "metrics.jsonl"), "utf8").trim().split("\n");
+  return JSON.parse(lines.at(-1)!) as Record<string, number>;
+}
+
+const classifier = path.join(tmp, "clf.moe");
+fs.writeFileSync(
+  classifier,
+  `import std.nn { Embedding, Linear }
+import std.optim { AdamW }
+
+model Clf(lr: Float = 0.05) {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 16]
+  embed = Embedding(16, 8)
+  head = Linear(8, 16)
+  logits = head(embed(tokens))
+}
+
+train Fit(lr: Float = 0.05) {
+  in tokens: i32[B, T]
+  in targets: i32[B, T]
+  net = Clf()
+  loss = cross_entropy(net(tokens), targets)
+  optimizer = AdamW(lr: lr, max_norm: 1.0)
+}
+
+train Frozen() {
+  in tokens: i32[B, T]
+  in targets: i32[B, T]
+  net = frozen Clf()
+  loss = cross_entropy(net(tokens), targets)
+  optimizer = AdamW()
+}
+`,
+);
+
+/** 8 sequences of length 5 over 16 symbols, each target a fixed function of its token. */
+const sequences = path.join(tmp, "seq.safetensors");
+{
+  const n = 8 * 5;
+  const tokens = Int32Array.from({ length: n }, (_, i) => (i * 7 + 3) % 16);
+  const targets = tokens.map((t) => (t * 5 + 1) % 16);
+  writeSafetensorsFile(
+    sequences,
+    new Map([
+      ["tokens", { dtype: "I32", shape: [8, 5], data: tokens }],
+      ["targets", { dtype: "I32", shape: [8, 5], data: targets }],
+    ]),
+  );
+}
+
+function paramNames(file: string, program: string): string[] {
+  const r = moec(["params", file, "--program", program, "--json"]);
+  expect(r.code).toBe(0);
+  const report = JSON.parse(r.stdout) as { params: { name: string }[] };
+  return report.params.map((p) => p.name).sort();
+}
+
+describe("moec train", () => {
+  it("overfits 8 sequences; the checkpoint holds what moec params names, bit-identical per seed", () => {
+    const runs = ["a", "b"].map((k) => path.join(tmp, `clf-${k}`));
+    for (const out of runs) {
+      const r = moec([
+        "train",
+        classifier,
+        "--data",
+        sequences,
+        "--batch",
+        "8",
+        "--steps",
+        "150",
+        "--out",
+        out,
+      ]);
+      expect(r.stderr).toMatch(/training Fit on /);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(/trained Fit: 150 steps, loss \d/);
+    }
+    const m = lastMetrics(runs[0]!);
+    expect(m.step).toBe(150);
+    expect(m.loss).toBeLessThan(0.01);
+    const ckpt = path.join(runs[0]!, "ckpt-150");
+    expect(fs.readFileSync(path.join(runs[0]!, "latest"), "utf8").trim()).toBe("ckpt-150");
+    const model = bytesOf(path.join(ckpt, "model.safetensors"));
+    expect([...model.keys()].sort()).toEqual(paramNames(classifier, "Fit"));
+    const optimizer = bytesOf(path.join(ckpt, "optimizer.safetensors"));
+    expect([...optimizer.keys()].sort()).toEqual(
+      [...model.keys()].flatMap((k) => [`exp_avg.${k}`, `exp_avg_sq.${k}`]).sort(),
+    );
+    const state = JSON.parse(fs.readFileSync(path.join(ckpt, "trainer_state.json"), "utf8"));
+    expect(state.step).toBe(150);
+    // The same seed twice: the same bytes.
+    const again = bytesOf(path.join(runs[1]!, "ckpt-150", "model.safetensors"));
+    for (const [k, v] of model) expect(again.get(k)!.equals(v)).toBe(true);
+  });
+
+  it("trains the shipped symbol-maps example (a task-aware top-1 MoE) well below chance", () => {
+    const data = path.join(tmp, "maps.safetensors");
+    const gen = moec([
+      "data",
+      "gen",
+      "symbols",
+      "--tasks",
+      "4",
+      "--symbols",
+      "16",
+      "--count",
+      "512",
+      "-o",
+      data,
+    ]);
+    expect(gen.code).toBe(0);
+    const out = path.join(tmp, "maps");
+    const r = moec([
+      "train",
+      "examples/symbol-maps.moe",
+      "--data",
+      data,
+      "--batch",
+      "64",
+      "--steps",
+      "200",
+      "--out",
+      out,
+      "--json",
+    ]);
+    expect(r.code).toBe(0);
+    const events = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const done = events.at(-1)!;
+    expect(done.event).toBe("done");
+    expect(done.steps).toBe(200);
+    // Chance is ln 16 = 2.77; the balance loss is reported as its own term.
+    expect(done.firstLoss as number).toBeGreaterThan(2.5);
+    expect(done.lastLoss as number).toBeLessThan(2.0);
+    expect(lastMetrics(out)["aux:net.moe.balance"]).toBeGreaterThan(0);
+  });
+
+  it("resumes a run killed with SIGKILL to the uninterrupted run's weights, bit for bit", async () => {
+    const args = (out: string) => [
+      "train",
+      classifier,
+      "--data",
+      sequences,
+      "--batch",
+      "4",
+      "--steps",
+      "3000",
+      "--save-every",
+      "25",
+      "--out",
+      out,
+    ];
+    const whole = path.join(tmp, "whole");
+    expect(moec(args(whole)).code).toBe(0);
+    const killed = path.join(tmp, "killed");
+    const child: ChildProcess = spawn(process.execPath, [...cli, ...args(killed)], {
+      cwd: root,
+      stdio: "ignore",
+    });
+    const exited = new Promise<number | null>((resolve) =>
+      child.on("exit", (code) => resolve(code)),
+    );
+    // Kill it once it has written its second checkpoint, mid-run.
+    const deadline = Date.now() + 200_000;
+    while (Date.now() < deadline && !fs.existsSync(path.join(killed, "ckpt-50")))
+      await new Promise((r) => setTimeout(r, 5));
+    child.kill("SIGKILL");
+    await exited;
+    const kept = fs.readdirSync(killed).filter((d) => d.startsWith("ckpt-"));
+    expect(kept.length).toBeGreaterThan(0);
+    expect(kept).not.toContain("ckpt-3000"); // it was killed before the end
+    const resumed = moec([...args(killed), "--resume"]);
+    expect(resumed.code).toBe(0);
+    expect(resumed.stdout).toMatch(/resumed after step \d+/);
+    const a = bytesOf(path.join(whole, "ckpt-3000", "model.safetensors"));
+    const b = bytesOf(path.join(killed, "ckpt-3000", "model.safetensors"));
+    for (const [k, v] of a) expect(b.get(k)!.equals(v)).toBe(true);
+    const oa = bytesOf(path.join(whole, "ckpt-3000", "optimizer.safetensors"));
+    const ob = bytesOf(path.join(killed, "ckpt-3000", "optimizer.safetensors"));
+    for (const [k, v] of oa) expect(ob.get(k)!.equals(v)).toBe(true);
+  });
+
+  it("stops with exit 3 at the step whose loss is not finite, keeping the last finite checkpoint", () => {
+    const out = path.join(tmp, "blowup");
+    // An absurd learning rate overflows the weights after the first update.
+    const r = moec([
+      "train",
+      classifier,
+      "--data",
+      sequences,
+      "--batch",
+      "8",
+      "--steps",
+      "20",
+      "--save-every",
+      "1",
+      "--set",
+      "lr=1e30",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(3);
+    const m =
+      /training stopped at step (\d+): (.+) is (NaN|-?Infinity); (.+) holds the last finite state/.exec(
+        r.stderr,
+      );
+    expect(m, r.stderr).not.toBeNull();
+    const step = Number(m![1]);
+    expect(step).toBeGreaterThan(1);
+    // The newest checkpoint is from before the stop, and every weight in it is finite.
+    const latest = fs.readFileSync(path.join(out, "latest"), "utf8").trim();
+    expect(Number(latest.replace("ckpt-", ""))).toBeLessThan(step);
+    expect(m![4]).toContain(latest);
+    for (const t of bytesOf(path.join(out, latest, "model.safetensors")).values()) {
+      const f = new Float32Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength));
+      expect(f.every(Number.isFinite)).toBe(true);
+    }
+  });
+
+  it("refuses bad input with one line before it runs", () => {
+    const noData = moec(["train", classifier]);
+    expect(noData.code).toBe(2);
+    expect(noData.stderr).toMatch(/missing --data FILE/);
+
+    const wrong = path.join(tmp, "wrong.safetensors");
+    writeSafetensorsFile(
+      wrong,
+      new Map([
+        ["tokens", { dtype: "F32", shape: [8, 5], data: new Float32Array(40).fill(1) }],
+        ["targets", { dtype: "I32", shape: [8, 5], data: new Int32Array(40) }],
+      ]),
+    );
+    const dtype = moec([
+      "train",
+      classifier,
+      "--data",
+      wrong,
+      "--batch",
+      "8",
+      "--out",
+      path.join(tmp, "w"),
+    ]);
+    expect(dtype.code).toBe(1);
+    expect(dtype.stderr).toMatch(/tensor tokens is F32, its input is i32/);
+
+    const frozen = moec([
+      "train",
+      classifier,
+      "--program",
+      "Frozen",
+      "--data",
+      sequences,
+      "--batch",
+      "8",
+    ]);
+    expect(frozen.code).toBe(1);
+    expect(frozen.stderr).toMatch(/every parameter of Frozen is frozen/);
+
+    const existing = moec([
+      "train",
+      classifier,
+      "--data",
+      sequences,
+      "--batch",
+      "8",
+      "--out",
+      path.join(tmp, "clf-a"),
+    ]);
+    expect(existing.code).toBe(2);
+    expect(existing.stderr).toMatch(/already holds checkpoints.*--resume/);
+
+    const big = moec([
+      "train",
+      classifier,
+      "--data",
+      sequences,
+      "--batch",
+      "9",
+      "--out",
+      path.join(tmp, "big"),
+    ]);
+    expect(big.code).toBe(1);
+    expect(big.stderr).toMatch(/8 examples are fewer than one batch of 9/);
+    for (const r of [noData, dtype, frozen, existing, big]) {
+      expect(
+        r.stderr
+          .trim()
+          .split("\n")
+          .filter((l) => l.startsWith("moec:")),
+      ).toHaveLength(1);
+      expect(r.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    }
+  });
+});
