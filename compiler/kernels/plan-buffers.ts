@@ -20,7 +20,13 @@
 import { type FusedKernel, type FusedProgram, type Storage } from "./fuse-kernels.js";
 import { type IrGraph, inputsOf, numel } from "../ir/graph.js";
 import { fusionOf } from "../ir/ops.js";
-import { DEFAULT_TUNING, type MatmulVariant, type Tuning, matmulTier } from "./wgsl/variants.js";
+import {
+  DEFAULT_TUNING,
+  type MatmulVariant,
+  type Tuning,
+  WGRAD_BLOCK,
+  matmulTier,
+} from "./wgsl/variants.js";
 
 /** The device limits the planner checks (names as in WebGPU's GPUSupportedLimits). */
 export interface DeviceLimits {
@@ -387,9 +393,12 @@ function scheduleKernel(
       return l;
     }
     case "scatter": {
-      if (graph.nodes[k.anchor!]!.op === "expert_matmul_wgrad") {
-        const t = clampThreads(tuning.mapThreads, lim);
-        return launch([t, 1, 1], Math.ceil(size / t));
+      const anchor = graph.nodes[k.anchor!]!;
+      if (anchor.op === "expert_matmul_wgrad") {
+        const [experts, depth, cols] = anchor.shape as [number, number, number];
+        const blocks = experts * Math.ceil(depth / WGRAD_BLOCK) * Math.ceil(cols / WGRAD_BLOCK);
+        const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(blocks)), lim);
+        return launch([t, 1, 1], Math.ceil(blocks / t));
       }
       const d = k.shape[k.shape.length - 1]!;
       const t = clampThreads(Math.min(tuning.mapThreads, nextPow2(d)), lim);

@@ -3,11 +3,12 @@
  * elementwise-map template (fused elementwise chains, copies of views, gather, concat, iota,
  * masks, constant fills), the reduction along a non-last axis (a loop per output element,
  * with its epilogue), scatter_add (one invocation per column, so no two invocations ever
- * add into the same element) and expert_matmul_wgrad (one per weight element).
+ * add into the same element) and expert_matmul_wgrad (one per block of weight elements).
  */
 import { numel } from "../../ir/graph.js";
 import { REDUCE_FUNCTION_ROWS, type ReduceFunctionRow } from "../../ir/ops.js";
 import type { Launch } from "../plan-buffers.js";
+import { WGRAD_BLOCK } from "./variants.js";
 import {
   Block,
   type ExprContext,
@@ -151,11 +152,14 @@ export function emitScatter(w: KernelWriter, launch: Launch): string {
 }
 
 /**
- * expert_matmul_wgrad: one invocation per weight element (e, q, j), summing x[r, q]·g[r, j]
- * over the rows routed to expert e, so no two invocations write one element. The rows come
- * from `order` (group_rows of ids): expert e's segment starts at a block of `align` slots,
- * found by binary search over the blocks' first rows (their experts never decrease), and ends
- * at the first slot of another expert or a block of fill.
+ * expert_matmul_wgrad: one invocation per WGRAD_BLOCK × WGRAD_BLOCK block (e, q.., j..) of
+ * the weight gradient, summing x[r, q]·g[r, j] over the rows routed to expert e, so no two
+ * invocations write one element and each sum runs in slot order. A block reuses each loaded
+ * value WGRAD_BLOCK times (one value per multiply-add was the cost on a software driver: 100
+ * ms for the reference MoE's 17M multiply-adds). The rows come from `order` (group_rows of
+ * ids): expert e's segment starts at a block of `align` slots, found by binary search over the
+ * blocks' first rows (their experts never decrease), and ends at the first slot of another
+ * expert or a block of fill.
  */
 function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
@@ -168,6 +172,9 @@ function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
   const align = orderNode.align;
   const slots = order!.shape[0]!;
   const threads = launch.workgroupSize[0];
+  const W = WGRAD_BLOCK;
+  const qBlocks = Math.ceil(depth / W);
+  const jBlocks = Math.ceil(cols / W);
   const out = w.bind(k.out.storage, k.out.dtype, "read_write");
   const xBuf = w.bindView(x!);
   const gBuf = w.bindView(g!);
@@ -179,12 +186,12 @@ function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
     w,
     entry(launch, [
       `  let gi = wg * ${u32(threads)} + lidx;`,
-      `  if (gi >= ${u32(experts * depth * cols)}) {`,
+      `  if (gi >= ${u32(experts * qBlocks * jBlocks)}) {`,
       `    return;`,
       `  }`,
-      `  let e = i32(gi / ${u32(depth * cols)});`,
-      `  let q = (gi / ${u32(cols)}) % ${u32(depth)};`,
-      `  let j = gi % ${u32(cols)};`,
+      `  let e = i32(gi / ${u32(qBlocks * jBlocks)});`,
+      `  let q0 = ((gi / ${u32(jBlocks)}) % ${u32(qBlocks)}) * ${u32(W)};`,
+      `  let j0 = (gi % ${u32(jBlocks)}) * ${u32(W)};`,
       // The first block whose first row's expert is ≥ e (dropped rows and fill count as E).
       `  var lo = 0u;`,
       `  var hi = ${u32(slots / align)};`,
@@ -204,7 +211,7 @@ function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
       `      hi = mid;`,
       `    }`,
       `  }`,
-      `  var acc = 0.0;`,
+      `  var acc: array<f32, ${W * W}>;`,
       `  for (var s = lo * ${u32(align)}; s < ${u32(slots)}; s += 1u) {`,
       `    let r = ${slot("s")};`,
       `    if (r < 0) {`,
@@ -217,9 +224,29 @@ function emitExpertWgrad(w: KernelWriter, launch: Launch): string {
       `      break;`,
       `    }`,
       `    let row = u32(r);`,
-      `    acc = acc + f32(${xBuf.get(viewIndex(x!, ["row", "q"]))}) * f32(${gBuf.get(viewIndex(g!, ["row", "j"]))});`,
+      `    var xs: array<f32, ${W}>;`,
+      `    var gs: array<f32, ${W}>;`,
+      `    for (var t = 0u; t < ${u32(W)}; t += 1u) {`,
+      `      let q = min(q0 + t, ${u32(depth - 1)});`,
+      `      let j = min(j0 + t, ${u32(cols - 1)});`,
+      `      xs[t] = f32(${xBuf.get(viewIndex(x!, ["row", "q"]))});`,
+      `      gs[t] = f32(${gBuf.get(viewIndex(g!, ["row", "j"]))});`,
+      `    }`,
+      `    for (var a = 0u; a < ${u32(W)}; a += 1u) {`,
+      `      for (var b = 0u; b < ${u32(W)}; b += 1u) {`,
+      `        acc[a * ${u32(W)} + b] = acc[a * ${u32(W)} + b] + xs[a] * gs[b];`,
+      `      }`,
+      `    }`,
       `  }`,
-      `  ${out.set(viewIndex(k.out, ["u32(e)", "q", "j"]), "acc")}`,
+      `  for (var a = 0u; a < ${u32(W)}; a += 1u) {`,
+      `    for (var b = 0u; b < ${u32(W)}; b += 1u) {`,
+      `      let q = q0 + a;`,
+      `      let j = j0 + b;`,
+      `      if (q < ${u32(depth)} && j < ${u32(cols)}) {`,
+      `        ${out.set(viewIndex(k.out, ["u32(e)", "q", "j"]), `acc[a * ${u32(W)} + b]`)}`,
+      `      }`,
+      `    }`,
+      `  }`,
     ]),
   );
 }

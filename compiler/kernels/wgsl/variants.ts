@@ -219,3 +219,6 @@ export function matmulTier(
 ): MatmulChoice {
   return isLargeMatmul(batch, m, n, k) ? tuning.largeMatmul : tuning.matmul;
 }
+
+/** expert_matmul_wgrad: each invocation computes a WGRAD_BLOCK² block of the gradient. */
+export const WGRAD_BLOCK = 4;
