@@ -155,6 +155,10 @@ program
   .argument("<file>", ".moe file")
   .option("--program <name>", "the training program (default: the file's first)")
   .option("--data <file>", "training data: a safetensors file with one tensor per input port")
+  .option(
+    "--eval-data <file>",
+    "held-out data (same tensors as --data): its mean loss at every checkpoint, in metrics.jsonl",
+  )
   .option("--steps <n>", "optimizer steps (the schedule's length)", "100")
   .option("--batch <n>", "examples per step (the inputs' leading dimension)", "32")
   .option("--seed <n>", "seed of the initialisation and the data order", "0")

@@ -25,6 +25,7 @@ import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 export interface TrainOptions {
   program?: string;
   data?: string;
+  evalData?: string;
   steps?: string;
   batch?: string;
   seed?: string;
@@ -171,6 +172,8 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       EXIT_USAGE,
     );
   if (!fs.existsSync(o.data)) throw new CliError(`--data ${o.data}: no such file`);
+  if (o.evalData !== undefined && !fs.existsSync(o.evalData))
+    throw new CliError(`--eval-data ${o.evalData}: no such file`);
   let dataFile: SafetensorsFile;
   try {
     dataFile = readSafetensorsFile(o.data);
@@ -225,14 +228,20 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
   const { loadTuning } = await import("../runtime/autotune.js");
   const { DEFAULT_TUNING } = await import("../compiler/kernels/wgsl/variants.js");
   const { runTraining, dataPorts, NonFiniteError } = await import("../runtime/train/train-loop.js");
+  const { Executor } = await import("../runtime/executor.js");
   const ctx = await openDevice().catch((err: unknown) => {
     if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
     throw err;
   });
+  let evalExecutor: { destroy(): void } | undefined;
   try {
     let program;
+    let evalProgram;
+    const tuning = loadTuning(ctx) ?? DEFAULT_TUNING;
     try {
-      program = compileGraph(step.graph, ctx.limits, loadTuning(ctx) ?? DEFAULT_TUNING);
+      program = compileGraph(step.graph, ctx.limits, tuning);
+      // Held-out loss: the forward-and-loss graph alone, as lowered.
+      if (o.evalData !== undefined) evalProgram = compileGraph(train.graph, ctx.limits, tuning);
     } catch (err) {
       if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
       throw err;
@@ -244,6 +253,31 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
     } catch (err) {
       if (err instanceof DataError) throw new CliError(err.message);
       throw err;
+    }
+    let evaluate: ((params: ReadonlyMap<string, TensorData>) => Promise<number>) | undefined;
+    if (evalProgram && o.evalData !== undefined) {
+      let evalData: TrainData;
+      try {
+        evalData = TrainData.open(o.evalData, evalProgram.inputs, { seed, shuffle: false });
+      } catch (err) {
+        if (err instanceof DataError) throw new CliError(`--eval-data: ${err.message}`);
+        throw err;
+      }
+      const exe = await Executor.create(ctx, evalProgram);
+      evalExecutor = exe;
+      // The mean loss over every whole batch of the file, in file order.
+      evaluate = async (params) => {
+        exe.setParams(params);
+        const batches = Math.floor(evalData.examples / evalData.batchSize);
+        let cursor = { epoch: 0, position: 0 };
+        let sum = 0;
+        for (let i = 0; i < batches; i++) {
+          const b = evalData.batch(cursor);
+          cursor = b.cursor;
+          sum += (await exe.run(b.inputs)).get("loss")![0]!;
+        }
+        return sum / batches;
+      };
     }
     // Tokens per step: the elements of the largest integer input (tokens [B, T]), else B.
     const tokensPerStep = Math.max(
@@ -292,6 +326,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         tokensPerStep,
         resume: o.resume !== undefined,
         progress,
+        ...(evaluate ? { evaluate } : {}),
       });
     } catch (err) {
       if (err instanceof NonFiniteError) {
@@ -319,6 +354,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       kernels: program.kernels.length,
     };
   } finally {
+    evalExecutor?.destroy();
     await ctx.close();
   }
 }

@@ -57,6 +57,11 @@ export class MetricsLog {
     writeSync(this.#fd, metricsLine(m) + "\n");
   }
 
+  /** The held-out loss at a checkpoint: its own line, `{"step", "eval_loss"}`. */
+  appendEval(step: number, evalLoss: number): void {
+    writeSync(this.#fd, JSON.stringify({ step, eval_loss: num(evalLoss) }) + "\n");
+  }
+
   /** Flushes to disk (at checkpoints: the log then covers every checkpointed step). */
   sync(): void {
     fsyncSync(this.#fd);

@@ -205,7 +205,16 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       if (t % o.checkpointEvery === 0 || t === last) {
         let after = cursor;
         while (queue.length > 0) after = await receive();
-        lastCheckpoint = await saveCheckpoint(exe, o, t, after, shapes);
+        const saved = await saveCheckpoint(exe, o, t, after, shapes);
+        lastCheckpoint = saved.dir;
+        if (saved.evalLoss !== undefined) {
+          log.appendEval(t, saved.evalLoss);
+          o.progress?.write(
+            o.progress.mode === "json"
+              ? JSON.stringify({ event: "eval", step: t, eval_loss: saved.evalLoss }) + "\n"
+              : `${o.progress.mode === "tty" ? "\n" : ""}step ${t}: eval loss ${saved.evalLoss.toFixed(4)}\n`,
+          );
+        }
         log.sync();
         lastArrival = performance.now(); // the checkpoint's time is not a step's
       }
@@ -231,7 +240,7 @@ async function saveCheckpoint(
   step: number,
   cursor: DataCursor,
   shapes: ReadonlyMap<string, number[]>,
-): Promise<string> {
+): Promise<{ dir: string; evalLoss?: number }> {
   const all = await exe.readState();
   // A finite loss does not make the update after it finite (an overflowing learning rate):
   // a checkpoint is only ever of finite state, so the newest one is always safe to resume.
@@ -256,7 +265,8 @@ async function saveCheckpoint(
     const model = new Map([...params].map(([name, t]) => [name, t.data]));
     state.evalLoss = await o.evaluate(model, step);
   }
-  return writeCheckpoint(o.runDir, { state, params, optimizer }, o.retention);
+  const dir = writeCheckpoint(o.runDir, { state, params, optimizer }, o.retention);
+  return state.evalLoss === undefined ? { dir } : { dir, evalLoss: state.evalLoss };
 }
 
 /** The checkpoint's tensors, checked against the program's parameters. */

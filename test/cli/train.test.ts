@@ -133,6 +133,39 @@ describe("moec train", () => {
     for (const [k, v] of model) expect(again.get(k)!.equals(v)).toBe(true);
   });
 
+  it("--eval-data records the held-out loss at each checkpoint", () => {
+    const out = path.join(tmp, "eval");
+    const r = moec([
+      "train",
+      classifier,
+      "--data",
+      sequences,
+      "--eval-data",
+      sequences,
+      "--batch",
+      "4",
+      "--steps",
+      "150",
+      "--save-every",
+      "75",
+      "--out",
+      out,
+    ]);
+    expect(r.code).toBe(0);
+    const lines = fs.readFileSync(path.join(out, "metrics.jsonl"), "utf8").trim().split("\n");
+    const evals = lines
+      .map((l) => JSON.parse(l) as Record<string, number>)
+      .filter((m) => "eval_loss" in m);
+    expect(evals.map((m) => m.step)).toEqual([75, 150]);
+    // The same examples as training: by the end the held-out loss is small too.
+    expect(evals[1]!.eval_loss).toBeLessThan(evals[0]!.eval_loss);
+    expect(evals[1]!.eval_loss).toBeLessThan(0.05);
+    const state = JSON.parse(
+      fs.readFileSync(path.join(out, "ckpt-150", "trainer_state.json"), "utf8"),
+    );
+    expect(state.evalLoss).toBe(evals[1]!.eval_loss);
+  });
+
   it("trains the shipped symbol-maps example (a task-aware top-1 MoE) well below chance", () => {
     const data = path.join(tmp, "maps.safetensors");
     const gen = moec([
