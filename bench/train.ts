@@ -15,7 +15,7 @@ import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
 import { adamwStepInputs } from "../compiler/library/optim/adamw.js";
 import { analyze, assembleTrain, lowerTrain, nodeFileSystem } from "../compiler/pipeline.js";
 import { loadTuning } from "../runtime/autotune.js";
-import { adapterSummary, openDevice } from "../runtime/device.js";
+import { type GpuContext, adapterSummary, openDevice } from "../runtime/device.js";
 import type { TensorData } from "../runtime/executor.js";
 import { paramSpecs } from "../runtime/run-model.js";
 import { TrainExecutor } from "../runtime/train/train-executor.js";
@@ -68,7 +68,7 @@ function stepFlops(): number {
   return 3 * 2 * B * T * perToken;
 }
 
-async function benchOne(name: string, ffn: string): Promise<string[]> {
+async function benchOne(ctx: GpuContext, name: string, ffn: string): Promise<string[]> {
   const file = `/bench/${name}.moe`;
   const analysis = analyze([file], nodeFileSystem(new Map([[file, source(ffn)]])));
   const lowered = lowerTrain(
@@ -86,7 +86,6 @@ async function benchOne(name: string, ffn: string): Promise<string[]> {
   const train = lowered.train;
   const step = assembleTrain(train);
   if ("error" in step) throw new Error(step.error);
-  const ctx = await openDevice();
   let exe: TrainExecutor | undefined;
   try {
     const program = compileGraph(step.graph, ctx.limits, loadTuning(ctx) ?? DEFAULT_TUNING);
@@ -129,7 +128,6 @@ async function benchOne(name: string, ffn: string): Promise<string[]> {
     ];
   } finally {
     exe?.destroy();
-    await ctx.close();
   }
 }
 
@@ -137,11 +135,15 @@ export async function benchTrain(): Promise<string[]> {
   const lines = [
     `reference LM: vocab ${V}, d ${D}, ${LAYERS} layers, ${HEADS} heads, FFN ${4 * D}, T ${T}, B ${B}; one step = forward + backward + AdamW`,
   ];
+  // One device for both models, as `moec train` holds one for its run.
   const ctx = await openDevice();
-  lines.push(`device: ${adapterSummary(ctx)}`);
-  await ctx.close();
-  lines.push(...(await benchOne("dense", FFN_DENSE)));
-  lines.push(...(await benchOne("moe", FFN_MOE)));
+  try {
+    lines.push(`device: ${adapterSummary(ctx)}`);
+    lines.push(...(await benchOne(ctx, "dense", FFN_DENSE)));
+    lines.push(...(await benchOne(ctx, "moe", FFN_MOE)));
+  } finally {
+    await ctx.close();
+  }
   lines.push(
     "peers (issue #13, measured earlier on this machine, not rerun): TF.js WebGPU 1157 (dense) / 2038 (MoE) ms/step, TF.js wasm 557 ms/step dense, PyTorch CPU 1 thread 18-25 / 28-31 ms/step",
   );

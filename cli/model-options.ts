@@ -6,6 +6,8 @@ import { hasErrors } from "../compiler/diagnostics.js";
 import type { LoweredModel } from "../compiler/lower/lower-model.js";
 import type { LoweredTrain } from "../compiler/lower/lower-train.js";
 import { type Analysis, analyze, lower, lowerTrain, nodeFileSystem } from "../compiler/pipeline.js";
+import * as fs from "node:fs";
+import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
 import { resolveInputFiles } from "./check-command.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, EXIT_USAGE, displayPath, printDiagnostics } from "./report.js";
@@ -142,4 +144,16 @@ export function lowerTrainProgram(
     throw new CliError(`cannot lower ${displayPath(entry)}; see above`);
   }
   return result.train;
+}
+
+/** A safetensors file named by option `what` (--weights, --data, ...); problems are one line. */
+export function openTensors(file: string | undefined, what: string): SafetensorsFile | undefined {
+  if (file === undefined) return undefined;
+  if (!fs.existsSync(file)) throw new CliError(`${what} ${file}: no such file`);
+  try {
+    return readSafetensorsFile(file);
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
+  }
 }

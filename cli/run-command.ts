@@ -9,7 +9,7 @@ import { performance } from "node:perf_hooks";
 import type { IrGraph } from "../compiler/ir/graph.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
 import { type LoweredInput, ROUTING_PREFIX } from "../compiler/lower/lower-model.js";
-import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
+import { type SafetensorsFile, WeightsError } from "../runtime/safetensors.js";
 import {
   checksum,
   paramSpecs,
@@ -22,7 +22,7 @@ import { WEIGHT_MAPS, combineCheckpoints } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
 import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
-import { type ModelOptions, lowerFromSource } from "./model-options.js";
+import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
 export interface RunOptions extends ModelOptions {
@@ -51,17 +51,6 @@ export interface RunResult {
   timings: { firstMs: number; steadyMs?: number };
   kernels?: { name: string; ms: number }[];
   memory?: { peakBytes: number; tensorBytes: number };
-}
-
-function openTensors(file: string | undefined, what: string): SafetensorsFile | undefined {
-  if (file === undefined) return undefined;
-  if (!fs.existsSync(file)) throw new CliError(`${what} ${file}: no such file`);
-  try {
-    return readSafetensorsFile(file);
-  } catch (err) {
-    if (err instanceof WeightsError) throw new CliError(err.message);
-    throw err;
-  }
 }
 
 function parseSeed(seed: string | undefined): number {

@@ -6,20 +6,18 @@
 import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import type { NamedType, TrainDecl } from "../grammar/ast.js";
+import type { TrainDecl } from "../grammar/ast.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
-import { selectTrainProgram } from "../compiler/lower/lower-train.js";
-import type { LoweredTrain } from "../compiler/lower/lower-train.js";
+import { type LoweredTrain, selectTrainProgram } from "../compiler/lower/lower-train.js";
 import { assembleTrain } from "../compiler/pipeline.js";
 import { paramSpecs } from "../runtime/run-model.js";
-import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
+import { type SafetensorsFile, WeightsError } from "../runtime/safetensors.js";
 import { DataError, TrainData } from "../runtime/train/data.js";
-import { listCheckpoints } from "../runtime/train/checkpoint.js";
-import { CheckpointError } from "../runtime/train/checkpoint.js";
+import { CheckpointError, listCheckpoints } from "../runtime/train/checkpoint.js";
 import type { LrSchedule } from "../runtime/train/schedule.js";
-import { loadWeights } from "../runtime/weights.js";
+import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
-import { analyzeEntry, lowerTrainProgram, parseDims } from "./model-options.js";
+import { analyzeEntry, lowerTrainProgram, openTensors, parseDims } from "./model-options.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
 export interface TrainOptions {
@@ -83,8 +81,8 @@ export function trainDims(
   const dims = new Map(given);
   for (const stmt of decl.body) {
     if (stmt.kind !== "PortDecl" || stmt.direction !== "in") continue;
-    const type = stmt.type as NamedType;
-    const names = (type.dims ?? []).map((d) => (d.kind === "NameExpr" ? d.name.name : undefined));
+    const dimRefs = stmt.type.kind === "NamedType" ? (stmt.type.dims ?? []) : [];
+    const names = dimRefs.map((d) => (d.kind === "NameExpr" ? d.name.name : undefined));
     const lead = names[0];
     if (lead !== undefined && !given.has(lead)) dims.set(lead, batch);
     if (!data.has(stmt.name.name)) continue; // TrainData names the missing tensor
@@ -105,9 +103,9 @@ function parseWeightSpec(spec: string): { prefix: string | undefined; file: stri
 }
 
 /**
- * Parameters at step 0: seeded as `moec run` seeds them, then each `--weights` file over the
- * parameters it covers (its keys prefixed with PREFIX.). A key that matches no parameter, or
- * a parameter two files give, is an error.
+ * Parameters at step 0: each `--weights` file over the parameters it covers (its keys
+ * prefixed with PREFIX.), the rest seeded as `moec run` seeds them. A key that matches no
+ * parameter, or a parameter two files give, is an error.
  */
 function initialParameters(
   train: LoweredTrain,
@@ -116,12 +114,9 @@ function initialParameters(
 ): { params: Map<string, TensorData>; loaded: number } {
   const all = paramSpecs(train.graph);
   const params = new Map<string, TensorData>();
-  for (const [name, t] of loadWeights(all, undefined, { seed }))
-    params.set(name, t.data as TensorData);
   const from = new Map<string, string>();
   for (const spec of specs) {
     const { prefix, file } = parseWeightSpec(spec);
-    if (!fs.existsSync(file)) throw new CliError(`--weights ${file}: no such file`);
     const under = prefix === undefined ? all : all.filter((p) => p.path.startsWith(`${prefix}.`));
     if (prefix !== undefined && under.length === 0) {
       const tops = [...new Set(all.map((p) => p.path.split(".")[0]!))];
@@ -130,23 +125,34 @@ function initialParameters(
         EXIT_USAGE,
       );
     }
+    const st = openTensors(file, "--weights")!;
+    const rename = (key: string) => (prefix === undefined ? key : `${prefix}.${key}`);
+    const given = new Set(st.names().map(rename));
+    for (const name of given) {
+      const before = from.get(name);
+      if (before !== undefined)
+        throw new CliError(`--weights: ${name} is in both ${before} and ${file}`, EXIT_USAGE);
+      from.set(name, file);
+    }
     try {
-      const st = readSafetensorsFile(file);
-      const rename = (key: string) => (prefix === undefined ? key : `${prefix}.${key}`);
-      const loaded = loadWeights(under, st, { rename, missing: "init", seed });
-      for (const key of st.names()) {
-        const name = rename(key);
-        const before = from.get(name);
-        if (before !== undefined)
-          throw new CliError(`--weights: ${name} is in both ${before} and ${file}`, EXIT_USAGE);
-        from.set(name, file);
-        params.set(name, loaded.get(name)!.data as TensorData);
-      }
+      // Only the parameters the file holds: a key matching none of them is still an error.
+      const loaded = loadWeights(
+        under.filter((p) => given.has(p.path)),
+        st,
+        { rename },
+      );
+      for (const [name, t] of loaded) params.set(name, t.data as TensorData);
     } catch (err) {
       if (err instanceof WeightsError) throw new CliError(err.message);
       throw err;
     }
   }
+  // Seeded per parameter path, so a parameter's initial value does not depend on the others.
+  for (const [name, t] of initWeights(
+    all.filter((p) => !params.has(p.path)),
+    seed,
+  ))
+    params.set(name, t.data as TensorData);
   return { params, loaded: from.size };
 }
 
@@ -171,16 +177,9 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       `--schedule must be one of ${SCHEDULES.join(", ")}, found "${schedule}"`,
       EXIT_USAGE,
     );
-  if (!fs.existsSync(o.data)) throw new CliError(`--data ${o.data}: no such file`);
+  const dataFile: SafetensorsFile = openTensors(o.data, "--data")!;
   if (o.evalData !== undefined && !fs.existsSync(o.evalData))
     throw new CliError(`--eval-data ${o.evalData}: no such file`);
-  let dataFile: SafetensorsFile;
-  try {
-    dataFile = readSafetensorsFile(o.data);
-  } catch (err) {
-    if (err instanceof WeightsError) throw new CliError(`--data ${err.message.split("\n")[0]}`);
-    throw err;
-  }
 
   const { analysis, entry } = analyzeEntry(file);
   const chosen = selectTrainProgram(analysis.program, entry, o.program);

@@ -48,7 +48,7 @@ export class TrainData {
   readonly examples: number;
   readonly batchSize: number;
   /** Tensors of the file that no input reads. */
-  unused: readonly string[] = [];
+  readonly unused: readonly string[];
   readonly #rows = new Map<string, { data: Float32Array | Int32Array; rowSize: number }>();
   readonly #ports: readonly DataPort[];
   readonly #seed: number;
@@ -60,8 +60,10 @@ export class TrainData {
     tensors: Map<string, Float32Array | Int32Array>,
     examples: number,
     options: { seed: number; shuffle: boolean },
+    unused: readonly string[],
   ) {
     this.#ports = ports;
+    this.unused = unused;
     this.batchSize = ports[0]?.shape[0] ?? 0;
     this.examples = examples;
     this.#seed = options.seed >>> 0;
@@ -137,12 +139,13 @@ export class TrainData {
       }
       tensors.set(p.name, data as Float32Array | Int32Array);
     }
-    const data = new TrainData(ports, tensors, examples!.n, {
-      seed: options.seed,
-      shuffle: options.shuffle ?? true,
-    });
-    data.unused = unused;
-    return data;
+    return new TrainData(
+      ports,
+      tensors,
+      examples!.n,
+      { seed: options.seed, shuffle: options.shuffle ?? true },
+      unused,
+    );
   }
 
   /** Batches per epoch (the remainder is dropped). */

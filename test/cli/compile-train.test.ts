@@ -1,23 +1,13 @@
 // `moec compile FILE --program [NAME] --emit ir`: a training program's whole train step
 // (forward, loss, backward, AdamW), and the one-line errors around it. No device.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { moec } from "./moec-cli.js";
 
-const root = path.join(import.meta.dirname, "../..");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-train-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function moec(args: string[]) {
-  const r = spawnSync(
-    process.execPath,
-    ["--import", "tsx", path.join(root, "cli/main.ts"), ...args],
-    { cwd: root, encoding: "utf8", timeout: 120_000 },
-  );
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 const file = path.join(tmp, "fit.moe");
 fs.writeFileSync(

@@ -1,7 +1,6 @@
 // `moec run` end to end: the CLI runs each example on the WebGPU device (a child process, one
 // device each) and its outputs equal the float64 reference interpreter's on the same seeded
 // weights and inputs. Also bundles, and the one-line errors of bad input.
-import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -9,23 +8,10 @@ import { afterAll, describe, expect, it } from "vitest";
 import { executeRun } from "../../cli/run-command.js";
 import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
 import { weightsToSafetensors } from "../../runtime/weights.js";
+import { moec, root } from "./moec-cli.js";
 
-const root = path.join(import.meta.dirname, "../..");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function moec(args: string[]) {
-  const r = spawnSync(
-    process.execPath,
-    ["--import", "tsx", path.join(root, "cli/main.ts"), ...args],
-    {
-      cwd: root,
-      encoding: "utf8",
-      timeout: 240_000,
-    },
-  );
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
 
 function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let num = 0;

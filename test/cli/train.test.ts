@@ -3,27 +3,16 @@
 // `moec params` names, the same seed gives the same bytes, a run killed with SIGKILL resumes
 // to the uninterrupted run's weights bit for bit, a loss that blows up stops with exit 3, and
 // bad input is one line before anything runs.
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
+import { moec, moecNodeArgs, root } from "./moec-cli.js";
 
-const root = path.join(import.meta.dirname, "../..");
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-train-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-const cli = ["--import", "tsx", path.join(root, "cli/main.ts")];
-
-function moec(args: string[]) {
-  const r = spawnSync(process.execPath, [...cli, ...args], {
-    cwd: root,
-    encoding: "utf8",
-    timeout: 240_000,
-  });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr.replace(/Warning: .*\n/g, "") };
-}
 
 /** The tensors of a safetensors file as name → bytes (for bit-for-bit comparisons). */
 function bytesOf(file: string): Map<string, Buffer> {
@@ -34,6 +23,14 @@ function bytesOf(file: string): Map<string, Buffer> {
       return [n, Buffer.from(d.buffer, d.byteOffset, d.byteLength)];
     }),
   );
+}
+
+/** Two safetensors files hold the same tensors, bit for bit. */
+function expectSameTensors(fileA: string, fileB: string): void {
+  const a = bytesOf(fileA);
+  const b = bytesOf(fileB);
+  expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
+  for (const [k, v] of a) expect(b.get(k)!.equals(v), k).toBe(true);
 }
 
 function lastMetrics(runDir: string): Record<string, number> {
@@ -129,8 +126,10 @@ describe("moec train", () => {
     const state = JSON.parse(fs.readFileSync(path.join(ckpt, "trainer_state.json"), "utf8"));
     expect(state.step).toBe(150);
     // The same seed twice: the same bytes.
-    const again = bytesOf(path.join(runs[1]!, "ckpt-150", "model.safetensors"));
-    for (const [k, v] of model) expect(again.get(k)!.equals(v)).toBe(true);
+    expectSameTensors(
+      path.join(ckpt, "model.safetensors"),
+      path.join(runs[1]!, "ckpt-150", "model.safetensors"),
+    );
   });
 
   it("--eval-data records the held-out loss at each checkpoint", () => {
@@ -228,7 +227,7 @@ describe("moec train", () => {
     const whole = path.join(tmp, "whole");
     expect(moec(args(whole)).code).toBe(0);
     const killed = path.join(tmp, "killed");
-    const child: ChildProcess = spawn(process.execPath, [...cli, ...args(killed)], {
+    const child: ChildProcess = spawn(process.execPath, [...moecNodeArgs, ...args(killed)], {
       cwd: root,
       stdio: "ignore",
     });
@@ -247,12 +246,8 @@ describe("moec train", () => {
     const resumed = moec([...args(killed), "--resume"]);
     expect(resumed.code).toBe(0);
     expect(resumed.stdout).toMatch(/resumed after step \d+/);
-    const a = bytesOf(path.join(whole, "ckpt-3000", "model.safetensors"));
-    const b = bytesOf(path.join(killed, "ckpt-3000", "model.safetensors"));
-    for (const [k, v] of a) expect(b.get(k)!.equals(v)).toBe(true);
-    const oa = bytesOf(path.join(whole, "ckpt-3000", "optimizer.safetensors"));
-    const ob = bytesOf(path.join(killed, "ckpt-3000", "optimizer.safetensors"));
-    for (const [k, v] of oa) expect(ob.get(k)!.equals(v)).toBe(true);
+    for (const file of ["model.safetensors", "optimizer.safetensors"])
+      expectSameTensors(path.join(whole, "ckpt-3000", file), path.join(killed, "ckpt-3000", file));
   });
 
   it("stops with exit 3 at the step whose loss is not finite, keeping the last finite checkpoint", () => {

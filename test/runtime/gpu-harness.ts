@@ -9,17 +9,9 @@ import { type GpuContext, type OpenDeviceOptions, openDevice } from "../../runti
 import { Executor, type TensorData } from "../../runtime/executor.js";
 import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
 
-/** Mulberry32: a small seeded PRNG, uniform in [0, 1). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { prng } from "../prng.js";
+
+export { prng };
 
 export interface LeafSpec {
   /** f32 values uniform in [lo, hi) (default [-2, 2)), never all zero. */
