@@ -135,9 +135,10 @@ export function lowerTrainProgram(
   name: string | undefined,
   set: readonly string[] | undefined,
   dims: ReadonlyMap<string, number>,
+  options: { evaluation?: boolean } = {},
 ): LoweredTrain {
   const overrides = new Map((set ?? []).map(parseOverride));
-  const result = lowerTrain(analysis, entry, name, overrides, dims);
+  const result = lowerTrain(analysis, entry, name, overrides, dims, options);
   if ("error" in result) throw new CliError(result.error.replace(entry, displayPath(entry)));
   if (hasErrors(result.diagnostics) || !result.train) {
     printDiagnostics(result.diagnostics, analysis);

@@ -8,7 +8,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import type { TrainDecl } from "../grammar/ast.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
-import { type LoweredTrain, selectTrainProgram } from "../compiler/lower/lower-train.js";
+import {
+  type LoweredTrain,
+  NOISE_KEY_INPUT,
+  selectTrainProgram,
+} from "../compiler/lower/lower-train.js";
 import { assembleTrain } from "../compiler/pipeline.js";
 import { paramSpecs } from "../runtime/run-model.js";
 import { type SafetensorsFile, WeightsError } from "../runtime/safetensors.js";
@@ -239,8 +243,15 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
     const tuning = loadTuning(ctx) ?? DEFAULT_TUNING;
     try {
       program = compileGraph(step.graph, ctx.limits, tuning);
-      // Held-out loss: the forward-and-loss graph alone, as lowered.
-      if (o.evalData !== undefined) evalProgram = compileGraph(train.graph, ctx.limits, tuning);
+      // Held-out loss: the forward-and-loss graph alone, lowered again without dropout and
+      // router jitter where the step has them.
+      if (o.evalData !== undefined) {
+        const noisy = train.graph.nodes.some((n) => n.op === "input" && n.name === NOISE_KEY_INPUT);
+        const evalTrain = noisy
+          ? lowerTrainProgram(analysis, entry, train.name, o.set, dims, { evaluation: true })
+          : train;
+        evalProgram = compileGraph(evalTrain.graph, ctx.limits, tuning);
+      }
     } catch (err) {
       if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
       throw err;
@@ -319,7 +330,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         initialParams: () => initial.params,
         checkpointEvery: positive(o.saveEvery, "--save-every", steps),
         retention: { keepLast: keep },
-        seeds: { init: seed, data: seed },
+        seeds: { init: seed, data: seed, noise: seed },
         configHash,
         sourceHash,
         tokensPerStep,

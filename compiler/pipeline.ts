@@ -165,6 +165,8 @@ export function lowerTrain(
   programName: string | undefined,
   overrides: Map<string, Value>,
   dims: ReadonlyMap<string, number>,
+  /** `evaluation`: the forward and loss for held-out data, without dropout or router jitter. */
+  options: { evaluation?: boolean } = {},
 ): { train: LoweredTrain | undefined; diagnostics: Diagnostic[] } | { error: string } {
   const chosen = selectTrainProgram(analysis.program, file, programName);
   if (typeof chosen === "string") return { error: chosen };
@@ -178,6 +180,7 @@ export function lowerTrain(
       dims,
       diagnostics,
       STANDARD_LIBRARY,
+      options,
     );
   });
   return { train, diagnostics };

@@ -140,6 +140,11 @@ export class IrBuilder implements GradientBuilder {
     return this.make({ op: "iota", inputs: [like] });
   }
 
+  /** Uniform [0, 1) values of `shape` from the f32 [1] `key` (see the op's row). */
+  random(key: number, shape: number[], stream: number): number {
+    return this.make({ op: "random", stream, inputs: [key], shape });
+  }
+
   concat(xs: number[], axis: number): number {
     const rank = this.shape(xs[0]!).length;
     return this.make({ op: "concat", axis: axis < 0 ? rank + axis : axis, inputs: xs });

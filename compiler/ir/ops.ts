@@ -107,6 +107,12 @@ export type IrNode =
   | { id: number; op: "reshape"; inputs: [number]; dtype: IrDType; shape: number[] }
   /** The last-axis position of each element, 0..n-1 (as i32). */
   | { id: number; op: "iota"; inputs: [number]; dtype: IrDType; shape: number[] }
+  /**
+   * Uniform [0, 1) values of the given shape, a pure function of (key, stream, flat index):
+   * input 0 is the per-step key (f32 [1], an integer below 2^24), `stream` tells the uses in
+   * one graph apart. Dropout and router jitter draw from it, so a step replays bit for bit.
+   */
+  | { id: number; op: "random"; stream: number; inputs: [number]; dtype: IrDType; shape: number[] }
   | { id: number; op: "concat"; axis: number; inputs: number[]; dtype: IrDType; shape: number[] }
   /** The slice [start, start + size) along `axis`. */
   | {
@@ -675,6 +681,34 @@ export const REDUCE_OPS = Object.keys(REDUCE_FUNCTION_ROWS) as readonly ReduceOp
 
 const same = (i: number) => (_: unknown, ins: readonly IrDType[]) => ins[i]!;
 const always = (d: IrDType) => () => d;
+/** Strides of a row-major shape, in elements. */
+function rowMajorStrides(shape: readonly number[]): number[] {
+  const out = new Array<number>(shape.length);
+  for (let a = shape.length - 1, s = 1; a >= 0; a--) {
+    out[a] = s;
+    s *= shape[a]!;
+  }
+  return out;
+}
+
+/** Chris Wellons' lowbias32 integer hash (u32 in, u32 out); kernel-writer's `hash_u32`. */
+export function hashU32(x: number): number {
+  x = (x ^ (x >>> 16)) >>> 0;
+  x = Math.imul(x, 0x7feb352d) >>> 0;
+  x = (x ^ (x >>> 15)) >>> 0;
+  x = Math.imul(x, 0x846ca68b) >>> 0;
+  return (x ^ (x >>> 16)) >>> 0;
+}
+
+/**
+ * The `random` op's value at flat index `i`: 24 hashed bits scaled to [0, 1), exact in f32, so
+ * the reference and the kernel agree bit for bit (kernel-writer's `uniform_at`).
+ */
+export function uniformAt(key: number, stream: number, i: number): number {
+  const h = hashU32((hashU32((hashU32(stream >>> 0) ^ key) >>> 0) ^ i) >>> 0);
+  return (h >>> 8) / 16777216;
+}
+
 const given = (n: { dtype?: IrDType }) => {
   if (n.dtype === undefined) throw new Error("internal: the dtype is an attribute here");
   return n.dtype;
@@ -1005,6 +1039,27 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     },
     fusion: fusion("map", "shape"),
     wgsl: (n, _, env) => `i32(${env.coord(n.shape.length - 1)})`,
+    vjp: () => ["none"],
+  },
+  random: {
+    dtype: always("f32"),
+    shape: givenShape,
+    print: (n) => ` stream=${n.stream}`,
+    reference(n, [key], out) {
+      const k = key!.data[0]! >>> 0;
+      for (let i = 0; i < out.length; i++) out[i] = uniformAt(k, n.stream, i);
+    },
+    fusion: MAP_INLINE,
+    wgsl(n, [key], env) {
+      const strides = rowMajorStrides(n.shape);
+      const index = n.shape.length
+        ? n.shape
+            .map((_, a) => (strides[a] === 1 ? env.coord(a) : `${env.coord(a)} * ${strides[a]}u`))
+            .join(" + ")
+        : "0u";
+      return `${env.use("uniform_at")}(u32(${key}), ${n.stream >>> 0}u, ${index})`;
+    },
+    // The values do not depend on the key's value continuously: no gradient flows to it.
     vjp: () => ["none"],
   },
   concat: {

@@ -10,6 +10,9 @@
  *   loss:<name>            each other scalar f32 binding of the program body (ce, kd, ...)
  *   aux:<layer>.balance    balance·E·Σₑ fₑ·Pₑ of the MoE layer at <layer> (its parameter path)
  *   aux:<layer>.z          z_loss·mean over tokens of logsumexp(logits)²
+ *
+ * With dropout or router jitter in the model, the graph has the input `train.noise_key` (f32
+ * [1]): the step's key for the `random` op, which the trainer sets per step (noiseKey).
  */
 import type { Span, TrainDecl } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic } from "../diagnostics.js";
@@ -18,6 +21,7 @@ import { Evaluator } from "../check/evaluator.js";
 import type { ResolvedProgram } from "../check/resolve-names.js";
 import type { Value } from "../check/values.js";
 import type { IrGraph } from "../ir/graph.js";
+import { hashU32 } from "../ir/ops.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { num } from "../library/options.js";
 import { Inliner } from "./inliner.js";
@@ -81,8 +85,27 @@ export const auxTermName = (layer: string, what: "balance" | "z"): string => `au
 
 export { listTrainPrograms, selectTrainProgram } from "../check/elaborate-model.js";
 
+/** The input that carries a training step's noise key (see the `random` op). */
+export const NOISE_KEY_INPUT = "train.noise_key";
+
+/** Step `step`'s noise key under `seed`: 24 bits, so the f32 input holds it exactly. */
+export function noiseKey(seed: number, step: number): number {
+  return hashU32((hashU32(step >>> 0) ^ seed) >>> 0) & 0xffffff;
+}
+
 /** Lowering hooks that keep each MoE layer's balance and z losses for the aux terms. */
 class TrainLowering extends Lowering {
+  private noiseKey: number | undefined;
+  private noiseStreams = 0;
+  /** Set for the step's graph; left unset for evaluation, which has no dropout or jitter. */
+  noise?: (shape: number[]) => number;
+
+  /** Each call is its own stream of the step's key. */
+  freshNoise(shape: number[]): number {
+    this.noiseKey ??= this.builder.input(NOISE_KEY_INPUT, "f32", [1]);
+    return this.builder.random(this.noiseKey, shape, ++this.noiseStreams);
+  }
+
   /** The latest application's statistics by layer, until its weights arrive. */
   private readonly pending = new Map<string, Map<string, number>>();
   readonly aux: LossTerm[] = [];
@@ -125,11 +148,13 @@ export function lowerTrain(
   dims: ReadonlyMap<string, number>,
   diagnostics: Diagnostic[],
   library: LoweredLibrary,
+  options: { evaluation?: boolean } = {},
 ): LoweredTrain | undefined {
   const { decl, file } = train;
   checkTrainOverrides(train, overrides, diagnostics);
   // Routing statistics on: the balance and z losses are built from them.
   const lowering = new TrainLowering(dims, diagnostics, file, decl.name.span, true);
+  if (!options.evaluation) lowering.noise = (shape) => lowering.freshNoise(shape);
   const evaluator = new Evaluator(program, diagnostics, "lower", library);
   evaluator.hooks = new Inliner(evaluator, lowering, library.rules);
   lowering.evaluator = evaluator;

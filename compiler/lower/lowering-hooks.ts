@@ -46,6 +46,12 @@ export interface LoweringHooks {
    * whether the router trains. Training lowering (lower-train.ts) adds the weighted losses.
    */
   auxLossWeights?(layer: string, weights: { balance: number; z: number }, trainable: boolean): void;
+  /**
+   * Training only: uniform [0, 1) values of `shape`, fresh at every step and replayed bit for
+   * bit on resume (the IR's `random` op). Absent when lowering for inference or evaluation,
+   * where dropout and router jitter are off.
+   */
+  noise?(shape: number[]): number;
   /** Group weights pinned from outside the source for the Grouped layer at `layer`. */
   pinnedGroups(layer: string, groups: number): number[] | undefined;
 }

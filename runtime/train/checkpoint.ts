@@ -29,7 +29,8 @@ export const LATEST_FILE = "latest";
 export interface TrainerState {
   step: number;
   data: DataCursor;
-  seeds: { init: number; data: number };
+  /** init: parameters; data: batch order; noise: dropout and router jitter (per-step keys). */
+  seeds: { init: number; data: number; noise: number };
   /** Hash of the training configuration (options, schedule): resuming under another warns. */
   configHash: string;
   /** Hash of the program's source. */

@@ -15,6 +15,7 @@ import {
   adamwNames,
   adamwStepInputs,
 } from "../../compiler/library/optim/adamw.js";
+import { NOISE_KEY_INPUT, noiseKey } from "../../compiler/lower/lower-train.js";
 import type { GpuContext } from "../device.js";
 import type { TensorData } from "../executor.js";
 import {
@@ -34,7 +35,7 @@ import { type PendingStep, TrainExecutor } from "./train-executor.js";
 
 /** The program's inputs that the data file feeds (all but the optimizer's step inputs). */
 export function dataPorts(program: CompiledProgram): DataPort[] {
-  const optim = new Set<string>(Object.values(ADAMW_INPUTS));
+  const optim = new Set<string>([...Object.values(ADAMW_INPUTS), NOISE_KEY_INPUT]);
   return program.inputs.filter((i) => !optim.has(i.name));
 }
 
@@ -133,6 +134,8 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
     throw e;
   }
   const tokens = o.tokensPerStep ?? o.data.batchSize;
+  // Dropout or router jitter in the step: each step gets its key from the seed and its number.
+  const noisy = o.program.inputs.some((i) => i.name === NOISE_KEY_INPUT);
   const smoothLoss = new Ema(0.9);
   const smoothMs = new Ema(0.9);
   let lastLoss = NaN;
@@ -200,6 +203,7 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       const lr = learningRate(o.schedule, t);
       const feeds = new Map<string, TensorData>(batch.inputs);
       for (const [k, v] of adamwStepInputs(t, lr, o.adamw)) feeds.set(k, v);
+      if (noisy) feeds.set(NOISE_KEY_INPUT, Float32Array.of(noiseKey(o.seeds.noise, t)));
       queue.push({ pending: await exe.submit(feeds), lr, cursor });
       if (queue.length >= (o.inFlight ?? 2)) await receive();
       if (t % o.checkpointEvery === 0 || t === last) {

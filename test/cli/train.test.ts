@@ -250,6 +250,78 @@ describe("moec train", () => {
       expectSameTensors(path.join(whole, "ckpt-3000", file), path.join(killed, "ckpt-3000", file));
   });
 
+  // Four runs in child processes: give them time on a loaded two-core machine.
+  it(
+    "dropout and router jitter replay per step: a resumed run ends on the same bytes",
+    { timeout: 240_000 },
+    () => {
+      const noisy = path.join(tmp, "noisy.moe");
+      fs.writeFileSync(
+        noisy,
+        `import std.nn { Embedding, Linear, FFN }
+import std.adapt { LoRA }
+import std.route { MoE, TopK }
+import std.optim { AdamW }
+model Net() {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 16]
+  embed = Embedding(16, 8)
+  moe = MoE(router: TopK(k: 1, noise: 0.3, renormalize: false), experts: [FFN(8, 8); 2])
+  head = Linear(8, 16) with LoRA(r: 2, dropout: 0.3)
+  x = embed(tokens)
+  logits = head(x + moe(x))
+}
+train Fit() {
+  in tokens: i32[B, T]
+  in targets: i32[B, T]
+  net = Net()
+  loss = cross_entropy(net(tokens), targets)
+  optimizer = AdamW(lr: 0.02)
+}
+`,
+      );
+      const args = (out: string) => [
+        "train",
+        noisy,
+        "--data",
+        sequences,
+        "--batch",
+        "4",
+        "--steps",
+        "40",
+        "--save-every",
+        "20",
+        "--out",
+        out,
+      ];
+      const whole = path.join(tmp, "noisy-whole");
+      const r = moec(args(whole));
+      expect(r.code, r.stderr).toBe(0);
+      const losses = fs
+        .readFileSync(path.join(whole, "metrics.jsonl"), "utf8")
+        .trim()
+        .split("\n")
+        .map((line) => JSON.parse(line) as { loss?: number })
+        .flatMap((m) => (m.loss === undefined ? [] : [m.loss]));
+      expect(losses.every(Number.isFinite)).toBe(true);
+      // Resume from step 20 (the step-40 checkpoint removed): steps 21–40 draw the same masks.
+      const resumed = path.join(tmp, "noisy-resumed");
+      fs.cpSync(whole, resumed, { recursive: true });
+      fs.rmSync(path.join(resumed, "ckpt-40"), { recursive: true });
+      fs.writeFileSync(path.join(resumed, "latest"), "ckpt-20\n");
+      const again = moec([...args(resumed), "--resume"]);
+      expect(again.code, again.stderr).toBe(0);
+      for (const file of ["model.safetensors", "optimizer.safetensors"])
+        expectSameTensors(path.join(whole, "ckpt-40", file), path.join(resumed, "ckpt-40", file));
+      // Another seed draws other masks: other bytes, though the data order is the same.
+      const seeded = path.join(tmp, "noisy-seed");
+      expect(moec([...args(seeded), "--seed", "9"]).code).toBe(0);
+      const a = bytesOf(path.join(whole, "ckpt-40", "model.safetensors"));
+      const b = bytesOf(path.join(seeded, "ckpt-40", "model.safetensors"));
+      expect([...a].some(([k, v]) => !b.get(k)!.equals(v))).toBe(true);
+    },
+  );
+
   it("stops with exit 3 at the step whose loss is not finite, keeping the last finite checkpoint", () => {
     const out = path.join(tmp, "blowup");
     // An absurd learning rate overflows the weights after the first update.

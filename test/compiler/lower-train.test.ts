@@ -5,7 +5,9 @@ import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import type { Value } from "../../compiler/check/values.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import type { LoweredTrain } from "../../compiler/lower/lower-train.js";
+import { uniformAt } from "../../compiler/ir/ops.js";
+import { differentiateGraph } from "../../compiler/ir/differentiate-graph.js";
+import { type LoweredTrain, NOISE_KEY_INPUT } from "../../compiler/lower/lower-train.js";
 import {
   analyze,
   elaborateTrain,
@@ -440,6 +442,97 @@ train Tune() {
       ),
     );
     near(run(t, l).get("loss")!, crossEntropy(logits, [...l.get("labels")!.data], -100, 0.2));
+  });
+
+  it("LoRA dropout and router jitter draw from the step's key; evaluation runs without them", () => {
+    const source = `import std.nn { Linear, FFN }
+import std.adapt { LoRA }
+import std.route { MoE, TopK }
+import std.optim { AdamW }
+model Base() { in x: f32[N, 6]  out y: f32[N, 3]  proj = Linear(6, 3)  y = proj(x) }
+model Routed(jitter: Float = 0.2) {
+  in x: f32[N, 6]  out y: f32[N, 6]
+  moe = MoE(router: TopK(k: 1, noise: jitter), experts: [FFN(6, 4); 3])
+  y = moe(x)
+}
+train Tune(p: Float = 0.25) {
+  in x: f32[N, 6]
+  in labels: i32[N]
+  net = frozen Base() with LoRA(r: 2, alpha: 4.0, dropout: p)
+  loss = cross_entropy(net(x), labels)
+  optimizer = AdamW()
+}
+train Jittered() {
+  in x: f32[N, 6]
+  in labels: i32[N]
+  net = Routed()
+  head = Linear(6, 3)
+  loss = cross_entropy(head(net(x)), labels)
+  optimizer = AdamW()
+}
+`;
+    const t = lowerInline(source, { N: 7 }, "Tune");
+    const randoms = t.graph.nodes.filter((n) => n.op === "random");
+    expect(randoms.map((n) => n.shape)).toEqual([[7, 6]]); // the adapter's input, x's shape
+    expect(t.graph.nodes.some((n) => n.op === "input" && n.name === NOISE_KEY_INPUT)).toBe(true);
+    const a = t.params.find((p) => p.name.endsWith("lora_A.weight"))!.name;
+    const l = leaves(t, 5, { [NOISE_KEY_INPUT]: [12345] }, 2);
+    // The loss by hand: x·mask/(1 − p) through the adapter, the mask from the op's hash.
+    const stream = (randoms[0] as { stream: number }).stream;
+    const kept = (i: number) => (uniformAt(12345, stream, i) > 0.25 ? 1 / 0.75 : 0);
+    const x = mat(l.get("x")!);
+    const A = mat(l.get(a)!);
+    const Bm = mat(l.get(a.replace("lora_A", "lora_B"))!);
+    const logits = x.map((r, i) =>
+      linear(r, mat(l.get("net.proj.weight")!), row(l.get("net.proj.bias")!, 0)).map(
+        (v, o) =>
+          v +
+          2 *
+            linear(
+              linear(
+                r.map((xv, j) => xv * kept(i * 6 + j)),
+                A,
+              ),
+              Bm,
+            )[o]!,
+      ),
+    );
+    const dropped = x.flat().filter((_, i) => kept(i) === 0).length;
+    expect(dropped).toBeGreaterThan(0);
+    expect(dropped).toBeLessThan(42);
+    near(run(t, l).get("loss")!, crossEntropy(logits, [...l.get("labels")!.data]));
+    // Another key, another mask.
+    const other = new Map(l).set(NOISE_KEY_INPUT, { shape: [1], data: Float64Array.of(777) });
+    expect(run(t, other).get("loss")).not.toBe(run(t, l).get("loss"));
+    // The gradient flows through the kept values only; the key gets none.
+    const d = differentiateGraph(t.graph, t.loss);
+    expect([...d.gradients.keys()].sort()).toEqual(
+      t.params
+        .filter((p) => p.trainable)
+        .map((p) => p.name)
+        .sort(),
+    );
+
+    // Evaluation: no random op, no key, and the loss of the same program at p = 0.
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, source]])));
+    const evaluation = lowerTrain(analysis, file, "Tune", new Map(), new Map([["N", 7]]), {
+      evaluation: true,
+    });
+    if ("error" in evaluation) throw new Error(evaluation.error);
+    const e = evaluation.train!;
+    expect(
+      e.graph.nodes.some(
+        (n) => n.op === "random" || (n.op === "input" && n.name === NOISE_KEY_INPUT),
+      ),
+    ).toBe(false);
+    const p0 = lowerInline(source, { N: 7 }, "Tune", new Map([["p", { k: "float", v: 0 }]]));
+    expect(p0.graph.nodes.some((n) => n.op === "random")).toBe(false);
+    const evalLeaves = new Map([...l].filter(([k]) => k !== NOISE_KEY_INPUT));
+    expect(run(e, evalLeaves).get("loss")).toBe(run(p0, evalLeaves).get("loss"));
+
+    // Router jitter: the router's input times U[0.8, 1.2], one draw per token and feature.
+    const j = lowerInline(source, { N: 7 }, "Jittered");
+    expect(j.graph.nodes.filter((n) => n.op === "random").map((n) => n.shape)).toEqual([[7, 6]]);
   });
 
   it("examples/road-distill.moe's Distill lowers at a small configuration", () => {

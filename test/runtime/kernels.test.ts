@@ -234,6 +234,39 @@ describe("elementwise map template", () => {
     );
   });
 
+  it("random: bit-identical to the reference at awkward shapes, fused into a dropout", async () => {
+    for (const shape of [[1], [7], [3, 5, 7], [33, 67]]) {
+      const r = await expectMatches(
+        graph((b) => {
+          const key = b.input("key", "f32", [1]);
+          const u = b.random(key, shape, 11);
+          b.output("u", u);
+          // Dropout at p = 0.3: x · [u ≥ 0.3] / 0.7, the mask computed inside the map kernel.
+          const x = b.input("x", "f32", shape);
+          const keep = b.unary("step", b.binary("sub", u, b.constant(0.3)));
+          b.output("dropped", b.binary("div", b.binary("mul", x, keep), b.constant(0.7)));
+          b.output("other", b.random(key, shape, 12));
+        }),
+        { specs: { key: { lo: 0, hi: 2 ** 24 } } },
+      );
+      // Exact, not within a tolerance: the kernel and the reference hash the same bits.
+      expect(r.errors.u).toBe(0);
+      const dropped = r.gpu.get("dropped") as Float32Array;
+      const refDropped = r.ref.get("dropped")!.data;
+      expect(dropped.map((v) => +(v === 0))).toEqual(
+        Float32Array.from(refDropped, (v) => +(v === 0)),
+      );
+      const u = r.gpu.get("u") as Float32Array;
+      expect(u.every((v) => v >= 0 && v < 1)).toBe(true);
+      if (u.length > 1000) {
+        const mean = u.reduce((a, v) => a + v, 0) / u.length;
+        expect(Math.abs(mean - 0.5)).toBeLessThan(0.03);
+        const other = r.gpu.get("other") as Float32Array;
+        expect(u.filter((v, i) => v === other[i]!).length).toBeLessThan(5);
+      }
+    }
+  });
+
   it("a const output fills its buffer", async () => {
     await expectMatches(
       graph((b) => {

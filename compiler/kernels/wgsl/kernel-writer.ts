@@ -70,6 +70,19 @@ const TANH_SERIES = [
  * (compiler/ir/ops.ts) ask for them by name with `env.use`.
  */
 const HELPERS: Record<string, string> = {
+  // lowbias32 (Chris Wellons), and the random op's value from it: ops.ts hashU32/uniformAt.
+  hash_u32: `fn hash_u32(v: u32) -> u32 {
+  var x = v;
+  x = x ^ (x >> 16u);
+  x = x * 0x7feb352du;
+  x = x ^ (x >> 15u);
+  x = x * 0x846ca68bu;
+  return x ^ (x >> 16u);
+}`,
+  uniform_at: `fn uniform_at(key: u32, stream: u32, i: u32) -> f32 {
+  let h = hash_u32(hash_u32(hash_u32(stream) ^ key) ^ i);
+  return f32(h >> 8u) * 5.9604644775390625e-8;
+}`,
   is_ninf: `fn is_ninf(x: f32) -> bool {
   return bitcast<u32>(x) == 0xff800000u;
 }`,
@@ -144,6 +157,7 @@ ${TANH_SERIES.slice(0, -1)
 const HELPER_DEPS: Record<string, string[]> = {
   erf_: ["erfc_ge1"],
   gelu_: ["erf_", "erfc_ge1"],
+  uniform_at: ["hash_u32"],
 };
 
 /** 2/√π · (-1)^n / (n! (2n+1)): the Taylor coefficients of erf. */

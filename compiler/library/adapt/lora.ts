@@ -112,6 +112,14 @@ export function loraDelta(
   if (!factors) return undefined;
   const { A, B, scale } = factors;
   const ir = lowering.builder;
+  // PEFT's lora_dropout: on the adapter's input only, in training (inverted: kept values
+  // scaled by 1 / (1 − p)), so evaluation and inference need no rescaling.
+  const p = num(ctx.inst, "dropout") ?? 0;
+  if (p > 0 && lowering.noise) {
+    const u = lowering.noise(ir.shape(x));
+    const keep = ir.unary("step", ir.binary("sub", u, ir.constant(p)));
+    x = ir.binary("mul", x, ir.binary("mul", keep, ir.constant(1 / (1 - p))));
+  }
   const xa = ir.matmul(x, ir.permute(A, [1, 0]));
   return ir.binary("mul", ir.matmul(xa, ir.permute(B, [1, 0])), ir.constant(scale));
 }

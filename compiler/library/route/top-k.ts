@@ -53,6 +53,7 @@ export const topK: RouterFamily = {
       taskEmbed,
       level: "token",
       needsTask: taskEmbed > 0,
+      jitter: num(router, "noise") ?? 0,
     });
     if (logits === undefined) return undefined;
     return lowerTokenChoice(m, rows, logits, {

@@ -129,6 +129,11 @@ export interface LogitsSource {
   level: "token" | "sequence" | "task";
   /** Whether the router needs the task ids. */
   needsTask: boolean;
+  /**
+   * Switch-style jitter ε (training only): the router sees each input value times a fresh
+   * uniform draw from [1 − ε, 1 + ε]; the experts see the input as it is.
+   */
+  jitter?: number;
 }
 
 /** Router logits per token, [N, E]. */
@@ -143,8 +148,19 @@ export function routerLogits(
   const ir = r.lowering.builder;
   const N = numel(lead);
   const E = m.experts.length;
-  const xf = ir.reshape(x.node!, [N, d]);
+  let xf = ir.reshape(x.node!, [N, d]);
   const { level, taskEmbed: te } = source;
+  const jitter = source.jitter ?? 0;
+  const noise = r.lowering.noise;
+  if (jitter > 0 && noise) {
+    const u = noise.call(r.lowering, [N, d]);
+    const factor = ir.binary(
+      "add",
+      ir.binary("mul", u, ir.constant(2 * jitter)),
+      ir.constant(1 - jitter),
+    );
+    xf = ir.binary("mul", xf, factor);
+  }
   if (source.needsTask && (task?.node === undefined || !task.t.taskSet)) {
     r.unsupported(`${router.component} without task ids (pass the task as the MoE's second input)`);
     return undefined;

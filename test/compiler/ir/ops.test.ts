@@ -49,6 +49,7 @@ const ALL_OPS: Record<IrOpName, true> = {
   permute: true,
   reshape: true,
   iota: true,
+  random: true,
   concat: true,
   slice: true,
   cast: true,
@@ -79,6 +80,7 @@ function everyOp(): IrGraph {
     b.scatterAdd(b.gather(table, ids), ids, 3),
     b.permute(x, [2, 0, 1]),
     b.iota(x),
+    b.random(b.input("key", "f32", [1]), [2, 3], 7),
     b.concat([x, x], 1),
     b.slice(x, 2, 1, 2),
     b.cast(x, "i32"),
@@ -187,6 +189,7 @@ describe("the op table", () => {
     expect(kinds(byOp("scatter_add"))).toEqual(["function", "none"]);
     expect(kinds(byOp("topk"))).toEqual(["none"]);
     expect(kinds(byOp("iota"))).toEqual(["none"]);
+    expect(kinds(byOp("random"))).toEqual(["none"]);
     expect(kinds(byOp("group_rows"))).toEqual(["none"]);
     expect(kinds(byOp("expert_matmul"))).toEqual(["function", "function", "none", "none"]);
     expect(kinds(byOp("expert_matmul_wgrad"))).toEqual(["function", "function", "none", "none"]);

@@ -30,7 +30,7 @@ function checkpoint(step: number, seed: number, evalLoss?: number): Omit<Checkpo
   const state: Checkpoint["state"] = {
     step,
     data: { epoch: 2, position: 48 },
-    seeds: { init: 1, data: seed },
+    seeds: { init: 1, data: seed, noise: 1 },
     configHash: "c0ffee",
     sourceHash: "5ca1ab1e",
     moecVersion: moecVersion(),

@@ -49,7 +49,7 @@ describe("runTraining", () => {
         ),
       checkpointEvery: 10,
       retention: { keepLast: 5 },
-      seeds: { init: 32, data: 5 },
+      seeds: { init: 32, data: 5, noise: 32 },
       configHash: "cfg",
       sourceHash: "src",
     });
