@@ -127,7 +127,11 @@ export function writeBundle(
   const manifest = manifestFor(lowered, source, code);
   const files = new Map<string, FileData>([
     ["manifest.json", JSON.stringify(manifest, null, 2) + "\n"],
-    ["ir.json", JSON.stringify(lowered.graph) + "\n"],
+    // Nodes and outputs only: origins name this machine's source paths, which a bundle outlives.
+    [
+      "ir.json",
+      JSON.stringify({ nodes: lowered.graph.nodes, outputs: lowered.graph.outputs }) + "\n",
+    ],
   ]);
   if (code) {
     files.set("plan.json", JSON.stringify(code.plan, null, 2) + "\n");

@@ -7,6 +7,8 @@ import { createHash } from "node:crypto";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import type { TrainDecl } from "../grammar/ast.js";
+import { codeFrame } from "../compiler/diagnostics.js";
+import type { NonFiniteError } from "../runtime/train/train-loop.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
 import {
   type LoweredTrain,
@@ -22,7 +24,7 @@ import type { LrSchedule } from "../runtime/train/schedule.js";
 import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
 import { analyzeEntry, lowerTrainProgram, openTensors, parseDims } from "./model-options.js";
-import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath, sourcesOf } from "./report.js";
 
 export interface TrainOptions {
   program?: string;
@@ -337,6 +339,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         resume: o.resume !== undefined,
         progress,
         ...(evaluate ? { evaluate } : {}),
+        stepGraph: step.graph,
       });
     } catch (err) {
       if (err instanceof NonFiniteError) {
@@ -344,6 +347,9 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         const kept = ckpts.length
           ? `; ${displayPath(ckpts.at(-1)!.dir)} holds the last finite state`
           : "; no checkpoint was written before it";
+        if (err.source) process.stderr.write(describeNonFinite(err, sourcesOf(analysis)));
+        else if (err.sourceUnknown)
+          process.stderr.write(`(no source for the non-finite value: ${err.sourceUnknown})\n`);
         throw new CliError(`training stopped at ${err.message}${kept}`, EXIT_DEVICE);
       }
       if (err instanceof CheckpointError) throw new CliError(err.message);
@@ -381,4 +387,27 @@ export async function runTrain(file: string, o: TrainOptions): Promise<number> {
       (s.checkpoint ? `wrote ${displayPath(s.checkpoint)}/\n` : ""),
   );
   return 0;
+}
+
+/**
+ * Where a non-finite step went bad, from the reference replay: the value's op, then the
+ * source it was lowered from with a code frame, then the applications it was inlined from.
+ */
+function describeNonFinite(err: NonFiniteError, sources: ReadonlyMap<string, string>): string {
+  const src = err.source!;
+  const origin = src.origin;
+  const where =
+    origin?.role === "gradient"
+      ? "in the gradient of"
+      : origin?.role === "optimizer"
+        ? "in the optimizer's update at"
+        : "lowered from";
+  const lines = [
+    `step ${err.step}'s first non-finite value (the step replayed in the reference, in f32): ${src.value} in \`${src.op}\`${origin ? `, ${where}:` : ""}`,
+  ];
+  for (let o = origin, depth = 0; o && depth < 8; o = o.caller, depth++) {
+    const label = depth === 0 ? undefined : "inlined from here";
+    lines.push(...codeFrame(displayPath(o.file), o, sources.get(o.file), label));
+  }
+  return lines.join("\n") + "\n";
 }

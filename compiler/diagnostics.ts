@@ -181,6 +181,17 @@ export function renderDiagnostics(
   return out.join("\n");
 }
 
+/** The code frame of `span` in `file` (its text given), labelled: what diagnostics show. */
+export function codeFrame(file: string, span: Span, text: string | undefined, label?: string) {
+  return renderFrame(
+    file,
+    span,
+    text === undefined ? undefined : new LineMap(text),
+    label,
+    (_, s) => s,
+  );
+}
+
 function renderFrame(
   file: string,
   span: Span,

@@ -215,7 +215,7 @@ export function assembleTrain(train: LoweredTrain): TrainStepGraph | { error: st
         .join(", ")}${trainable.length > 3 ? ", ..." : ""})`,
     };
   const { lr: _lr, ...adamw } = train.optimizer;
-  const step = assembleTrainStep(graph, gradients, train.params, adamw);
+  const step = assembleTrainStep(graph, gradients, train.params, adamw, train.optimizerOrigin);
   return { graph: step, updated: [...gradients.keys()], unused };
 }
 

@@ -5,7 +5,14 @@
  * (differentiate-graph.ts, which extends the graph it differentiates) and by tests that build
  * graphs by hand.
  */
-import { type IrDType, type IrGraph, type IrNode, type IrOpName, inputsOf } from "./graph.js";
+import {
+  type IrDType,
+  type IrGraph,
+  type IrNode,
+  type IrOpName,
+  type IrOrigin,
+  inputsOf,
+} from "./graph.js";
 import {
   type BinaryOp,
   type Draft,
@@ -21,12 +28,16 @@ export class IrBuilder implements GradientBuilder {
   readonly nodes: IrNode[] = [];
   readonly outputs: { name: string; node: number }[] = [];
   private readonly params = new Map<string, number>();
+  /** Origins by node id (see IrGraph.origins); `origin` is recorded for each node made. */
+  private readonly origins: (IrOrigin | undefined)[] = [];
+  origin: IrOrigin | undefined;
 
   /** A builder that appends to `graph`: its nodes, outputs and parameters are kept. */
   static extend(graph: IrGraph): IrBuilder {
     const b = new IrBuilder();
     b.nodes.push(...graph.nodes);
     b.outputs.push(...graph.outputs);
+    if (graph.origins) b.origins.push(...graph.origins);
     for (const n of graph.nodes) if (n.op === "param") b.params.set(n.name, n.id);
     return b;
   }
@@ -48,6 +59,7 @@ export class IrBuilder implements GradientBuilder {
     );
     const id = this.nodes.length;
     this.nodes.push({ ...draft, dtype, shape, id } as IrNode);
+    if (this.origin) this.origins[id] = this.origin;
     return id;
   }
 
@@ -186,7 +198,26 @@ export class IrBuilder implements GradientBuilder {
     this.outputs.push({ name, node });
   }
 
+  /** Where node `id` came from, if recorded. */
+  originOf(id: number): IrOrigin | undefined {
+    return this.origins[id];
+  }
+
+  /** Runs `f` with `origin` recorded on the nodes it makes (restored after). */
+  at<T>(origin: IrOrigin | undefined, f: () => T): T {
+    const before = this.origin;
+    this.origin = origin;
+    try {
+      return f();
+    } finally {
+      this.origin = before;
+    }
+  }
+
   finish(): IrGraph {
-    return { nodes: this.nodes, outputs: this.outputs };
+    if (!this.origins.some((o) => o !== undefined))
+      return { nodes: this.nodes, outputs: this.outputs };
+    this.origins.length = this.nodes.length;
+    return { nodes: this.nodes, outputs: this.outputs, origins: this.origins };
   }
 }

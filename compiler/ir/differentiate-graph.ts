@@ -81,14 +81,22 @@ export function differentiateGraph(
       if (rule === "none") return;
       if (rule === undefined)
         throw new Error(`internal: no gradient rule for input ${k} of ${describe(n)}`);
-      const gk = rule({ ir, node: n, cotangent: g });
+      // The gradient's nodes are named after the value they differentiate.
+      const from = graph.origins?.[id];
+      const gk = ir.at(from && { ...from, role: "gradient" }, () =>
+        rule({ ir, node: n, cotangent: g }),
+      );
       const want = graph.nodes[input]!.shape;
       if (ir.shape(gk).join(",") !== want.join(","))
         throw new Error(
           `internal: the rule of ${describe(n)} gave [${ir.shape(gk)}] for input ${k} of shape [${want}]`,
         );
       const before = cotangents.get(input);
-      cotangents.set(input, before === undefined ? gk : ir.binary("add", before, gk));
+      const sum = () => ir.binary("add", before!, gk);
+      cotangents.set(
+        input,
+        before === undefined ? gk : ir.at(from && { ...from, role: "gradient" }, sum),
+      );
     });
   }
 

@@ -17,6 +17,23 @@ export { numel } from "./shapes.js";
 export interface IrGraph {
   nodes: IrNode[];
   outputs: { name: string; node: number }[];
+  /**
+   * Where each node came from, by node id, where lowering knows (absent in graphs built by
+   * hand): what `moec train` names when a value turns non-finite.
+   */
+  origins?: (IrOrigin | undefined)[];
+}
+
+/** A source range a node was lowered from: an expression, or an application it inlined. */
+export interface IrOrigin {
+  file: string;
+  /** Offsets into the file's text, as grammar spans are. */
+  start: number;
+  end: number;
+  /** The application whose body this is in (a call site further out), if any. */
+  caller?: IrOrigin;
+  /** Set on the nodes of the gradient of a value from here, and of the optimizer's update. */
+  role?: "gradient" | "optimizer";
 }
 
 /** Node inputs, uniformly (leaf nodes have none). */

@@ -29,8 +29,12 @@ export function pruneGraph(graph: IrGraph): IrGraph {
     }
     nodes.push(copy);
   }
+  const outputs = graph.outputs.map((o) => ({ name: o.name, node: renumber.get(o.node)! }));
+  const origins = graph.origins;
+  if (!origins) return { nodes, outputs };
   return {
     nodes,
-    outputs: graph.outputs.map((o) => ({ name: o.name, node: renumber.get(o.node)! })),
+    outputs,
+    origins: graph.nodes.filter((n) => live.has(n.id)).map((n) => origins[n.id]),
   };
 }

@@ -16,6 +16,7 @@ import {
 } from "../check/evaluator.js";
 import { type Instance, type TensorType, type Value, UNKNOWN } from "../check/values.js";
 import type { IrBuilder } from "../ir/builder.js";
+import type { IrOrigin } from "../ir/graph.js";
 import type { LoweredPrimitiveRule, LoweringHooks } from "./lowering-hooks.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
 
@@ -46,17 +47,46 @@ export class Inliner implements EvaluationHooks {
     operand: (e: Expr) => Value | undefined,
     file: string,
   ): number | undefined {
-    return this.lowering.lowerExpr(e, value, operand, file);
+    const ir = this.lowering.builder;
+    return ir.at(this.originAt(file, e.span), () =>
+      this.lowering.lowerExpr(e, value, operand, file),
+    );
+  }
+
+  /** Applications being inlined, outermost first: the callers of what is lowered now. */
+  private readonly sites: IrOrigin[] = [];
+
+  private originAt(file: string, span: Span): IrOrigin {
+    const caller = this.sites.at(-1);
+    return { file, start: span.start, end: span.end, ...(caller ? { caller } : {}) };
+  }
+
+  /**
+   * Lower mode: inlines the application at `span`, its nodes (a primitive's own, those of a
+   * body's expressions through their callers) recorded as coming from there.
+   */
+  apply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
+    const top = this.sites.at(-1);
+    // An expert or a wrapped base applied at the same site is the same application.
+    if (top && top.file === frame.file && top.start === span.start && top.end === span.end)
+      return this.applyAt(inst, values, span, frame);
+    const site = this.originAt(frame.file, span);
+    this.sites.push(site);
+    try {
+      return this.lowering.builder.at(site, () => this.applyAt(inst, values, span, frame));
+    } finally {
+      this.sites.pop();
+    }
   }
 
   /** Targeted adapters in force while their base's body is inlined (outermost first). */
   private readonly targetRules: { root: string; adapter: Instance; patterns: string[] }[] = [];
 
   /**
-   * Lower mode: evaluates the instance's body with its inputs bound to the argument tensors,
-   * with the adapters of `with LoRA(targets: ...)` placed on the layers they target.
+   * Evaluates the instance's body with its inputs bound to the argument tensors, with the
+   * adapters of `with LoRA(targets: ...)` placed on the layers they target.
    */
-  apply(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
+  private applyAt(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     if (inst.targeted) {
       this.targetRules.push({ root: inst.path ?? "", ...inst.targeted });
       try {

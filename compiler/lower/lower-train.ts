@@ -20,7 +20,7 @@ import { checkTrainOverrides } from "../check/elaborate-model.js";
 import { Evaluator } from "../check/evaluator.js";
 import type { ResolvedProgram } from "../check/resolve-names.js";
 import type { Value } from "../check/values.js";
-import type { IrGraph } from "../ir/graph.js";
+import type { IrGraph, IrOrigin } from "../ir/graph.js";
 import { hashU32 } from "../ir/ops.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { num } from "../library/options.js";
@@ -75,6 +75,8 @@ export interface LoweredTrain {
   /** Free dims and their sizes (B, T, ...). */
   dims: Map<string, number>;
   optimizer: AdamWOptions;
+  /** Where the program binds `optimizer`: what the update's nodes are named after. */
+  optimizerOrigin?: IrOrigin;
   params: TrainParam[];
 }
 
@@ -185,6 +187,9 @@ export function lowerTrain(
     if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
   const graph = pruneGraph(ir.finish());
   const outputs = new Map(graph.outputs.map((o) => [o.name, o.node]));
+  const optimizerBinding = decl.body.find(
+    (s) => s.kind === "Binding" && s.target.name === "optimizer",
+  );
   return {
     name: decl.name.name,
     graph,
@@ -193,6 +198,15 @@ export function lowerTrain(
     inputs: lowering.inputs,
     dims: lowering.usedDims,
     optimizer,
+    ...(optimizerBinding
+      ? {
+          optimizerOrigin: {
+            file,
+            start: optimizerBinding.span.start,
+            end: optimizerBinding.span.end,
+          },
+        }
+      : {}),
     params: trainParams(graph),
   };
 }

@@ -21,6 +21,13 @@ export const BINARY_FUNCTIONS: Record<string, (a: number, b: number) => number> 
     Object.entries(BINARY_FUNCTION_ROWS).map(([name, row]) => [name, row.reference]),
   );
 
+export interface InterpretOptions {
+  /** Round every f32 node's value to float32 (its range too: beyond it is ±Infinity). */
+  float32?: boolean;
+  /** Called with each node's value (leaves too) as it is known: true stops the run there. */
+  stopAfter?: (id: number, value: HostTensor) => boolean;
+}
+
 /**
  * Runs a graph. `leaves` gives a tensor for every `input` (by name) and `param` (by path).
  * Returns the outputs by name and every node's value.
@@ -28,6 +35,7 @@ export const BINARY_FUNCTIONS: Record<string, (a: number, b: number) => number> 
 export function interpret(
   graph: IrGraph,
   leaves: ReadonlyMap<string, HostTensor>,
+  options: InterpretOptions = {},
 ): { outputs: Map<string, HostTensor>; values: HostTensor[] } {
   const values: HostTensor[] = [];
   const get = (id: number) => values[id]!;
@@ -39,13 +47,19 @@ export function interpret(
         throw new Error(`${n.op} ${n.name}: expected shape [${n.shape}], got [${t.shape}]`);
       }
       values.push(t);
+      if (options.stopAfter?.(n.id, t)) break;
       continue;
     }
     const reference = opRow(n.op).reference;
     if (!reference) throw new Error(`internal: ${n.op} has no reference implementation`);
     const data = new Float64Array(numel(n.shape));
     reference(n, inputsOf(n).map(get), data);
+    if (options.float32 && n.dtype === "f32")
+      for (let i = 0; i < data.length; i++) data[i] = Math.fround(data[i]!);
     values.push({ shape: n.shape, data });
+    if (options.stopAfter?.(n.id, values[n.id]!)) break;
   }
-  return { outputs: new Map(graph.outputs.map((o) => [o.name, get(o.node)])), values };
+  // A run stopped early has only the outputs computed by then.
+  const known = graph.outputs.filter((o) => values[o.node] !== undefined);
+  return { outputs: new Map(known.map((o) => [o.name, get(o.node)])), values };
 }

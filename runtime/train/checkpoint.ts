@@ -238,6 +238,7 @@ export function findResumeCheckpoint(
   runDir: string,
   warn: (line: string) => void = (line) => process.stderr.write(`warning: ${line}\n`),
 ): Checkpoint | undefined {
+  removeStaleTemporaries(runDir, warn);
   for (const c of listCheckpoints(runDir)) {
     try {
       return readCheckpoint(c.dir);
@@ -247,4 +248,36 @@ export function findResumeCheckpoint(
     }
   }
   return undefined;
+}
+
+/** A save's temporary sibling (runtime/atomic-write.ts): `.<name>.<pid>.<hex>.tmp` or `.old`. */
+const TEMPORARY = /^\.(?:ckpt-\d+|latest|metrics\.jsonl)\.(\d+)\.[0-9a-f]+\.(?:tmp|old)$/;
+
+/**
+ * Removes what a save killed midway left behind (a half-built checkpoint directory), when the
+ * process that was writing it is gone; one warning line each.
+ */
+function removeStaleTemporaries(runDir: string, warn: (line: string) => void): void {
+  let names: string[];
+  try {
+    names = readdirSync(runDir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = TEMPORARY.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    rmSync(path.join(runDir, name), { recursive: true, force: true });
+    warn(`removed ${name}, left by an interrupted save`);
+  }
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
 }

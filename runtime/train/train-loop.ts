@@ -16,7 +16,10 @@ import {
   adamwStepInputs,
 } from "../../compiler/library/optim/adamw.js";
 import { NOISE_KEY_INPUT, noiseKey } from "../../compiler/lower/lower-train.js";
+import type { IrGraph } from "../../compiler/ir/graph.js";
 import type { GpuContext } from "../device.js";
+import type { HostTensor } from "../reference/interpret.js";
+import { type NonFiniteSource, firstNonFinite } from "./find-non-finite.js";
 import type { TensorData } from "../executor.js";
 import {
   type Checkpoint,
@@ -66,6 +69,13 @@ export interface TrainRunOptions {
    * data); the loss is recorded as the checkpoint's `evalLoss`, so retention can keep the best.
    */
   evaluate?: (params: ReadonlyMap<string, TensorData>, step: number) => Promise<number> | number;
+  /**
+   * The step's IR (with its origins): when a step goes non-finite, it is replayed in the
+   * reference to name the first non-finite value's source (NonFiniteError.source). Skipped
+   * above `replayLimit` parameters (default 2M), where the reference would take minutes.
+   */
+  stepGraph?: IrGraph;
+  replayLimit?: number;
 }
 
 /**
@@ -82,6 +92,10 @@ export class NonFiniteError extends Error {
   ) {
     super(`step ${step}: ${what} is ${value}`);
   }
+  /** The first non-finite value of the step, replayed in the reference (when it could be). */
+  source?: NonFiniteSource;
+  /** Why there is no source, when the replay was skipped or failed. */
+  sourceUnknown?: string;
 }
 
 export interface TrainRunResult {
@@ -144,6 +158,16 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
   let lastArrival = performance.now();
   // The executor counts its own steps from 1; the run's continue the checkpoint's.
   const offset = step;
+  // The newest finite state this call knows (the start, then each checkpoint): a non-finite
+  // step is replayed from there.
+  let restart = { step, cursor, state };
+  const feedsFor = (t: number, at: DataCursor) => {
+    const batch = o.data.batch(at);
+    const feeds = new Map<string, TensorData>(batch.inputs);
+    for (const [k, v] of adamwStepInputs(t, learningRate(o.schedule, t), o.adamw)) feeds.set(k, v);
+    if (noisy) feeds.set(NOISE_KEY_INPUT, Float32Array.of(noiseKey(o.seeds.noise, t)));
+    return { feeds, cursor: batch.cursor };
+  };
   const queue: { pending: PendingStep; lr: number; cursor: DataCursor }[] = [];
   try {
     exe.setState(state);
@@ -198,19 +222,17 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       return after;
     };
     for (let t = step + 1; t <= last; t++) {
-      const batch = o.data.batch(cursor);
-      cursor = batch.cursor;
+      const next = feedsFor(t, cursor);
+      cursor = next.cursor;
       const lr = learningRate(o.schedule, t);
-      const feeds = new Map<string, TensorData>(batch.inputs);
-      for (const [k, v] of adamwStepInputs(t, lr, o.adamw)) feeds.set(k, v);
-      if (noisy) feeds.set(NOISE_KEY_INPUT, Float32Array.of(noiseKey(o.seeds.noise, t)));
-      queue.push({ pending: await exe.submit(feeds), lr, cursor });
+      queue.push({ pending: await exe.submit(next.feeds), lr, cursor });
       if (queue.length >= (o.inFlight ?? 2)) await receive();
       if (t % o.checkpointEvery === 0 || t === last) {
         let after = cursor;
         while (queue.length > 0) after = await receive();
         const saved = await saveCheckpoint(exe, o, t, after, shapes);
         lastCheckpoint = saved.dir;
+        restart = { step: t, cursor: after, state: saved.state };
         if (saved.evalLoss !== undefined) {
           log.appendEval(t, saved.evalLoss);
           o.progress?.write(
@@ -232,6 +254,14 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       lastLoss,
       lastCheckpoint,
     };
+  } catch (e) {
+    if (e instanceof NonFiniteError && o.stepGraph) {
+      // Drain what is in flight, then replay from the restart point to the bad step.
+      for (const q of queue) await q.pending.result.catch(() => undefined);
+      queue.length = 0;
+      await locateNonFinite(e, o.stepGraph, exe, restart, feedsFor, o.replayLimit ?? 2e6);
+    }
+    throw e;
   } finally {
     log.close();
     exe.destroy();
@@ -244,7 +274,7 @@ async function saveCheckpoint(
   step: number,
   cursor: DataCursor,
   shapes: ReadonlyMap<string, number[]>,
-): Promise<{ dir: string; evalLoss?: number }> {
+): Promise<{ dir: string; evalLoss?: number; state: Map<string, TensorData> }> {
   const all = await exe.readState();
   // A finite loss does not make the update after it finite (an overflowing learning rate):
   // a checkpoint is only ever of finite state, so the newest one is always safe to resume.
@@ -270,7 +300,54 @@ async function saveCheckpoint(
     state.evalLoss = await o.evaluate(model, step);
   }
   const dir = writeCheckpoint(o.runDir, { state, params, optimizer }, o.retention);
-  return state.evalLoss === undefined ? { dir } : { dir, evalLoss: state.evalLoss };
+  return state.evalLoss === undefined
+    ? { dir, state: all }
+    : { dir, evalLoss: state.evalLoss, state: all };
+}
+
+/**
+ * Sets `e.source`: the state before step `e.step` is rebuilt on the device from `restart`
+ * (steps replay bit for bit), then that step runs in the reference (find-non-finite.ts).
+ */
+async function locateNonFinite(
+  e: NonFiniteError,
+  graph: IrGraph,
+  exe: TrainExecutor,
+  restart: { step: number; cursor: DataCursor; state: ReadonlyMap<string, TensorData> },
+  feedsFor: (t: number, at: DataCursor) => { feeds: Map<string, TensorData>; cursor: DataCursor },
+  limit: number,
+): Promise<void> {
+  let params = 0;
+  for (const n of graph.nodes) if (n.op === "param") params += numel(n.shape);
+  if (params > limit) {
+    e.sourceUnknown = `the model has ${params} parameter values, too many to replay in the reference`;
+    return;
+  }
+  try {
+    exe.setState(restart.state);
+    let cursor = restart.cursor;
+    for (let t = restart.step + 1; t < e.step; t++) {
+      const next = feedsFor(t, cursor);
+      cursor = next.cursor;
+      await (
+        await exe.submit(next.feeds)
+      ).result;
+    }
+    const state = await exe.readState();
+    const { feeds } = feedsFor(e.step, cursor);
+    const leaves = new Map<string, HostTensor>();
+    for (const n of graph.nodes) {
+      if (n.op !== "param" && n.op !== "input") continue;
+      const data = n.op === "param" ? state.get(n.name) : feeds.get(n.name);
+      if (!data) throw new Error(`no value for ${n.op} ${n.name}`);
+      leaves.set(n.name, { shape: n.shape, data: Float64Array.from(data) });
+    }
+    const source = firstNonFinite(graph, leaves);
+    if (source) e.source = source;
+    else e.sourceUnknown = "the reference replay of the step stayed finite";
+  } catch (err) {
+    e.sourceUnknown = `the replay failed: ${err instanceof Error ? err.message : String(err)}`;
+  }
 }
 
 /** The checkpoint's tensors, checked against the program's parameters. */

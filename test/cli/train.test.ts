@@ -250,6 +250,62 @@ describe("moec train", () => {
       expectSameTensors(path.join(whole, "ckpt-3000", file), path.join(killed, "ckpt-3000", file));
   });
 
+  it(
+    "a run killed with SIGKILL in the middle of a save resumes to the same bytes",
+    { timeout: 240_000 },
+    async () => {
+      // A checkpoint every step, so saves are most of the run; a kill lands when a save's
+      // temporary directory is there.
+      const args = (out: string) => [
+        "train",
+        classifier,
+        "--data",
+        sequences,
+        "--batch",
+        "4",
+        "--steps",
+        "120",
+        "--save-every",
+        "1",
+        "--keep",
+        "2",
+        "--out",
+        out,
+      ];
+      const whole = path.join(tmp, "save-whole");
+      expect(moec(args(whole)).code).toBe(0);
+      const killed = path.join(tmp, "save-killed");
+      const temporary = (name: string) => /^\.ckpt-\d+\.\d+\.[0-9a-f]+\.tmp$/.test(name);
+      let midSave = 0;
+      for (let attempt = 0; attempt < 6 && midSave === 0; attempt++) {
+        const child = spawn(
+          process.execPath,
+          [...moecNodeArgs, ...args(killed), ...(attempt > 0 ? ["--resume"] : [])],
+          { cwd: root, stdio: "ignore" },
+        );
+        const exited = new Promise<void>((resolve) => child.on("exit", () => resolve()));
+        const deadline = Date.now() + 60_000;
+        let seen = false;
+        while (!seen && Date.now() < deadline) {
+          seen = fs.existsSync(killed) && fs.readdirSync(killed).some(temporary);
+          if (!seen) await new Promise((r) => setTimeout(r, 1));
+        }
+        child.kill("SIGKILL");
+        await exited;
+        if (fs.readdirSync(killed).some(temporary)) midSave++;
+      }
+      expect(midSave, "no kill landed during a save").toBeGreaterThan(0);
+      const resumed = moec([...args(killed), "--resume"]);
+      expect(resumed.code, resumed.stderr).toBe(0);
+      expect(resumed.stderr).toMatch(
+        /removed \.ckpt-\d+\.\d+\.[0-9a-f]+\.tmp, left by an interrupted save/,
+      );
+      expect(fs.readdirSync(killed).filter(temporary)).toEqual([]);
+      for (const file of ["model.safetensors", "optimizer.safetensors"])
+        expectSameTensors(path.join(whole, "ckpt-120", file), path.join(killed, "ckpt-120", file));
+    },
+  );
+
   // Four runs in child processes: give them time on a loaded two-core machine.
   it(
     "dropout and router jitter replay per step: a resumed run ends on the same bytes",
@@ -353,6 +409,12 @@ train Fit() {
     const latest = fs.readFileSync(path.join(out, "latest"), "utf8").trim();
     expect(Number(latest.replace("ckpt-", ""))).toBeLessThan(step);
     expect(m![4]).toContain(latest);
+    // Where: the step replayed in the reference names the first non-finite value's source,
+    // with code frames down from the program's own line.
+    expect(r.stderr).toMatch(
+      new RegExp(`step ${step}'s first non-finite value .*: -?(Infinity|NaN) in \``),
+    );
+    expect(r.stderr).toMatch(/clf\.moe:\d+:\d+\n.*\n.*\n.*\^+/);
     for (const t of bytesOf(path.join(out, latest, "model.safetensors")).values()) {
       const f = new Float32Array(t.buffer.slice(t.byteOffset, t.byteOffset + t.byteLength));
       expect(f.every(Number.isFinite)).toBe(true);

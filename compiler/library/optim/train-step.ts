@@ -5,7 +5,7 @@
  * updated parameter `update:<p>`, `exp_avg:<p>`, `exp_avg_sq:<p>`; the train executor copies
  * those back into the parameters' buffers after each step.
  */
-import type { IrGraph, IrNode } from "../../ir/graph.js";
+import type { IrGraph, IrNode, IrOrigin } from "../../ir/graph.js";
 import { IrBuilder } from "../../ir/builder.js";
 import type { Draft } from "../../ir/ops.js";
 import { type AdamWOptions, type AdamWParam, appendAdamW } from "./adamw.js";
@@ -31,6 +31,8 @@ export function assembleTrainStep(
   gradients: ReadonlyMap<string, number>,
   params: readonly TrainParamSpec[],
   options: AdamWOptions,
+  /** Where the program binds its optimizer: the origin of the update's nodes. */
+  optimizerOrigin?: IrOrigin,
 ): IrGraph {
   const b = new IrBuilder();
   const paramNodes = new Map<string, IrNode>();
@@ -42,7 +44,7 @@ export function assembleTrainStep(
       paramNodes.set(n.name, n);
     } else {
       const { id: _id, ...draft } = n;
-      id = b.make(draft as Draft<typeof n.op>);
+      id = b.at(graph.origins?.[n.id], () => b.make(draft as Draft<typeof n.op>));
     }
     if (id !== n.id) throw new Error(`internal: node %${n.id} replayed as %${id}`);
   }
@@ -64,6 +66,8 @@ export function assembleTrainStep(
     if (s.lrScale !== undefined) u.lrScale = s.lrScale;
     updates.push(u);
   }
-  appendAdamW(b, updates, options);
+  b.at(optimizerOrigin && { ...optimizerOrigin, role: "optimizer" }, () =>
+    appendAdamW(b, updates, options),
+  );
   return b.finish();
 }

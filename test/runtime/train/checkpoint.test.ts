@@ -124,19 +124,23 @@ describe("checkpoints", () => {
       const good = checkpoint(10, 1);
       writeCheckpoint(run, checkpoint(20, 2));
       corrupt(path.join(run, "ckpt-20"));
-      // A temporary directory of an interrupted write is not a checkpoint.
-      fs.mkdirSync(path.join(run, ".ckpt-30.123.abc.tmp"));
+      // A temporary directory of an interrupted write is not a checkpoint; its writer (a pid
+      // above Linux's pid_max) is gone, so it is removed, with a warning.
+      const stale = path.join(run, ".ckpt-30.4999999.abc.tmp");
+      fs.mkdirSync(stale);
       const warnings: string[] = [];
       const found = findResumeCheckpoint(run, (w) => warnings.push(w));
       expect(found?.state.step, what).toBe(10);
       expect(found?.params).toEqual(good.params);
-      expect(warnings, what).toHaveLength(1);
+      expect(fs.existsSync(stale)).toBe(false);
+      expect(warnings, what).toHaveLength(2);
+      expect(warnings[0]).toBe("removed .ckpt-30.4999999.abc.tmp, left by an interrupted save");
       expect(
-        warnings[0]!.startsWith(`skipping checkpoint ${path.join(run, "ckpt-20")}: `),
+        warnings[1]!.startsWith(`skipping checkpoint ${path.join(run, "ckpt-20")}: `),
         what,
       ).toBe(true);
-      expect(warnings[0], what).toMatch(why);
-      expect(warnings[0], what).not.toContain("\n");
+      expect(warnings[1], what).toMatch(why);
+      expect(warnings[1], what).not.toContain("\n");
     }
   });
 
