@@ -69,6 +69,11 @@ export const ACTIVATIONS = [
   "sigmoid",
 ] as const;
 
+/** Whether dims `a` and `b` agree (unifying free dims), rank included. */
+function sameDims(call: BuiltinCall, a: readonly Dim[], b: readonly Dim[]): boolean {
+  return a.length === b.length && a.every((d, i) => call.unifier.unifyDim(d, b[i]!) !== "mismatch");
+}
+
 function tensorArg(call: BuiltinCall, name: string): TensorType | undefined {
   const a = call.args.get(name);
   if (!a || a.value.k === "unknown") return undefined;
@@ -614,13 +619,14 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
       {
         name: "distill",
         signature:
-          "distill(student, teachers: [Tensor], temperature: Float = 1.0, weights: [Float] = uniform)",
-        doc: "Knowledge distillation: τ²·KL(Σ_k w_k softmax(t_k/τ) ‖ softmax(s/τ)), a scalar. Weights are uniform unless given (they must sum to 1).",
+          "distill(student, teachers: [Tensor], temperature: Float = 1.0, weights: [Float] | Tensor = uniform, labels: Tensor = none)",
+        doc: "Knowledge distillation: τ²·KL(Σ_k w_k softmax(t_k/τ) ‖ softmax(s/τ)), a scalar. Weights are uniform unless given: fixed (summing to 1), per example as f32[..., K] (rows summing to 1), or confidence-aware with `labels` (CA-MKD: teachers that predict each example's label better weigh more).",
         params: [
           { name: "student", required: true },
           { name: "teachers", required: true },
           { name: "temperature", default: float(1) },
           { name: "weights", default: { k: "list", items: [] } },
+          { name: "labels", default: { k: "list", items: [] } },
         ],
         rule(call) {
           const s = tensorArg(call, "student");
@@ -656,7 +662,35 @@ export const BUILTINS: ReadonlyMap<string, Builtin> = new Map(
               }
             }
             const w = call.args.get("weights");
-            if (w && w.value.k === "list" && w.value.items.length > 0) {
+            const labels = call.args.get("labels");
+            const K = ts.value.items.length;
+            if (labels && labels.value.k !== "list") {
+              const l = tensorArg(call, "labels");
+              if (l && (l.dtype !== "i32" || !sameDims(call, l.dims, s.dims.slice(0, -1))))
+                call.report(
+                  "E0302",
+                  labels.span,
+                  `distill: labels ${formatTensorType(l)} must be i32 over the student's rows, ${formatTensorType({ dtype: "i32", dims: s.dims.slice(0, -1) })}`,
+                );
+              if (w && !(w.value.k === "list" && w.value.items.length === 0))
+                call.report(
+                  "E0319",
+                  w.span,
+                  "distill: give `weights` or `labels` (confidence-aware weights), not both",
+                );
+            }
+            if (w && w.value.k === "tensor") {
+              const wt = w.value.t;
+              if (
+                wt.dtype !== "f32" ||
+                !sameDims(call, wt.dims, [...s.dims.slice(0, -1), dimConst(K)])
+              )
+                call.report(
+                  "E0302",
+                  w.span,
+                  `distill: per-example weights ${formatTensorType(wt)} must be f32 over the student's rows and the ${K} teachers, ${formatTensorType({ dtype: "f32", dims: [...s.dims.slice(0, -1), dimConst(K)] })}`,
+                );
+            } else if (w && w.value.k === "list" && w.value.items.length > 0) {
               if (w.value.items.length !== ts.value.items.length) {
                 call.report(
                   "E0319",

@@ -7,7 +7,7 @@ import type { IrBuilder } from "../ir/builder.js";
 import { UNARY_OPS, type UnaryOp } from "../ir/graph.js";
 import type { Value } from "../check/values.js";
 import { dimValue } from "../check/dims.js";
-import { lowerCrossEntropy, lowerDistill, lowerMse } from "./lower-losses.js";
+import { type DistillWeights, lowerCrossEntropy, lowerDistill, lowerMse } from "./lower-losses.js";
 
 /** An argument with its IR node (tensors) or its number (compile-time scalars). */
 export interface LowerArg {
@@ -243,10 +243,19 @@ export const BUILTIN_LOWERINGS: ReadonlyMap<string, BuiltinLowering> = new Map<
       if (s === undefined || ts?.k !== "list") return undefined;
       const teachers = ts.items.map((v) => (v.k === "tensor" ? v.node : undefined));
       if (teachers.length === 0 || teachers.some((t) => t === undefined)) return undefined;
-      const given = floats(args.get("weights")?.value);
-      if (given === undefined) return undefined;
-      const weights = given.length > 0 ? given : teachers.map(() => 1 / teachers.length);
       const temperature = args.get("temperature")?.number ?? 1;
+      const labels = args.get("labels")?.value;
+      const w = args.get("weights")?.value;
+      let weights: DistillWeights;
+      if (labels?.k === "tensor" && labels.node !== undefined)
+        weights = { kind: "confidence", labels: labels.node };
+      else if (w?.k === "tensor" && w.node !== undefined) weights = { kind: "rows", node: w.node };
+      else {
+        const given = floats(w);
+        if (given === undefined) return undefined;
+        const values = given.length > 0 ? given : teachers.map(() => 1 / teachers.length);
+        weights = { kind: "fixed", values };
+      }
       return lowerDistill(ir, s, teachers as number[], temperature, weights);
     },
   ],

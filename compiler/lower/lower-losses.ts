@@ -66,38 +66,68 @@ export function lowerCrossEntropy(
   return ir.binary("div", total, count);
 }
 
+/** Teacher weights for distill: fixed, one row per example ([N, K], rows summing to 1), or CA-MKD's. */
+export type DistillWeights =
+  | { kind: "fixed"; values: readonly number[] }
+  | { kind: "rows"; node: number }
+  | { kind: "confidence"; labels: number };
+
 /**
  * Knowledge distillation from `teachers` (each [..., C], like the student) with `weights`
- * (summing to 1) at temperature τ: τ²·KL(p ‖ q) with p = Σ_k w_k·softmax(t_k/τ) and
- * q = softmax(s/τ), summed over classes and averaged over the rows of the flattened [N, C]
- * view: PyTorch's `τ² · F.kl_div(log_softmax(s/τ).reshape(-1, C), p.reshape(-1, C),
- * reduction="batchmean")`. log p is a log-sum-exp over the teachers of log w_k + log p_k, so
- * p_j log p_j needs no clamp. Teachers get gradients only through their own inputs: they come
- * from frozen instances, and the IR has no stop-gradient, so a teacher sharing parameters
- * with the student passes gradients to them.
+ * at temperature τ: τ²·KL(p ‖ q) with p = Σ_k w_k·softmax(t_k/τ) and q = softmax(s/τ), summed
+ * over classes and averaged over the rows of the flattened [N, C] view: PyTorch's
+ * `τ² · F.kl_div(log_softmax(s/τ).reshape(-1, C), p.reshape(-1, C), reduction="batchmean")`.
+ * log p is a log-sum-exp over the teachers of log w_k + log p_k, so p_j log p_j needs no
+ * clamp. Weights are fixed (summing to 1), given per example as a tensor [..., K], or
+ * confidence-aware (CA-MKD, Zhang et al. 2022): per example, teacher k's cross-entropy on the
+ * label L_k gives w_k = (1 − e^{L_k}/Σ_j e^{L_j})/(K − 1), so the teachers that predict the
+ * label better weigh more (rows whose label is outside [0, C) weigh them equally). Teachers get gradients only
+ * through their own inputs: they come from frozen instances, and the IR has no stop-gradient,
+ * so a teacher sharing parameters with the student passes gradients to them.
  */
 export function lowerDistill(
   ir: IrBuilder,
   student: number,
   teachers: readonly number[],
   temperature: number,
-  weights: readonly number[],
+  weights: DistillWeights,
 ): number {
-  const { flat, N } = rows(ir, student);
+  const { flat, N, C } = rows(ir, student);
+  const K = teachers.length;
   const invT = ir.constant(1 / temperature);
   const logq = logSoftmax(ir, ir.binary("mul", flat, invT));
-  // Teachers with weight 0 add nothing; log 0 would put -inf in the graph.
-  const terms = teachers.flatMap((t, k) =>
-    weights[k]! > 0
-      ? [
-          ir.binary(
-            "add",
-            logSoftmax(ir, ir.binary("mul", rows(ir, t).flat, invT)),
-            ir.constant(Math.log(weights[k]!)),
-          ),
-        ]
-      : [],
-  );
+  const teacherRows = teachers.map((t) => rows(ir, t).flat);
+  // log w_k per teacher: a constant, or a column [N, 1] of per-example weights.
+  let logW: (k: number) => number | undefined;
+  if (weights.kind === "fixed") {
+    // Teachers with weight 0 add nothing; log 0 would put -inf in the graph.
+    logW = (k) => (weights.values[k]! > 0 ? ir.constant(Math.log(weights.values[k]!)) : undefined);
+  } else {
+    const w = weights.kind === "rows" ? ir.reshape(weights.node, [N, K]) : confidenceWeights();
+    // A weight of 0 would be log 0: clamped, so the mixture and its gradient stay finite.
+    const logRows = ir.unary("log", ir.binary("max", w, ir.constant(1e-30)));
+    logW = (k) => ir.slice(logRows, 1, k, 1);
+  }
+  function confidenceWeights(): number {
+    if (K === 1) return ir.constant(1, "f32", [N, 1]);
+    const labels = ir.reshape((weights as { labels: number }).labels, [N, 1]);
+    const hit = ir.cast(ir.binary("eq", labels, ir.iota(ir.constant(0, "i32", [N, C]))), "f32");
+    // L_k: −log p_k(label) at temperature 1, per example: [N, K].
+    const losses = ir.concat(
+      teacherRows.map((t) =>
+        ir.reduce("sum", ir.binary("mul", hit, ir.unary("neg", logSoftmax(ir, t))), 1, true),
+      ),
+      1,
+    );
+    const share = ir.softmax(losses);
+    return ir.binary("mul", ir.binary("sub", ir.constant(1), share), ir.constant(1 / (K - 1)));
+  }
+  const terms = teacherRows.flatMap((t, k) => {
+    const lw = logW(k);
+    return lw === undefined
+      ? []
+      : [ir.binary("add", logSoftmax(ir, ir.binary("mul", t, invT)), lw)];
+  });
   let logp: number;
   if (terms.length === 1) logp = terms[0]!;
   else {

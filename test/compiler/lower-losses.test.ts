@@ -94,7 +94,7 @@ describe("loss lowering", () => {
       const { value } = evaluate(
         xs.map(() => ({ shape: [2, 3, C] })),
         xs,
-        (ir, s, ...ts) => lowerDistill(ir, s, ts, tau, w),
+        (ir, s, ...ts) => lowerDistill(ir, s, ts, tau, { kind: "fixed", values: w }),
       );
       const s = rowsOf(xs[0]!, C);
       const ts = xs.slice(1).map((x) => rowsOf(x, C));
@@ -112,6 +112,62 @@ describe("loss lowering", () => {
       near(value, (tau * tau * kl) / N, 1e-8);
       expect(value).toBeGreaterThanOrEqual(-1e-12);
     }
+  });
+
+  it("distill with per-example weights, and confidence-aware (CA-MKD) weights from the labels", () => {
+    const [N, C, K, tau] = [5, 4, 3, 2];
+    const xs = [0, 1, 2, 3].map((k) => values(N * C, 40 + k).map((v) => v * 3));
+    const s = rowsOf(xs[0]!, C);
+    const ts = xs.slice(1).map((x) => rowsOf(x, C));
+    /** τ²·KL(Σ_k w[i][k]·p_k ‖ q) / N, per-example weights w[i]. */
+    const expected = (w: number[][]) => {
+      let kl = 0;
+      s.forEach((z, i) => {
+        const logq = logSoftmax(z.map((v) => v / tau));
+        logq.forEach((lq, j) => {
+          const pj = ts.reduce(
+            (a, t, k) => a + w[i]![k]! * Math.exp(logSoftmax(t[i]!.map((v) => v / tau))[j]!),
+            0,
+          );
+          kl += pj * (Math.log(pj) - lq);
+        });
+      });
+      return (tau * tau * kl) / N;
+    };
+    // Per-example rows (one of them puts all weight on one teacher: log 0 is clamped).
+    const rows = [
+      [0.2, 0.3, 0.5],
+      [1, 0, 0],
+      [0.6, 0.2, 0.2],
+      [1 / 3, 1 / 3, 1 / 3],
+      [0, 0.5, 0.5],
+    ];
+    const perExample = evaluate(
+      [...xs.map(() => ({ shape: [N, C] })), { shape: [N, K] }],
+      [...xs, Float64Array.from(rows.flat())],
+      (ir, st, t0, t1, t2, w) =>
+        lowerDistill(ir, st!, [t0!, t1!, t2!], tau, { kind: "rows", node: w! }),
+    );
+    near(perExample.value, expected(rows), 1e-8);
+    // Confidence-aware: L_k = −log softmax(t_k)[label]; w_k = (1 − e^{L_k}/Σ_j e^{L_j})/(K − 1);
+    // an out-of-range label (-100) weighs the teachers equally.
+    const labels = [2, 0, 3, 1, -100];
+    const ca = labels.map((y, i) => {
+      const L = ts.map((t) => (y >= 0 ? -logSoftmax(t[i]!)[y]! : 0));
+      const total = L.reduce((a, l) => a + Math.exp(l), 0);
+      return L.map((l) => (1 - Math.exp(l) / total) / (K - 1));
+    });
+    const confident = evaluate(
+      [...xs.map(() => ({ shape: [N, C] })), { shape: [N], dtype: "i32" as const }],
+      [...xs, Float64Array.from(labels)],
+      (ir, st, t0, t1, t2, y) =>
+        lowerDistill(ir, st!, [t0!, t1!, t2!], tau, { kind: "confidence", labels: y! }),
+    );
+    near(confident.value, expected(ca), 1e-8);
+    // The weights differ from uniform: a teacher that predicts the label better weighs more.
+    expect(
+      Math.abs(confident.value - expected(labels.map(() => [1 / 3, 1 / 3, 1 / 3]))),
+    ).toBeGreaterThan(1e-6);
   });
 
   it("mse: the mean of squared differences", () => {
@@ -136,8 +192,12 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]  l = Linear(4, 3)  y = l(x) }
 train Fit(pad: Int = 0) {
   in x: f32[N, 4]
   in labels: i32[N]
+  in confidence: f32[N, 2]
   net = M()
+  t1 = frozen M()
+  t2 = frozen M()
   logits = net(x)
+  teachers = [t1(x), t2(x)]
   loss = ${call}
   optimizer = AdamW()
 }
@@ -161,5 +221,15 @@ train Fit(pad: Int = 0) {
     expect(codes("cross_entropy(logits, labels, ignore_index: 0.5)")).toEqual(["E0301"]);
     expect(codes("cross_entropy(logits, labels, label_smoothing: true)")).toEqual(["E0301"]);
     expect(codes("distill(logits, [logits], temperature: 0.0)")).toEqual(["E0319"]);
+  });
+
+  it("distill's weights: per example as f32[rows, K], or confidence-aware from i32 labels", () => {
+    expect(codes("distill(logits, teachers, weights: confidence)")).toEqual([]);
+    expect(codes("distill(logits, teachers, labels: labels)")).toEqual([]);
+    expect(codes("distill(logits, [t1(x)], weights: confidence)")).toEqual(["E0302"]);
+    expect(codes("distill(logits, teachers, labels: x)")).toEqual(["E0302"]);
+    expect(codes("distill(logits, teachers, weights: [0.5, 0.5], labels: labels)")).toEqual([
+      "E0319",
+    ]);
   });
 });
