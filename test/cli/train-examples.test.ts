@@ -61,18 +61,24 @@ const labels = dataFile(
 );
 const nli = dataFile("nli", generateNli({ vocab: 8, length: 4, count: EXAMPLES, seed: 0 }));
 
-/** `moec train` of one program on all 8 examples at once; resolves to its run directory. */
+/**
+ * `moec train` of one program on all 8 examples at once; resolves to its run directory.
+ * `weights`: the checkpoint a second stage starts from.
+ */
 async function train(
   run: string,
   example: string,
+  program: string,
   data: string,
   sets: Record<string, number>,
-  extra: string[] = [],
+  weights?: string,
 ): Promise<string> {
   const out = path.join(tmp, run);
   const r: MoecResult = await moecAsync([
     "train",
     `examples/${example}`,
+    "--program",
+    program,
     "--data",
     data,
     "--batch",
@@ -82,10 +88,14 @@ async function train(
     "--out",
     out,
     ...Object.entries(sets).flatMap(([k, v]) => ["--set", `${k}=${v}`]),
-    ...extra,
+    ...(weights !== undefined ? ["--weights", weights] : []),
   ]);
   expect(r.stderr, `${run}: ${r.stderr}`).not.toMatch(/^moec:/m);
   expect(r.code, `${run}: ${r.stderr}`).toBe(0);
+  expect(r.stderr).toContain(`training ${program} on `);
+  // A second stage loads the first's parameters and keeps them frozen.
+  if (weights !== undefined)
+    expect(r.stderr).toMatch(/ [1-9]\d* frozen;[^]* \d+ tensors from --weights/);
   return out;
 }
 
@@ -114,12 +124,9 @@ function expectOverfit(runDir: string, auxTerms = 0): void {
 const small = { layers: 1, d: 16, vocab: 16, lr: 0.01 };
 
 // Stages that a second run starts from, shared by the tests that need them.
-const gpt2 = train("gpt2", "gpt2.moe", sequences, { ...small, heads: 2 });
-const atMoeBase = train("at-moe-base", "at-moe.moe", sequences, small, ["--program", "Pretrain"]);
-const teachers = train("teachers", "road-distill.moe", nli, { ...small, heads: 2 }, [
-  "--program",
-  "Teachers",
-]);
+const gpt2 = train("gpt2", "gpt2.moe", "LM", sequences, { ...small, heads: 2 });
+const atMoeBase = train("at-moe-base", "at-moe.moe", "Pretrain", sequences, small);
+const teachers = train("teachers", "road-distill.moe", "Teachers", nli, { ...small, heads: 2 });
 // Rejections are asserted where each is awaited.
 for (const stage of [gpt2, atMoeBase, teachers]) stage.catch(() => {});
 
@@ -136,10 +143,14 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
     "gpt2-adapters.moe: per-task adapters on the frozen GPT-2 from gpt2.moe",
     async () => {
       const base = checkpoint(await gpt2);
-      const out = await train("adapters", "gpt2-adapters.moe", threeTasks, { ...small, heads: 2 }, [
-        "--weights",
+      const out = await train(
+        "adapters",
+        "gpt2-adapters.moe",
+        "Adapt",
+        threeTasks,
+        { ...small, heads: 2 },
         base,
-      ]);
+      );
       expectOverfit(out);
     },
     timeout,
@@ -148,7 +159,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
   it(
     "tiny-transformer.moe: a label per position",
     async () => {
-      const out = await train("tiny", "tiny-transformer.moe", labels, {
+      const out = await train("tiny", "tiny-transformer.moe", "Label", labels, {
         layers: 1,
         d: 16,
         heads: 2,
@@ -163,7 +174,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
   it(
     "mixtral.moe: top-2 SwiGLU experts with the balance loss",
     async () => {
-      const out = await train("mixtral", "mixtral.moe", sequences, {
+      const out = await train("mixtral", "mixtral.moe", "LM", sequences, {
         ...small,
         heads: 2,
         hidden: 16,
@@ -177,7 +188,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
   it(
     "mixture-of-tokens.moe: tokens mixed across the batch",
     async () => {
-      const out = await train("mot", "mixture-of-tokens.moe", sequences, {
+      const out = await train("mot", "mixture-of-tokens.moe", "LM", sequences, {
         ...small,
         experts: 4,
         group: EXAMPLES,
@@ -190,7 +201,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
   it(
     "task-moe.moe: task-aware routing, a task map and per-task adapters",
     async () => {
-      const out = await train("task-moe", "task-moe.moe", threeTasks, small);
+      const out = await train("task-moe", "task-moe.moe", "Translate", threeTasks, small);
       expectOverfit(out, 1);
     },
     timeout,
@@ -201,10 +212,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
     async () => {
       const base = await atMoeBase;
       expectOverfit(base);
-      const out = await train("at-moe", "at-moe.moe", sequences, small, [
-        "--weights",
-        checkpoint(base),
-      ]);
+      const out = await train("at-moe", "at-moe.moe", "Tune", sequences, small, checkpoint(base));
       expectOverfit(out);
     },
     timeout,
@@ -215,10 +223,14 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
     async () => {
       const fitted = await teachers;
       expectOverfit(fitted);
-      const out = await train("distill", "road-distill.moe", nli, { ...small, heads: 2 }, [
-        "--weights",
+      const out = await train(
+        "distill",
+        "road-distill.moe",
+        "Distill",
+        nli,
+        { ...small, heads: 2 },
         checkpoint(fitted),
-      ]);
+      );
       expectOverfit(out);
     },
     timeout,
