@@ -35,7 +35,8 @@ const sequences = dataFile(
     seed: 0,
   }),
 );
-// Three tasks, for the examples with a three-task set (gpt2-adapters' Gen, task-moe's Lang).
+// Three tasks, for the examples with a three-task set (gpt2-adapters' Gen, task-moe's Lang),
+// and new sequences for the second stages.
 const threeTasks = dataFile(
   "three-tasks",
   generateSequences({
@@ -113,6 +114,12 @@ function finalLoss(runDir: string): { step: number; data: number; aux: number[] 
   return { step: last.step!, data: last.loss! - aux.reduce((a, b) => a + b, 0), aux };
 }
 
+/** The first step's loss (a second stage on new data starts far from fitting it). */
+function firstLoss(runDir: string): number {
+  const first = fs.readFileSync(path.join(runDir, "metrics.jsonl"), "utf8").split("\n")[0]!;
+  return (JSON.parse(first) as { loss: number }).loss;
+}
+
 function expectOverfit(runDir: string, auxTerms = 0): void {
   const m = finalLoss(runDir);
   expect(m.step).toBe(STEPS);
@@ -151,6 +158,7 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
         { ...small, heads: 2 },
         base,
       );
+      expect(firstLoss(out)).toBeGreaterThan(0.5);
       expectOverfit(out);
     },
     timeout,
@@ -212,7 +220,9 @@ describe.concurrent(`every example overfits ${EXAMPLES} sequences within ${STEPS
     async () => {
       const base = await atMoeBase;
       expectOverfit(base);
-      const out = await train("at-moe", "at-moe.moe", "Tune", sequences, small, checkpoint(base));
+      // New sequences, so that the experts have something to learn.
+      const out = await train("at-moe", "at-moe.moe", "Tune", threeTasks, small, checkpoint(base));
+      expect(firstLoss(out)).toBeGreaterThan(0.5);
       expectOverfit(out);
     },
     timeout,
