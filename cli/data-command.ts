@@ -4,6 +4,7 @@ import {
   type DataSet,
   DataGenError,
   SEQUENCE_TASKS,
+  generateNli,
   generateRelated,
   generateSequences,
   generateSymbols,
@@ -55,7 +56,7 @@ export const DATA_SETS: Record<string, { about: string; make: (o: DataGenOptions
   },
   related: {
     about:
-      "related classification tasks: labels from argmax(W_t x) with W_t mixing a shared and an own rule (--tasks 4 --classes 4 --features 16 --relatedness 0.8 --noise 0)",
+      "related classification tasks: labels from argmax(W_t x) with W_t mixing a shared and an own rule (--tasks 4 --classes 4 --features 16 --relatedness 0.8 --noise 0; --length L labels each of L positions)",
     make: (o) =>
       generateRelated({
         tasks: int(o.tasks ?? "4", "tasks"),
@@ -65,7 +66,19 @@ export const DATA_SETS: Record<string, { about: string; make: (o: DataGenOptions
         noise: num(o.noise ?? "0", "noise"),
         count: int(o.count ?? "1000", "count"),
         seed: int(o.seed ?? "0", "seed"),
+        ...(o.length !== undefined ? { length: int(o.length, "length") } : {}),
         ...(o.sampleSeed !== undefined ? { sampleSeed: int(o.sampleSeed, "sample-seed") } : {}),
+      }),
+  },
+  nli: {
+    about:
+      "premise/hypothesis pairs: nli_labels entailment (reordered), contradiction (disjoint), neutral; qa_start where the hypothesis's first symbol is in the premise (--vocab 16 --length 4)",
+    make: (o) =>
+      generateNli({
+        vocab: int(o.vocab ?? "16", "vocab"),
+        length: int(o.length ?? "4", "length"),
+        count: int(o.count ?? "4096", "count"),
+        seed: int(o.seed ?? "0", "seed"),
       }),
   },
 };

@@ -242,15 +242,18 @@ export interface RelatedOptions {
   noise: number;
   count: number;
   seed: number;
+  /** > 0: sequences of `length` positions, each labelled by its task's rule (token labelling). */
+  length?: number;
 }
 
 /**
  * Related classification tasks: x ~ N(0, I) in `features` dims; task t labels x by
  * argmax(W_t x), W_t = √r·W_shared + √(1-r)·W_own,t (r the relatedness); a `noise` fraction
  * of labels is replaced by a random class. Tensors `x` [N, features] (f32), `task` [N],
- * `label` [N] (i32). The rules depend on the seed only, so a training and an evaluation set
- * made with one seed and different `--sample-seed`s share them; the noise level changes
- * labels only.
+ * `label` [N] (i32); with `length` L, `x` [N, L, features] and `label` [N, L], every position
+ * labelled by the example's task. The rules depend on the seed only, so a training and an
+ * evaluation set made with one seed and different `--sample-seed`s share them; the noise
+ * level changes labels only.
  */
 export function generateRelated(o: RelatedOptions & { sampleSeed?: number }): DataSet {
   const tasks = positiveInt("tasks", o.tasks, 4096);
@@ -259,6 +262,9 @@ export function generateRelated(o: RelatedOptions & { sampleSeed?: number }): Da
   const n = positiveInt("count", o.count);
   const r = fraction("relatedness", o.relatedness);
   const noise = fraction("noise", o.noise);
+  const length =
+    o.length === undefined || o.length === 0 ? 0 : positiveInt("length", o.length, 4096);
+  const positions = Math.max(length, 1);
   const ruleRng = new Rng(o.seed);
   const matrix = () => Array.from({ length: classes * features }, () => ruleRng.normal());
   const shared = matrix();
@@ -270,29 +276,32 @@ export function generateRelated(o: RelatedOptions & { sampleSeed?: number }): Da
   const rng = new Rng(sampleSeed ^ 0x7f4a7c15);
   // Its own stream, so the noise level changes labels only, never the samples.
   const noiseRng = new Rng(sampleSeed ^ 0x165667b1);
-  const x = new Float32Array(n * features);
+  const x = new Float32Array(n * positions * features);
   const task = new Int32Array(n);
-  const label = new Int32Array(n);
+  const label = new Int32Array(n * positions);
   for (let i = 0; i < n; i++) {
     const t = rng.int(tasks);
-    for (let f = 0; f < features; f++) x[i * features + f] = rng.normal();
-    let best = 0;
-    let bestScore = -Infinity;
-    for (let c = 0; c < classes; c++) {
-      let s = 0;
-      for (let f = 0; f < features; f++) s += rules[t]![c * features + f]! * x[i * features + f]!;
-      if (s > bestScore) [best, bestScore] = [c, s];
-    }
     task[i] = t;
-    const flip = noiseRng.uniform() < noise;
-    const random = noiseRng.int(classes);
-    label[i] = flip ? random : best;
+    for (let j = i * positions; j < (i + 1) * positions; j++) {
+      for (let f = 0; f < features; f++) x[j * features + f] = rng.normal();
+      let best = 0;
+      let bestScore = -Infinity;
+      for (let c = 0; c < classes; c++) {
+        let s = 0;
+        for (let f = 0; f < features; f++) s += rules[t]![c * features + f]! * x[j * features + f]!;
+        if (s > bestScore) [best, bestScore] = [c, s];
+      }
+      const flip = noiseRng.uniform() < noise;
+      const random = noiseRng.int(classes);
+      label[j] = flip ? random : best;
+    }
   }
+  const lead = length > 0 ? [n, length] : [n];
   return {
     tensors: new Map<string, DataTensor>([
-      ["x", { dtype: "F32", shape: [n, features], data: x }],
+      ["x", { dtype: "F32", shape: [...lead, features], data: x }],
       ["task", i32([n], task)],
-      ["label", i32([n], label)],
+      ["label", i32(lead, label)],
     ]),
     metadata: {
       dataset: "related",
@@ -305,7 +314,70 @@ export function generateRelated(o: RelatedOptions & { sampleSeed?: number }): Da
         count: n,
         seed: o.seed,
         sampleSeed: o.sampleSeed ?? null,
+        ...(length > 0 ? { length } : {}),
       }),
+    },
+  };
+}
+
+// ---------------------------------------------------------------- premise/hypothesis pairs
+
+export interface NliOptions {
+  vocab: number;
+  length: number;
+  count: number;
+  seed: number;
+}
+
+/**
+ * Inference and extractive QA over symbol sequences, the ROaD experiment in miniature:
+ * `tokens` [N, 2L+1] is `[premise x₁..x_L, sep, hypothesis h₁..h_L]`; `nli_labels` [N] is
+ * 0 (entailment: h is a reordering of x), 1 (contradiction: h shares no symbol with x) or 2
+ * (neutral: some but not all of h is x's); `qa_start` [N] is the position in `tokens` of h₁'s
+ * first occurrence in the premise, -100 (ignored by cross-entropy) where it has none. The
+ * three labels are equally likely; symbols are 0..vocab-1, `sep` = vocab.
+ */
+export function generateNli(o: NliOptions): DataSet {
+  const vocab = positiveInt("vocab", o.vocab, 1 << 20);
+  const length = positiveInt("length", o.length, 4096);
+  if (length < 2 || vocab < 2 * length)
+    throw new DataGenError(
+      `nli needs --length of at least 2 and --vocab of at least twice it (a contradiction draws L symbols the premise lacks), got --length ${length} --vocab ${vocab}`,
+    );
+  const n = positiveInt("count", o.count);
+  const sep = vocab;
+  const width = 2 * length + 1;
+  const tokens = new Int32Array(n * width);
+  const labels = new Int32Array(n);
+  const qaStart = new Int32Array(n);
+  const rng = new Rng(o.seed);
+  for (let i = 0; i < n; i++) {
+    const label = rng.int(3);
+    const x = Array.from({ length }, () => rng.int(vocab));
+    const absent = [...Array(vocab).keys()].filter((s) => !x.includes(s));
+    const foreign = () => absent[rng.int(absent.length)]!;
+    let h = rng.permutation(length).map((j) => x[j]!);
+    if (label === 1) h = h.map(foreign);
+    // Neutral: 1..L-1 symbols replaced by ones the premise lacks, then shuffled.
+    if (label === 2) {
+      const replaced = 1 + rng.int(length - 1);
+      h = rng.permutation(length).map((j) => (j < replaced ? foreign() : h[j]!));
+    }
+    tokens.set([...x, sep, ...h], i * width);
+    labels[i] = label;
+    const at = x.indexOf(h[0]!);
+    qaStart[i] = at < 0 ? -100 : at;
+  }
+  return {
+    tensors: new Map([
+      ["tokens", i32([n, width], tokens)],
+      ["nli_labels", i32([n], labels)],
+      ["qa_start", i32([n], qaStart)],
+    ]),
+    metadata: {
+      dataset: "nli",
+      options: JSON.stringify({ vocab, length, count: n, seed: o.seed }),
+      layout: JSON.stringify({ sep, vocabSize: vocab + 1 }),
     },
   };
 }

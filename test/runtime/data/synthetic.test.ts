@@ -7,6 +7,7 @@ import * as path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import {
   type DataSet,
+  generateNli,
   generateRelated,
   generateSequences,
   generateSymbols,
@@ -225,6 +226,59 @@ describe("related", () => {
   });
 });
 
+describe("related sequences (--length)", () => {
+  it("labels every position by its example's task rule, and keeps the unsequenced stream", () => {
+    const options = { tasks: 3, classes: 4, features: 5, relatedness: 0, noise: 0, seed: 7 };
+    const seq = generateRelated({ ...options, count: 40, length: 6 });
+    expect(seq.tensors.get("x")!.shape).toEqual([40, 6, 5]);
+    expect(seq.tensors.get("label")!.shape).toEqual([40, 6]);
+    expect(seq.tensors.get("task")!.shape).toEqual([40]);
+    // The first position is drawn as the flat set's first example and labelled by the same
+    // rule of the same task.
+    const flat = generateRelated({ ...options, count: 1 });
+    const f0 = Array.from(flat.tensors.get("x")!.data);
+    const s0 = Array.from(seq.tensors.get("x")!.data).slice(0, 5);
+    expect(s0).toEqual(f0);
+    expect(ints(seq, "task")[0]).toBe(ints(flat, "task")[0]);
+    expect(ints(seq, "label")[0]).toBe(ints(flat, "label")[0]);
+    // Labels vary along a sequence (they are per position, not per example).
+    const y = ints(seq, "label");
+    const varied = [...Array(40).keys()].filter((i) => new Set(y.slice(i * 6, i * 6 + 6)).size > 1);
+    expect(varied.length).toBeGreaterThan(30);
+  });
+});
+
+describe("nli", () => {
+  it("labels entailment, contradiction and neutral by the symbols the pair shares", () => {
+    const L = 5;
+    const d = generateNli({ vocab: 12, length: L, count: 600, seed: 2 });
+    const tokens = ints(d, "tokens");
+    const labels = ints(d, "nli_labels");
+    const qa = ints(d, "qa_start");
+    expect(d.tensors.get("tokens")!.shape).toEqual([600, 2 * L + 1]);
+    const counts = [0, 0, 0];
+    for (let i = 0; i < 600; i++) {
+      const row = tokens.slice(i * (2 * L + 1), (i + 1) * (2 * L + 1));
+      expect(row[L]).toBe(12); // sep
+      const x = row.slice(0, L);
+      const h = row.slice(L + 1);
+      const sorted = (v: number[]) => [...v].sort((a, b) => a - b).join();
+      const shared = h.filter((s) => x.includes(s)).length;
+      const expected = sorted(x) === sorted(h) ? 0 : shared === 0 ? 1 : 2;
+      expect(labels[i], `example ${i}`).toBe(expected);
+      counts[expected]!++;
+      expect(qa[i]).toBe(x.includes(h[0]!) ? x.indexOf(h[0]!) : -100);
+    }
+    for (const c of counts) expect(c).toBeGreaterThan(150);
+  });
+
+  it("refuses a vocabulary too small for a contradiction", () => {
+    expect(() => generateNli({ vocab: 7, length: 4, count: 8, seed: 0 })).toThrow(
+      /--vocab of at least twice it/,
+    );
+  });
+});
+
 describe("moec data gen", () => {
   const moec = (args: string[]) => {
     const r = spawnSync(
@@ -281,7 +335,7 @@ describe("moec data gen", () => {
     const unknown = moec(["data", "gen", "imagenet", "-o", path.join(tmp, "x.safetensors")]);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toBe(
-      "moec: unknown data set `imagenet`; data sets: symbols, sequences, related\n",
+      "moec: unknown data set `imagenet`; data sets: symbols, sequences, related, nli\n",
     );
     const bad = moec([
       "data",
@@ -302,7 +356,7 @@ describe("moec data gen", () => {
         .split("\n")
         .filter(Boolean)
         .map((l) => l.split(" ")[0]),
-    ).toEqual(["symbols", "sequences", "related"]);
+    ).toEqual(["symbols", "sequences", "related", "nli"]);
   });
 
   it("matches the library's bytes", () => {
