@@ -17,8 +17,8 @@ import {
   prepareWeights,
   runReference,
 } from "../runtime/run-model.js";
-import { readPeftAdapter } from "../runtime/peft.js";
-import { WEIGHT_MAPS, combineCheckpoints } from "../runtime/weight-maps.js";
+import { peftScaleAt, readPeftAdapter } from "../runtime/peft.js";
+import { WEIGHT_MAPS, combineCheckpoints, trainedInstance } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
 import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
@@ -110,6 +110,16 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
       );
     }
     if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
+  }
+  if (weightsFile && !map) {
+    // A moec train checkpoint: the parameters under the binding of this model's instance.
+    const trained = trainedInstance(weightsFile, paths);
+    if (trained) {
+      weightsFile = trained.file;
+      process.stderr.write(
+        `reading the parameters under \`${trained.binding}.\` of ${displayPath(options.weights!)} (a training checkpoint)\n`,
+      );
+    }
   }
   try {
     if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
@@ -214,9 +224,10 @@ function loadPeftAdapter(
   const provided = new Set(adapter.names());
   for (const l of loras) {
     if (!provided.has(`${l.path}.lora_A.weight`)) continue;
-    if (l.r !== config.r || l.alpha !== config.alpha) {
+    const { r, alpha } = peftScaleAt(config, l.path);
+    if (l.r !== r || l.alpha !== alpha) {
       throw new CliError(
-        `${dir}: adapter_config.json has r ${config.r}, lora_alpha ${config.alpha}; the model's LoRA at ${l.path} has r ${l.r}, alpha ${l.alpha}`,
+        `${dir}: adapter_config.json has r ${r}, lora_alpha ${alpha} for ${l.path}; the model's LoRA there has r ${l.r}, alpha ${l.alpha}`,
       );
     }
   }

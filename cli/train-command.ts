@@ -16,6 +16,7 @@ import {
   selectTrainProgram,
 } from "../compiler/lower/lower-train.js";
 import { assembleTrain } from "../compiler/pipeline.js";
+import { peftAdapterFiles } from "../runtime/peft.js";
 import { paramSpecs } from "../runtime/run-model.js";
 import { type SafetensorsFile, WeightsError } from "../runtime/safetensors.js";
 import { DataError, TrainData } from "../runtime/train/data.js";
@@ -340,6 +341,9 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         progress,
         ...(evaluate ? { evaluate } : {}),
         stepGraph: step.graph,
+        ...(train.loras.length > 0
+          ? { exports: (params) => peftAdapterFiles(params, train.loras) }
+          : {}),
       });
     } catch (err) {
       if (err instanceof NonFiniteError) {

@@ -91,6 +91,39 @@ export function renameCheckpoint(
   return new MappedCheckpoint(file, derived);
 }
 
+/**
+ * A `moec train` checkpoint names parameters under the program's binding of each instance
+ * (`net.embed.weight`); a model run on its own names them from itself (`embed.weight`). Where
+ * no key of `file` is a parameter of the model but the keys under one binding name every
+ * parameter, those keys, unprefixed, and that binding; otherwise undefined (use the file as
+ * it is). Keys under other bindings (teachers, heads) are left out.
+ */
+export function trainedInstance(
+  file: SafetensorsFile,
+  paramPaths: readonly string[],
+): { file: SafetensorsFile; binding: string } | undefined {
+  const names = file.names();
+  const own = new Set(paramPaths);
+  if (paramPaths.length === 0 || names.some((n) => own.has(n))) return undefined;
+  const bindings = new Set(
+    names.flatMap((n) => (n.includes(".") ? [n.slice(0, n.indexOf("."))] : [])),
+  );
+  const fits = [...bindings].filter((b) => {
+    const under = new Set(
+      names.filter((n) => n.startsWith(`${b}.`)).map((n) => n.slice(b.length + 1)),
+    );
+    return paramPaths.every((p) => under.has(p));
+  });
+  if (fits.length !== 1) return undefined;
+  const binding = fits[0]!;
+  return {
+    binding,
+    file: renameCheckpoint(file, (n) =>
+      n.startsWith(`${binding}.`) ? n.slice(binding.length + 1) : undefined,
+    ),
+  };
+}
+
 /** Several checkpoints as one (a base model and an adapter); a name in two is an error. */
 export function combineCheckpoints(files: readonly SafetensorsFile[]): SafetensorsFile {
   const derived = new Map<string, Derived>();

@@ -78,6 +78,8 @@ export interface LoweredTrain {
   /** Where the program binds `optimizer`: what the update's nodes are named after. */
   optimizerOrigin?: IrOrigin;
   params: TrainParam[];
+  /** The LoRA adapters placed (module paths under the program's bindings), rank and alpha. */
+  loras: { path: string; r: number; alpha: number }[];
 }
 
 /** Output name of the loss term bound to `name` in the program body. */
@@ -208,6 +210,7 @@ export function lowerTrain(
         }
       : {}),
     params: trainParams(graph),
+    loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
   };
 }
 

@@ -104,6 +104,8 @@ export function writeCheckpoint(
   runDir: string,
   ckpt: Omit<Checkpoint, "dir">,
   retention: RetentionOptions = { keepLast: 3 },
+  /** More files for the directory (relative paths): exports such as a PEFT adapter. */
+  extra: ReadonlyMap<string, Uint8Array | string> = new Map(),
 ): string {
   const step = ckpt.state.step;
   if (!Number.isInteger(step) || step < 0)
@@ -120,6 +122,7 @@ export function writeCheckpoint(
       [MODEL_FILE, writeSafetensors(toWrite(ckpt.params), meta)],
       [OPTIMIZER_FILE, writeSafetensors(toWrite(ckpt.optimizer), meta)],
       [STATE_FILE, JSON.stringify(ckpt.state, null, 2) + "\n"],
+      ...extra,
     ]),
   );
   writeFileAtomic(path.join(runDir, LATEST_FILE), name + "\n");

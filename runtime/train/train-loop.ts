@@ -75,6 +75,8 @@ export interface TrainRunOptions {
    * above `replayLimit` parameters (default 2M), where the reference would take minutes.
    */
   stepGraph?: IrGraph;
+  /** Files to add to each checkpoint from its parameters (e.g. LoRA adapters in PEFT's layout). */
+  exports?: (params: ReadonlyMap<string, StateTensor>) => ReadonlyMap<string, Uint8Array | string>;
   replayLimit?: number;
 }
 
@@ -299,7 +301,12 @@ async function saveCheckpoint(
     const model = new Map([...params].map(([name, t]) => [name, t.data]));
     state.evalLoss = await o.evaluate(model, step);
   }
-  const dir = writeCheckpoint(o.runDir, { state, params, optimizer }, o.retention);
+  const dir = writeCheckpoint(
+    o.runDir,
+    { state, params, optimizer },
+    o.retention,
+    o.exports?.(params),
+  );
   return state.evalLoss === undefined
     ? { dir, state: all }
     : { dir, evalLoss: state.evalLoss, state: all };

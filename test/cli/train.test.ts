@@ -306,6 +306,123 @@ describe("moec train", () => {
     },
   );
 
+  it(
+    "a checkpoint runs as it is, and its LoRA adapters load as a PEFT adapter on the base",
+    { timeout: 240_000 },
+    () => {
+      const src = path.join(tmp, "tune.moe");
+      fs.writeFileSync(
+        src,
+        `import std.nn { Embedding, Linear }
+import std.adapt { LoRA }
+import std.optim { AdamW }
+model Tagger() {
+  in tokens: i32[B, T]
+  out logits: f32[B, T, 16]
+  embed = frozen Embedding(16, 8)
+  proj = frozen Linear(8, 8) with LoRA(r: 2, alpha: 4.0)
+  head = frozen Linear(8, 16) with LoRA(r: 4, alpha: 8.0)
+  logits = head(proj(embed(tokens)))
+}
+train Tune() {
+  in tokens: i32[B, T]
+  in targets: i32[B, T]
+  net = Tagger()
+  loss = cross_entropy(net(tokens), targets)
+  optimizer = AdamW(lr: 0.05)
+}
+`,
+      );
+      const out = path.join(tmp, "tune-run");
+      const r = moec([
+        "train",
+        src,
+        "--data",
+        sequences,
+        "--batch",
+        "8",
+        "--steps",
+        "30",
+        "--out",
+        out,
+      ]);
+      expect(r.code, r.stderr).toBe(0);
+      const ckpt = path.join(out, "ckpt-30");
+      const config = JSON.parse(
+        fs.readFileSync(path.join(ckpt, "adapter", "adapter_config.json"), "utf8"),
+      );
+      // Two ranks: the first LoRA's in r and lora_alpha, the other's in PEFT's patterns.
+      expect(config).toMatchObject({
+        peft_type: "LORA",
+        r: 2,
+        lora_alpha: 4,
+        rank_pattern: { head: 4 },
+        alpha_pattern: { head: 8 },
+      });
+      expect(config.target_modules.sort()).toEqual(["head", "proj"]);
+      const adapter = readSafetensorsFile(path.join(ckpt, "adapter", "adapter_model.safetensors"));
+      expect(adapter.names().sort()).toEqual([
+        "base_model.model.head.lora_A.weight",
+        "base_model.model.head.lora_B.weight",
+        "base_model.model.proj.lora_A.weight",
+        "base_model.model.proj.lora_B.weight",
+      ]);
+      // The base alone, by the model's own names: the checkpoint's frozen parameters.
+      const model = readSafetensorsFile(path.join(ckpt, "model.safetensors"));
+      const base = path.join(tmp, "tune-base.safetensors");
+      writeSafetensorsFile(
+        base,
+        new Map(
+          model
+            .names()
+            .filter((n) => !n.includes(".lora_"))
+            .map((n) => {
+              const t = model.read(n);
+              return [
+                n.replace(/^net\./, ""),
+                { dtype: "F32", shape: [...t.shape], data: t.data as Float32Array },
+              ];
+            }),
+        ),
+      );
+      const run = (weights: string[], to: string) => {
+        const o = path.join(tmp, to);
+        const res = moec([
+          "run",
+          src,
+          "--dim",
+          "B=2",
+          "--dim",
+          "T=3",
+          "--seed",
+          "4",
+          ...weights,
+          "-o",
+          o,
+        ]);
+        expect(res.code, res.stderr).toBe(0);
+        return { res, logits: readSafetensorsFile(o).read("logits").data as Float32Array };
+      };
+      const whole = run(
+        ["--weights", path.join(ckpt, "model.safetensors")],
+        "tune-whole.safetensors",
+      );
+      expect(whole.res.stderr).toMatch(
+        /reading the parameters under `net\.` of .* \(a training checkpoint\)/,
+      );
+      const peft = run(
+        ["--weights", base, "--adapter", path.join(ckpt, "adapter")],
+        "tune-peft.safetensors",
+      );
+      const plain = run(["--weights", base, "--init-missing"], "tune-plain.safetensors");
+      const maxDiff = (a: Float32Array, b: Float32Array) =>
+        a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+      expect(maxDiff(whole.logits, peft.logits)).toBeLessThan(1e-5);
+      // The adapters changed the model: without them (LoRA B zero-initialised) it differs.
+      expect(maxDiff(whole.logits, plain.logits)).toBeGreaterThan(1e-3);
+    },
+  );
+
   // Four runs in child processes: give them time on a loaded two-core machine.
   it(
     "dropout and router jitter replay per step: a resumed run ends on the same bytes",

@@ -241,7 +241,7 @@ model Tuned() {
       const run = (dir: string) =>
         executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir });
       await expect(run(writeAdapter("alpha", peft, { ...config, lora_alpha: 16 }))).rejects.toThrow(
-        /adapter_config.json has r 4, lora_alpha 16; the model's LoRA at gpt\.h\.0\.layer\.attn\.q has r 4, alpha 8/,
+        /adapter_config.json has r 4, lora_alpha 16 for gpt\.h\.0\.layer\.attn\.q; the model's LoRA there has r 4, alpha 8/,
       );
       const untargeted = new Map(peft);
       untargeted.set(
