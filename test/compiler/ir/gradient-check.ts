@@ -39,6 +39,8 @@ export interface GradientCase {
   /** Values of every param and input `build` makes. */
   leaves: Record<string, HostTensor>;
   seed?: number;
+  /** Called with the leaves at θ ± ε·u for each direction u (to check routing stays put). */
+  atPerturbed?(leaves: ReadonlyMap<string, HostTensor>): void;
 }
 
 export interface GradientResult {
@@ -94,6 +96,7 @@ export function checkGradients(c: GradientCase, tolerance = 1e-6): GradientResul
         tensor(x.shape, (i) => x.data[i]! + scale * u.data[i]!),
       );
     }
+    c.atPerturbed?.(moved);
     return interpret(graph, moved).outputs.get("loss")!.data[0]!;
   };
   const rand = prng((c.seed ?? 1) * 104729 + 3);
