@@ -21,7 +21,7 @@ import type { LowerOptions, LoweredModel } from "../../../compiler/lower/lower-m
 import { analyze, lowerTrain, nodeFileSystem } from "../../../compiler/pipeline.js";
 import { type HostTensor, interpret } from "../../../runtime/reference/interpret.js";
 import { lowerFile, values } from "../routing-fixtures.js";
-import { checkGradients } from "./gradient-check.js";
+import { checkGradients, topkMargin, withTrainableInputs } from "./gradient-check.js";
 
 const file = path.join(import.meta.dirname, "../../../examples/__families__.moe");
 
@@ -36,24 +36,6 @@ function lowerSource(
   expect(diagnostics.map((d) => d.code)).toEqual(expected);
   expect(verifyGraph(lowered!.graph)).toEqual([]);
   return lowered!;
-}
-
-/** The graph with every f32 input turned into a trainable parameter of the same name. */
-function withTrainableInputs(graph: IrGraph): IrGraph {
-  const nodes = graph.nodes.map((n): IrNode =>
-    n.op === "input" && n.dtype === "f32"
-      ? {
-          op: "param",
-          id: n.id,
-          name: n.name,
-          dtype: "f32",
-          shape: n.shape,
-          trainable: true,
-          init: "normal",
-        }
-      : n,
-  );
-  return { nodes, outputs: graph.outputs };
 }
 
 const nameSeed = (name: string) => [...name].reduce((h, c) => (h * 31 + c.charCodeAt(0)) >>> 0, 17);
@@ -80,25 +62,6 @@ function seededLeaves(
       });
   }
   return out;
-}
-
-/**
- * The smallest gap, over every row of every `topk`, between consecutive values of the row
- * sorted largest first, up to and including the first value left out (Infinity: no topk).
- */
-function topkMargin(graph: IrGraph, at: HostTensor[]): number {
-  let margin = Infinity;
-  for (const n of graph.nodes) {
-    if (n.op !== "topk") continue;
-    const x = at[n.inputs[0]]!;
-    const d = x.shape[x.shape.length - 1]!;
-    for (let r = 0; r < x.data.length / d; r++) {
-      const row = [...x.data.slice(r * d, (r + 1) * d)].sort((a, b) => b - a);
-      for (let j = 0; j < Math.min(n.k, d - 1); j++)
-        margin = Math.min(margin, row[j]! - row[j + 1]!);
-    }
-  }
-  return margin;
 }
 
 /** Every integer value of the graph: the routing decisions and everything computed from them. */
