@@ -174,6 +174,13 @@ describe("top-k token choice", () => {
           expect(
             result.differentiated.graph.nodes.some((n) => n.op === "expert_matmul_wgrad"),
           ).toBe(true);
+          // Top-1 renormalised gives the chosen expert weight p / p = 1: the gate learns nothing
+          // from the output (docs/training.md); otherwise it does.
+          const largest = (name: string) =>
+            Math.max(...Array.from(result.gradients.get(name)!.data, Math.abs));
+          const gate = largest("moe.router.gate.weight") / largest("x");
+          if (k === 1 && renormalize) expect(gate).toBeLessThan(1e-12);
+          else if (N > 1) expect(gate).toBeGreaterThan(1e-3);
         });
       }
 
