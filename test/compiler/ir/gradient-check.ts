@@ -8,7 +8,7 @@ import {
   type DifferentiatedGraph,
   differentiateGraph,
 } from "../../../compiler/ir/differentiate-graph.js";
-import { type IrGraph, numel } from "../../../compiler/ir/graph.js";
+import { type IrGraph, type IrNode, numel } from "../../../compiler/ir/graph.js";
 import { verifyGraph } from "../../../compiler/ir/verify.js";
 import { type HostTensor, interpret } from "../../../runtime/reference/interpret.js";
 
@@ -39,6 +39,8 @@ export interface GradientCase {
   /** Values of every param and input `build` makes. */
   leaves: Record<string, HostTensor>;
   seed?: number;
+  /** Called with the leaves at θ ± ε·u for each direction u (to check routing stays put). */
+  atPerturbed?(leaves: ReadonlyMap<string, HostTensor>): void;
 }
 
 export interface GradientResult {
@@ -94,6 +96,7 @@ export function checkGradients(c: GradientCase, tolerance = 1e-6): GradientResul
         tensor(x.shape, (i) => x.data[i]! + scale * u.data[i]!),
       );
     }
+    c.atPerturbed?.(moved);
     return interpret(graph, moved).outputs.get("loss")!.data[0]!;
   };
   const rand = prng((c.seed ?? 1) * 104729 + 3);
@@ -116,4 +119,41 @@ export function checkGradients(c: GradientCase, tolerance = 1e-6): GradientResul
     else expect(Math.abs(numeric - analytic) / scale).toBeLessThan(tolerance);
   }
   return { differentiated, gradients, forward: graph, loss, leaves };
+}
+
+/** The graph with every f32 input turned into a trainable parameter of the same name. */
+export function withTrainableInputs(graph: IrGraph): IrGraph {
+  const nodes = graph.nodes.map((n): IrNode =>
+    n.op === "input" && n.dtype === "f32"
+      ? {
+          op: "param",
+          id: n.id,
+          name: n.name,
+          dtype: "f32",
+          shape: n.shape,
+          trainable: true,
+          init: "normal",
+        }
+      : n,
+  );
+  return { nodes, outputs: graph.outputs };
+}
+
+/**
+ * The smallest gap, over every row of every `topk`, between consecutive values of the row
+ * sorted largest first, up to and including the first value left out (Infinity: no topk).
+ */
+export function topkMargin(graph: IrGraph, at: HostTensor[]): number {
+  let margin = Infinity;
+  for (const n of graph.nodes) {
+    if (n.op !== "topk") continue;
+    const x = at[n.inputs[0]]!;
+    const d = x.shape[x.shape.length - 1]!;
+    for (let r = 0; r < x.data.length / d; r++) {
+      const row = [...x.data.slice(r * d, (r + 1) * d)].sort((a, b) => b - a);
+      for (let j = 0; j < Math.min(n.k, d - 1); j++)
+        margin = Math.min(margin, row[j]! - row[j + 1]!);
+    }
+  }
+  return margin;
 }
