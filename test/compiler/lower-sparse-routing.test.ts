@@ -43,7 +43,8 @@ function expectedTopK(l: Map<string, HostTensor>, N: number, experts: number, o:
     else {
       const p = softmax(logits);
       w = chosen.map((e) => p[e]!);
-      if (o.renormalize ?? true) {
+      // Top-1 keeps p (Switch); k ≥ 2 renormalises by default.
+      if ((o.renormalize ?? true) && o.k > 1) {
         const s = w.reduce((a, b) => a + b);
         w = w.map((v) => v / s);
       }

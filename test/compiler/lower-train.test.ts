@@ -382,10 +382,12 @@ train Fit() {
         z += (lse * lse) / N;
       }
       const balance = 4 * counts.reduce((a, c, e) => a + (c / N) * meanP[e]!, 0);
-      // The forward pass by hand: top-1 with renormalisation gives the chosen expert weight 1.
+      // The forward pass by hand: top-1 weights the chosen expert by its probability (Switch).
       const top1 = (layer: string, x: number[]) => {
         const z = linear(x, mat(l.get(`net.${layer}.router.gate.weight`)!));
-        return ffn(l, `net.${layer}.experts.${z.indexOf(Math.max(...z))}`, x);
+        const best = z.indexOf(Math.max(...z));
+        const p = softmax(z)[best]!;
+        return ffn(l, `net.${layer}.experts.${best}`, x).map((v) => p * v);
       };
       const target = mat(l.get("target")!);
       let fit = 0;

@@ -59,7 +59,9 @@ export const topK: RouterFamily = {
     return lowerTokenChoice(m, rows, logits, {
       k: Math.min(num(router, "k") ?? 2, m.experts.length),
       softmaxAfter: member(router, "softmax") === "after",
-      renormalize: bool(router, "renormalize") === true,
+      // Top-1 keeps p (Switch): one renormalised weight is 1, and its router would get no
+      // gradient from the task loss.
+      renormalize: bool(router, "renormalize") === true && (num(router, "k") ?? 2) > 1,
       capacity: num(router, "capacity") ?? 0,
       overflowZero: member(router, "overflow") === "zero",
     });
