@@ -172,11 +172,13 @@ export const moeRule: LoweredPrimitiveRule = {
       );
       return;
     }
+    const taskNames = taskSet !== undefined ? ctx.taskMembers(taskSet) : [];
     const shape: RouterShape = {
       E,
       d: dv,
       groups: groups.length,
-      tasks: taskSet !== undefined ? ctx.taskMembers(taskSet).length : 0,
+      tasks: taskNames.length,
+      taskNames,
     };
     family?.registerParams(ctx, router, shape);
     ctx.recordMoe({
