@@ -23,6 +23,9 @@ export interface MoeRecord {
   experts: string[];
   /** Experts evaluated per token, on average (k for top-k, E for dense mixtures). */
   activePerToken: number;
+  /** The router's auxiliary-loss weights, 0 where it asks for none (`TopK(balance:, z_loss:)`). */
+  balance: number;
+  zLoss: number;
 }
 
 /** What a primitive rule may do while a component is constructed or applied. */

@@ -186,6 +186,9 @@ export const moeRule: LoweredPrimitiveRule = {
       router: router.component,
       experts: leaves.map((l) => l.path ?? ""),
       activePerToken: family ? family.activeExperts(router, shape) : E,
+      // The weights lowering gives the train loss's aux terms (lowerMoe below).
+      balance: num(router, "balance") ?? 0,
+      zLoss: num(router, "z_loss") ?? 0,
     });
   },
   apply(ctx, args) {
