@@ -10,6 +10,12 @@
  * `python3 -c "import torch"` works, and its ms/step is printed beside moec's. TF.js has no
  * training code in the bench: its numbers (measured for the issue) are printed as a reference.
  */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { type IrGraph, inputsOf, numel } from "../compiler/ir/graph.js";
+import { fusionOf } from "../compiler/ir/ops.js";
 import { compileGraph } from "../compiler/kernels/compile-graph.js";
 import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
 import { adamwStepInputs } from "../compiler/library/optim/adamw.js";
@@ -21,12 +27,6 @@ import { paramSpecs } from "../runtime/run-model.js";
 import { TrainExecutor } from "../runtime/train/train-executor.js";
 import { initWeights } from "../runtime/weights.js";
 import { median } from "./peers/workloads.js";
-import { spawnSync } from "node:child_process";
-import * as fs from "node:fs";
-import * as path from "node:path";
-import { fileURLToPath } from "node:url";
-import { fusionOf } from "../compiler/ir/ops.js";
-import { type IrGraph, inputsOf, numel } from "../compiler/ir/graph.js";
 
 const V = 64;
 const D = 64;
@@ -83,7 +83,7 @@ const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(2);
  * not parameters, inputs or constants and that a later node reads, views counted as the value
  * they view. Every IR value is 4 bytes per element.
  */
-export function savedActivationBytes(graph: IrGraph, forwardNodes: number): number {
+function savedActivationBytes(graph: IrGraph, forwardNodes: number): number {
   const base = (id: number): number => {
     const n = graph.nodes[id]!;
     return fusionOf(n).kernel === "view" ? base(inputsOf(n)[0]!) : id;

@@ -109,8 +109,10 @@ def bench(moe, warmup, steps):
     torch.manual_seed(0)
     model = LM(moe)
     # Decay on matrices that are not embedding tables, as moec's AdamW (docs/training.md).
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n and "pos" not in n]
-    rest = [p for n, p in model.named_parameters() if not any(p is q for q in decay)]
+    tables = (model.embed.weight, model.pos.weight)
+    matrix = lambda p: p.dim() >= 2 and not any(p is t for t in tables)
+    decay = [p for p in model.parameters() if matrix(p)]
+    rest = [p for p in model.parameters() if not matrix(p)]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}], lr=1e-3
     )
