@@ -4,12 +4,18 @@
  * forward, loss, backward and AdamW, as `moec train` runs it (compiled by the same pipeline,
  * run by the same TrainExecutor). Prints ms/step (median of 10 awaited steps after warm-up,
  * and pipelined: 10 steps submitted two in flight), dispatches per step, GFLOP/s, and peak
- * device memory against parameters + optimizer state.
+ * device memory against parameters + optimizer state + saved activations.
  *
- * Peers measured on this machine for the issue (not rerun here: TF.js training code and
- * PyTorch are not part of the bench yet): TF.js WebGPU 1157 ms/step dense, 2038 ms/step MoE;
- * TF.js wasm 557 ms/step dense; PyTorch CPU one thread 18-25 dense, 28-31 MoE.
+ * PyTorch runs the same two models on one CPU thread (bench/peers/torch_train.py) when
+ * `python3 -c "import torch"` works, and its ms/step is printed beside moec's. TF.js has no
+ * training code in the bench: its numbers (measured for the issue) are printed as a reference.
  */
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as path from "node:path";
+import { fileURLToPath } from "node:url";
+import { type IrGraph, inputsOf, numel } from "../compiler/ir/graph.js";
+import { fusionOf } from "../compiler/ir/ops.js";
 import { compileGraph } from "../compiler/kernels/compile-graph.js";
 import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
 import { adamwStepInputs } from "../compiler/library/optim/adamw.js";
@@ -68,7 +74,39 @@ function stepFlops(): number {
   return 3 * 2 * B * T * perToken;
 }
 
-async function benchOne(ctx: GpuContext, name: string, ffn: string): Promise<string[]> {
+const gflops = (ms: number) => ((stepFlops() / ms) * 1e-6).toFixed(2);
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(2);
+
+/**
+ * Bytes of the forward values the backward reads (the activations a step must keep from its
+ * forward to its backward): nodes of the lowered forward (ids below `forwardNodes`) that are
+ * not parameters, inputs or constants and that a later node reads, views counted as the value
+ * they view. Every IR value is 4 bytes per element.
+ */
+function savedActivationBytes(graph: IrGraph, forwardNodes: number): number {
+  const base = (id: number): number => {
+    const n = graph.nodes[id]!;
+    return fusionOf(n).kernel === "view" ? base(inputsOf(n)[0]!) : id;
+  };
+  const saved = new Set<number>();
+  for (const n of graph.nodes.slice(forwardNodes))
+    for (const i of inputsOf(n)) {
+      if (i >= forwardNodes) continue;
+      const b = base(i);
+      const kernel = fusionOf(graph.nodes[b]!).kernel;
+      if (kernel !== "leaf" && kernel !== "const") saved.add(b);
+    }
+  return [...saved].reduce((a, id) => a + 4 * numel(graph.nodes[id]!.shape), 0);
+}
+
+interface MoecStep {
+  /** Median awaited ms/step. */
+  ms: number;
+  params: number;
+  line: string;
+}
+
+async function benchOne(ctx: GpuContext, name: string, ffn: string): Promise<MoecStep> {
   const file = `/bench/${name}.moe`;
   const analysis = analyze([file], nodeFileSystem(new Map([[file, source(ffn)]])));
   const lowered = lowerTrain(
@@ -120,32 +158,121 @@ async function benchOne(ctx: GpuContext, name: string, ffn: string): Promise<str
     const pipelined = (performance.now() - t0) / 10;
     const ms = median(awaited);
     const params = train.params.reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
-    const mib = (b: number) => (b / 2 ** 20).toFixed(2);
-    return [
-      `${name.padEnd(6)} ${ms.toFixed(1).padStart(7)} ms/step awaited, ${pipelined.toFixed(1).padStart(7)} ms/step pipelined; ` +
-        `${program.kernels.length} dispatches/step; ${((stepFlops() / ms) * 1e-6).toFixed(2)} GFLOP/s (dense-model FLOPs); ` +
-        `peak ${mib(program.memory.peakBytes)} MiB for ${mib(params * 4 * 3)} MiB of parameters + AdamW state`,
-    ];
+    const trainable = train.params
+      .filter((p) => p.trainable)
+      .reduce((a, p) => a + p.shape.reduce((x, y) => x * y, 1), 0);
+    const saved = savedActivationBytes(step.graph, train.graph.nodes.length);
+    return {
+      ms,
+      params,
+      line:
+        `${name.padEnd(6)} ${ms.toFixed(1).padStart(7)} ms/step awaited, ${pipelined.toFixed(1).padStart(7)} ms/step pipelined; ` +
+        `${program.kernels.length} dispatches/step; ${gflops(ms)} GFLOP/s (dense-model FLOPs); ` +
+        `peak ${mib(program.memory.peakBytes)} MiB for ${mib(params * 4 + trainable * 8)} MiB of parameters + AdamW state ` +
+        `+ ${mib(saved)} MiB of saved activations`,
+    };
   } finally {
     exe?.destroy();
   }
+}
+
+/** What the PyTorch peer prints (bench/peers/torch_train.py). */
+interface TorchResult {
+  torch: string;
+  /** The interpreter that ran it (set by runTorchPeer). */
+  python: string;
+  threads: number;
+  dense: { params: number; ms: number; min_ms: number };
+  moe: { params: number; ms: number; min_ms: number };
+}
+
+/** bench/peers/torch_train.py, found from this module (bench/ or .bench-build/bench/). */
+function torchScript(): string | undefined {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (let i = 0; i < 4; i++) {
+    const candidate = path.join(dir, "bench", "peers", "torch_train.py");
+    if (fs.existsSync(candidate)) return candidate;
+    dir = path.dirname(dir);
+  }
+  return undefined;
+}
+
+/**
+ * The Python that imports torch: $PYTHON if set, else `python3`, else the system's
+ * /usr/bin/python3 (where Debian's python3-torch lives when a pyenv or venv python3 comes
+ * first on PATH). Otherwise why not, from the first candidate.
+ */
+function torchPython(): { python: string } | { skipped: string } {
+  const candidates = process.env.PYTHON ? [process.env.PYTHON] : ["python3", "/usr/bin/python3"];
+  let first: string | undefined;
+  for (const python of candidates) {
+    const probe = spawnSync(python, ["-c", "import torch"], { encoding: "utf8" });
+    if (probe.status === 0) return { python };
+    const why = probe.error
+      ? `${python} not found`
+      : `${python} -c "import torch" fails: ${probe.stderr.trim().split("\n").pop() ?? `exit ${probe.status}`}`;
+    first ??= why;
+  }
+  return { skipped: `${first}; scripts/setup.sh --bench installs torch` };
+}
+
+/** Runs the PyTorch peer, or says why it is skipped. */
+export function runTorchPeer(): TorchResult | { skipped: string } {
+  const found = torchPython();
+  if ("skipped" in found) return found;
+  const script = torchScript();
+  if (!script) return { skipped: "bench/peers/torch_train.py not found" };
+  const run = spawnSync(
+    found.python,
+    [script, "--threads", "1", "--warmup", "3", "--steps", "10"],
+    {
+      encoding: "utf8",
+      timeout: 300_000,
+    },
+  );
+  if (run.status !== 0) {
+    const why = (run.stderr || String(run.error ?? "")).trim().split("\n").pop();
+    return { skipped: `torch_train.py failed: ${why}` };
+  }
+  return { ...(JSON.parse(run.stdout) as TorchResult), python: found.python };
 }
 
 export async function benchTrain(): Promise<string[]> {
   const lines = [
     `reference LM: vocab ${V}, d ${D}, ${LAYERS} layers, ${HEADS} heads, FFN ${4 * D}, T ${T}, B ${B}; one step = forward + backward + AdamW`,
   ];
+  // PyTorch first, alone on the CPU (lavapipe's threads would take its core).
+  const torch = runTorchPeer();
   // One device for both models, as `moec train` holds one for its run.
   const ctx = await openDevice();
+  const moec: Record<"dense" | "moe", MoecStep | undefined> = { dense: undefined, moe: undefined };
   try {
     lines.push(`device: ${adapterSummary(ctx)}`);
-    lines.push(...(await benchOne(ctx, "dense", FFN_DENSE)));
-    lines.push(...(await benchOne(ctx, "moe", FFN_MOE)));
+    moec.dense = await benchOne(ctx, "dense", FFN_DENSE);
+    lines.push(moec.dense.line);
+    moec.moe = await benchOne(ctx, "moe", FFN_MOE);
+    lines.push(moec.moe.line);
   } finally {
     await ctx.close();
   }
+  if ("skipped" in torch) lines.push(`PyTorch peer skipped: ${torch.skipped}`);
+  else {
+    lines.push(
+      `PyTorch ${torch.torch} CPU (${torch.python}), ${torch.threads} thread (bench/peers/torch_train.py, MoE sparse by index):`,
+    );
+    for (const name of ["dense", "moe"] as const) {
+      const t = torch[name];
+      const m = moec[name]!;
+      const same =
+        t.params === m.params ? "" : ` (PyTorch has ${t.params} parameters, moec ${m.params})`;
+      lines.push(
+        `  ${name.padEnd(6)} ${t.ms.toFixed(1).padStart(7)} ms/step (min ${t.min_ms.toFixed(1)}), ${gflops(t.ms)} GFLOP/s; ` +
+          `moec/PyTorch ${(m.ms / t.ms).toFixed(1)}× (goal ≤ 2×)${same}`,
+      );
+    }
+  }
   lines.push(
-    "peers (issue #13, measured earlier on this machine, not rerun): TF.js WebGPU 1157 (dense) / 2038 (MoE) ms/step, TF.js wasm 557 ms/step dense, PyTorch CPU 1 thread 18-25 / 28-31 ms/step",
+    "TF.js peers (issue #13, measured earlier on this machine, not rerun): WebGPU 1157 (dense) / 2038 (MoE) ms/step, wasm 557 ms/step dense",
   );
   return lines;
 }

@@ -1,4 +1,7 @@
-/** `moec params FILE [--model M]`: every parameter, totals, active per token, per-task cost. */
+/**
+ * `moec params FILE [--model M | --program [NAME]]`: every parameter, totals, active per
+ * token, per-task cost; for a train program also the trainable parameters of each task.
+ */
 import { hasErrors } from "../compiler/diagnostics.js";
 import { dimConst } from "../compiler/check/dims.js";
 import {
@@ -104,7 +107,7 @@ export function formatReport(
     p.dtype,
     fmt(p.count),
     p.trainable ? "yes" : "frozen",
-    p.task ?? "",
+    p.task ?? (p.taskRows !== undefined ? "a row each" : ""),
   ]);
   const header = ["parameter", "shape", "dtype", "count", "trainable", "task"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i]!.length)));
@@ -131,6 +134,18 @@ export function formatReport(
     lines.push("per task (extra parameters, % of the shared parameters):");
     for (const t of r.perTask) {
       lines.push(`${label(`  ${t.task}`)}+${fmt(t.params)}  (${t.percentOfBackbone.toFixed(2)}%)`);
+    }
+    // A train program: what one task's examples train (a per-task adapter or a task's row
+    // of a router's task embedding trains only on its task; shared parameters on all).
+    if (kind === "train") {
+      lines.push(
+        `trainable per task (${fmt(r.sharedTrainable)} shared + the task's own + its rows):`,
+      );
+      for (const t of r.perTask) {
+        lines.push(
+          `${label(`  ${t.task}`)}${fmt(t.trainableTotal)}  (+${fmt(t.trainable)} own, +${fmt(t.trainableRows)} rows)`,
+        );
+      }
     }
   }
   return lines.join("\n") + "\n";

@@ -3,7 +3,22 @@
 # dist/ through the `prepare` script), then checks that WebGPU finds an adapter. Only when it
 # does not, installs Mesa's software Vulkan driver (lavapipe) with scripts/install-vulkan.sh
 # and checks again. Needs no GPU. Safe to run again at any time.
+#
+# `--bench` (or MOEC_SETUP_BENCH=1) also installs what `npm run bench`'s PyTorch peer needs:
+# Debian's python3-torch and OpenBLAS (apt, as root or through sudo), unless the system
+# python3 already imports torch. CI runs setup.sh without it: no test needs torch.
 set -euo pipefail
+
+bench="${MOEC_SETUP_BENCH:-0}"
+for arg in "$@"; do
+  case "$arg" in
+  --bench) bench=1 ;;
+  *)
+    printf 'setup: unknown option %s (usage: scripts/setup.sh [--bench])\n' "$arg" >&2
+    exit 2
+    ;;
+  esac
+done
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log="${TMPDIR:-/tmp}/moec-setup.$$.log"
@@ -36,6 +51,24 @@ npm ci --no-audit --no-fund --loglevel=error >"$log" 2>&1 ||
   fail "npm ci (dependencies or build via prepare) failed"
 step "dependencies installed and dist/ built in $((SECONDS - start))s"
 : >"$log" # from here on the log holds only what the probe and the driver install print
+
+# The training bench's PyTorch peer (bench/peers/torch_train.py) runs on /usr/bin/python3.
+if [ "$bench" = 1 ]; then
+  if /usr/bin/python3 -c "import torch" >/dev/null 2>&1; then
+    step "bench: torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') already installed"
+  else
+    step "bench: installing python3-torch and OpenBLAS (apt) ..."
+    if [ "$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
+      fail "--bench needs root or sudo to apt-get install python3-torch libopenblas0-pthread"
+    fi
+    { $SUDO apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-torch libopenblas0-pthread; } \
+      >>"$log" 2>&1 || fail "apt-get install python3-torch libopenblas0-pthread failed"
+    /usr/bin/python3 -c "import torch" >>"$log" 2>&1 || fail "python3-torch installed but import torch fails"
+    step "bench: torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') installed"
+  fi
+  : >"$log"
+fi
 
 probe() {
   node dist/runtime/probe-adapter.js 2>>"$log"

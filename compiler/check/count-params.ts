@@ -2,6 +2,9 @@
  * Pass 5 (report): parameter accounting for an elaborated model: every tensor by dotted name,
  * totals, trainable and frozen counts, parameters active per token (experts weighted by how
  * many a token visits), and each task's extra parameters as a share of the shared backbone.
+ * Per task it also counts what training on that task's examples trains: every shared
+ * trainable parameter, the task's own (`per task` instances), and its rows of task-indexed
+ * tables (a router's task embedding), which no other task's examples reach.
  */
 import type { ElaboratedModel } from "./elaborate-model.js";
 
@@ -13,6 +16,8 @@ export interface ParamRow {
   count: number;
   trainable: boolean;
   task?: string;
+  /** A table indexed by task id: row i belongs to task `taskRows[i]` alone. */
+  taskRows?: string[];
 }
 
 /** The full report printed by `moec params`. */
@@ -26,7 +31,20 @@ export interface ParamReport {
   backbone: number;
   /** Parameters one token uses: shared ones, its experts' share, and its own task's. */
   activePerToken: number;
-  perTask: { task: string; params: number; trainable: number; percentOfBackbone: number }[];
+  /** Trainable parameters every task trains: not a task's own, not a task's row. */
+  sharedTrainable: number;
+  perTask: {
+    task: string;
+    /** The task's own parameters (its `per task` instances). */
+    params: number;
+    /** Of those, trainable. */
+    trainable: number;
+    /** Trainable parameters in the task's rows of task-indexed tables (router task embeddings). */
+    trainableRows: number;
+    /** What training on the task's examples trains: sharedTrainable + trainable + trainableRows. */
+    trainableTotal: number;
+    percentOfBackbone: number;
+  }[];
   moeLayers: {
     path: string;
     router: string;
@@ -46,6 +64,7 @@ export function countParams(model: ElaboratedModel): ParamReport {
       trainable: p.trainable,
     };
     if (p.task !== undefined) row.task = p.task;
+    if (p.taskRows !== undefined) row.taskRows = p.taskRows;
     return row;
   });
   const sum = (rows: ParamRow[]) => rows.reduce((a, r) => a + r.count, 0);
@@ -74,14 +93,27 @@ export function countParams(model: ElaboratedModel): ParamReport {
   for (const t of model.tasks)
     for (const m of t.members) if (!taskNames.includes(m)) taskNames.push(m);
   for (const r of params)
-    if (r.task !== undefined && !taskNames.includes(r.task)) taskNames.push(r.task);
+    for (const t of [...(r.task !== undefined ? [r.task] : []), ...(r.taskRows ?? [])])
+      if (!taskNames.includes(t)) taskNames.push(t);
+  const sharedTrainable = sum(
+    params.filter((r) => r.trainable && r.task === undefined && r.taskRows === undefined),
+  );
   const perTask = taskNames.map((task) => {
     const rows = params.filter((r) => r.task === task);
     const n = sum(rows);
+    const own = sum(rows.filter((r) => r.trainable));
+    // A task-indexed table's row is count / rows parameters, trained only by its own task.
+    let trainableRows = 0;
+    for (const r of params)
+      if (r.trainable && r.task === undefined && r.taskRows !== undefined)
+        trainableRows +=
+          (r.count / r.taskRows.length) * r.taskRows.filter((t) => t === task).length;
     return {
       task,
       params: n,
-      trainable: sum(rows.filter((r) => r.trainable)),
+      trainable: own,
+      trainableRows,
+      trainableTotal: sharedTrainable + own + trainableRows,
       percentOfBackbone: backbone > 0 ? (100 * n) / backbone : 0,
     };
   });
@@ -94,6 +126,7 @@ export function countParams(model: ElaboratedModel): ParamReport {
     trainable,
     frozen: total - trainable,
     backbone,
+    sharedTrainable,
     activePerToken: Math.round(active),
     perTask,
     moeLayers,

@@ -165,13 +165,22 @@ export function elaborateTrain(
 ): ElaboratedModel {
   checkTrainOverrides(train, overrides, diagnostics);
   const evaluator = new Evaluator(program, diagnostics, "elaborate", library);
-  evaluator.evaluateTrainRoot(train.decl, train.file, overrides);
+  const values = evaluator.evaluateTrainRoot(train.decl, train.file, overrides);
+  // The task sets of its task-id inputs (`in task: Lang[B]`), as a model's.
+  const tasks: { set: string; members: string[] }[] = [];
+  for (const v of values?.values() ?? []) {
+    if (v.k !== "tensor" || v.t.dtype !== "task" || v.t.taskSet === undefined) continue;
+    if (tasks.some((t) => t.set === v.t.taskSet)) continue;
+    const g = program.scopes.get(train.file)?.names.get(v.t.taskSet);
+    if (g?.kind === "tasks")
+      tasks.push({ set: g.decl.name.name, members: g.decl.members.map((m) => m.name) });
+  }
   return {
     name: train.decl.name.name,
     file: train.file,
     root: undefined,
     params: evaluator.params,
     moes: evaluator.moes,
-    tasks: [],
+    tasks,
   };
 }

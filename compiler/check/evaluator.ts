@@ -57,6 +57,8 @@ export interface ParamRecord {
   trainable: boolean;
   /** Set when the parameter belongs to one task's instance (`per task`). */
   task?: string;
+  /** Set on a table indexed by task id: row i belongs to task `taskRows[i]` alone. */
+  taskRows?: string[];
   init?: string;
   file: string;
   span: Span;
@@ -965,6 +967,7 @@ export class Evaluator {
     t: TensorType,
     span: Span,
     init?: string,
+    taskRows?: string[],
   ): void {
     const path = this.childPath(frame.prefix, name);
     const shape: number[] = [];
@@ -998,6 +1001,7 @@ export class Evaluator {
       span,
     };
     if (frame.task !== undefined) rec.task = frame.task;
+    if (taskRows !== undefined) rec.taskRows = taskRows;
     if (init !== undefined) rec.init = init;
     this.params.push(rec);
     this.paramPaths.set(path, rec);
@@ -2227,10 +2231,10 @@ export class Evaluator {
         inst.weights.set(name, t);
         if (this.mode === "elaborate") this.registerParam(f, name, t, span, init);
       },
-      registerParamAt: (path, t, init) => {
+      registerParamAt: (path, t, init, taskRows) => {
         const f = this.newFrame(frame.module, frame.file, path, frame.frozen);
         if (frame.task !== undefined) f.task = frame.task;
-        if (this.mode === "elaborate") this.registerParam(f, "weight", t, span, init);
+        if (this.mode === "elaborate") this.registerParam(f, "weight", t, span, init, taskRows);
       },
       taskSet: (what) => this.taskSetOf(frame, span, what),
       taskMembers: (set) => this.taskMembers(frame, set),

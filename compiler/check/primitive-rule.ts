@@ -23,6 +23,9 @@ export interface MoeRecord {
   experts: string[];
   /** Experts evaluated per token, on average (k for top-k, E for dense mixtures). */
   activePerToken: number;
+  /** The router's auxiliary-loss weights, 0 where it asks for none (`TopK(balance:, z_loss:)`). */
+  balance: number;
+  zLoss: number;
 }
 
 /** What a primitive rule may do while a component is constructed or applied. */
@@ -40,8 +43,12 @@ export interface PrimitiveContext {
   ): void;
   /** Registers a parameter of `inst` (path `inst.path + "." + name`). */
   registerParam(name: string, t: TensorType, init?: string): void;
-  /** Registers `<path>.weight`. */
-  registerParamAt(path: string, t: TensorType, init?: string): void;
+  /**
+   * Registers `<path>.weight`. `taskRows`: a table indexed by task id, row i belonging to
+   * task `taskRows[i]` alone (a router's task embedding), so `moec params` counts each row
+   * for its task only.
+   */
+  registerParamAt(path: string, t: TensorType, init?: string, taskRows?: string[]): void;
   taskSet(what: string): string | undefined;
   taskMembers(set: string): string[];
   recordMoe(rec: MoeRecord): void;

@@ -14,6 +14,7 @@ import { type Diagnostic, hasErrors } from "../../compiler/diagnostics.js";
 import {
   type ElaboratedModel,
   elaborateModel,
+  elaborateTrain,
   listModels,
 } from "../../compiler/check/elaborate-model.js";
 import { Evaluator, type NameReference } from "../../compiler/check/evaluator.js";
@@ -54,6 +55,7 @@ export class EditorAnalysis {
   private reports?: Map<string, ParamReport>;
   private instanceRecords?: { model: string; evaluator: Evaluator }[];
   private readonly bodyTypeCache = new Map<ComponentDecl | TrainDecl, BodyTypes>();
+  private readonly trainModels = new Map<TrainDecl, ElaboratedModel | undefined>();
 
   constructor(
     readonly entry: string,
@@ -133,6 +135,24 @@ export class EditorAnalysis {
       for (const m of this.models) this.reports.set(m.name, countParams(m));
     }
     return this.reports;
+  }
+
+  /**
+   * A training program instantiated with its defaults, as `moec params --program` does (its
+   * parameters, frozen ones frozen, and its MoE layers with their routers' aux-loss weights);
+   * undefined while the document has errors. Once per analysis, on the first hover of its loss.
+   */
+  trainModel(decl: TrainDecl, file: string): ElaboratedModel | undefined {
+    if (hasErrors(this.diagnostics)) return undefined;
+    if (!this.trainModels.has(decl)) {
+      const found: Diagnostic[] = [];
+      let model: ElaboratedModel | undefined;
+      guardDepth(found, file, decl.span, () => {
+        model = elaborateTrain(this.program, { decl, file }, new Map(), found, STANDARD_LIBRARY);
+      });
+      this.trainModels.set(decl, hasErrors(found) ? undefined : model);
+    }
+    return this.trainModels.get(decl);
   }
 
   /**

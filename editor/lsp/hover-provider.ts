@@ -1,13 +1,15 @@
 /**
  * Hover: for a name, what it declares (kind, signature as written, doc comment) and its type at
  * that point; for any other expression, its inferred dtype and symbolic shape; for a block or
- * a model, its parameter count (total, trainable, per task, active per token).
+ * a model, its parameter count (total, trainable, per task, active per token); for a training
+ * program's `loss`, its terms (./loss-terms.ts).
  */
 import type { Hover } from "vscode-languageserver/node";
 import type { Binding, ComponentDecl, Expr, ParamDecl, SourceFile } from "../../grammar/ast.js";
 import { BUILTINS } from "../../compiler/check/builtins.js";
 import type { EditorAnalysis } from "./analysis.js";
 import { isExpr, nodePathAt } from "./ast-walk.js";
+import { describeLoss } from "./loss-terms.js";
 import type { SymbolDecl } from "./symbol-index.js";
 import { componentHeader, countText, portLines, sourceText, valueText } from "./symbol-text.js";
 import type { DocumentView } from "./workspace.js";
@@ -136,6 +138,10 @@ function describeDeclaration(
       const t = typeHere ?? (b ? typeOf(a, d.file, b.value) : undefined);
       parts.push(code(`${d.name}${t ? `: ${t}` : ""}`));
       doc(b);
+      if (d.name === "loss" && d.owner?.kind === "TrainDecl") {
+        const terms = describeLoss(a, d.owner, d.file);
+        if (terms) parts.push(terms);
+      }
       break;
     }
     case "dim":

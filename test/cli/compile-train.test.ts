@@ -144,4 +144,88 @@ describe("moec compile --program", () => {
     expect(text.stdout).toMatch(/^train Fit \(/);
     expect(text.stdout).toMatch(/trainable +53/);
   });
+
+  it("moec params --program counts what each task trains: shared, its own adapter, its rows", () => {
+    const tasked = path.join(tmp, "tasked.moe");
+    fs.writeFileSync(
+      tasked,
+      `import std.nn { Embedding, Linear, FFN }
+import std.route { MoE, TopK }
+import std.adapt { Bottleneck }
+import std.optim { AdamW }
+
+tasks Lang { en_de, en_fr, de_en }
+
+model Net() {
+  in tokens: i32[B, T]
+  in task: Lang[B]
+  out logits: f32[B, T, 5]
+  embed = frozen Embedding(7, 4)
+  moe = MoE(router: TopK(k: 1, task_embed: 2), experts: [FFN(4, 8); 2])
+  adapter = per task Bottleneck(4, r: { en_de: 2, en_fr: 1, de_en: 3 })
+  head = Linear(4, 5)
+  logits = head(adapter(moe(embed(tokens), task), task))
+}
+
+train Fit() {
+  in tokens: i32[B, T]
+  in task: Lang[B]
+  in labels: i32[B, T]
+  net = Net()
+  loss = cross_entropy(net(tokens, task), labels)
+  optimizer = AdamW()
+}
+`,
+    );
+    const r = moec(["params", tasked, "--program", "Fit", "--json"]);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as {
+      trainable: number;
+      frozen: number;
+      sharedTrainable: number;
+      params: { name: string; taskRows?: string[] }[];
+      perTask: { task: string; trainable: number; trainableRows: number; trainableTotal: number }[];
+    };
+    // Shared and trainable: two FFN(4, 8) experts, the gate over [x; task embedding], the head.
+    const experts = 2 * (8 * 4 + 8 + 4 * 8 + 4);
+    const gate = 2 * (4 + 2);
+    const head = 5 * 4 + 5;
+    const shared = experts + gate + head;
+    // Bottleneck(4, r): LayerNorm(4), down 4 → r, up r → 4.
+    const adapter = (r: number) => 2 * 4 + (r * 4 + r) + (4 * r + 4);
+    const taskRow = 2; // one row of the [3, 2] task embedding
+    expect(report.frozen).toBe(7 * 4);
+    expect(report.sharedTrainable).toBe(shared);
+    expect(report.trainable).toBe(shared + adapter(2) + adapter(1) + adapter(3) + 3 * taskRow);
+    expect(report.params.find((p) => p.name.endsWith("task_embedding.weight"))?.taskRows).toEqual([
+      "en_de",
+      "en_fr",
+      "de_en",
+    ]);
+    expect(
+      report.perTask.map((t) => [t.task, t.trainable, t.trainableRows, t.trainableTotal]),
+    ).toEqual([
+      ["en_de", adapter(2), taskRow, shared + adapter(2) + taskRow],
+      ["en_fr", adapter(1), taskRow, shared + adapter(1) + taskRow],
+      ["de_en", adapter(3), taskRow, shared + adapter(3) + taskRow],
+    ]);
+    const text = moec(["params", tasked, "--program", "Fit"]);
+    expect(text.code).toBe(0);
+    expect(text.stdout).toMatch(
+      /net\.moe\.router\.task_embedding\.weight +\[3, 2\] +f32 +6 +yes +a row each/,
+    );
+    expect(text.stdout).toContain(
+      `trainable per task (${shared} shared + the task's own + its rows):`,
+    );
+    expect(text.stdout).toMatch(
+      new RegExp(
+        `\\n  de_en +${shared + adapter(3) + taskRow}  \\(\\+${adapter(3)} own, \\+${taskRow} rows\\)`,
+      ),
+    );
+    // A model's report has no such section: its trainable counts are a train program's question.
+    const model = moec(["params", tasked]);
+    expect(model.code).toBe(0);
+    expect(model.stdout).not.toMatch(/trainable per task/);
+  });
 });

@@ -172,11 +172,13 @@ export const moeRule: LoweredPrimitiveRule = {
       );
       return;
     }
+    const taskNames = taskSet !== undefined ? ctx.taskMembers(taskSet) : [];
     const shape: RouterShape = {
       E,
       d: dv,
       groups: groups.length,
-      tasks: taskSet !== undefined ? ctx.taskMembers(taskSet).length : 0,
+      tasks: taskNames.length,
+      taskNames,
     };
     family?.registerParams(ctx, router, shape);
     ctx.recordMoe({
@@ -184,6 +186,9 @@ export const moeRule: LoweredPrimitiveRule = {
       router: router.component,
       experts: leaves.map((l) => l.path ?? ""),
       activePerToken: family ? family.activeExperts(router, shape) : E,
+      // The weights lowering gives the train loss's aux terms (lowerMoe below).
+      balance: num(router, "balance") ?? 0,
+      zLoss: num(router, "z_loss") ?? 0,
     });
   },
   apply(ctx, args) {

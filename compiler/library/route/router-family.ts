@@ -33,6 +33,8 @@ export interface RouterShape {
   groups: number;
   /** Tasks of the layer's task set (0 unless the router routes on task ids). */
   tasks: number;
+  /** Their names, in task-id order (a task-indexed table's rows). */
+  taskNames: string[];
 }
 
 export interface RouterFamily {

@@ -20,16 +20,17 @@ export const taskRoute: RouterFamily = {
   checkExperts(ctx, router, experts) {
     requireKAtMost(ctx, router, experts.E);
   },
-  registerParams(ctx, router, { E, d, tasks }) {
+  registerParams(ctx, router, { E, d, tasks, taskNames }) {
     const rp = routerPath(router);
     const c = (n: number) => dimConst(n);
     const level = member(router, "level") ?? "token";
     if (level === "task") {
-      ctx.registerParamAt(`${rp}.task_logits`, f32Tensor([c(tasks), c(E)]), "zeros");
+      ctx.registerParamAt(`${rp}.task_logits`, f32Tensor([c(tasks), c(E)]), "zeros", taskNames);
     } else {
       const emb = num(router, "embed") ?? 16;
       ctx.registerParamAt(`${rp}.gate`, f32Tensor([c(E), c(d + emb)]), "normal");
-      ctx.registerParamAt(`${rp}.task_embedding`, f32Tensor([c(tasks), c(emb)]), "normal");
+      const table = f32Tensor([c(tasks), c(emb)]);
+      ctx.registerParamAt(`${rp}.task_embedding`, table, "normal", taskNames);
     }
   },
   activeExperts: (router, { E }) => Math.min(num(router, "k") ?? 1, E),

@@ -37,12 +37,15 @@ export const topK: RouterFamily = {
   checkExperts(ctx, router, experts: ExpertLayout) {
     requireKAtMost(ctx, router, experts.E);
   },
-  registerParams(ctx, router, { E, d, tasks }) {
+  registerParams(ctx, router, { E, d, tasks, taskNames }) {
     const rp = routerPath(router);
     const c = (n: number) => dimConst(n);
     const te = num(router, "task_embed") ?? 0;
     ctx.registerParamAt(`${rp}.gate`, f32Tensor([c(E), dimAdd(c(d), c(te))]), "normal");
-    if (te > 0) ctx.registerParamAt(`${rp}.task_embedding`, f32Tensor([c(tasks), c(te)]), "normal");
+    if (te > 0) {
+      const table = f32Tensor([c(tasks), c(te)]);
+      ctx.registerParamAt(`${rp}.task_embedding`, table, "normal", taskNames);
+    }
   },
   activeExperts: (router, { E }) => Math.min(num(router, "k") ?? 1, E),
   lower(m) {
