@@ -521,6 +521,8 @@ export class Evaluator {
         return { k: "role", role: "adapter" };
       case "Optimizer":
         return { k: "role", role: "optimizer" };
+      case "ParamGroup":
+        return { k: "role", role: "parameter group" };
     }
     const g = this.lookupGlobal(frame, name);
     if (g?.kind === "enum") {
@@ -548,6 +550,7 @@ export class Evaluator {
       "Router",
       "Adapter",
       "Optimizer",
+      "ParamGroup",
       "Tasks",
       ...DTYPES,
       ...[...frame.module.names.entries()]

@@ -53,7 +53,7 @@ export interface WeightInfo {
 }
 
 /** The kind of thing a primitive's instance is, from its rule table. */
-export type InstanceRole = "module" | "router" | "adapter" | "optimizer";
+export type InstanceRole = "module" | "router" | "adapter" | "optimizer" | "parameter group";
 
 /** A constructed component. */
 export interface Instance {

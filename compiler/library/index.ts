@@ -8,6 +8,7 @@
 import type { LoweredLibrary, LoweredPrimitiveRule } from "../lower/lowering-hooks.js";
 import { loraRule } from "./adapt/lora.js";
 import { adamwRule } from "./optim/adamw.js";
+import { groupRule } from "./optim/param-groups.js";
 import { ROUTER_FAMILIES } from "./route/families.js";
 import { moeRule } from "./route/moe.js";
 
@@ -19,6 +20,7 @@ const rules = new Map<string, LoweredPrimitiveRule>([
   ["MoE", moeRule],
   ["LoRA", loraRule],
   ["AdamW", adamwRule],
+  ["Group", groupRule],
 ]);
 
 const homes = new Map<string, string>([
@@ -30,6 +32,7 @@ const homes = new Map<string, string>([
   ["LoRA", "std.adapt"],
   ["Bottleneck", "std.adapt"],
   ["AdamW", "std.optim"],
+  ["Group", "std.optim"],
 ]);
 
 export const STANDARD_LIBRARY: LoweredLibrary = { rules, homes };

@@ -24,6 +24,7 @@ import type { IrGraph, IrOrigin } from "../ir/graph.js";
 import { hashU32 } from "../ir/ops.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { num } from "../library/options.js";
+import { groupInstances, resolveParamGroups } from "../library/optim/param-groups.js";
 import { Inliner } from "./inliner.js";
 import { type LoweredInput, Lowering } from "./lower-model.js";
 import type { LoweredLibrary } from "./lowering-hooks.js";
@@ -41,6 +42,10 @@ export interface TrainParam {
    * biases or norm weights (rank 1).
    */
   decay: boolean;
+  /** Learning-rate multiplier from the optimizer's parameter groups (absent: 1). */
+  lrScale?: number;
+  /** The only rows (first-axis indices) that train, from a parameter group (absent: all). */
+  rows?: number[];
 }
 
 /** AdamW's options, as the program's `optimizer = AdamW(...)` gives them (std.optim defaults). */
@@ -183,8 +188,10 @@ export function lowerTrain(
   for (const t of lowering.aux) total = ir.binary("add", total, t.node);
   ir.output("loss", total);
   for (const t of [...terms, ...lowering.aux]) ir.output(t.name, t.node);
-  const optimizer = adamwOptions(bindings.get("optimizer"));
-  if (!optimizer) return fail(decl.name.span, "the back end can train with AdamW only");
+  const optimizerValue = bindings.get("optimizer");
+  const optimizer = adamwOptions(optimizerValue);
+  if (!optimizer || optimizerValue?.k !== "instance")
+    return fail(decl.name.span, "the back end can train with AdamW only");
   for (const [name, size] of dims)
     if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
   const graph = pruneGraph(ir.finish());
@@ -192,6 +199,16 @@ export function lowerTrain(
   const optimizerBinding = decl.body.find(
     (s) => s.kind === "Binding" && s.target.name === "optimizer",
   );
+  const params = trainParams(graph);
+  const groups = resolveParamGroups(groupInstances(optimizerValue.inst), params, diagnostics);
+  if (diagnostics.slice(before).some((d) => d.severity === "error")) return undefined;
+  for (const p of params) {
+    const g = groups.get(p.name);
+    if (!g) continue;
+    if (g.decay !== undefined) p.decay = g.decay;
+    if (g.lrScale !== undefined) p.lrScale = g.lrScale;
+    if (g.rows !== undefined) p.rows = g.rows;
+  }
   return {
     name: decl.name.name,
     graph,
@@ -209,7 +226,7 @@ export function lowerTrain(
           },
         }
       : {}),
-    params: trainParams(graph),
+    params,
     loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
   };
 }

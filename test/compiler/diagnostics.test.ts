@@ -4,7 +4,8 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { DIAGNOSTIC_CODES, renderDiagnostics } from "../../compiler/diagnostics.js";
-import { selectModel } from "../../compiler/check/elaborate-model.js";
+import { selectModel, selectTrainProgram } from "../../compiler/check/elaborate-model.js";
+import { lowerTrain as lowerTrainProgram } from "../../compiler/lower/lower-train.js";
 import { lowerModel } from "../../compiler/lower/lower-model.js";
 import { analyze, nodeFileSystem } from "../../compiler/pipeline.js";
 import { STANDARD_LIBRARY } from "../../compiler/library/index.js";
@@ -52,6 +53,23 @@ function render(c: Case): { text: string; codes: string[] } {
       lowerModel(
         analysis.program,
         model,
+        new Map(),
+        new Map([
+          ["B", 1],
+          ["T", 2],
+        ]),
+        analysis.diagnostics,
+        STANDARD_LIBRARY,
+      );
+    }
+  }
+  // Parameter groups (E0412) are resolved when a train program is lowered, with B=1, T=2.
+  if (/^E0412/.test(c.name)) {
+    const train = selectTrainProgram(analysis.program, c.entry, undefined);
+    if (typeof train !== "string") {
+      lowerTrainProgram(
+        analysis.program,
+        train,
         new Map(),
         new Map([
           ["B", 1],

@@ -12,6 +12,7 @@
 import type { IrBuilder } from "../../ir/builder.js";
 import type { LoweredPrimitiveRule } from "../../lower/lowering-hooks.js";
 import { requireRange } from "../options.js";
+import { rowRuns } from "./param-groups.js";
 
 export const adamwRule: LoweredPrimitiveRule = {
   role: "optimizer",
@@ -51,6 +52,12 @@ export interface AdamWParam {
   decay: boolean;
   /** Its learning rate is the scheduled one times this (default 1). */
   lrScale?: number;
+  /**
+   * Only these rows (first-axis indices, ascending) train: the gradient of every other row is
+   * zeroed before clipping, so those rows' moments stay 0 and their values keep their bytes
+   * (a zero step and no decay leave a float exactly as it was).
+   */
+  rows?: number[];
 }
 
 /** The graph inputs the host sets every step (one-element f32 each). */
@@ -86,12 +93,18 @@ export function appendAdamW(
   const bc1 = b.input(ADAMW_INPUTS.biasCorrection1, "f32", [1]);
   const bc2 = b.input(ADAMW_INPUTS.biasCorrection2, "f32", [1]);
 
+  // Gradients of rows that do not train are zeroed first, as a PyTorch gradient hook would.
+  const masks = params.map((p) => (p.rows ? rowMask(b, b.shape(p.param), p.rows) : undefined));
+  const grads = params.map((p, i) =>
+    masks[i] === undefined ? p.grad : b.binary("mul", p.grad, masks[i]!),
+  );
+
   // ‖g‖ over every gradient, as one vector (clip_grad_norm_ with the 2-norm): each square is
   // summed along its last axis first, so a large matrix is reduced by many rows at once.
   let sumSq: number | undefined;
-  for (const p of params) {
-    const shape = b.shape(p.grad);
-    let sq = b.binary("mul", p.grad, p.grad);
+  for (const grad of grads) {
+    const shape = b.shape(grad);
+    let sq = b.binary("mul", grad, grad);
     if (shape.length >= 2) sq = b.reduce("sum", sq, -1, false);
     const n = b.shape(sq).reduce((a, d) => a * d, 1);
     const s = b.reduce("sum", b.reshape(sq, [1, n]), 1, false);
@@ -109,14 +122,16 @@ export function appendAdamW(
         );
 
   const sqrtBc2 = b.unary("sqrt", bc2);
-  for (const p of params) {
+  params.forEach((p, i) => {
     const shape = b.shape(p.param);
-    const g = scale === undefined ? p.grad : b.binary("mul", p.grad, scale);
+    const g = scale === undefined ? grads[i]! : b.binary("mul", grads[i]!, scale);
     const lrP =
       p.lrScale === undefined || p.lrScale === 1 ? lr : b.binary("mul", lr, b.constant(p.lrScale));
     let w = p.param;
     if (p.decay && weightDecay !== 0) {
-      const keep = b.binary("sub", b.constant(1), b.binary("mul", lrP, b.constant(weightDecay)));
+      let lrWd = b.binary("mul", lrP, b.constant(weightDecay));
+      if (masks[i] !== undefined) lrWd = b.binary("mul", lrWd, masks[i]!);
+      const keep = b.binary("sub", b.constant(1), lrWd);
       w = b.binary("mul", w, keep);
     }
     const m0 = b.param(adamwNames.expAvg(p.name), shape, false, "zeros");
@@ -137,7 +152,27 @@ export function appendAdamW(
     b.output(adamwNames.update(p.name), updated);
     b.output(adamwNames.expAvgOut(p.name), m);
     b.output(adamwNames.expAvgSqOut(p.name), v);
+  });
+}
+
+/** 1 on the given rows of a `shape` tensor, 0 elsewhere, shaped [rows, 1, ...] to broadcast. */
+function rowMask(b: IrBuilder, shape: readonly number[], rows: readonly number[]): number {
+  const count = shape[0]!;
+  const index = b.cast(b.iota(b.constant(0, "f32", [1, count])), "f32");
+  let mask: number | undefined;
+  for (const [start, end] of rowRuns(rows)) {
+    // [start, end): (i < end) − (i < start), exactly 0 or 1.
+    const run = b.binary(
+      "sub",
+      b.binary("lt", index, b.constant(end)),
+      b.binary("lt", index, b.constant(start)),
+    );
+    mask = mask === undefined ? run : b.binary("add", mask, run);
   }
+  return b.reshape(mask ?? b.constant(0, "f32", [1, count]), [
+    count,
+    ...shape.slice(1).map(() => 1),
+  ]);
 }
 
 /** The step inputs for step `t` (1-based) at learning rate `lr`. */

@@ -18,6 +18,8 @@ export interface TrainParamSpec {
   decay: boolean;
   /** Per-parameter learning-rate multiplier (default 1). */
   lrScale?: number;
+  /** The only rows (first-axis indices, ascending) that train; absent: every row. */
+  rows?: number[];
 }
 
 /**
@@ -64,6 +66,7 @@ export function assembleTrainStep(
     }
     const u: AdamWParam = { name, param: node.id, grad, decay: s.decay };
     if (s.lrScale !== undefined) u.lrScale = s.lrScale;
+    if (s.rows !== undefined) u.rows = s.rows;
     updates.push(u);
   }
   b.at(optimizerOrigin && { ...optimizerOrigin, role: "optimizer" }, () =>

@@ -1,6 +1,7 @@
 // AdamW as IR against a float64 transcription of torch.optim.AdamW (with clip_grad_norm_),
-// three steps with clipping, decoupled decay and a learning-rate multiplier, on the reference
-// interpreter and on the device (state kept on the device between steps).
+// three steps with clipping, decoupled decay, learning-rate multipliers (a group at 10×) and
+// trainable rows, on the reference interpreter and on the device (state kept there between
+// steps; the rows that do not train keep their bytes).
 import { describe, expect, it } from "vitest";
 
 import { IrBuilder } from "../../../compiler/ir/builder.js";
@@ -26,10 +27,22 @@ const OPTIONS: AdamWOptions = {
   weightDecay: 0.1,
   maxNorm: 1.5,
 };
-const SPECS = [
+interface Spec {
+  name: string;
+  shape: number[];
+  decay: boolean;
+  lrScale: number;
+  rows?: number[];
+}
+const SPECS: Spec[] = [
   { name: "w", shape: [5, 7], decay: true, lrScale: 1 },
   { name: "b", shape: [7], decay: false, lrScale: 2 },
+  // An embedding-like table whose rows 1, 4 and 5 alone train, at 10× the rate, with decay.
+  { name: "e", shape: [7, 3], decay: true, lrScale: 10, rows: [1, 4, 5] },
 ];
+/** Whether element j of parameter `spec` trains (its row is one of `rows`). */
+const trains = (spec: Spec, j: number) =>
+  !spec.rows || spec.rows.includes(Math.floor(j / (size(spec.shape) / spec.shape[0]!)));
 const STEPS = 3;
 // Per-step gradient scales: steps 1 and 3 are clipped, step 2 is not.
 const GRAD_SCALE = [2, 0.05, 1];
@@ -48,6 +61,8 @@ function torchStep(
   lr: number,
   o: AdamWOptions,
 ): number {
+  // Rows that do not train have their gradient zeroed first (a gradient hook in PyTorch).
+  grads = grads.map((g, i) => g.map((x, j) => (trains(SPECS[i]!, j) ? x : 0)));
   let sq = 0;
   for (const g of grads) for (const x of g) sq += x * x;
   const total = Math.sqrt(sq);
@@ -56,7 +71,8 @@ function torchStep(
     const spec = SPECS[i]!;
     const g = grads[i]!.map((x) => x * coef);
     const lrI = lr * spec.lrScale;
-    if (spec.decay) for (let j = 0; j < s.p.length; j++) s.p[j]! *= 1 - lrI * o.weightDecay;
+    if (spec.decay)
+      for (let j = 0; j < s.p.length; j++) if (trains(spec, j)) s.p[j]! *= 1 - lrI * o.weightDecay;
     const bc1 = 1 - o.beta1 ** t;
     const bc2 = 1 - o.beta2 ** t;
     const stepSize = lrI / bc1;
@@ -79,6 +95,7 @@ function optimizerGraph(): IrGraph {
     grad: b.input(`grad.${s.name}`, "f32", s.shape),
     decay: s.decay,
     lrScale: s.lrScale,
+    ...(s.rows ? { rows: s.rows } : {}),
   }));
   appendAdamW(b, params, OPTIONS);
   return b.finish();
@@ -163,7 +180,7 @@ describe("AdamW as IR", () => {
       });
       expect(exe.setState(state)).toEqual([]);
       expect(exe.updated.sort()).toEqual(
-        ["b", "exp_avg.b", "exp_avg.w", "exp_avg_sq.b", "exp_avg_sq.w", "w"].sort(),
+        SPECS.flatMap((s) => [s.name, `exp_avg.${s.name}`, `exp_avg_sq.${s.name}`]).sort(),
       );
       exe.poison();
       const pending = [];
@@ -186,7 +203,21 @@ describe("AdamW as IR", () => {
         expect(relL2(moved, want)).toBeLessThan(1e-4);
         expect(relL2(got.get(`exp_avg.${s.name}`)!, e.m)).toBeLessThan(1e-5);
         expect(relL2(got.get(`exp_avg_sq.${s.name}`)!, e.v)).toBeLessThan(1e-5);
+        // Rows that do not train: the very bytes they started with, and no optimizer state.
+        const p = got.get(s.name)!;
+        const start = Float32Array.from(init[i]!);
+        for (let j = 0; j < p.length; j++) {
+          if (trains(s, j)) continue;
+          expect(p[j]).toBe(start[j]);
+          expect(got.get(`exp_avg.${s.name}`)![j]).toBe(0);
+          expect(got.get(`exp_avg_sq.${s.name}`)![j]).toBe(0);
+        }
       });
+      // The rows that train did move (the comparison above holds them to the 10× step).
+      const e = got.get("e")!;
+      expect(
+        Array.from(e).some((x, j) => trains(SPECS[2]!, j) && x !== Math.fround(init[2]![j]!)),
+      ).toBe(true);
     } finally {
       exe.destroy();
     }
