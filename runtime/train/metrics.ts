@@ -1,7 +1,8 @@
 /**
  * Training metrics: one JSON line per step appended to `runs/NAME/metrics.jsonl`, and the
  * progress line a person watches: rewritten in place with \r on a terminal, or one JSON
- * object per line with `--json`.
+ * object per line with `--json`. Beside the loss: each MoE layer's routing share (entropy,
+ * least and most used expert, dead experts) and the eval accuracy (docs/training.md, Metrics).
  */
 import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from "node:fs";
 
