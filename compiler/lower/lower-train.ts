@@ -249,7 +249,7 @@ export function lowerTrain(
   const trainOutputs = ir.outputs.length;
   const accuracy = accuracyOutputs(ir, lowering, bindings);
   const built = ir.finish();
-  const graph = pruneGraph({ nodes: built.nodes, outputs: built.outputs.slice(0, trainOutputs) });
+  const graph = pruneGraph({ ...built, outputs: built.outputs.slice(0, trainOutputs) });
   const evalGraph = pruneGraph(built);
   const outputs = new Map(graph.outputs.map((o) => [o.name, o.node]));
   const optimizerBinding = decl.body.find(
