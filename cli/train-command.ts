@@ -13,6 +13,7 @@ import { LimitError } from "../compiler/kernels/plan-buffers.js";
 import {
   type LoweredTrain,
   NOISE_KEY_INPUT,
+  accuracyOutput,
   selectTrainProgram,
 } from "../compiler/lower/lower-train.js";
 import { assembleTrain } from "../compiler/pipeline.js";
@@ -21,6 +22,7 @@ import { paramSpecs } from "../runtime/run-model.js";
 import { type SafetensorsFile, WeightsError } from "../runtime/safetensors.js";
 import { DataError, TrainData } from "../runtime/train/data.js";
 import { CheckpointError, listCheckpoints } from "../runtime/train/checkpoint.js";
+import { type AccuracyCounts, type EvalMetrics, accuracyOf } from "../runtime/train/metrics.js";
 import type { LrSchedule } from "../runtime/train/schedule.js";
 import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
@@ -243,17 +245,18 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
   try {
     let program;
     let evalProgram;
+    let evalTrain: LoweredTrain = train;
     const tuning = loadTuning(ctx) ?? DEFAULT_TUNING;
     try {
       program = compileGraph(step.graph, ctx.limits, tuning);
-      // Held-out loss: the forward-and-loss graph alone, lowered again without dropout and
-      // router jitter where the step has them.
+      // Held-out loss and accuracy: the forward-and-loss graph with the accuracy counts,
+      // lowered again without dropout and router jitter where the step has them.
       if (o.evalData !== undefined) {
         const noisy = train.graph.nodes.some((n) => n.op === "input" && n.name === NOISE_KEY_INPUT);
-        const evalTrain = noisy
+        evalTrain = noisy
           ? lowerTrainProgram(analysis, entry, train.name, o.set, dims, { evaluation: true })
           : train;
-        evalProgram = compileGraph(evalTrain.graph, ctx.limits, tuning);
+        evalProgram = compileGraph(evalTrain.evalGraph, ctx.limits, tuning);
       }
     } catch (err) {
       if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
@@ -267,7 +270,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       if (err instanceof DataError) throw new CliError(err.message);
       throw err;
     }
-    let evaluate: ((params: ReadonlyMap<string, TensorData>) => Promise<number>) | undefined;
+    let evaluate: ((params: ReadonlyMap<string, TensorData>) => Promise<EvalMetrics>) | undefined;
     if (evalProgram && o.evalData !== undefined) {
       let evalData: TrainData;
       try {
@@ -278,18 +281,36 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       }
       const exe = await Executor.create(ctx, evalProgram);
       evalExecutor = exe;
-      // The mean loss over every whole batch of the file, in file order.
+      // The mean loss over every whole batch of the file, in file order, and each
+      // cross_entropy's accuracy from its correct and counted positions summed over them.
       evaluate = async (params) => {
         exe.setParams(params);
         const batches = Math.floor(evalData.examples / evalData.batchSize);
         let cursor = { epoch: 0, position: 0 };
         let sum = 0;
+        const counts = new Map<string, Float64Array>();
         for (let i = 0; i < batches; i++) {
           const b = evalData.batch(cursor);
           cursor = b.cursor;
-          sum += (await exe.run(b.inputs)).get("loss")![0]!;
+          const out = await exe.run(b.inputs);
+          sum += out.get("loss")![0]!;
+          for (const [name, v] of out) {
+            if (!name.startsWith("accuracy:")) continue;
+            let acc = counts.get(name);
+            if (!acc) counts.set(name, (acc = new Float64Array(v.length)));
+            for (let j = 0; j < v.length; j++) acc[j]! += v[j]!;
+          }
         }
-        return sum / batches;
+        const terms = new Map<string, AccuracyCounts>();
+        for (const m of evalTrain.accuracy) {
+          const get = (what: Parameters<typeof accuracyOutput>[1]) =>
+            counts.get(accuracyOutput(m.term, what)) ?? new Float64Array(0);
+          const c: AccuracyCounts = { correct: get("correct")[0]!, count: get("count")[0]! };
+          if (m.tasks)
+            c.tasks = { names: m.tasks, correct: get("task_correct"), count: get("task_count") };
+          terms.set(m.term, c);
+        }
+        return { loss: sum / batches, ...accuracyOf(terms) };
       };
     }
     // Tokens per step: the elements of the largest integer input (tokens [B, T]), else B.

@@ -118,6 +118,12 @@ export class Lowering implements LoweringHooks {
     this.loras.set(path, { r, alpha });
   }
 
+  /**
+   * A `cross_entropy` call was lowered to `loss`, scoring `logits` against `labels`: training
+   * lowering (lower-train.ts) measures eval accuracy on the same pair.
+   */
+  crossEntropy(_logits: number, _labels: number, _ignoreIndex: number, _loss: number): void {}
+
   routing(layer: string, name: string, node: number): void {
     if (this.routingStats) this.routingOutputs.push({ name: routingOutputName(layer, name), node });
   }
@@ -304,8 +310,13 @@ export class Lowering implements LoweringHooks {
           // Random labels for a training input are classes of the logits it is scored against.
           const logits = args.get("logits")?.node;
           const labels = args.get("labels")?.node;
-          if (logits !== undefined && labels !== undefined)
+          if (logits !== undefined && labels !== undefined) {
             this.noteIdRange(labels, ir.shape(logits).at(-1)!);
+            const loss = lowering(ir, args, shape);
+            if (loss !== undefined)
+              this.crossEntropy(logits, labels, args.get("ignore_index")?.number ?? -100, loss);
+            return loss;
+          }
         }
         return lowering(ir, args, shape);
       }

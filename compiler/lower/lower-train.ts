@@ -13,6 +13,9 @@
  *
  * With dropout or router jitter in the model, the graph has the input `train.noise_key` (f32
  * [1]): the step's key for the `random` op, which the trainer sets per step (noiseKey).
+ * For the training metrics, each MoE layer also outputs `routing:<layer>.share` (f32 [E]),
+ * each expert's share of the layer's routed tokens (or mean gate, for dense routers), and
+ * `evalGraph` adds each cross_entropy's accuracy counts (see AccuracyMetric).
  */
 import type { Span, TrainDecl } from "../../grammar/ast.js";
 import { type Diagnostic, diagnostic } from "../diagnostics.js";
@@ -21,12 +24,14 @@ import { Evaluator } from "../check/evaluator.js";
 import type { ResolvedProgram } from "../check/resolve-names.js";
 import type { Value } from "../check/values.js";
 import type { IrGraph, IrOrigin } from "../ir/graph.js";
+import { inputsOf, numel } from "../ir/graph.js";
+import type { IrBuilder } from "../ir/builder.js";
 import { hashU32 } from "../ir/ops.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { num } from "../library/options.js";
 import { groupInstances, resolveParamGroups } from "../library/optim/param-groups.js";
 import { Inliner } from "./inliner.js";
-import { type LoweredInput, Lowering } from "./lower-model.js";
+import { type LoweredInput, Lowering, routingOutputName } from "./lower-model.js";
 import type { LoweredLibrary } from "./lowering-hooks.js";
 
 /** A parameter of a lowered training program. */
@@ -67,11 +72,45 @@ export interface LossTerm {
   node: number;
 }
 
+/** An MoE layer's routing share output in a training graph. */
+export interface RoutingShare {
+  /** The layer's dotted path (`net.blocks.0.moe`; `#2` for a second application). */
+  layer: string;
+  /** The output `routing:<layer>.share`, f32 [experts]. */
+  output: string;
+  experts: number;
+}
+
+/**
+ * The accuracy of one cross_entropy term on the eval graph: argmax of its logits against its
+ * labels over the positions whose label is not ignore_index. Outputs (f32), summed over the
+ * batch so batches add up: `accuracy:<term>.correct` and `.count` [1]; with a task input,
+ * `.task_correct` and `.task_count` [tasks], by task id.
+ */
+export interface AccuracyMetric {
+  /** The binding the cross_entropy is (part of): `ce`, or `loss` (`#2` for a second one). */
+  term: string;
+  /** The task names in id order, when counted per task. */
+  tasks?: string[];
+}
+
+/** Output names of an accuracy metric's counts. */
+export const accuracyOutput = (
+  term: string,
+  what: "correct" | "count" | "task_correct" | "task_count",
+): string => `accuracy:${term}.${what}`;
+
 /** The IR of one training program at fixed sizes. */
 export interface LoweredTrain {
   name: string;
-  /** Forward passes and losses; outputs `loss`, then the terms in order. */
+  /** Forward passes and losses; outputs `loss`, then the terms in order, then the shares. */
   graph: IrGraph;
+  /** `graph` plus the accuracy counts (`accuracy`): what evaluation runs. */
+  evalGraph: IrGraph;
+  /** Each MoE layer's share output, in the order the layers were lowered. */
+  routing: RoutingShare[];
+  /** The cross_entropy terms evalGraph measures accuracy for. */
+  accuracy: AccuracyMetric[];
   /** The node of the `loss` output (f32 [1]). */
   loss: number;
   /** The program's scalar bindings (`loss:`), then the MoE auxiliary losses (`aux:`). */
@@ -118,8 +157,23 @@ class TrainLowering extends Lowering {
   /** The latest application's statistics by layer, until its weights arrive. */
   private readonly pending = new Map<string, Map<string, number>>();
   readonly aux: LossTerm[] = [];
+  /** Every MoE application's share statistic, by layer (`#2` for a second application). */
+  readonly shares: { layer: string; node: number }[] = [];
+  /** Every cross_entropy call, in lowering order. */
+  readonly crossEntropies: { logits: number; labels: number; ignoreIndex: number; loss: number }[] =
+    [];
+
+  override crossEntropy(logits: number, labels: number, ignoreIndex: number, loss: number): void {
+    this.crossEntropies.push({ logits, labels, ignoreIndex, loss });
+  }
 
   override routing(layer: string, name: string, node: number): void {
+    if (name === "share") {
+      let named = layer;
+      for (let i = 2; this.shares.some((s) => s.layer === named); i++) named = `${layer}#${i}`;
+      this.shares.push({ layer: named, node });
+      return;
+    }
     if (name !== "balance_loss" && name !== "z_loss") return;
     let m = this.pending.get(layer);
     if (!m) this.pending.set(layer, (m = new Map()));
@@ -188,13 +242,24 @@ export function lowerTrain(
   for (const t of lowering.aux) total = ir.binary("add", total, t.node);
   ir.output("loss", total);
   for (const t of [...terms, ...lowering.aux]) ir.output(t.name, t.node);
+  const routing: RoutingShare[] = lowering.shares.map((s) => ({
+    layer: s.layer,
+    output: routingOutputName(s.layer, "share"),
+    experts: numel(ir.shape(s.node)),
+  }));
+  lowering.shares.forEach((s, i) => ir.output(routing[i]!.output, s.node));
   const optimizerValue = bindings.get("optimizer");
   const optimizer = adamwOptions(optimizerValue);
   if (!optimizer || optimizerValue?.k !== "instance")
     return fail(decl.name.span, "the back end can train with AdamW only");
   for (const [name, size] of dims)
     if (!lowering.usedDims.has(name)) lowering.usedDims.set(name, size);
-  const graph = pruneGraph(ir.finish());
+  // The eval graph's extra outputs are built on the same nodes, then each graph keeps its own.
+  const trainOutputs = ir.outputs.length;
+  const accuracy = accuracyOutputs(ir, lowering, bindings);
+  const built = ir.finish();
+  const graph = pruneGraph({ ...built, outputs: built.outputs.slice(0, trainOutputs) });
+  const evalGraph = pruneGraph(built);
   const outputs = new Map(graph.outputs.map((o) => [o.name, o.node]));
   const optimizerBinding = decl.body.find(
     (s) => s.kind === "Binding" && s.target.name === "optimizer",
@@ -212,6 +277,9 @@ export function lowerTrain(
   return {
     name: decl.name.name,
     graph,
+    evalGraph,
+    routing,
+    accuracy,
     loss: outputs.get("loss")!,
     terms: [...terms, ...lowering.aux].map((t) => ({ name: t.name, node: outputs.get(t.name)! })),
     inputs: lowering.inputs,
@@ -229,6 +297,88 @@ export function lowerTrain(
     params,
     loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
   };
+}
+
+/**
+ * Adds the accuracy counts of every cross_entropy call to `ir`'s outputs. Each is named by the
+ * first scalar binding of the program body (source order) whose value depends on it, so
+ * `ce = cross_entropy(...)` is `ce` even when `loss` adds it up. Counted per task when the
+ * program has a task input whose shape leads the labels' ([B] task ids, [B] or [B, T] labels).
+ */
+function accuracyOutputs(
+  ir: IrBuilder,
+  lowering: TrainLowering,
+  bindings: ReadonlyMap<string, Value>,
+): AccuracyMetric[] {
+  if (lowering.crossEntropies.length === 0) return [];
+  const scalars: { name: string; deps: Set<number> }[] = [];
+  for (const [name, v] of bindings) {
+    if (v.k !== "tensor" || v.node === undefined || v.t.dtype !== "f32") continue;
+    if (v.t.lead !== undefined || v.t.dims.length !== 0) continue;
+    scalars.push({ name, deps: ancestors(ir, v.node) });
+  }
+  const taskInput = lowering.inputs.find((i) => i.tasks !== undefined);
+  const taskNode =
+    taskInput &&
+    ir.nodes.find((n) => n.op === "input" && n.name === taskInput.name && n.dtype === "i32")?.id;
+  const metrics: AccuracyMetric[] = [];
+  for (const ce of lowering.crossEntropies) {
+    const base = scalars.find((s) => s.deps.has(ce.loss))?.name ?? "loss";
+    let term = base;
+    for (let i = 2; metrics.some((m) => m.term === term); i++) term = `${base}#${i}`;
+    const labelShape = ir.shape(ce.labels);
+    const N = numel(labelShape);
+    const C = ir.shape(ce.logits).at(-1)!;
+    const predicted = ir.topk(ir.reshape(ce.logits, [N, C]), 1); // [N, 1]: the argmax
+    const labels = ir.reshape(ir.cast(ce.labels, "i32"), [N, 1]);
+    const ignored = ir.cast(ir.binary("eq", labels, ir.constant(ce.ignoreIndex, "i32")), "f32");
+    const kept = ir.binary("sub", ir.constant(1), ignored); // [N, 1]
+    const correct = ir.binary("mul", ir.cast(ir.binary("eq", predicted, labels), "f32"), kept);
+    const sum = (x: number) => ir.reduce("sum", x, 0, false); // [N, k] → [k]
+    ir.output(accuracyOutput(term, "correct"), sum(correct));
+    ir.output(accuracyOutput(term, "count"), sum(kept));
+    const metric: AccuracyMetric = { term };
+    const taskShape = taskNode === undefined ? undefined : ir.shape(taskNode);
+    if (
+      taskInput?.tasks &&
+      taskNode !== undefined &&
+      taskShape &&
+      taskShape.every((d, i) => labelShape[i] === d)
+    ) {
+      const K = taskInput.tasks.length;
+      const B = numel(taskShape);
+      // Each example's task as a one-hot row ("no task", -1, matches none).
+      const onehot = ir.cast(
+        ir.binary("eq", ir.reshape(taskNode, [B, 1]), ir.iota(ir.constant(0, "i32", [1, K]))),
+        "f32",
+      );
+      const perTask = (x: number) =>
+        ir.reduce(
+          "sum",
+          ir.binary("mul", ir.reduce("sum", ir.reshape(x, [B, N / B]), 1, true), onehot),
+          0,
+          false,
+        ); // [K]
+      ir.output(accuracyOutput(term, "task_correct"), perTask(correct));
+      ir.output(accuracyOutput(term, "task_count"), perTask(kept));
+      metric.tasks = [...taskInput.tasks];
+    }
+    metrics.push(metric);
+  }
+  return metrics;
+}
+
+/** `node` and every node it depends on. */
+function ancestors(ir: IrBuilder, node: number): Set<number> {
+  const seen = new Set<number>();
+  const stack = [node];
+  while (stack.length > 0) {
+    const id = stack.pop()!;
+    if (seen.has(id)) continue;
+    seen.add(id);
+    stack.push(...inputsOf(ir.nodes[id]!));
+  }
+  return seen;
 }
 
 /** The optimizer binding's options; undefined unless it is an AdamW. */

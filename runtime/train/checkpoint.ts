@@ -38,6 +38,10 @@ export interface TrainerState {
   moecVersion: string;
   /** Evaluation loss at this step, when evaluated (the best one is kept). */
   evalLoss?: number;
+  /** Eval accuracy per cross_entropy term (null in the file where nothing was counted). */
+  evalAccuracy?: Record<string, number>;
+  /** Eval accuracy per cross_entropy term and task. */
+  evalTaskAccuracy?: Record<string, Record<string, number>>;
 }
 
 /** A tensor with its shape (checkpoints store shapes; the executor's arrays are flat). */

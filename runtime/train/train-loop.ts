@@ -32,7 +32,17 @@ import {
   writeCheckpoint,
 } from "./checkpoint.js";
 import type { DataCursor, DataPort, TrainData } from "./data.js";
-import { Ema, MetricsLog, type ProgressMode, formatProgress } from "./metrics.js";
+import {
+  Ema,
+  type EvalMetrics,
+  MetricsLog,
+  type ProgressMode,
+  RoutingWindow,
+  formatEval,
+  formatProgress,
+  routingShareLayer,
+  summarizeShare,
+} from "./metrics.js";
 import { type LrSchedule, checkSchedule, learningRate } from "./schedule.js";
 import { type PendingStep, TrainExecutor } from "./train-executor.js";
 
@@ -66,9 +76,13 @@ export interface TrainRunOptions {
   inFlight?: number;
   /**
    * Evaluates the parameters at each checkpoint (for instance a forward program on held-out
-   * data); the loss is recorded as the checkpoint's `evalLoss`, so retention can keep the best.
+   * data): a loss, or a loss with accuracies. The loss is recorded as the checkpoint's
+   * `evalLoss`, so retention can keep the best.
    */
-  evaluate?: (params: ReadonlyMap<string, TensorData>, step: number) => Promise<number> | number;
+  evaluate?: (
+    params: ReadonlyMap<string, TensorData>,
+    step: number,
+  ) => Promise<number | EvalMetrics> | number | EvalMetrics;
   /**
    * The step's IR (with its origins): when a step goes non-finite, it is replayed in the
    * reference to name the first non-finite value's source (NonFiniteError.source). Skipped
@@ -154,6 +168,7 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
   const noisy = o.program.inputs.some((i) => i.name === NOISE_KEY_INPUT);
   const smoothLoss = new Ema(0.9);
   const smoothMs = new Ema(0.9);
+  const routingWindow = new RoutingWindow();
   let lastLoss = NaN;
   let firstLoss = NaN;
   let lastCheckpoint: string | undefined;
@@ -182,8 +197,16 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       lastLoss = scalars.get("loss")?.[0] ?? NaN;
       if (pending.step === 1) firstLoss = lastLoss;
       const terms: Record<string, number> = {};
-      for (const [name, v] of scalars)
-        if (name !== "loss" && name !== adamwNames.gradNorm && v.length === 1) terms[name] = v[0]!;
+      // Each MoE layer's share vector (read back with the scalars, in the same staging copy).
+      const shares = new Map<string, TensorData>();
+      for (const [name, v] of scalars) {
+        const layer = routingShareLayer(name);
+        if (layer !== undefined) shares.set(layer, v);
+        else if (name !== "loss" && name !== adamwNames.gradNorm && v.length === 1)
+          terms[name] = v[0]!;
+      }
+      const routing = Object.fromEntries([...shares].map(([l, v]) => [l, summarizeShare(v)]));
+      routingWindow.add(shares);
       // The first step also compiles the shaders: its time is not a step's.
       const msPerStep = pending.step === 1 ? NaN : ms;
       const s = pending.step + offset;
@@ -196,6 +219,7 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
         lr,
         tokens_per_s: (tokens * 1000) / msPerStep,
         ms_per_step: msPerStep,
+        routing,
       });
       if (!Number.isFinite(lastLoss)) {
         // Name the first term that went bad, when one did: it says where to look.
@@ -216,6 +240,7 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
               tokensPerS: (tokens * 1000) / smoothMs.value,
               msPerStep: smoothMs.value,
               lr,
+              routing: routingWindow.take(),
             },
             o.progress.mode,
           ),
@@ -235,13 +260,9 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
         const saved = await saveCheckpoint(exe, o, t, after, shapes);
         lastCheckpoint = saved.dir;
         restart = { step: t, cursor: after, state: saved.state };
-        if (saved.evalLoss !== undefined) {
-          log.appendEval(t, saved.evalLoss);
-          o.progress?.write(
-            o.progress.mode === "json"
-              ? JSON.stringify({ event: "eval", step: t, eval_loss: saved.evalLoss }) + "\n"
-              : `${o.progress.mode === "tty" ? "\n" : ""}step ${t}: eval loss ${saved.evalLoss.toFixed(4)}\n`,
-          );
+        if (saved.eval !== undefined) {
+          log.appendEval(t, saved.eval);
+          o.progress?.write(formatEval(t, saved.eval, o.progress.mode));
         }
         log.sync();
         lastArrival = performance.now(); // the checkpoint's time is not a step's
@@ -276,7 +297,7 @@ async function saveCheckpoint(
   step: number,
   cursor: DataCursor,
   shapes: ReadonlyMap<string, number[]>,
-): Promise<{ dir: string; evalLoss?: number; state: Map<string, TensorData> }> {
+): Promise<{ dir: string; eval?: EvalMetrics; state: Map<string, TensorData> }> {
   const all = await exe.readState();
   // A finite loss does not make the update after it finite (an overflowing learning rate):
   // a checkpoint is only ever of finite state, so the newest one is always safe to resume.
@@ -297,9 +318,14 @@ async function saveCheckpoint(
     sourceHash: o.sourceHash,
     moecVersion: moecVersion(),
   };
+  let evaluated: EvalMetrics | undefined;
   if (o.evaluate) {
     const model = new Map([...params].map(([name, t]) => [name, t.data]));
-    state.evalLoss = await o.evaluate(model, step);
+    const e = await o.evaluate(model, step);
+    evaluated = typeof e === "number" ? { loss: e } : e;
+    state.evalLoss = evaluated.loss;
+    if (evaluated.accuracy) state.evalAccuracy = evaluated.accuracy;
+    if (evaluated.taskAccuracy) state.evalTaskAccuracy = evaluated.taskAccuracy;
   }
   const dir = writeCheckpoint(
     o.runDir,
@@ -307,9 +333,7 @@ async function saveCheckpoint(
     o.retention,
     o.exports?.(params),
   );
-  return state.evalLoss === undefined
-    ? { dir, state: all }
-    : { dir, evalLoss: state.evalLoss, state: all };
+  return evaluated === undefined ? { dir, state: all } : { dir, eval: evaluated, state: all };
 }
 
 /**

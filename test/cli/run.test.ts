@@ -190,13 +190,26 @@ describe("moec run shows the routing", () => {
     expect(r.stderr).toBe("");
     expect(r.code).toBe(0);
     const summary = JSON.parse(r.stdout);
-    expect(Object.keys(summary.routing)).toEqual(["blocks.0.ffn.moe", "blocks.1.ffn.moe"]);
+    // The dense TaskMap layer reports only its mean gate share.
+    expect(Object.keys(summary.routing)).toEqual([
+      "blocks.0.ffn.moe",
+      "blocks.1.ffn.moe",
+      "final.moe",
+    ]);
+    const { share: taskShare, ...rest } = summary.routing["final.moe"];
+    expect(rest).toEqual({});
+    expect(taskShare.reduce((a: number, b: number) => a + b)).toBeCloseTo(1, 6);
     // 12 tokens, top-2 over 8 experts, capacity 1.25: at most ceil(1.25·2·12/8) = 4 each.
-    for (const layer of Object.values(summary.routing) as Record<string, number & number[]>[]) {
+    const sparse = ["blocks.0.ffn.moe", "blocks.1.ffn.moe"].map((l) => summary.routing[l]);
+    for (const layer of sparse as Record<string, number & number[]>[]) {
       const load = layer.tokens_per_expert as number[];
+      // The share of the router's choices, before the capacity drops any.
+      expect(layer.share.reduce((a, b) => a + b)).toBeCloseTo(1, 6);
       expect(load).toHaveLength(8);
       expect(Math.max(...load)).toBeLessThanOrEqual(4);
       expect(load.reduce((a, b) => a + b) + layer.dropped!).toBe(24);
+      if (layer.dropped === 0)
+        load.forEach((n, e) => expect(layer.share[e]! * 24).toBeCloseTo(n, 4));
       expect(layer.entropy).toBeGreaterThan(0);
       expect(layer.entropy).toBeLessThanOrEqual(Math.log(8) + 1e-6);
       expect(layer.balance_loss).toBeGreaterThan(0);

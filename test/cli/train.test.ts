@@ -132,15 +132,26 @@ describe("moec train", () => {
     );
   });
 
-  it("--eval-data records the held-out loss at each checkpoint", () => {
+  it("--eval-data records the held-out loss and accuracy at each checkpoint", () => {
+    // The sequences with every 7th target ignored: those positions count for neither.
+    const ignored = path.join(tmp, "seq-ignored.safetensors");
+    const st = readSafetensorsFile(sequences);
+    const targets = Int32Array.from(st.read("targets").data, (y, i) => (i % 7 === 0 ? -100 : y));
+    writeSafetensorsFile(
+      ignored,
+      new Map([
+        ["tokens", { dtype: "I32", shape: [8, 5], data: st.read("tokens").data as Int32Array }],
+        ["targets", { dtype: "I32", shape: [8, 5], data: targets }],
+      ]),
+    );
     const out = path.join(tmp, "eval");
     const r = moec([
       "train",
       classifier,
       "--data",
-      sequences,
+      ignored,
       "--eval-data",
-      sequences,
+      ignored,
       "--batch",
       "4",
       "--steps",
@@ -159,13 +170,21 @@ describe("moec train", () => {
     // The same examples as training: by the end the held-out loss is small too.
     expect(evals[1]!.eval_loss).toBeLessThan(evals[0]!.eval_loss);
     expect(evals[1]!.eval_loss).toBeLessThan(0.05);
+    // Every counted position right: an ignored label (-100) counted as a miss would show.
+    const accuracy = evals.map((m) => (m.accuracy as unknown as Record<string, number>).loss!);
+    expect(accuracy[1]).toBe(1);
+    expect(accuracy[0]).toBeGreaterThanOrEqual(0);
+    expect(r.stderr).toMatch(/step 150: eval loss \d\.\d{4}, accuracy 100\.0%\n/);
     const state = JSON.parse(
       fs.readFileSync(path.join(out, "ckpt-150", "trainer_state.json"), "utf8"),
     );
     expect(state.evalLoss).toBe(evals[1]!.eval_loss);
+    expect(state.evalAccuracy).toEqual({ loss: 1 });
+    // No MoE layer: no routing in the step lines.
+    expect(lastMetrics(out)).not.toHaveProperty("routing");
   });
 
-  it("trains the shipped symbol-maps example (a task-aware top-1 MoE) well below chance", () => {
+  it("trains the shipped symbol-maps example (a task-aware top-1 MoE) well below chance, with routing and per-task accuracy", () => {
     const data = path.join(tmp, "maps.safetensors");
     const gen = moec([
       "data",
@@ -193,6 +212,10 @@ describe("moec train", () => {
       "200",
       "--out",
       out,
+      "--eval-data",
+      data,
+      "--save-every",
+      "100",
       "--json",
     ]);
     expect(r.code).toBe(0);
@@ -206,7 +229,74 @@ describe("moec train", () => {
     // Chance is ln 16 = 2.77; the balance loss is reported as its own term.
     expect(done.firstLoss as number).toBeGreaterThan(2.5);
     expect(done.lastLoss as number).toBeLessThan(2.0);
-    expect(lastMetrics(out)["aux:net.moe.balance"]).toBeGreaterThan(0);
+    const lines = fs
+      .readFileSync(path.join(out, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+    // Routing: one share per expert of the layer (as moec params counts them), summing to 1,
+    // in every step line (that step) and every --json progress event (the logging window).
+    const experts = new Set(
+      paramNames("examples/symbol-maps.moe", "Fit").flatMap(
+        (n) => /^net\.moe\.experts\.(\d+)\./.exec(n)?.[1] ?? [],
+      ),
+    ).size;
+    expect(experts).toBe(4);
+    type Routing = Record<
+      string,
+      { share: number[]; entropy: number; min: number; max: number; dead: number }
+    >;
+    const checkRouting = (routing: Routing) => {
+      expect(Object.keys(routing)).toEqual(["net.moe"]);
+      const { share, entropy, min, max, dead } = routing["net.moe"]!;
+      expect(share).toHaveLength(experts);
+      expect(share.reduce((a, b) => a + b, 0)).toBeCloseTo(1, 4);
+      expect(dead).toBe(share.filter((x) => x === 0).length);
+      expect(min).toBe(Math.min(...share));
+      expect(max).toBe(Math.max(...share));
+      expect(entropy).toBeGreaterThanOrEqual(0);
+      expect(entropy).toBeLessThanOrEqual(Math.log(experts) + 1e-5);
+    };
+    const steps = lines.filter((l) => !("eval_loss" in l));
+    expect(steps).toHaveLength(200);
+    expect(steps.at(-1)!["aux:net.moe.balance"]).toBeGreaterThan(0);
+    for (const l of steps) checkRouting(l.routing as Routing);
+    // Top-1 over 64 examples: each share is a multiple of 1/64.
+    for (const x of (steps[0]!.routing as Routing)["net.moe"]!.share)
+      expect(x * 64).toBeCloseTo(Math.round(x * 64), 3);
+    const progress = events.filter((e) => e.event === undefined);
+    expect(progress.length).toBeGreaterThan(0);
+    for (const e of progress) checkRouting(e.routing as Routing);
+
+    // Eval: accuracy on the training data, overall and per task (the tasks declaration's
+    // names), in metrics.jsonl, the --json events and trainer_state.json.
+    const evals = lines.filter((l) => "eval_loss" in l);
+    expect(evals.map((l) => l.step)).toEqual([100, 200]);
+    const evalEvents = events.filter((e) => e.event === "eval");
+    expect(evalEvents.map(({ event: _e, ...rest }) => rest)).toEqual(evals);
+    const taskIds = readSafetensorsFile(data).read("task").data;
+    const perTask = [0, 1, 2, 3].map((k) => taskIds.filter((t) => t === k).length);
+    for (const l of evals) {
+      const accuracy = (l.accuracy as Record<string, number>).loss!;
+      const tasks = (l.task_accuracy as Record<string, Record<string, number>>).loss!;
+      expect(Object.keys(tasks)).toEqual(["m0", "m1", "m2", "m3"]);
+      for (const a of [accuracy, ...Object.values(tasks)]) {
+        expect(a).toBeGreaterThanOrEqual(0);
+        expect(a).toBeLessThanOrEqual(1);
+      }
+      // Every example is in one task: the overall accuracy is the tasks' weighted mean.
+      const weighted = Object.values(tasks).reduce((a, t, k) => a + t * perTask[k]!, 0);
+      expect(accuracy).toBeCloseTo(weighted / taskIds.length, 6);
+    }
+    // Well above chance (1/16) after training on the same examples.
+    const final = (evals[1]!.accuracy as Record<string, number>).loss!;
+    expect(final).toBeGreaterThan(4 / 16);
+    const state = JSON.parse(
+      fs.readFileSync(path.join(out, "ckpt-200", "trainer_state.json"), "utf8"),
+    );
+    expect(state.evalAccuracy).toEqual(evals[1]!.accuracy);
+    expect(state.evalTaskAccuracy).toEqual(evals[1]!.task_accuracy);
   });
 
   it("resumes a run killed with SIGKILL to the uninterrupted run's weights, bit for bit", async () => {

@@ -1,7 +1,21 @@
 // Dense MoE lowering (Soft, Grouped, TokenMix, TaskMap) against float64 code written here.
 import { describe, expect, it } from "vitest";
 import { interpret } from "../../runtime/reference/interpret.js";
-import { close, ffn, leaves, linear, lower, mat, relu, row, softmax } from "./routing-fixtures.js";
+import * as path from "node:path";
+import {
+  close,
+  ffn,
+  leaves,
+  linear,
+  lower,
+  lowerFile,
+  mat,
+  relu,
+  row,
+  softmax,
+} from "./routing-fixtures.js";
+
+const statsFile = path.join(import.meta.dirname, "../../examples/__routing__.moe");
 
 describe("dense MoE lowering", () => {
   it("Soft: softmax-weighted sum of every expert", () => {
@@ -141,5 +155,64 @@ model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
       return ffn(l, "moe.experts.0", xn);
     });
     close(y.data, expected);
+  });
+
+  it("dense routers report each expert's mean gate share (summing to 1) with --stats", () => {
+    const stats = (source: string, dims: Record<string, number>, fixed = {}) => {
+      const { lowered } = lowerFile(source, statsFile, dims, undefined, { routingStats: true });
+      const l = leaves(lowered!, fixed);
+      return { l, share: interpret(lowered!.graph, l).outputs.get("routing:moe.share")! };
+    };
+    const mean = (rows: number[][]) =>
+      rows[0]!.map((_, e) => rows.reduce((a, r) => a + r[e]!, 0) / rows.length);
+    // Soft: the mean of the softmax gates.
+    const soft = stats(
+      `import std.nn { FFN }
+import std.route { MoE, Soft }
+model M() { in x: f32[N, 4]  out y: f32[N, 4]
+  moe = MoE(router: Soft(), experts: [FFN(4, 3, act: relu); 3])
+  y = moe(x) }`,
+      { N: 7 },
+    );
+    const gate = mat(soft.l.get("moe.router.gate.weight")!);
+    close(soft.share.data, mean(mat(soft.l.get("x")!).map((x) => softmax(linear(x, gate)))));
+    // TaskMap: the mean of each example's row of the task table.
+    const taskMap = stats(
+      `import std.nn { FFN }
+import std.route { MoE, TaskMap }
+tasks Lang { en_de, en_fr }
+model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
+  moe = MoE(router: TaskMap({ en_de: [0], en_fr: [1, 2] }), experts: [FFN(4, 3, act: relu); 3])
+  y = moe(x, task) }`,
+      { B: 4, T: 2 },
+      { task: [1, 0, 1, 1] },
+    );
+    close(taskMap.share.data, [1 / 4, 3 / 8, 3 / 8]);
+    // TokenMix: each token's emit weights over the experts, normalised, then averaged.
+    const [B, T, E, group] = [4, 1, 3, 2];
+    const mix = stats(
+      `import std.nn { FFN }
+import std.route { MoE, TokenMix }
+model M() { in x: f32[B, T, 3]  out y: f32[B, T, 3]
+  moe = MoE(router: TokenMix(group: ${group}, temperature: 0.5), experts: [FFN(3, 2, act: relu); ${E}])
+  y = moe(x) }`,
+      { B, T },
+    );
+    const wc = mat(mix.l.get("moe.router.controller.weight")!);
+    const xs = mat(mix.l.get("x")!);
+    const perToken: number[][] = [];
+    for (let g = 0; g < B / group; g++) {
+      const members = [0, 1].map((i) => xs[g * group + i]!);
+      const w = [...Array(E).keys()].map((e) =>
+        softmax(members.map((xi) => linear(xi, wc)[e]! / 0.5)),
+      );
+      members.forEach((_, i) => {
+        const t = w.reduce((a, we) => a + we[i]!, 0);
+        perToken.push(w.map((we) => we[i]! / t));
+      });
+    }
+    close(mix.share.data, mean(perToken));
+    for (const s of [soft.share, taskMap.share, mix.share])
+      expect([...s.data].reduce((a, b) => a + b, 0)).toBeCloseTo(1, 12);
   });
 });

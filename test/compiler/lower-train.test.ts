@@ -68,10 +68,12 @@ function leaves(
   return out;
 }
 
+/** The scalar outputs (routing shares are vectors, checked on their own). */
 function run(t: LoweredTrain, l: Map<string, HostTensor>): Map<string, number> {
   const outs = interpret(t.graph, l).outputs;
   const m = new Map<string, number>();
   for (const [name, v] of outs) {
+    if (name.startsWith("routing:")) continue;
     expect(v.shape).toEqual([1]);
     m.set(name, v.data[0]!);
   }
@@ -365,9 +367,18 @@ train Fit() {
     expect(t.params.find((p) => p.name === "teacher.moe.router.gate.weight")?.trainable).toBe(
       false,
     );
+    // Every MoE layer reports its share, the frozen teacher's too, named by its path.
+    expect(t.routing.map((r) => [r.layer, r.output, r.experts])).toEqual(
+      ["net.moe", "net.quiet", "teacher.moe", "teacher.quiet"].map((layer) => [
+        layer,
+        `routing:${layer}.share`,
+        4,
+      ]),
+    );
     for (const seed of [1, 2, 3]) {
       const l = leaves(t, seed, {}, 2);
       const out = run(t, l);
+      const share = interpret(t.graph, l).outputs.get("routing:net.moe.share")!;
       const logits = mat(l.get("x")!).map((r) =>
         linear(r, mat(l.get("net.moe.router.gate.weight")!)),
       );
@@ -382,6 +393,8 @@ train Fit() {
         z += (lse * lse) / N;
       }
       const balance = 4 * counts.reduce((a, c, e) => a + (c / N) * meanP[e]!, 0);
+      expect(share.shape).toEqual([4]);
+      counts.forEach((c, e) => near(share.data[e]!, c / N));
       // The forward pass by hand: top-1 weights the chosen expert by its probability (Switch).
       const top1 = (layer: string, x: number[]) => {
         const z = linear(x, mat(l.get(`net.${layer}.router.gate.weight`)!));
@@ -404,6 +417,73 @@ train Fit() {
       near(out.get("aux:net.moe.balance")!, 0.01 * balance);
       near(out.get("aux:net.moe.z")!, 0.001 * z);
       near(out.get("loss")!, out.get("loss:fit")! + 0.01 * balance + 0.001 * z);
+    }
+  });
+
+  it("the eval graph counts each cross_entropy's argmax hits, overall and per task", () => {
+    const source = `import std.nn { Embedding }
+import std.optim { AdamW }
+tasks Kinds { a, b, c }
+model Clf() { in tokens: i32[B, S]  out logits: f32[B, S, 5]  embed = Embedding(7, 5)  logits = embed(tokens) }
+train Fit() {
+  in tokens: i32[B, S]
+  in kind: Kinds[B]
+  in labels: i32[B, S]
+  in other: i32[B, S]
+  net = Clf()
+  z = net(tokens)
+  first = cross_entropy(z, labels, ignore_index: 2)
+  loss = first + 0.5 * cross_entropy(z, other)
+  optimizer = AdamW()
+}
+`;
+    const [B, S] = [7, 3];
+    const t = lowerInline(source, { B, S });
+    // The second cross_entropy is part of `loss` only; the first is `first`.
+    expect(t.accuracy).toEqual([
+      { term: "first", tasks: ["a", "b", "c"] },
+      { term: "loss", tasks: ["a", "b", "c"] },
+    ]);
+    expect(verifyGraph(t.evalGraph)).toEqual([]);
+    // The train graph does not compute them.
+    expect(t.graph.outputs.some((o) => o.name.startsWith("accuracy:"))).toBe(false);
+    for (const seed of [1, 2]) {
+      // One example without a task (-1): counted overall, in no task.
+      const l = leaves(t, seed, { kind: [0, 2, 1, -1, 2, 0, 2] });
+      const outs = interpret(t.evalGraph, l).outputs;
+      const table = mat(l.get("net.embed.weight")!);
+      const tokens = [...l.get("tokens")!.data];
+      const kind = [...l.get("kind")!.data];
+      const argmax = tokens.map((tok) => {
+        const z = table[tok]!;
+        return z.indexOf(Math.max(...z));
+      });
+      const check = (term: string, labels: number[], ignore: number) => {
+        const correct = [0, 0, 0];
+        const count = [0, 0, 0];
+        let all = 0;
+        let counted = 0;
+        labels.forEach((y, i) => {
+          if (y === ignore) return;
+          const hit = argmax[i] === y ? 1 : 0;
+          all += hit;
+          counted++;
+          const k = kind[Math.floor(i / S)]!;
+          if (k >= 0) {
+            correct[k]! += hit;
+            count[k]!++;
+          }
+        });
+        const get = (what: string) => [...outs.get(`accuracy:${term}.${what}`)!.data];
+        expect(get("correct")).toEqual([all]);
+        expect(get("count")).toEqual([counted]);
+        expect(get("task_correct")).toEqual(correct);
+        expect(get("task_count")).toEqual(count);
+        return counted;
+      };
+      const labels = [...l.get("labels")!.data];
+      expect(check("first", labels, 2)).toBeLessThan(B * S); // some labels are ignored
+      expect(check("loss", [...l.get("other")!.data], -100)).toBe(B * S);
     }
   });
 

@@ -6,7 +6,15 @@
  */
 import { dimConst, dimValue } from "../../check/dims.js";
 import type { IrBuilder } from "../../ir/builder.js";
-import { constantTable, layerPath, logitsOf, weightOf } from "../../lower/routing/common.js";
+import {
+  constantTable,
+  layerPath,
+  logitsOf,
+  recordGateShare,
+  routingStat,
+  weightOf,
+} from "../../lower/routing/common.js";
+import { concatChunked } from "../../lower/stack-experts.js";
 import { loraDelta } from "../adapt/lora.js";
 import { f32Tensor, member } from "../options.js";
 import { type RouterFamily, routerPath } from "./router-family.js";
@@ -104,6 +112,8 @@ export const grouped: RouterFamily = {
         weights.push(ir.binary("mul", wgg, weightOf(ir, inner, j)));
       start += group.length;
     });
+    if (r.lowering.routingStats)
+      recordGateShare(ir, routingStat(r), concatChunked(ir, weights, rank - 1));
     const leaves = groups.flat();
     // LoRA experts over one shared base: Σ w_e (base(x) + δ_e(x)) = base(x) + Σ w_e δ_e(x), since Σ w_e = 1.
     const base = leaves[0]?.wrapOf?.base;

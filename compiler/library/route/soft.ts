@@ -1,6 +1,12 @@
 /** Dense soft mixture (`Soft`): every expert, weighted by softmax(x·Wᵀ) over all experts. */
 import { dimConst } from "../../check/dims.js";
-import { applyEach, logitsOf, weightedSum } from "../../lower/routing/common.js";
+import {
+  applyEach,
+  logitsOf,
+  recordGateShare,
+  routingStat,
+  weightedSum,
+} from "../../lower/routing/common.js";
 import { f32Tensor } from "../options.js";
 import { type RouterFamily, routerPath } from "./router-family.js";
 
@@ -21,6 +27,8 @@ export const soft: RouterFamily = {
     const g = m.gate("gate", m.experts.length);
     const ys = applyEach(m, m.x);
     if (g === undefined || !ys) return undefined;
-    return weightedSum(ir, ir.softmax(logitsOf(m, g)), ys);
+    const gates = ir.softmax(logitsOf(m, g));
+    if (m.r.lowering.routingStats) recordGateShare(ir, routingStat(m.r), gates);
+    return weightedSum(ir, gates, ys);
   },
 };

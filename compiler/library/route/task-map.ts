@@ -5,7 +5,13 @@
  */
 import { dimValue } from "../../check/dims.js";
 import { describeValue } from "../../check/values.js";
-import { applyEach, constantTable, weightedSum } from "../../lower/routing/common.js";
+import {
+  applyEach,
+  constantTable,
+  recordGateShare,
+  routingStat,
+  weightedSum,
+} from "../../lower/routing/common.js";
 import type { RouterFamily } from "./router-family.js";
 
 export const taskMap: RouterFamily = {
@@ -75,6 +81,7 @@ export const taskMap: RouterFamily = {
     });
     // Task ids [B] pick rows [B, E]; broadcast over the token axes between B and d.
     let w = ir.gather(constantTable(ir, table), task.node);
+    if (r.lowering.routingStats) recordGateShare(ir, routingStat(r), w);
     const xRank = ir.shape(x.node!).length;
     const wShape = ir.shape(w);
     w = ir.reshape(w, [...wShape.slice(0, -1), ...Array(xRank - wShape.length).fill(1), E]);

@@ -6,7 +6,13 @@
  * limit: expert choice with one token per expert per group.
  */
 import { dimConst } from "../../check/dims.js";
-import { type MoeLowering, applyStackedExperts, layerPath } from "../../lower/routing/common.js";
+import {
+  type MoeLowering,
+  applyStackedExperts,
+  layerPath,
+  recordGateShare,
+  routingStat,
+} from "../../lower/routing/common.js";
 import { bool, f32Tensor, member, num, requireRange } from "../options.js";
 import { type RouterFamily, routerPath } from "./router-family.js";
 
@@ -122,6 +128,8 @@ function mixTokens(m: MoeLowering, X: number, logits: number): number | undefine
     member(router, "emit") === "softmax_experts"
       ? ir.softmax(scaled)
       : ir.permute(merge, [0, 2, 1]); // [M, group, E]
+  // Padding tokens (a batch not a multiple of the group) are counted like the others.
+  if (r.lowering.routingStats) recordGateShare(ir, routingStat(r), emitWeights);
   return ir.matmul(emitWeights, Y); // [M, group, dOut]
 }
 
@@ -148,8 +156,11 @@ function lowerDiscreteTokenMix(m: MoeLowering, X: number, logits: number): numbe
   const xf = ir.reshape(X, [M * group, d]);
   const y = applyStackedExperts(r, experts, ir.gather(xf, tokens), ids);
   if (y === undefined) return undefined;
-  if (r.lowering.routingStats)
+  if (r.lowering.routingStats) {
     r.lowering.routing(layerPath(r), "tokens", ir.reshape(tokens, [M, E]));
+    // One token per expert per group: every expert gets the same share.
+    r.lowering.routing(layerPath(r), "share", ir.constant(1 / E, "f32", [E]));
+  }
   const dOut = ir.shape(y)[1]!;
   return ir.reshape(ir.scatterAdd(y, tokens, M * group), [M, group, dOut]);
 }

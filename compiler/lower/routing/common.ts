@@ -333,8 +333,30 @@ export function total(ir: IrBuilder, x: number): number {
 }
 
 /**
+ * A dense router's `share` statistic from its gates `weights` [..., E]: each token's gates
+ * divided by their sum (a TaskMap row or a merge weight need not sum to 1), averaged over the
+ * tokens, so the shares sum to 1 as a sparse router's do.
+ */
+export function recordGateShare(
+  ir: IrBuilder,
+  stat: (name: string, node: number) => void,
+  weights: number,
+): void {
+  const s = ir.shape(weights);
+  const E = s[s.length - 1]!;
+  const rows = ir.reshape(weights, [numel(s.slice(0, -1)), E]);
+  const perToken = ir.binary(
+    "div",
+    rows,
+    ir.binary("max", ir.reduce("sum", rows, -1, true), ir.constant(1e-30)),
+  );
+  stat("share", ir.reduce("mean", perToken, 0, false));
+}
+
+/**
  * A router's statistics from its assignments before (`wanted`) and after (`served`) the
- * capacity limit, ids [R] with -1 for dropped: tokens per expert and dropped assignments; and,
+ * capacity limit, ids [R] with -1 for dropped: tokens per expert, dropped assignments and each
+ * expert's share of the router's assignments (counted before the capacity limit); and,
  * for a router with logits [N, E], the Switch balance loss E·Σ f_e·P_e (f: share of
  * assignments wanted by e, P: mean router probability of e), the z-loss mean(logsumexp²) and
  * the mean router entropy. A router without logits (a fixed map) has no probabilities to
@@ -363,11 +385,12 @@ export function recordRouterStats(
   const served_ = load(served);
   stat("tokens_per_expert", served_);
   stat("dropped", ir.binary("sub", ir.constant(R, "f32", [1]), total(ir, served_)));
+  const share = ir.binary("div", load(wanted), ir.constant(R));
+  stat("share", share);
   if (logits === undefined) return;
   const [N] = ir.shape(logits) as [number, number];
   const probs = ir.softmax(logits);
   const meanProb = ir.reduce("mean", probs, 0, false); // [E]
-  const share = ir.binary("div", load(wanted), ir.constant(R));
   stat(
     "balance_loss",
     ir.binary("mul", total(ir, ir.binary("mul", share, meanProb)), ir.constant(E)),
