@@ -133,6 +133,15 @@ export function writeDirAtomic(
   }
 }
 
+/**
+ * What a temporary sibling's name (tempSibling) says: the name it stands in for and the pid of
+ * the process that wrote it; undefined for any other name.
+ */
+export function parseTempSibling(name: string): { target: string; pid: number } | undefined {
+  const m = /^\.(.+)\.(\d+)\.[0-9a-f]+\.(?:tmp|old)$/.exec(name);
+  return m ? { target: m[1]!, pid: Number(m[2]) } : undefined;
+}
+
 /** `.<name>.<pid>.<random>.<suffix>` beside `file`: hidden, unique, on the same filesystem. */
 function tempSibling(file: string, suffix: string): string {
   const id = `${process.pid}.${randomBytes(6).toString("hex")}`;

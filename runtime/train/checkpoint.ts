@@ -10,7 +10,7 @@
 import { mkdirSync, readFileSync, readdirSync, rmSync, statSync } from "node:fs";
 import path from "node:path";
 
-import { writeDirAtomic, writeFileAtomic } from "../atomic-write.js";
+import { parseTempSibling, writeDirAtomic, writeFileAtomic } from "../atomic-write.js";
 import type { TensorData } from "../executor.js";
 import {
   type TensorToWrite,
@@ -257,8 +257,8 @@ export function findResumeCheckpoint(
   return undefined;
 }
 
-/** A save's temporary sibling (runtime/atomic-write.ts): `.<name>.<pid>.<hex>.tmp` or `.old`. */
-const TEMPORARY = /^\.(?:ckpt-\d+|latest|metrics\.jsonl)\.(\d+)\.[0-9a-f]+\.(?:tmp|old)$/;
+/** What a run directory's saves write through temporary siblings (runtime/atomic-write.ts). */
+const SAVED = /^(?:ckpt-\d+|latest|metrics\.jsonl)$/;
 
 /**
  * Removes what a save killed midway left behind (a half-built checkpoint directory), when the
@@ -272,8 +272,8 @@ function removeStaleTemporaries(runDir: string, warn: (line: string) => void): v
     return;
   }
   for (const name of names) {
-    const m = TEMPORARY.exec(name);
-    if (!m || processAlive(Number(m[1]))) continue;
+    const temp = parseTempSibling(name);
+    if (!temp || !SAVED.test(temp.target) || processAlive(temp.pid)) continue;
     rmSync(path.join(runDir, name), { recursive: true, force: true });
     warn(`removed ${name}, left by an interrupted save`);
   }

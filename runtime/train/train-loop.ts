@@ -181,9 +181,10 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
   const feedsFor = (t: number, at: DataCursor) => {
     const batch = o.data.batch(at);
     const feeds = new Map<string, TensorData>(batch.inputs);
-    for (const [k, v] of adamwStepInputs(t, learningRate(o.schedule, t), o.adamw)) feeds.set(k, v);
+    const lr = learningRate(o.schedule, t);
+    for (const [k, v] of adamwStepInputs(t, lr, o.adamw)) feeds.set(k, v);
     if (noisy) feeds.set(NOISE_KEY_INPUT, Float32Array.of(noiseKey(o.seeds.noise, t)));
-    return { feeds, cursor: batch.cursor };
+    return { feeds, cursor: batch.cursor, lr };
   };
   const queue: { pending: PendingStep; lr: number; cursor: DataCursor }[] = [];
   try {
@@ -251,8 +252,7 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
     for (let t = step + 1; t <= last; t++) {
       const next = feedsFor(t, cursor);
       cursor = next.cursor;
-      const lr = learningRate(o.schedule, t);
-      queue.push({ pending: await exe.submit(next.feeds), lr, cursor });
+      queue.push({ pending: await exe.submit(next.feeds), lr: next.lr, cursor });
       if (queue.length >= (o.inFlight ?? 2)) await receive();
       if (t % o.checkpointEvery === 0 || t === last) {
         let after = cursor;

@@ -59,12 +59,13 @@ export const topK: RouterFamily = {
       jitter: num(router, "noise") ?? 0,
     });
     if (logits === undefined) return undefined;
+    const k = num(router, "k") ?? 2;
     return lowerTokenChoice(m, rows, logits, {
-      k: Math.min(num(router, "k") ?? 2, m.experts.length),
+      k: Math.min(k, m.experts.length),
       softmaxAfter: member(router, "softmax") === "after",
       // Top-1 keeps p (Switch): one renormalised weight is 1, and its router would get no
       // gradient from the task loss.
-      renormalize: bool(router, "renormalize") === true && (num(router, "k") ?? 2) > 1,
+      renormalize: bool(router, "renormalize") === true && k > 1,
       capacity: num(router, "capacity") ?? 0,
       overflowZero: member(router, "overflow") === "zero",
     });
