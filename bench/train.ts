@@ -7,8 +7,10 @@
  * device memory against parameters + optimizer state + saved activations.
  *
  * PyTorch runs the same two models on one CPU thread (bench/peers/torch_train.py) when
- * `python3 -c "import torch"` works, and its ms/step is printed beside moec's. TF.js has no
- * training code in the bench: its numbers (measured for the issue) are printed as a reference.
+ * `python3 -c "import torch"` works, and its ms/step is printed beside moec's. TF.js trains
+ * them too (bench/peers/tfjs-train.ts), on its WebGPU backend on moec's device and on its wasm
+ * backend, in this process; a table puts every peer's ms/step beside moec's, and the issue's
+ * two gates (dense step ≥ 4× TF.js WebGPU's speed, faster than TF.js wasm) print PASS/FAIL.
  */
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
@@ -26,6 +28,11 @@ import type { TensorData } from "../runtime/executor.js";
 import { paramSpecs } from "../runtime/run-model.js";
 import { TrainExecutor } from "../runtime/train/train-executor.js";
 import { initWeights } from "../runtime/weights.js";
+import {
+  runTfjsTrain,
+  type TfjsTrainModelResult,
+  type TfjsTrainResult,
+} from "./peers/tfjs-train.js";
 import { median } from "./peers/workloads.js";
 
 const V = 64;
@@ -35,8 +42,14 @@ const HEADS = 4;
 const T = 32;
 const B = 32;
 
+const EXPERTS = 4;
+const SHAPE = { V, D, layers: LAYERS, heads: HEADS, T, B, experts: EXPERTS };
+/** Warm-up and timed steps, for moec and the TF.js peers alike. */
+const WARMUP = 3;
+const STEPS = 10;
+
 const FFN_DENSE = `mlp = FFN(${D}, ${4 * D})`;
-const FFN_MOE = `mlp = MoE(router: TopK(k: 1), experts: [FFN(${D}, ${4 * D}); 4])`;
+const FFN_MOE = `mlp = MoE(router: TopK(k: 1), experts: [FFN(${D}, ${4 * D}); ${EXPERTS}])`;
 
 const source = (ffn: string) => `import std.nn { Embedding, Linear, LayerNorm, Attention, FFN }
 import std.route { MoE, TopK }
@@ -140,9 +153,9 @@ async function benchOne(ctx: GpuContext, name: string, ffn: string): Promise<Moe
         ...adamwStepInputs(t, 1e-3),
       ]);
     let t = 0;
-    for (let i = 0; i < 3; i++) await (await exe.submit(feeds(++t))).result;
+    for (let i = 0; i < WARMUP; i++) await (await exe.submit(feeds(++t))).result;
     const awaited: number[] = [];
-    for (let i = 0; i < 10; i++) {
+    for (let i = 0; i < STEPS; i++) {
       const f = feeds(++t);
       const t0 = performance.now();
       await (
@@ -224,7 +237,7 @@ export function runTorchPeer(): TorchResult | { skipped: string } {
   if (!script) return { skipped: "bench/peers/torch_train.py not found" };
   const run = spawnSync(
     found.python,
-    [script, "--threads", "1", "--warmup", "3", "--steps", "10"],
+    [script, "--threads", "1", "--warmup", String(WARMUP), "--steps", String(STEPS)],
     {
       encoding: "utf8",
       timeout: 300_000,
@@ -237,42 +250,148 @@ export function runTorchPeer(): TorchResult | { skipped: string } {
   return { ...(JSON.parse(run.stdout) as TorchResult), python: found.python };
 }
 
+type ModelName = "dense" | "moe";
+const MODELS: readonly ModelName[] = ["dense", "moe"];
+
+/** A TF.js backend's run: its results per model, or why it did not run. */
+type TfjsRun = TfjsTrainResult | { skipped: string };
+
+type Timed = { ms: number } | { why: string };
+
+/** The TF.js result for one model, if it ran (not skipped) and its loss fell. */
+function tfjsTimed(run: TfjsRun, model: ModelName): Timed {
+  if ("skipped" in run) return { why: run.skipped };
+  const r = run.results.find((x) => x.model === model);
+  if (!r) return { why: "not run" };
+  if ("skipped" in r) return { why: r.skipped };
+  if (!lossFalls(r.losses)) return { why: "its loss did not fall (a broken peer)" };
+  return { ms: r.ms };
+}
+
+/** Finite losses, the last below the first: the update moves the weights downhill. */
+function lossFalls(losses: readonly number[]): boolean {
+  return (
+    losses.length >= 2 && losses.every(Number.isFinite) && losses[losses.length - 1]! < losses[0]!
+  );
+}
+
+/** One line per model of a TF.js backend: ms/step, parameters and the loss sanity check. */
+function tfjsLines(label: string, run: TfjsRun, moecParams: Record<ModelName, number>): string[] {
+  if ("skipped" in run) return [`  ${label} skipped: ${run.skipped}`];
+  const lines = [`  ${label} (${run.description}):`];
+  for (const r of run.results as TfjsTrainModelResult[]) {
+    if ("skipped" in r) {
+      lines.push(`    ${r.model.padEnd(6)} skipped: ${r.skipped}`);
+      continue;
+    }
+    const l = r.losses;
+    const same =
+      r.params === moecParams[r.model]
+        ? ""
+        : ` (TF.js has ${r.params}, moec ${moecParams[r.model]})`;
+    lines.push(
+      `    ${r.model.padEnd(6)} ${r.ms.toFixed(1).padStart(7)} ms/step (min ${r.minMs.toFixed(1)}), ${gflops(r.ms)} GFLOP/s, ${r.params} parameters${same}; ` +
+        `loss ${l[0]!.toFixed(4)} → ${l[l.length - 1]!.toFixed(4)} over the ${l.length} timed steps: ` +
+        (lossFalls(l) ? "falls, ok" : "DOES NOT FALL: this peer is broken, its time means nothing"),
+    );
+  }
+  return lines;
+}
+
 export async function benchTrain(): Promise<string[]> {
   const lines = [
     `reference LM: vocab ${V}, d ${D}, ${LAYERS} layers, ${HEADS} heads, FFN ${4 * D}, T ${T}, B ${B}; one step = forward + backward + AdamW`,
   ];
   // PyTorch first, alone on the CPU (lavapipe's threads would take its core).
   const torch = runTorchPeer();
-  // One device for both models, as `moec train` holds one for its run.
+  // One device for moec's two models and TF.js WebGPU, as `moec train` holds one for its run.
   const ctx = await openDevice();
-  const moec: Record<"dense" | "moe", MoecStep | undefined> = { dense: undefined, moe: undefined };
+  const moec: Record<ModelName, MoecStep | undefined> = { dense: undefined, moe: undefined };
+  let webgpu: TfjsRun;
+  let wasm: TfjsRun;
   try {
     lines.push(`device: ${adapterSummary(ctx)}`);
     moec.dense = await benchOne(ctx, "dense", FFN_DENSE);
     lines.push(moec.dense.line);
     moec.moe = await benchOne(ctx, "moe", FFN_MOE);
     lines.push(moec.moe.line);
+    const runs = { warmup: WARMUP, steps: STEPS };
+    webgpu = await runTfjsTrain("webgpu", SHAPE, MODELS, { ...runs, ctx });
+    // The wasm MoE (dense-masked, ~0.8 s/step here) runs only if its steps fit in a minute.
+    wasm = await runTfjsTrain("wasm", SHAPE, MODELS, { ...runs, budgetMs: { moe: 60_000 } });
   } finally {
     await ctx.close();
   }
+  const m = { dense: moec.dense, moe: moec.moe };
+  const params = { dense: m.dense.params, moe: m.moe.params };
+
   if ("skipped" in torch) lines.push(`PyTorch peer skipped: ${torch.skipped}`);
   else {
     lines.push(
       `PyTorch ${torch.torch} CPU (${torch.python}), ${torch.threads} thread (bench/peers/torch_train.py, MoE sparse by index):`,
     );
-    for (const name of ["dense", "moe"] as const) {
+    for (const name of MODELS) {
       const t = torch[name];
-      const m = moec[name]!;
       const same =
-        t.params === m.params ? "" : ` (PyTorch has ${t.params} parameters, moec ${m.params})`;
+        t.params === m[name].params
+          ? ""
+          : ` (PyTorch has ${t.params} parameters, moec ${m[name].params})`;
       lines.push(
         `  ${name.padEnd(6)} ${t.ms.toFixed(1).padStart(7)} ms/step (min ${t.min_ms.toFixed(1)}), ${gflops(t.ms)} GFLOP/s; ` +
-          `moec/PyTorch ${(m.ms / t.ms).toFixed(1)}× (goal ≤ 2×)${same}`,
+          `moec/PyTorch ${(m[name].ms / t.ms).toFixed(1)}× (goal ≤ 2×)${same}`,
       );
     }
   }
+
+  const version = [webgpu, wasm].find((r): r is TfjsTrainResult => !("skipped" in r))?.version;
   lines.push(
-    "TF.js peers (issue #13, measured earlier on this machine, not rerun): WebGPU 1157 (dense) / 2038 (MoE) ms/step, wasm 557 ms/step dense",
+    `TF.js${version ? ` ${version}` : ""} (bench/peers/tfjs-train.ts; tf.train.adam: Adam without AdamW's decoupled weight decay; ` +
+      `MoE dense-masked: all ${EXPERTS} experts on every token, gated by top-1 p; one seeded batch reused, so the loss must fall):`,
+    ...tfjsLines("WebGPU", webgpu, params),
+    ...tfjsLines("wasm", wasm, params),
+  );
+
+  // Side by side: each peer's median ms/step and moec's speedup over it (peer ms / moec ms;
+  // above 1× moec is faster).
+  const cell = (ms: number | undefined, moecMs: number) =>
+    ms === undefined ? "—" : `${ms.toFixed(1)} (${(ms / moecMs).toFixed(2)}×)`;
+  const cols = ["moec", "TF.js WebGPU", "TF.js wasm", "PyTorch"];
+  const row = (cells: string[]) =>
+    `  ${cells[0]!.padEnd(6)} ${cells
+      .slice(1)
+      .map((c, i) => c.padStart(i === 0 ? 8 : 18))
+      .join("")}`;
+  lines.push(
+    `ms/step side by side (median of ${STEPS} awaited steps; in parentheses moec's speedup, peer ms / moec ms):`,
+    row(["model", ...cols]),
+  );
+  for (const name of MODELS) {
+    const mm = m[name].ms;
+    const tw = tfjsTimed(webgpu, name);
+    const ta = tfjsTimed(wasm, name);
+    const pt = "skipped" in torch ? undefined : torch[name].ms;
+    lines.push(
+      row([
+        name,
+        mm.toFixed(1),
+        cell("ms" in tw ? tw.ms : undefined, mm),
+        cell("ms" in ta ? ta.ms : undefined, mm),
+        cell(pt, mm),
+      ]),
+    );
+  }
+
+  // Issue #13's gates, from this run's dense step.
+  const gate = (what: string, peer: Timed, min: number, strict: boolean) => {
+    if (!("ms" in peer)) return `gate: ${what}: SKIPPED (${peer.why})`;
+    const speedup = peer.ms / m.dense.ms;
+    const pass = strict ? speedup > min : speedup >= min;
+    return `gate: ${what}: ${pass ? "PASS" : "FAIL"} (${speedup.toFixed(2)}×: ${peer.ms.toFixed(1)} vs ${m.dense.ms.toFixed(1)} ms/step)`;
+  };
+  lines.push(
+    gate("moec's dense step ≥ 4× faster than TF.js WebGPU", tfjsTimed(webgpu, "dense"), 4, false),
+    gate("moec's dense step faster than TF.js wasm", tfjsTimed(wasm, "dense"), 1, true),
+    "note: issue #13's numbers, measured earlier on this machine: TF.js WebGPU 1157 (dense) / 2038 (MoE dense-masked) ms/step, wasm 557 ms/step dense",
   );
   return lines;
 }

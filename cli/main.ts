@@ -164,6 +164,10 @@ program
   .option("--seed <n>", "seed of the initialisation and the data order", "0")
   .option("--out <dir>", "run directory (default: runs/<program>)")
   .option("--save-every <n>", "write a checkpoint every N steps (and always at the end)")
+  .option(
+    "--eval-every <n>",
+    "also evaluate --eval-data every N steps (it runs at each checkpoint)",
+  )
   .option("--keep <n>", "checkpoints to keep, newest first", "3")
   .option(
     "--resume [dir]",

@@ -38,6 +38,7 @@ export interface TrainOptions {
   seed?: string;
   out?: string;
   saveEvery?: string;
+  evalEvery?: string;
   keep?: string;
   resume?: boolean | string;
   weights?: string[];
@@ -187,6 +188,8 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       EXIT_USAGE,
     );
   const dataFile: SafetensorsFile = openTensors(o.data, "--data")!;
+  if (o.evalEvery !== undefined && o.evalData === undefined)
+    throw new CliError("--eval-every needs --eval-data (what to evaluate on)", EXIT_USAGE);
   if (o.evalData !== undefined && !fs.existsSync(o.evalData))
     throw new CliError(`--eval-data ${o.evalData}: no such file`);
 
@@ -353,6 +356,9 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         adamw,
         initialParams: () => initial.params,
         checkpointEvery: positive(o.saveEvery, "--save-every", steps),
+        ...(o.evalEvery !== undefined
+          ? { evalEvery: positive(o.evalEvery, "--eval-every", steps) }
+          : {}),
         retention: { keepLast: keep },
         seeds: { init: seed, data: seed, noise: seed },
         configHash,

@@ -26,6 +26,7 @@
  */
 import { type IrDType, type IrGraph, type IrNode, inputsOf, numel } from "../ir/graph.js";
 import { type AnchorKernel, fusionOf, isAnchorKernel } from "../ir/ops.js";
+import { paramStacks } from "../ir/param-stacks.js";
 
 /** How a kernel reads a value: a strided window onto the buffer of a stored tensor. */
 export interface View {
@@ -228,29 +229,47 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
   const isOutput = new Set(graph.outputs.map((o) => o.node));
   const ordered = [...live].sort((a, b) => a - b);
 
-  // ---- Packs. A concatenation along axis 0 of parameters, each reshaped to [1, ...] (how
-  // stacked experts' weights are written), becomes one buffer the parameters are uploaded
-  // into: the stack is then free, and every reader of a packed parameter reads the pack.
-  const packOf = new Map<number, { storage: number; offset: number }>(); // param → place
+  // ---- Packs. A stack of whole parameters along axis 0 (how experts' weights are stacked;
+  // compiler/ir/param-stacks.ts) becomes one buffer the parameters are uploaded into: the
+  // stack is then free, and every reader of a packed parameter reads the pack. A stack whose
+  // parts include an earlier pack's parameters, all of them, consecutive and in order (the
+  // optimizer's flat parameter vector), takes that pack in whole: the pack nests.
+  const packOf = new Map<number, { storage: number; offset: number }>(); // param or pack → place
   const packs = new Set<number>();
-  for (const id of ordered) {
-    const n = node(id);
-    if (n.op !== "concat" || n.axis !== 0) continue;
-    const params = n.inputs.map((i) => {
-      const v = node(i);
-      const src = v.op === "reshape" ? node(v.inputs[0]) : v;
-      return src.op === "param" && v.shape[0] === 1 && numel(src.shape) === numel(v.shape)
-        ? src
-        : undefined;
-    });
-    if (params.some((q) => q === undefined || packOf.has(q.id))) continue;
-    if (new Set(params.map((q) => q!.id)).size !== params.length) continue;
+  const packMembers = new Map<number, number[]>(); // top-level pack → its parameters in order
+  for (const stack of paramStacks(nodes)) {
+    if (!live.has(stack.concat)) continue;
+    const parts: { id: number; offset: number; nested?: number[] }[] = [];
     let offset = 0;
-    for (const q of params) {
-      packOf.set(q!.id, { storage: id, offset });
-      offset += numel(q!.shape);
+    let ok = true;
+    for (let k = 0; k < stack.params.length && ok;) {
+      const q = stack.params[k]!;
+      const inner = packOf.get(q)?.storage;
+      if (inner === undefined) {
+        parts.push({ id: q, offset });
+        offset += numel(node(q).shape);
+        k++;
+        continue;
+      }
+      const members = packMembers.get(inner)!;
+      ok = packOf.get(q)!.offset === 0 && members.every((m, j) => stack.params[k + j] === m);
+      parts.push({ id: inner, offset, nested: members });
+      offset += members.reduce((a, m) => a + numel(node(m).shape), 0);
+      k += members.length;
     }
-    packs.add(id);
+    if (!ok) continue;
+    for (const part of parts) {
+      if (part.nested) {
+        for (const m of part.nested) {
+          const at = packOf.get(m)!;
+          packOf.set(m, { storage: stack.concat, offset: part.offset + at.offset });
+        }
+        packMembers.delete(part.id);
+      }
+      packOf.set(part.id, { storage: stack.concat, offset: part.offset });
+    }
+    packs.add(stack.concat);
+    packMembers.set(stack.concat, stack.params);
   }
 
   // ---- Views. A view op's input is stored (or is itself a view); a reshape that strides
@@ -481,6 +500,11 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     }
   }
 
+  // ---- Concatenations written in place by the kernels of their parts.
+  const placed = placeConcatParts(graph, kernels);
+  stored.clear();
+  for (const k of kernels) stored.add(k.out.storage);
+
   // ---- Storages: leaves, and whatever a kernel writes.
   const storages: Storage[] = [];
   for (const id of ordered) {
@@ -498,6 +522,7 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
       if (packed) st.packedIn = packed;
       storages.push(st);
     } else if (packs.has(id)) {
+      if (packOf.has(id)) continue; // nested in a larger pack
       storages.push({
         id,
         role: "pack",
@@ -516,11 +541,116 @@ export function fuseKernels(graph: IrGraph, options: FuseOptions = {}): FusedPro
     }
   }
 
-  const outputs = graph.outputs.map((o) => ({ name: o.name, view: rawView(o.node) }));
+  const outputs = graph.outputs.map((o) => ({
+    name: o.name,
+    view: relocate(rawView(o.node), placed),
+  }));
   for (const o of outputs) {
     if (!isContiguous(o.view)) throw new Error(`internal: output ${o.name} is not contiguous`);
   }
   return { graph, kernels, storages, outputs };
+}
+
+/** Where a storage moved: into another storage's buffer, at an element offset. */
+type Placement = Map<number, { storage: number; offset: number }>;
+
+/** `v` where its storage now lives (a placed concatenation may itself be placed). */
+function relocate(v: View, placed: Placement): View {
+  for (let to = placed.get(v.storage); to; to = placed.get(v.storage))
+    v = { ...v, storage: to.storage, offset: v.offset + to.offset };
+  return v;
+}
+
+/**
+ * A concatenation along its outermost non-unit axis lays each part out as one contiguous
+ * block, so the kernel computing a part can store it straight into the concatenation's buffer
+ * at its offset, and the concatenation costs no pass of its own (the gradients of a train
+ * step, concatenated into the optimizer's flat vector, are written where AdamW reads them). A
+ * part that cannot be placed so (a parameter, a value some other kernel also writes or that
+ * is computed once from parameters, a strided view, a repeated part) is copied by a kernel
+ * of its own, so a concatenation of any number of parts never binds more than two buffers.
+ */
+function placeConcatParts(graph: IrGraph, kernels: FusedKernel[]): Placement {
+  const node = (id: number) => graph.nodes[id]!;
+  const placed: Placement = new Map();
+  const writers = new Map<number, FusedKernel[]>();
+  for (const k of kernels) writers.set(k.out.storage, [...(writers.get(k.out.storage) ?? []), k]);
+  for (const k of [...kernels]) {
+    const c = node(k.root);
+    if (c.op !== "concat" || k.kind !== "map" || k.static) continue;
+    if (k.members.length !== 1 || k.members[0] !== c.id || k.out.storage !== c.id) continue;
+    if (!c.shape.slice(0, c.axis).every((d) => d === 1)) continue;
+    const partStorages = c.inputs.map((i) => k.loads[i]!.storage);
+    // Parts whose own kernel can store them here: written by that kernel alone, whole and
+    // contiguous, not computed once from parameters, and not a part twice.
+    const candidates = new Map<number, FusedKernel>();
+    c.inputs.forEach((input, j) => {
+      const view = k.loads[input]!;
+      const s = view.storage;
+      const producer = writers.get(s);
+      const size = numel(node(input).shape);
+      if (
+        producer?.length === 1 &&
+        !producer[0]!.static &&
+        !placed.has(s) &&
+        partStorages.indexOf(s) === j &&
+        partStorages.lastIndexOf(s) === j &&
+        isContiguous(view) &&
+        view.offset === 0 &&
+        numel(node(s).shape) === size &&
+        producer[0]!.out.offset === 0 &&
+        numel(producer[0]!.out.shape) === size
+      )
+        candidates.set(s, producer[0]!);
+    });
+    // A kernel may not bind the buffer it writes a second time, to read: a part whose kernel
+    // reads another placed part (or the concatenation) is copied instead.
+    for (let changed = true; changed;) {
+      changed = false;
+      for (const [s, producer] of candidates) {
+        const reads = Object.values(producer.loads).map((v) => relocate(v, placed).storage);
+        if (reads.some((r) => r === c.id || (r !== s && candidates.has(r)))) {
+          candidates.delete(s);
+          changed = true;
+        }
+      }
+    }
+    const pieces: FusedKernel[] = [];
+    let offset = 0;
+    c.inputs.forEach((input, j) => {
+      const view = k.loads[input]!;
+      const shape = node(input).shape;
+      if (candidates.has(view.storage)) {
+        placed.set(view.storage, { storage: c.id, offset });
+      } else {
+        pieces.push({
+          kind: "map",
+          name: `${k.name}_part${j}`,
+          root: c.id,
+          shape: [...shape],
+          members: [],
+          loads: { [c.id]: view },
+          out: {
+            storage: c.id,
+            dtype: c.dtype,
+            offset,
+            shape: [...shape],
+            strides: contiguousStrides(shape),
+          },
+        });
+      }
+      offset += numel(shape);
+    });
+    kernels.splice(kernels.indexOf(k), 1, ...pieces);
+    // This concatenation's writers are now its parts' kernels and its copies.
+    writers.set(c.id, [...candidates.values(), ...pieces]);
+  }
+  if (placed.size === 0) return placed;
+  for (const k of kernels) {
+    for (const [id, v] of Object.entries(k.loads)) k.loads[Number(id)] = relocate(v, placed);
+    k.out = relocate(k.out, placed);
+  }
+  return placed;
 }
 
 /** Largest inner size of a matmul evaluated inside another kernel's epilogue. */

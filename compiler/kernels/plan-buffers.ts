@@ -199,11 +199,15 @@ export function planBuffers(
     for (const v of Object.values(k.loads)) lastUse.set(v.storage, t);
   });
   for (const o of program.outputs) lastUse.set(o.view.storage, Infinity);
+  // Several kernels may write one storage (the parts of a concatenation, fuse-kernels.ts): it
+  // takes its buffer at the first write and keeps it past the last write and the last read.
+  const lastWrite = new Map<number, number>();
+  program.kernels.forEach((k, t) => lastWrite.set(k.out.storage, t));
   const free: PhysicalBuffer[] = [];
   const dying = new Map<number, number[]>(); // kernel index → storages dead after it
   program.kernels.forEach((k, t) => {
     const s = storageById.get(k.out.storage)!;
-    if (s.role === "value") {
+    if (s.role === "value" && bufferOf[s.id] === undefined) {
       const need = storageBytes(s);
       // Best fit among free pool buffers; else grow the largest; else a new one.
       let pick: PhysicalBuffer | undefined;
@@ -218,7 +222,8 @@ export function planBuffers(
         buffers.push(pick);
       }
       bufferOf[s.id] = pick.id;
-      const end = lastUse.get(s.id) ?? t; // written but never read: free right away
+      // Written but never read: free after the last write.
+      const end = Math.max(lastUse.get(s.id) ?? t, lastWrite.get(s.id)!);
       if (end !== Infinity) dying.set(end, [...(dying.get(end) ?? []), s.id]);
     }
     for (const dead of dying.get(t) ?? []) {

@@ -64,7 +64,7 @@ export class TrainExecutor {
   readonly #program: CompiledProgram;
   readonly #buffers: GPUBuffer[];
   readonly #kernels: PreparedKernel[];
-  readonly #copies: StateCopy[];
+  #copies: StateCopy[];
   readonly #scratch: GPUBuffer | undefined;
   readonly #scalars: { out: ProgramTensor; offset: number; bytes: number }[];
   readonly #slots: Slot[];
@@ -114,6 +114,7 @@ export class TrainExecutor {
       }
       this.#copies.push(copy);
     }
+    this.#copies = coalesce(this.#copies);
     const device = ctx.device;
     this.#scratch =
       scratchBytes > 0
@@ -389,4 +390,29 @@ export class TrainExecutor {
 
 function numel(shape: readonly number[]): number {
   return shape.reduce((a, b) => a * b, 1);
+}
+
+/**
+ * Copies from adjacent ranges of one buffer into adjacent ranges of another merged into one
+ * (the optimizer writes its flat update where the packed parameters lie in the same order,
+ * so a step's state updates are a copy or three, not three per tensor).
+ */
+function coalesce(copies: readonly StateCopy[]): StateCopy[] {
+  const direct = copies
+    .filter((c) => c.scratch === undefined)
+    .sort((a, b) => a.from.buffer - b.from.buffer || a.from.byteOffset - b.from.byteOffset);
+  const out: StateCopy[] = [];
+  for (const c of direct) {
+    const last = out.at(-1);
+    if (
+      last &&
+      last.from.buffer === c.from.buffer &&
+      last.to.buffer === c.to.buffer &&
+      last.from.byteOffset + last.bytes === c.from.byteOffset &&
+      last.to.byteOffset + last.bytes === c.to.byteOffset
+    )
+      last.bytes += c.bytes;
+    else out.push({ ...c });
+  }
+  return [...out, ...copies.filter((c) => c.scratch !== undefined)];
 }

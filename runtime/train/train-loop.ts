@@ -10,7 +10,7 @@ import path from "node:path";
 
 import type { CompiledProgram } from "../../compiler/kernels/compile-graph.js";
 import {
-  ADAMW_INPUTS,
+  ADAMW_STEP_INPUT,
   type AdamWOptions,
   adamwNames,
   adamwStepInputs,
@@ -48,7 +48,7 @@ import { type PendingStep, TrainExecutor } from "./train-executor.js";
 
 /** The program's inputs that the data file feeds (all but the optimizer's step inputs). */
 export function dataPorts(program: CompiledProgram): DataPort[] {
-  const optim = new Set<string>([...Object.values(ADAMW_INPUTS), NOISE_KEY_INPUT]);
+  const optim = new Set<string>([ADAMW_STEP_INPUT, NOISE_KEY_INPUT]);
   return program.inputs.filter((i) => !optim.has(i.name));
 }
 
@@ -61,6 +61,11 @@ export interface TrainRunOptions {
   /** Parameters at step 0 (every parameter the program reads but the optimizer state). */
   initialParams: () => ReadonlyMap<string, TensorData>;
   checkpointEvery: number;
+  /**
+   * Also evaluate (without a checkpoint) every this many steps; evaluation runs at every
+   * checkpoint either way.
+   */
+  evalEvery?: number;
   retention?: RetentionOptions;
   seeds: TrainerState["seeds"];
   configHash: string;
@@ -254,15 +259,22 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
       cursor = next.cursor;
       queue.push({ pending: await exe.submit(next.feeds), lr: next.lr, cursor });
       if (queue.length >= (o.inFlight ?? 2)) await receive();
-      if (t % o.checkpointEvery === 0 || t === last) {
+      const checkpointNow = t % o.checkpointEvery === 0 || t === last;
+      const evalNow =
+        o.evaluate !== undefined && o.evalEvery !== undefined && t % o.evalEvery === 0;
+      if (checkpointNow || evalNow) {
         let after = cursor;
         while (queue.length > 0) after = await receive();
-        const saved = await saveCheckpoint(exe, o, t, after, shapes);
-        lastCheckpoint = saved.dir;
-        restart = { step: t, cursor: after, state: saved.state };
-        if (saved.eval !== undefined) {
-          log.appendEval(t, saved.eval);
-          o.progress?.write(formatEval(t, saved.eval, o.progress.mode));
+        let evaluated: EvalMetrics | undefined;
+        if (checkpointNow) {
+          const saved = await saveCheckpoint(exe, o, t, after, shapes);
+          lastCheckpoint = saved.dir;
+          restart = { step: t, cursor: after, state: saved.state };
+          evaluated = saved.eval;
+        } else evaluated = await evaluateState(o, await exe.readState(), t);
+        if (evaluated !== undefined) {
+          log.appendEval(t, evaluated);
+          o.progress?.write(formatEval(t, evaluated, o.progress.mode));
         }
         log.sync();
         lastArrival = performance.now(); // the checkpoint's time is not a step's
@@ -318,11 +330,8 @@ async function saveCheckpoint(
     sourceHash: o.sourceHash,
     moecVersion: moecVersion(),
   };
-  let evaluated: EvalMetrics | undefined;
-  if (o.evaluate) {
-    const model = new Map([...params].map(([name, t]) => [name, t.data]));
-    const e = await o.evaluate(model, step);
-    evaluated = typeof e === "number" ? { loss: e } : e;
+  const evaluated = await evaluateState(o, all, step);
+  if (evaluated) {
     state.evalLoss = evaluated.loss;
     if (evaluated.accuracy) state.evalAccuracy = evaluated.accuracy;
     if (evaluated.taskAccuracy) state.evalTaskAccuracy = evaluated.taskAccuracy;
@@ -334,6 +343,18 @@ async function saveCheckpoint(
     o.exports?.(params),
   );
   return evaluated === undefined ? { dir, state: all } : { dir, eval: evaluated, state: all };
+}
+
+/** `o.evaluate` of the model's parameters in `all` (the optimizer state left out). */
+async function evaluateState(
+  o: TrainRunOptions,
+  all: ReadonlyMap<string, TensorData>,
+  step: number,
+): Promise<EvalMetrics | undefined> {
+  if (!o.evaluate) return undefined;
+  const model = new Map([...all].filter(([name]) => !isOptimizerState(name)));
+  const e = await o.evaluate(model, step);
+  return typeof e === "number" ? { loss: e } : e;
 }
 
 /**

@@ -132,7 +132,7 @@ describe("moec train", () => {
     );
   });
 
-  it("--eval-data records the held-out loss and accuracy at each checkpoint", () => {
+  it("--eval-data records the held-out loss and accuracy at each checkpoint and --eval-every", () => {
     // The sequences with every 7th target ignored: those positions count for neither.
     const ignored = path.join(tmp, "seq-ignored.safetensors");
     const st = readSafetensorsFile(sequences);
@@ -158,6 +158,8 @@ describe("moec train", () => {
       "150",
       "--save-every",
       "75",
+      "--eval-every",
+      "50",
       "--out",
       out,
     ]);
@@ -166,22 +168,28 @@ describe("moec train", () => {
     const evals = lines
       .map((l) => JSON.parse(l) as Record<string, number>)
       .filter((m) => "eval_loss" in m);
-    expect(evals.map((m) => m.step)).toEqual([75, 150]);
+    // At each checkpoint (75, 150) and every 50 steps between, where no checkpoint is written.
+    expect(evals.map((m) => m.step)).toEqual([50, 75, 100, 150]);
+    expect(fs.existsSync(path.join(out, "ckpt-50"))).toBe(false);
     // The same examples as training: by the end the held-out loss is small too.
-    expect(evals[1]!.eval_loss).toBeLessThan(evals[0]!.eval_loss);
-    expect(evals[1]!.eval_loss).toBeLessThan(0.05);
+    expect(evals[3]!.eval_loss).toBeLessThan(evals[0]!.eval_loss);
+    expect(evals[3]!.eval_loss).toBeLessThan(0.05);
     // Every counted position right: an ignored label (-100) counted as a miss would show.
     const accuracy = evals.map((m) => (m.accuracy as unknown as Record<string, number>).loss!);
-    expect(accuracy[1]).toBe(1);
+    expect(accuracy[3]).toBe(1);
     expect(accuracy[0]).toBeGreaterThanOrEqual(0);
     expect(r.stderr).toMatch(/step 150: eval loss \d\.\d{4}, accuracy 100\.0%\n/);
     const state = JSON.parse(
       fs.readFileSync(path.join(out, "ckpt-150", "trainer_state.json"), "utf8"),
     );
-    expect(state.evalLoss).toBe(evals[1]!.eval_loss);
+    expect(state.evalLoss).toBe(evals[3]!.eval_loss);
     expect(state.evalAccuracy).toEqual({ loss: 1 });
     // No MoE layer: no routing in the step lines.
     expect(lastMetrics(out)).not.toHaveProperty("routing");
+
+    const alone = moec(["train", classifier, "--data", ignored, "--eval-every", "5"]);
+    expect(alone.code).toBe(2);
+    expect(alone.stderr).toMatch(/^moec: --eval-every needs --eval-data/m);
   });
 
   it("trains the shipped symbol-maps example (a task-aware top-1 MoE) well below chance, with routing and per-task accuracy", () => {

@@ -4,7 +4,13 @@ import { describe, expect, it } from "vitest";
 
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import { verifyGraph } from "../../compiler/ir/verify.js";
-import { ADAMW_DEFAULTS, ADAMW_INPUTS } from "../../compiler/library/optim/adamw.js";
+import { compileGraph } from "../../compiler/kernels/compile-graph.js";
+import {
+  ADAMW_DEFAULTS,
+  ADAMW_STEP_INPUT,
+  type AdamWParam,
+  appendAdamW,
+} from "../../compiler/library/optim/adamw.js";
 import { assembleTrainStep } from "../../compiler/library/optim/train-step.js";
 
 /** loss = mean((x·w + b − y)²) with dw, db by hand, and a frozen scale and an unused param. */
@@ -60,9 +66,7 @@ describe("assembleTrainStep", () => {
     );
     expect(leaves).toEqual(
       expect.arrayContaining([
-        `input ${ADAMW_INPUTS.lr}`,
-        `input ${ADAMW_INPUTS.biasCorrection1}`,
-        `input ${ADAMW_INPUTS.biasCorrection2}`,
+        `input ${ADAMW_STEP_INPUT}`,
         "param exp_avg.w",
         "param exp_avg_sq.b",
       ]),
@@ -84,5 +88,82 @@ describe("assembleTrainStep", () => {
     );
     expect(run([["w", db]])).toThrow("gradient of w has shape [2], the parameter [3, 2]");
     expect(run([["w", dw]])).not.toThrow();
+  });
+});
+
+describe("AdamW over flat vectors", () => {
+  /** `count` parameters of assorted shapes and settings, their gradients as inputs. */
+  function optimizer(count: number, stack?: { frozen: boolean }) {
+    const b = new IrBuilder();
+    const params: AdamWParam[] = [];
+    for (let i = 0; i < count; i++) {
+      const shape = i % 3 === 0 ? [i + 1, 5] : [2 * i + 1];
+      params.push({
+        name: `p${i}`,
+        param: b.param(`p${i}`, shape, true, "normal"),
+        grad: b.binary("mul", b.input(`g${i}`, "f32", shape), b.constant(2)),
+        decay: i % 2 === 0,
+        ...(i % 4 === 1 ? { lrScale: 10 } : {}),
+        ...(i === 3 ? { rows: [1, 2] } : {}),
+      });
+    }
+    // Three experts' weights stacked as an expert matmul reads them.
+    if (stack) {
+      const experts = [0, 1, 2].map((e) =>
+        b.param(`e${e}`, [4, 3], !stack.frozen || e !== 1, "normal"),
+      );
+      const stacked = b.concat(
+        experts.map((e) => b.reshape(e, [1, 4, 3])),
+        0,
+      );
+      b.output("read", b.reduce("sum", stacked, 0, false));
+      experts.forEach((e, i) => {
+        if (stack.frozen && i === 1) return;
+        params.push({
+          name: `e${i}`,
+          param: e,
+          grad: b.unary("neg", b.input(`ge${i}`, "f32", [4, 3])),
+          decay: true,
+        });
+      });
+    }
+    appendAdamW(b, params, { ...ADAMW_DEFAULTS, maxNorm: 1 });
+    return compileGraph(b.finish());
+  }
+
+  it("is the same few kernels for 4 tensors or 40", () => {
+    const small = optimizer(4);
+    const large = optimizer(40);
+    // The gradients' own kernels, one per tensor (the ×2), each storing into the flat
+    // gradient; then ‖g‖, the two moments and the update.
+    expect(small.kernels.length - 4).toBe(4);
+    expect(large.kernels.length - 40).toBe(4);
+    // Every parameter, and each moment, lives in one buffer.
+    const buffers = (prefix: string) =>
+      new Set(large.params.filter((p) => p.name.startsWith(prefix)).map((p) => p.buffer));
+    expect(buffers("p").size).toBe(1);
+    expect(buffers("exp_avg.").size).toBe(1);
+    expect(buffers("exp_avg_sq.").size).toBe(1);
+  });
+
+  it("takes a stack of experts' weights in whole, in the stack's order", () => {
+    const program = optimizer(5, { frozen: false });
+    const at = (name: string) => program.params.find((p) => p.name === name)!;
+    expect(
+      new Set(program.params.filter((p) => /^(p|e)\d/.test(p.name)).map((p) => p.buffer)).size,
+    ).toBe(1);
+    expect(at("e1").byteOffset - at("e0").byteOffset).toBe(4 * 12);
+    expect(at("e2").byteOffset - at("e1").byteOffset).toBe(4 * 12);
+    // No kernel computes the stack: the expert read binds the flat parameter buffer.
+    expect(program.kernels.length - 5 - 3).toBe(5);
+  });
+
+  it("falls back to per-tensor updates when a stack has a frozen member", () => {
+    const program = optimizer(5, { frozen: true });
+    const at = (name: string) => program.params.find((p) => p.name === name)!;
+    // The stack is still one pack; the update is per tensor, so more kernels.
+    expect(at("e0").buffer).toBe(at("e1").buffer);
+    expect(at("p0").buffer).not.toBe(at("p1").buffer);
+    expect(program.kernels.length).toBeGreaterThan(5 + 2 + 5);
   });
 });

@@ -481,6 +481,51 @@ describe("gather, scatter and copies", () => {
   });
 });
 
+describe("concatenations written in place", () => {
+  it("parts are stored at their offsets by their own kernels; others are copied", async () => {
+    let cat = 0;
+    const r = await expectMatches(
+      graph((b) => {
+        const x = b.input("x", "f32", [7, 5]);
+        const y = b.input("y", "f32", [3, 5]);
+        const w = b.param("w", [5, 5], true, "normal");
+        const flat = (id: number) => b.reshape(id, [b.shape(id).reduce((a, d) => a * d, 1)]);
+        const shared = b.unary("tanh", x); // also read by another kernel
+        const repeated = b.unary("exp", y); // a part twice: copied both times
+        const twice = b.unary("sigmoid", b.binary("mul", x, b.constant(2)));
+        const parts = [
+          flat(b.unary("relu", x)),
+          flat(shared),
+          flat(repeated),
+          flat(w), // a parameter: copied
+          flat(x), // an input: copied
+          flat(b.matmul(x, w)), // an anchor kernel's value
+          flat(b.permute(b.binary("mul", y, y), [1, 0])), // a permuted store
+          flat(repeated),
+          flat(b.reduce("sum", x, 1, true)), // seven elements: odd offsets follow
+          // Nested: its parts are placed in it, and it, written by two kernels, is copied.
+          b.concat([flat(b.unary("sigmoid", y)), flat(b.unary("neg", x))], 0),
+          flat(b.binary("add", x, b.constant(1))),
+          flat(twice),
+          // Its one part reads `twice`, placed here too: so it is copied, not placed.
+          b.concat([flat(b.binary("mul", twice, twice))], 0),
+        ];
+        cat = b.concat(parts, 0);
+        b.output("cat", b.binary("mul", cat, b.constant(3)));
+        b.output("sum", b.reduce("sum", b.reshape(cat, [1, b.shape(cat)[0]!]), 1, false));
+        b.output("shared_twice", b.binary("mul", shared, b.constant(2)));
+      }),
+    );
+    const kernels = r.program.fused.kernels;
+    // No kernel binds all the parts, and the concatenation is never a pass of its own.
+    expect(Math.max(...kernels.map((k) => Object.keys(k.loads).length))).toBeLessThan(8);
+    const copies = kernels.filter((k) => k.root === cat && k.members.length === 0);
+    // w, x, the repeated part twice and the two nested concatenations.
+    expect(copies).toHaveLength(6);
+    expect(kernels.some((k) => k.root === cat && k.members.length > 0)).toBe(false);
+  });
+});
+
 describe("attention", () => {
   it("scaled causal attention end to end is one kernel after the projections", async () => {
     for (const [B, T, d, heads] of [

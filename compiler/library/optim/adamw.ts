@@ -6,12 +6,14 @@
  *   p ← p − lr·wd·p                            (decoupled; only parameters with `decay`)
  *   m ← β1·m + (1 − β1)·g;  v ← β2·v + (1 − β2)·g²
  *   p ← p − (lr / (1 − β1ᵗ))·m / (√v / √(1 − β2ᵗ) + eps)
- * The learning rate and both bias corrections are one-element graph inputs (`adamwStepInputs`
+ * The learning rate and both bias corrections are one graph input (`adamwStepInputs`
  * computes them on the host), so a schedule changes them per step without recompiling.
  */
 import type { IrBuilder } from "../../ir/builder.js";
 import type { LoweredPrimitiveRule } from "../../lower/lowering-hooks.js";
 import { requireRange } from "../options.js";
+import { numel } from "../../ir/graph.js";
+import { paramStacks } from "../../ir/param-stacks.js";
 import { rowRuns } from "./param-groups.js";
 
 export const adamwRule: LoweredPrimitiveRule = {
@@ -60,12 +62,11 @@ export interface AdamWParam {
   rows?: number[];
 }
 
-/** The graph inputs the host sets every step (one-element f32 each). */
-export const ADAMW_INPUTS = {
-  lr: "adamw.lr",
-  biasCorrection1: "adamw.bias_correction1",
-  biasCorrection2: "adamw.bias_correction2",
-} as const;
+/**
+ * The graph input the host sets every step: f32[3] = [learning rate, 1 − β1ᵗ, 1 − β2ᵗ]. One
+ * tensor, so the update kernel binds one buffer for all three.
+ */
+export const ADAMW_STEP_INPUT = "adamw.step";
 
 /** Output and state names: `update:<p>`, `exp_avg:<p>` (new state), `exp_avg.<p>` (old state). */
 export const adamwNames = {
@@ -82,17 +83,261 @@ export const adamwNames = {
  * each parameter's moments as frozen parameters (`exp_avg.<p>`, `exp_avg_sq.<p>`), and the
  * outputs `grad_norm` (before clipping) and, per parameter, `update:<p>`, `exp_avg:<p>` and
  * `exp_avg_sq:<p>`.
+ *
+ * The step runs over flat vectors: the parameters, the gradients and both moments each
+ * concatenated into one (see `flatLayout`), so the whole update is a few kernels whatever the
+ * number of tensors. Where a parameter is stacked in a way the flat vector cannot contain
+ * (a stack with frozen members), the step is written per parameter instead.
  */
 export function appendAdamW(
   b: IrBuilder,
   params: readonly AdamWParam[],
   options: AdamWOptions = ADAMW_DEFAULTS,
 ): void {
-  const { beta1, beta2, eps, weightDecay, maxNorm } = options;
-  const lr = b.input(ADAMW_INPUTS.lr, "f32", [1]);
-  const bc1 = b.input(ADAMW_INPUTS.biasCorrection1, "f32", [1]);
-  const bc2 = b.input(ADAMW_INPUTS.biasCorrection2, "f32", [1]);
+  const input = b.input(ADAMW_STEP_INPUT, "f32", [3]);
+  const step = {
+    lr: b.slice(input, 0, 0, 1),
+    bc1: b.slice(input, 0, 1, 1),
+    bc2: b.slice(input, 0, 2, 1),
+  };
+  const layout = params.length > 0 ? flatLayout(b, params) : undefined;
+  if (layout) appendFlat(b, params, layout, options, step);
+  else appendPerTensor(b, params, options, step);
+}
 
+interface StepInputs {
+  lr: number;
+  bc1: number;
+  bc2: number;
+}
+
+/**
+ * Outputs `grad_norm` (√Σg²) and returns a maker of the clip coefficient
+ * min(1, max_norm / (‖g‖ + 1e-6)), or undefined without clipping. Each call makes the few
+ * scalar nodes anew, so every kernel that scales by it computes it itself.
+ */
+function clipScale(
+  b: IrBuilder,
+  sumSq: number | undefined,
+  maxNorm?: number,
+): (() => number) | undefined {
+  const norm = sumSq === undefined ? b.constant(0, "f32", [1]) : b.unary("sqrt", sumSq);
+  b.output(adamwNames.gradNorm, b.reshape(norm, [1]));
+  if (maxNorm === undefined) return undefined;
+  return () =>
+    b.binary(
+      "min",
+      b.constant(1),
+      b.binary("div", b.constant(maxNorm), b.binary("add", norm, b.constant(1e-6))),
+    );
+}
+
+/** A parameter's place in the flat vectors. */
+interface FlatSlot {
+  p: AdamWParam;
+  offset: number;
+  size: number;
+}
+
+/**
+ * The order of the flat vectors: each parameter stack (param-stacks.ts: the experts' weights
+ * the forward pass reads as one buffer) as a consecutive run in its own order, so the back
+ * end nests the stack's buffer in the flat one; then the runs sorted by their settings, so a
+ * per-element learning-rate scale or decay mask has few pieces. Undefined where a stack has
+ * a member that does not train or sits in two stacks.
+ */
+function flatLayout(b: IrBuilder, params: readonly AdamWParam[]): FlatSlot[] | undefined {
+  const byNode = new Map(params.map((p) => [p.param, p]));
+  const stackOf = new Map<number, number[]>();
+  for (const stack of paramStacks(b.nodes)) {
+    if (!stack.params.some((id) => byNode.has(id))) continue;
+    if (!stack.params.every((id) => byNode.has(id) && !stackOf.has(id))) return undefined;
+    for (const id of stack.params) stackOf.set(id, stack.params);
+  }
+  const runs: AdamWParam[][] = [];
+  const seen = new Set<number>();
+  for (const p of params) {
+    if (seen.has(p.param)) continue;
+    const run = (stackOf.get(p.param) ?? [p.param]).map((id) => byNode.get(id)!);
+    for (const q of run) seen.add(q.param);
+    runs.push(run);
+  }
+  const key = (p: AdamWParam) => `${p.decay ? 1 : 0}/${p.lrScale ?? 1}/${p.rows ? 1 : 0}`;
+  runs.sort((x, y) => (key(x[0]!) < key(y[0]!) ? -1 : key(x[0]!) > key(y[0]!) ? 1 : 0));
+  const slots: FlatSlot[] = [];
+  let offset = 0;
+  for (const p of runs.flat()) {
+    const size = numel(b.shape(p.param));
+    slots.push({ p, offset, size });
+    offset += size;
+  }
+  // The element index is compared in i32.
+  return offset > 0 && offset < 2 ** 31 ? slots : undefined;
+}
+
+/** A value over the flat elements [start, end). */
+interface Piece {
+  start: number;
+  end: number;
+  value: number;
+}
+
+/**
+ * A per-element f32 vector over the flat layout ([1, total]) from pieces that cover it: the
+ * value most elements have everywhere, plus each other run as (i < end) − (i < start) times
+ * its difference. Built anew on each call, so every kernel that reads it computes it in
+ * registers from the element index (nothing stored, nothing read); a scalar where uniform.
+ */
+function piecewise(b: IrBuilder, total: number, pieces: readonly Piece[]): number {
+  const cover = new Map<number, number>();
+  for (const p of pieces) cover.set(p.value, (cover.get(p.value) ?? 0) + p.end - p.start);
+  const fill = [...cover].reduce((a, c) => (c[1] > a[1] ? c : a), [1, -1])[0];
+  const runs: Piece[] = [];
+  for (const p of pieces) {
+    if (p.value === fill || p.end === p.start) continue;
+    const last = runs.at(-1);
+    if (last && last.end === p.start && last.value === p.value) last.end = p.end;
+    else runs.push({ ...p });
+  }
+  if (runs.length === 0) return b.constant(fill);
+  const index = b.iota(b.constant(0, "i32", [1, total]));
+  let out = b.constant(fill, "f32", [1, total]);
+  for (const r of runs) {
+    const inRange = b.binary(
+      "sub",
+      b.binary("lt", index, b.constant(r.end, "i32")),
+      b.binary("lt", index, b.constant(r.start, "i32")),
+    );
+    out = b.binary("add", out, b.binary("mul", b.cast(inRange, "f32"), b.constant(r.value - fill)));
+  }
+  return out;
+}
+
+/**
+ * The flat layout's runs with what each element needs besides the step's scalars: whether it
+ * trains (rows that do not have their gradient zeroed first, as a PyTorch gradient hook
+ * would), its learning-rate scale, and its decay coefficient lr_scale·weight_decay (0 where
+ * decay is off or the row does not train).
+ */
+function flatSettings(
+  b: IrBuilder,
+  slots: readonly FlatSlot[],
+  weightDecay: number,
+): { trains: Piece[]; lrScale: Piece[]; decay: Piece[] } {
+  const trains: Piece[] = [];
+  const lrScale: Piece[] = [];
+  const decay: Piece[] = [];
+  for (const s of slots) {
+    const scale = s.p.lrScale ?? 1;
+    const runs: { start: number; end: number; on: boolean }[] = [];
+    if (!s.p.rows) runs.push({ start: s.offset, end: s.offset + s.size, on: true });
+    else {
+      const rows = b.shape(s.p.param)[0]!;
+      const rowSize = s.size / rows;
+      let at = 0;
+      const push = (from: number, to: number, on: boolean) =>
+        to > from &&
+        runs.push({ start: s.offset + from * rowSize, end: s.offset + to * rowSize, on });
+      for (const [start, end] of rowRuns(s.p.rows)) {
+        push(at, Math.min(start, rows), false);
+        push(start, Math.min(end, rows), true);
+        at = end;
+      }
+      push(at, rows, false);
+    }
+    for (const r of runs) {
+      trains.push({ start: r.start, end: r.end, value: r.on ? 1 : 0 });
+      lrScale.push({ start: r.start, end: r.end, value: scale });
+      const d = r.on && s.p.decay ? scale * weightDecay : 0;
+      decay.push({ start: r.start, end: r.end, value: d });
+    }
+  }
+  return { trains, lrScale, decay };
+}
+
+/** AdamW over the flat vectors (see appendAdamW). */
+function appendFlat(
+  b: IrBuilder,
+  params: readonly AdamWParam[],
+  slots: readonly FlatSlot[],
+  options: AdamWOptions,
+  { lr, bc1, bc2 }: StepInputs,
+): void {
+  const { beta1, beta2, eps, weightDecay, maxNorm } = options;
+  const total = slots.reduce((a, s) => a + s.size, 0);
+  // Rows of one: the norm's reduction and the scalars broadcast along the last axis.
+  const flat = (ids: number[]) =>
+    b.reshape(
+      b.concat(
+        ids.map((id) => b.reshape(id, [numel(b.shape(id))])),
+        0,
+      ),
+      [1, total],
+    );
+  const P = flat(slots.map((s) => s.p.param));
+  const G = flat(slots.map((s) => s.p.grad));
+  const M = flat(
+    slots.map((s) => b.param(adamwNames.expAvg(s.p.name), b.shape(s.p.param), false, "zeros")),
+  );
+  const V = flat(
+    slots.map((s) => b.param(adamwNames.expAvgSq(s.p.name), b.shape(s.p.param), false, "zeros")),
+  );
+
+  const settings = flatSettings(b, slots, weightDecay);
+  const masked = settings.trains.some((p) => p.value === 0);
+  const grad = () => (masked ? b.binary("mul", G, piecewise(b, total, settings.trains)) : G);
+
+  // ‖g‖ (clip_grad_norm_'s 2-norm) as one row reduction over the flat gradient.
+  const g0 = grad();
+  const sumSq = b.reduce("sum", b.binary("mul", g0, g0), 1, true);
+  const scale = clipScale(b, sumSq, maxNorm);
+  // Each consumer builds its own clipped gradient, so it is computed where it is read.
+  const clipped = () => (scale === undefined ? grad() : b.binary("mul", grad(), scale()));
+
+  const m = b.binary(
+    "add",
+    b.binary("mul", M, b.constant(beta1)),
+    b.binary("mul", clipped(), b.constant(1 - beta1)),
+  );
+  const g1 = clipped();
+  const v = b.binary(
+    "add",
+    b.binary("mul", V, b.constant(beta2)),
+    b.binary("mul", b.binary("mul", g1, g1), b.constant(1 - beta2)),
+  );
+  // p·(1 − lr·lr_scale·wd) where decay applies: lr_scale·wd is one per-element constant.
+  const w = settings.decay.some((p) => p.value !== 0)
+    ? b.binary(
+        "mul",
+        P,
+        b.binary("sub", b.constant(1), b.binary("mul", lr, piecewise(b, total, settings.decay))),
+      )
+    : P;
+  const denom = b.binary(
+    "add",
+    b.binary("div", b.unary("sqrt", v), b.unary("sqrt", bc2)),
+    b.constant(eps),
+  );
+  const stepSize = b.binary("div", b.binary("mul", lr, piecewise(b, total, settings.lrScale)), bc1);
+  const updated = b.binary("sub", w, b.binary("mul", stepSize, b.binary("div", m, denom)));
+  // Outputs in the caller's order of parameters, not the flat layout's.
+  const slotOf = new Map(slots.map((s) => [s.p, s]));
+  for (const s of params.map((p) => slotOf.get(p)!)) {
+    const part = (x: number) => b.reshape(b.slice(x, 1, s.offset, s.size), b.shape(s.p.param));
+    b.output(adamwNames.update(s.p.name), part(updated));
+    b.output(adamwNames.expAvgOut(s.p.name), part(m));
+    b.output(adamwNames.expAvgSqOut(s.p.name), part(v));
+  }
+}
+
+/** AdamW tensor by tensor (see appendAdamW). */
+function appendPerTensor(
+  b: IrBuilder,
+  params: readonly AdamWParam[],
+  options: AdamWOptions,
+  { lr, bc1, bc2 }: StepInputs,
+): void {
+  const { beta1, beta2, eps, weightDecay, maxNorm } = options;
   // Gradients of rows that do not train are zeroed first, as a PyTorch gradient hook would.
   const masks = params.map((p) => (p.rows ? rowMask(b, b.shape(p.param), p.rows) : undefined));
   const grads = params.map((p, i) =>
@@ -110,16 +355,8 @@ export function appendAdamW(
     const s = b.reduce("sum", b.reshape(sq, [1, n]), 1, false);
     sumSq = sumSq === undefined ? s : b.binary("add", sumSq, s);
   }
-  const norm = sumSq === undefined ? b.constant(0, "f32", [1]) : b.unary("sqrt", sumSq);
-  b.output(adamwNames.gradNorm, norm);
-  const scale =
-    maxNorm === undefined
-      ? undefined
-      : b.binary(
-          "min",
-          b.constant(1),
-          b.binary("div", b.constant(maxNorm), b.binary("add", norm, b.constant(1e-6))),
-        );
+  const clip = clipScale(b, sumSq, maxNorm);
+  const scale = clip?.();
 
   const sqrtBc2 = b.unary("sqrt", bc2);
   params.forEach((p, i) => {
@@ -175,7 +412,7 @@ function rowMask(b: IrBuilder, shape: readonly number[], rows: readonly number[]
   ]);
 }
 
-/** The step inputs for step `t` (1-based) at learning rate `lr`. */
+/** The step input for step `t` (1-based) at learning rate `lr`. */
 export function adamwStepInputs(
   t: number,
   lr: number,
@@ -183,8 +420,6 @@ export function adamwStepInputs(
 ): Map<string, Float32Array> {
   if (!Number.isInteger(t) || t < 1) throw new Error(`AdamW steps count from 1, got ${t}`);
   return new Map([
-    [ADAMW_INPUTS.lr, Float32Array.of(lr)],
-    [ADAMW_INPUTS.biasCorrection1, Float32Array.of(1 - options.beta1 ** t)],
-    [ADAMW_INPUTS.biasCorrection2, Float32Array.of(1 - options.beta2 ** t)],
+    [ADAMW_STEP_INPUT, Float32Array.of(lr, 1 - options.beta1 ** t, 1 - options.beta2 ** t)],
   ]);
 }

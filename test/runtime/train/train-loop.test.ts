@@ -86,6 +86,30 @@ describe("runTraining", () => {
     expect(listCheckpoints(evaluated).map((c) => c.step)).toEqual([30, 20]);
     expect(readCheckpoint(path.join(evaluated, "ckpt-20")).state.evalLoss).toBe(0.1);
 
+    // `evalEvery` evaluates between checkpoints too (no checkpoint there), into metrics.jsonl;
+    // the parameters it sees are those after that step (the same run's at a checkpoint).
+    const often = path.join(root, "often");
+    const at = new Map<number, Float32Array>();
+    await runTraining(ctx, {
+      ...options(often),
+      evalEvery: 4,
+      evaluate: (params, step) => {
+        at.set(step, Float32Array.from(params.get("w")!));
+        return step / 100;
+      },
+    });
+    expect([...at.keys()]).toEqual([4, 8, 10, 12, 16, 20, 24, 28, 30]);
+    expect(listCheckpoints(often).map((c) => c.step)).toEqual([30, 20, 10]);
+    const evals = fs
+      .readFileSync(path.join(often, "metrics.jsonl"), "utf8")
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { step: number; eval_loss?: number })
+      .filter((l) => l.eval_loss !== undefined);
+    expect(evals.map((l) => l.step)).toEqual([4, 8, 10, 12, 16, 20, 24, 28, 30]);
+    expect(at.get(20)).toEqual(readCheckpoint(path.join(often, "ckpt-20")).params.get("w")!.data);
+    expect(at.get(8)).not.toEqual(at.get(4));
+
     const broken = path.join(root, "broken");
     const b1 = await runTraining(ctx, { ...options(broken), stopAfter: 17 });
     expect(b1.lastCheckpoint).toBe(path.join(broken, "ckpt-17"));
