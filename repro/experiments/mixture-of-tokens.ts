@@ -1,0 +1,120 @@
+/**
+ * Reproduction 3, Mixture of Tokens (arXiv 2310.15961), on the task of reproduction 1
+ * (examples/repro/mixture-of-tokens.moe): dense FFN of width 16 against a FLOP-matched MoT
+ * (groups of 8 tokens along the batch, 16 experts of width 8, softmax over the group), then
+ * the transition to `discrete: true` with a few hundred tuning steps from the MoT's weights.
+ * Pass, in every seed: the steps MoT takes to reach the dense model's final training loss
+ * ≤ dense steps / 1.5; the tuned sparse model's loss over all pairs within 5% of the MoT's.
+ */
+import * as path from "node:path";
+import { type Experiment, ROOT, type TrainRun, dataGen, mean, table, train } from "../harness.js";
+
+const FILE = path.join(ROOT, "examples", "repro", "mixture-of-tokens.moe");
+/** Training losses are averaged over this many steps (one batch of 256 is noisy). */
+const WINDOW = 25;
+
+export const mixtureOfTokens: Experiment = {
+  name: "mixture-of-tokens",
+  title:
+    "Mixture of Tokens (2310.15961): MoT reaches dense's loss in ≤ 1/1.5 of the steps; discrete tuning keeps it within 5%",
+  async run(ctx) {
+    const steps = ctx.quick ? 30 : 1000;
+    const tuneSteps = ctx.quick ? 10 : 400;
+    const rows = {
+      denseLoss: [] as number[],
+      motReach: [] as number[],
+      speedup: [] as number[],
+      motEval: [] as number[],
+      tunedEval: [] as number[],
+      ratio: [] as number[],
+    };
+    for (const seed of ctx.seeds) {
+      const common = ["--tasks", "16", "--symbols", "64", "--seed", String(seed)];
+      const data = await dataGen(path.join(ctx.dir, `maps-${seed}.safetensors`), "symbols", [
+        ...common,
+        "--count",
+        "16384",
+      ]);
+      const pairs = await dataGen(path.join(ctx.dir, `pairs-${seed}.safetensors`), "symbols", [
+        ...common,
+        "--all-pairs",
+      ]);
+      const base = { data, evalData: pairs, batch: 256, seed };
+      const dense = await train(FILE, path.join(ctx.dir, `dense-${seed}`), {
+        ...base,
+        program: "FitDense",
+        steps,
+      });
+      const mot = await train(FILE, path.join(ctx.dir, `mot-${seed}`), {
+        ...base,
+        program: "FitMoT",
+        steps,
+      });
+      const tuned = await train(FILE, path.join(ctx.dir, `tuned-${seed}`), {
+        ...base,
+        program: "TuneDiscrete",
+        steps: tuneSteps,
+        weights: [mot.model],
+      });
+      const target = smoothed(dense).at(-1)!;
+      const reach = smoothed(mot).findIndex((l) => l <= target);
+      const motReach = reach < 0 ? Number.POSITIVE_INFINITY : reach + WINDOW;
+      const motEval = finalEval(mot);
+      const tunedEval = finalEval(tuned);
+      rows.denseLoss.push(target);
+      rows.motReach.push(motReach);
+      rows.speedup.push(steps / motReach);
+      rows.motEval.push(motEval);
+      rows.tunedEval.push(tunedEval);
+      rows.ratio.push(tunedEval / motEval);
+      ctx.log(
+        `  seed ${seed}: dense ends at loss ${target.toFixed(3)} after ${steps} steps; MoT reaches it at step ${motReach} (${(steps / motReach).toFixed(2)}× fewer); eval loss MoT ${motEval.toFixed(3)}, tuned discrete ${tunedEval.toFixed(3)} after ${tuneSteps} steps`,
+      );
+    }
+    const num = (d: number) => (x: number) => (Number.isFinite(x) ? x.toFixed(d) : "never");
+    for (const line of table(
+      "steps and losses",
+      ctx.seeds,
+      [
+        { arm: `dense training loss at ${steps} (mean of ${WINDOW})`, values: rows.denseLoss },
+        { arm: "MoT steps to reach it", values: rows.motReach },
+        { arm: "dense steps / MoT steps (≥ 1.5)", values: rows.speedup },
+        { arm: "MoT eval loss over all pairs", values: rows.motEval },
+        { arm: `tuned discrete eval loss (${tuneSteps} steps)`, values: rows.tunedEval },
+        { arm: "tuned / MoT (≤ 1.05)", values: rows.ratio },
+      ],
+      num(3),
+    ))
+      ctx.log(line);
+    if (ctx.quick) return undefined;
+    const slow = ctx.seeds.filter((_, i) => !(rows.speedup[i]! >= 1.5));
+    const lossy = ctx.seeds.filter((_, i) => !(rows.ratio[i]! <= 1.05));
+    const pass = slow.length === 0 && lossy.length === 0;
+    return {
+      pass,
+      because: pass
+        ? `MoT ${mean(rows.speedup).toFixed(2)}× fewer steps on average; tuned discrete within ${(100 * (Math.max(...rows.ratio) - 1)).toFixed(1)}% of MoT`
+        : [
+            slow.length ? `MoT under 1.5× in seeds ${slow.join(", ")}` : "",
+            lossy.length ? `tuned discrete over 5% worse in seeds ${lossy.join(", ")}` : "",
+          ]
+            .filter(Boolean)
+            .join("; "),
+    };
+  },
+};
+
+/** Mean training loss over the WINDOW steps ending at each step (from the WINDOW-th on). */
+function smoothed(run: TrainRun): number[] {
+  const losses = run.steps.map((s) => s.loss);
+  const out: number[] = [];
+  for (let i = WINDOW - 1; i < losses.length; i++)
+    out.push(mean(losses.slice(i - WINDOW + 1, i + 1)));
+  return out;
+}
+
+function finalEval(run: TrainRun): number {
+  const e = run.evals.at(-1);
+  if (!e) throw new Error(`${run.dir}: no evaluation`);
+  return e.eval_loss;
+}
