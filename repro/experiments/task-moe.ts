@@ -107,7 +107,7 @@ export const taskMoe: Experiment = {
     return failures.length === 0
       ? {
           pass: true,
-          because: `every seed: each task-routed arm ≥ agnostic + 5 points ≥ dense + 10`,
+          because: `in every seed at ${checkAt} steps, each task-routed arm beats the agnostic one and the agnostic one beats dense, by ≥ 5 points`,
         }
       : { pass: false, because: `under the 5-point margin: ${failures.join("; ")}` };
   },
