@@ -7,10 +7,11 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Command } from "commander";
 import { type Experiment, ROOT } from "./harness.js";
+import { distill } from "./experiments/distill.js";
 import { mixtureOfTokens } from "./experiments/mixture-of-tokens.js";
 import { taskMoe } from "./experiments/task-moe.js";
 
-const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens];
+const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill];
 
 const program = new Command("repro")
   .description("reproduce the seed papers' claims in miniature with moec train")
