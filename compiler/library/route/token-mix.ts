@@ -56,21 +56,27 @@ function lowerTokenMix(m: MoeLowering): number | undefined {
   const { r, router, x, experts: leaves } = m;
   const ir = r.lowering.builder;
   const E = leaves.length;
-  const shape = ir.shape(x.node!);
+  const alongSequence = member(router, "axis") === "sequence";
+  // A batch of single tokens [B, d] mixes along the batch as [B, 1, d] would.
+  const flat = ir.shape(x.node!).length === 2 && !alongSequence;
+  const input = flat
+    ? ir.reshape(x.node!, [ir.shape(x.node!)[0]!, 1, ir.shape(x.node!)[1]!])
+    : x.node!;
+  const shape = ir.shape(input);
   if (shape.length !== 3) {
-    r.unsupported(`TokenMix on a ${shape.length}-D input (it groups a [B, T, d] batch)`);
+    const what = alongSequence ? "a [B, T, d] sequence" : "a [B, d] or [B, T, d] batch";
+    r.unsupported(`TokenMix on a ${shape.length}-D input (it groups ${what})`);
     return undefined;
   }
   const [B, T, d] = shape as [number, number, number];
   const group = num(router, "group") ?? 32;
-  const alongSequence = member(router, "axis") === "sequence";
   const controller = m.gate("controller", E);
   if (controller === undefined) return undefined;
   // Arrange tokens as [M, group, d]: M groups of `group` tokens each. A batch (or sequence)
   // that is not a multiple of the group is padded with zero tokens, which take part in the
   // mixing: warn, since the result then depends on the padding.
   let axisLen = alongSequence ? T : B;
-  let xs = x.node!;
+  let xs = input;
   if (axisLen % group !== 0) {
     const padded = Math.ceil(axisLen / group) * group;
     const axis = alongSequence ? 1 : 0;
@@ -106,7 +112,9 @@ function lowerTokenMix(m: MoeLowering): number | undefined {
         Tp,
         dOut,
       ]);
-  return Bp === B && Tp === T ? y : ir.slice(y, alongSequence ? 1 : 0, 0, alongSequence ? T : B);
+  const out =
+    Bp === B && Tp === T ? y : ir.slice(y, alongSequence ? 1 : 0, 0, alongSequence ? T : B);
+  return flat ? ir.reshape(out, [B, dOut]) : out;
 }
 
 /** The continuous mixture: merge each group per expert, run the experts, emit back. */
