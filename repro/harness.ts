@@ -10,7 +10,14 @@ import { fileURLToPath } from "node:url";
 import { readSafetensorsFile, writeSafetensorsFile } from "../runtime/safetensors.js";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..");
-const MOEC = path.join(ROOT, "bin", "moec.js");
+/**
+ * The built CLI, as a user runs it; MOEC_FROM_SOURCE=1 runs cli/main.ts through tsx instead
+ * (the tests, which must see the sources as they are, not the last build).
+ */
+const MOEC =
+  process.env.MOEC_FROM_SOURCE === "1"
+    ? ["--import", "tsx", path.join(ROOT, "cli", "main.ts")]
+    : [path.join(ROOT, "bin", "moec.js")];
 
 /** How a reproduction runs: its seeds, its budget, where its files go, where it prints. */
 export interface ReproContext {
@@ -38,10 +45,10 @@ export interface Verdict {
 
 /** Runs `moec ARGS` from the repository root; throws with its stderr when it fails. */
 export async function moec(args: readonly string[]): Promise<string> {
-  if (!fs.existsSync(path.join(ROOT, "dist", "cli", "main.js")))
+  if (MOEC.length === 1 && !fs.existsSync(path.join(ROOT, "dist", "cli", "main.js")))
     throw new Error("moec is not built: run `npm run build` (npm run repro does)");
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MOEC, ...args], {
+    const child = spawn(process.execPath, [...MOEC, ...args], {
       cwd: ROOT,
       stdio: ["ignore", "pipe", "pipe"],
     });

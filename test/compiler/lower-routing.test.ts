@@ -132,6 +132,24 @@ model M() { in x: f32[B, T, ${d}]  out y: f32[B, T, ${d}]
     close(y.data, out);
   });
 
+  it("TokenMix on a batch of single tokens [B, d] is the [B, 1, d] mixture, continuous or discrete", () => {
+    for (const discrete of [false, true]) {
+      const source = (x: string) => `import std.nn { FFN }
+import std.route { MoE, TokenMix }
+model M() { in x: f32[${x}]  out y: f32[${x}]
+  moe = MoE(router: TokenMix(group: 3, discrete: ${discrete}), experts: [FFN(4, 2, act: relu); 5])
+  y = moe(x) }`;
+      const seq = lower(source("B, 1, 4"), { B: 6 });
+      const flat = lower(source("B, 4"), { B: 6 });
+      const l = leaves(seq);
+      const ys = interpret(seq.graph, l).outputs.get("y")!;
+      l.set("x", { shape: [6, 4], data: l.get("x")!.data });
+      const yf = interpret(flat.graph, l).outputs.get("y")!;
+      expect(yf.shape).toEqual([6, 4]);
+      close(yf.data, Array.from(ys.data));
+    }
+  });
+
   it("TaskMap: each example mixes its task's experts, in one mixed-task batch", () => {
     const m = lower(
       `import std.nn { FFN }
