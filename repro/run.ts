@@ -7,11 +7,12 @@ import * as fs from "node:fs";
 import * as path from "node:path";
 import { Command } from "commander";
 import { type Experiment, ROOT } from "./harness.js";
+import { adapters } from "./experiments/adapters.js";
 import { distill } from "./experiments/distill.js";
 import { mixtureOfTokens } from "./experiments/mixture-of-tokens.js";
 import { taskMoe } from "./experiments/task-moe.js";
 
-const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill];
+const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill, adapters];
 
 const program = new Command("repro")
   .description("reproduce the seed papers' claims in miniature with moec train")
