@@ -8,10 +8,11 @@ import * as path from "node:path";
 import { Command } from "commander";
 import { type Experiment, ROOT } from "./harness.js";
 import { distill } from "./experiments/distill.js";
+import { groupedLora } from "./experiments/grouped-lora.js";
 import { mixtureOfTokens } from "./experiments/mixture-of-tokens.js";
 import { taskMoe } from "./experiments/task-moe.js";
 
-const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill];
+const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill, groupedLora];
 
 const program = new Command("repro")
   .description("reproduce the seed papers' claims in miniature with moec train")
