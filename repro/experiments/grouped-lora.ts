@@ -74,7 +74,7 @@ export const groupedLora: Experiment = {
     for (const seed of ctx.seeds) {
       const dir = path.join(ctx.dir, `seed-${seed}`);
       fs.mkdirSync(dir, { recursive: true });
-      const all = await dataGen(path.join(dir, "all.safetensors"), "sequences", [
+      const all = await dataGen(path.join(dir, `all-${s.count}.safetensors`), "sequences", [
         ...["--tasks", TASKS.join(","), "--vocab", "16", "--length", "8"],
         ...["--count", String(s.count), "--seed", String(seed)],
       ]);
