@@ -9,10 +9,18 @@ import { Command } from "commander";
 import { type Experiment, ROOT } from "./harness.js";
 import { adapters } from "./experiments/adapters.js";
 import { distill } from "./experiments/distill.js";
+import { groupedLora } from "./experiments/grouped-lora.js";
 import { mixtureOfTokens } from "./experiments/mixture-of-tokens.js";
 import { taskMoe } from "./experiments/task-moe.js";
 
-const EXPERIMENTS: readonly Experiment[] = [taskMoe, mixtureOfTokens, distill, adapters];
+// In the seed papers' order (seeds.md): task MoE, AT-MoE, MoT, adapters, ROaD.
+const EXPERIMENTS: readonly Experiment[] = [
+  taskMoe,
+  groupedLora,
+  mixtureOfTokens,
+  adapters,
+  distill,
+];
 
 const program = new Command("repro")
   .description("reproduce the seed papers' claims in miniature with moec train")
