@@ -391,6 +391,8 @@ export async function benchTrain(): Promise<string[]> {
   lines.push(
     gate("moec's dense step ≥ 4× faster than TF.js WebGPU", tfjsTimed(webgpu, "dense"), 4, false),
     gate("moec's dense step faster than TF.js wasm", tfjsTimed(wasm, "dense"), 1, true),
+    // And the goal on sparse layers: an MoE step costs at most 1.5 dense steps.
+    `goal: moec's MoE step ≤ 1.5× its dense step: ${m.moe.ms <= 1.5 * m.dense.ms ? "PASS" : "FAIL"} (${(m.moe.ms / m.dense.ms).toFixed(2)}×: ${m.moe.ms.toFixed(1)} vs ${m.dense.ms.toFixed(1)} ms/step)`,
     "note: issue #13's numbers, measured earlier on this machine: TF.js WebGPU 1157 (dense) / 2038 (MoE dense-masked) ms/step, wasm 557 ms/step dense",
   );
   return lines;
