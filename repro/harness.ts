@@ -155,6 +155,48 @@ export function readTensors(file: string, names: readonly string[]): Map<string,
 }
 
 /**
+ * The rows `rows` (first-axis indices, in that order) of an integer tensor, e.g. the examples
+ * of one task: its shape and data, ready to write.
+ */
+export function pickRows(
+  t: { shape: readonly number[]; data: ArrayLike<number> },
+  rows: readonly number[],
+): { shape: number[]; data: Int32Array } {
+  const width = t.shape.slice(1).reduce((a, b) => a * b, 1);
+  const data = new Int32Array(rows.length * width);
+  rows.forEach((r, j) => {
+    for (let k = 0; k < width; k++) data[j * width + k] = t.data[r * width + k]!;
+  });
+  return { shape: [rows.length, ...t.shape.slice(1)], data };
+}
+
+/** The index of the largest of `count` values from `values[at]` (the first on ties). */
+export function argmaxAt(values: ArrayLike<number>, at: number, count: number): number {
+  let best = 0;
+  for (let c = 1; c < count; c++) if (values[at + c]! > values[at + best]!) best = c;
+  return best;
+}
+
+/**
+ * The symbol maps of reproductions 1 and 3 for `seed` (its rules and samples): 16 tasks over
+ * 64 symbols, 16384 training examples, and every (symbol, task) pair once for evaluation.
+ */
+export async function symbolMaps(dir: string, seed: number) {
+  const common = ["--tasks", "16", "--symbols", "64", "--seed", String(seed)];
+  return {
+    data: await dataGen(path.join(dir, `maps-${seed}.safetensors`), "symbols", [
+      ...common,
+      "--count",
+      "16384",
+    ]),
+    pairs: await dataGen(path.join(dir, `pairs-${seed}.safetensors`), "symbols", [
+      ...common,
+      "--all-pairs",
+    ]),
+  };
+}
+
+/**
  * A copy of the data file `src` with only the tensors `names` (`moec run --inputs` takes the
  * model's inputs and nothing else, not a train program's targets); returns `dst`.
  */
@@ -191,6 +233,12 @@ export function mutualInformation(a: readonly number[], b: readonly number[]): n
 
 export const mean = (xs: readonly number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
+/** A fraction as a percentage with one decimal (`0.4236` → `42.4%`). */
+export const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+
+/** Whole seconds since `since` (a performance.now() reading), for progress lines. */
+export const secs = (since: number) => `${((performance.now() - since) / 1000).toFixed(0)} s`;
+
 /**
  * A table: one row per arm, a column per seed and the mean. `cell` formats a value
  * (accuracy as a percentage by default).
@@ -199,7 +247,7 @@ export function table(
   title: string,
   seeds: readonly number[],
   rows: readonly { arm: string; values: readonly number[] }[],
-  cell: (x: number) => string = (x) => `${(100 * x).toFixed(1)}%`,
+  cell: (x: number) => string = pct,
 ): string[] {
   const head = ["arm", ...seeds.map((s) => `seed ${s}`), "mean"];
   const body = rows.map((r) => [r.arm, ...r.values.map(cell), cell(mean(r.values))]);

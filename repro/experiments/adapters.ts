@@ -26,8 +26,12 @@ import {
   accuracyAt,
   dataGen,
   mean,
+  argmaxAt,
   moec,
+  pct,
+  pickRows,
   readTensors,
+  secs,
   table,
   train,
 } from "../harness.js";
@@ -182,22 +186,13 @@ function split(file: string, dir: string, tag: string): [string, string] {
   const tokens = f.read("tokens");
   const targets = f.read("targets");
   const task = f.read("task").data;
-  const width = tokens.shape[1]!;
   [false, true].forEach((isNew, k) => {
     const rows = [...task.keys()].filter((i) => task[i]! >= OLD.length === isNew);
-    const pick = (src: ArrayLike<number>) => {
-      const dst = new Int32Array(rows.length * width);
-      rows.forEach((r, j) => {
-        for (let c = 0; c < width; c++) dst[j * width + c] = src[r * width + c]!;
-      });
-      return dst;
-    };
-    const shape = [rows.length, width];
     writeSafetensorsFile(
       out[k]!,
       new Map([
-        ["tokens", { dtype: "I32", shape, data: pick(tokens.data) }],
-        ["targets", { dtype: "I32", shape, data: pick(targets.data) }],
+        ["tokens", { dtype: "I32", ...pickRows(tokens, rows) }],
+        ["targets", { dtype: "I32", ...pickRows(targets, rows) }],
         [
           "task",
           {
@@ -227,13 +222,7 @@ async function runModel(
   const task = f.read("task").data;
   const rows = only?.rows ?? [...task.keys()];
   const width = tokens.shape[1]!;
-  const picked = new Int32Array(rows.length * width);
-  rows.forEach((r, j) => {
-    for (let c = 0; c < width; c++) picked[j * width + c] = tokens.data[r * width + c]!;
-  });
-  const inputs = new Map([
-    ["tokens", { dtype: "I32" as const, shape: [rows.length, width], data: picked }],
-  ]);
+  const inputs = new Map([["tokens", { dtype: "I32" as const, ...pickRows(tokens, rows) }]]);
   if (withTask && !only)
     inputs.set("task", {
       dtype: "I32",
@@ -266,10 +255,7 @@ function exactMatch(data: string, logitsFile: string): { all: number; tasks: num
     for (let j = 0; j < width && ok; j++) {
       const y = targets[i * width + j]!;
       if (y < 0) continue;
-      const at = (i * width + j) * classes;
-      let best = 0;
-      for (let c = 1; c < classes; c++) if (logits[at + c]! > logits[at + best]!) best = c;
-      ok = best === y;
+      ok = argmaxAt(logits, (i * width + j) * classes, classes) === y;
     }
     count[task[i]!]!++;
     if (ok) right[task[i]!]!++;
@@ -309,6 +295,3 @@ async function segmentedVsPerTask(
   }
   return worst;
 }
-
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-const secs = (since: number) => `${((performance.now() - since) / 1000).toFixed(0)} s`;

@@ -21,6 +21,8 @@ import {
   accuracyAt,
   dataGen,
   mean,
+  pct,
+  secs,
   table,
   train,
 } from "../harness.js";
@@ -156,6 +158,4 @@ export const distill: Experiment = {
   },
 };
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 const points = (x: number) => `${x >= 0 ? "+" : ""}${(100 * x).toFixed(1)} points`;
-const secs = (since: number) => `${((performance.now() - since) / 1000).toFixed(0)} s`;

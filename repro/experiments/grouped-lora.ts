@@ -35,9 +35,13 @@ import {
   type TrainRun,
   accuracyAt,
   dataGen,
+  argmaxAt,
   inputsFile,
   mean,
   moec,
+  pct,
+  pickRows,
+  secs,
   table,
   train,
 } from "../harness.js";
@@ -181,8 +185,7 @@ export const groupedLora: Experiment = {
         const pins = LAYERS.flatMap((l) => ["--pin-groups", `${l}=${w}`]);
         push(`group ${g} pinned`, await evaluate(`pin-${g}`, ["--weights", route.model, ...pins]));
       }
-      const secs = ((performance.now() - started) / 1000).toFixed(0);
-      ctx.log(`  seed ${seed}: every stage and arm in ${secs} s`);
+      ctx.log(`  seed ${seed}: every stage and arm in ${secs(started)}`);
     }
 
     ctx.log(`pretraining (copy, reverse) held-out accuracy: ${pretrained.map(pct).join(", ")}`);
@@ -260,8 +263,6 @@ export const groupedLora: Experiment = {
   },
 };
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
-
 /**
  * The rows of one data file by task: the first 4/5 of each task's rows train, the last 1/5
  * are held out (`moec data gen sequences` has no sample seed apart from the rules' seed).
@@ -276,16 +277,8 @@ function splitByTask(file: string, dir: string) {
     const out = path.join(dir, `${name}.safetensors`);
     const rows = task.map((t, i) => i).filter((i) => tasks.includes(task[i]!) && i >= cut === held);
     const picked = new Map<string, Tensor>();
-    for (const n of names) {
-      const t = tensors.get(n)!;
-      const width = t.shape.slice(1).reduce((a, b) => a * b, 1);
-      const data = new Int32Array(rows.length * width);
-      const src = t.data as ArrayLike<number>;
-      rows.forEach((r, j) => {
-        for (let k = 0; k < width; k++) data[j * width + k] = src[r * width + k]!;
-      });
-      picked.set(n, { dtype: f.info(n).dtype, shape: [rows.length, ...t.shape.slice(1)], data });
-    }
+    for (const n of names)
+      picked.set(n, { dtype: f.info(n).dtype, ...pickRows(tensors.get(n)!, rows) });
     writeSafetensorsFile(out, picked);
     return out;
   };
@@ -350,11 +343,9 @@ function perTask(
   for (let i = 0; i < task.length * T; i++) {
     const y = targets[i]!;
     if (y === IGNORE) continue;
-    let best = 0;
-    for (let v = 1; v < V; v++) if (logits[i * V + v]! > logits[i * V + best]!) best = v;
     const t = task[Math.floor(i / T)]!;
     count.set(t, (count.get(t) ?? 0) + 1);
-    if (best === y) correct.set(t, (correct.get(t) ?? 0) + 1);
+    if (argmaxAt(logits, i * V, V) === y) correct.set(t, (correct.get(t) ?? 0) + 1);
   }
   return NEW_TASKS.map((t) => (correct.get(t) ?? 0) / (count.get(t) ?? NaN));
 }

@@ -7,7 +7,15 @@
  * ≤ dense steps / 1.5; the tuned sparse model's loss over all pairs within 5% of the MoT's.
  */
 import * as path from "node:path";
-import { type Experiment, ROOT, type TrainRun, dataGen, mean, table, train } from "../harness.js";
+import {
+  type Experiment,
+  ROOT,
+  type TrainRun,
+  mean,
+  symbolMaps,
+  table,
+  train,
+} from "../harness.js";
 
 const FILE = path.join(ROOT, "examples", "repro", "mixture-of-tokens.moe");
 /** The tuning's first evaluation: what the discrete model loses before it adapts. */
@@ -34,16 +42,7 @@ export const mixtureOfTokens: Experiment = {
       early: [] as number[],
     };
     for (const seed of ctx.seeds) {
-      const common = ["--tasks", "16", "--symbols", "64", "--seed", String(seed)];
-      const data = await dataGen(path.join(ctx.dir, `maps-${seed}.safetensors`), "symbols", [
-        ...common,
-        "--count",
-        "16384",
-      ]);
-      const pairs = await dataGen(path.join(ctx.dir, `pairs-${seed}.safetensors`), "symbols", [
-        ...common,
-        "--all-pairs",
-      ]);
+      const { data, pairs } = await symbolMaps(ctx.dir, seed);
       const base = { data, evalData: pairs, batch: 256, seed };
       const dense = await train(FILE, path.join(ctx.dir, `dense-${seed}`), {
         ...base,

@@ -12,13 +12,15 @@ import {
   ROOT,
   type TrainRun,
   accuracyAt,
-  dataGen,
   inputsFile,
   mean,
   moec,
   mutualInformation,
+  pct,
   readTensors,
   routingReport,
+  secs,
+  symbolMaps,
   table,
   train,
 } from "../harness.js";
@@ -42,16 +44,7 @@ export const taskMoe: Experiment = {
     const mi: number[] = [];
     for (const seed of ctx.seeds) {
       // The maps (the rules) and the samples both follow the seed.
-      const common = ["--tasks", "16", "--symbols", "64", "--seed", String(seed)];
-      const data = await dataGen(path.join(ctx.dir, `maps-${seed}.safetensors`), "symbols", [
-        ...common,
-        "--count",
-        "16384",
-      ]);
-      const pairs = await dataGen(path.join(ctx.dir, `pairs-${seed}.safetensors`), "symbols", [
-        ...common,
-        "--all-pairs",
-      ]);
+      const { data, pairs } = await symbolMaps(ctx.dir, seed);
       for (const a of ARMS) {
         const started = performance.now();
         const run = await train(FILE, path.join(ctx.dir, `${a.program}-${seed}`), {
@@ -64,9 +57,8 @@ export const taskMoe: Experiment = {
           seed,
         });
         runs.set(a.arm, [...(runs.get(a.arm) ?? []), run]);
-        const s = ((performance.now() - started) / 1000).toFixed(0);
         ctx.log(
-          `  seed ${seed} ${a.arm}: ${pct(accuracyAt(run, checkAt))} at ${checkAt}, ${pct(accuracyAt(run, steps))} at ${steps} (${s} s)`,
+          `  seed ${seed} ${a.arm}: ${pct(accuracyAt(run, checkAt))} at ${checkAt}, ${pct(accuracyAt(run, steps))} at ${steps} (${secs(started)})`,
         );
         if (a.program === "FitAgnostic") mi.push(await taskExpertInformation(run, pairs));
       }
@@ -112,8 +104,6 @@ export const taskMoe: Experiment = {
       : { pass: false, because: `under the 5-point margin: ${failures.join("; ")}` };
   },
 };
-
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 
 /**
  * I(task; expert) over every pair: the agnostic model run on the pairs with its routing
