@@ -2,7 +2,11 @@
  * Crash-safe file and directory output. Everything is written under a temporary name beside
  * its destination (same directory, so the same filesystem), flushed with fsync, and only then
  * renamed into place: a reader sees the old content or the new, never half of a write, and a
- * failure at any point removes the temporary and leaves the old content untouched.
+ * failure at any point removes the temporary and leaves the old content untouched. A process
+ * killed midway cannot clean up, so each write first removes the temporaries that dead
+ * processes left for the same destination (the writer's pid is in every temporary's name).
+ *
+ * Tests stop a write at its critical moments with `MOEC_TEST_PAUSE_AT=<point>` (`pauseAt`).
  */
 import { randomBytes } from "node:crypto";
 import {
@@ -11,9 +15,12 @@ import {
   lstatSync,
   mkdirSync,
   openSync,
+  readdirSync,
+  readlinkSync,
   renameSync,
   rmSync,
   statSync,
+  symlinkSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -38,6 +45,7 @@ export interface WriteDirOptions {
 /** Writes `data` to `file` atomically; keeps the mode of a file it replaces. */
 export function writeFileAtomic(file: string, data: FileData): void {
   const dir = path.dirname(file);
+  removeStaleTemps(file);
   const tmp = tempSibling(file, "tmp");
   let mode = 0o666;
   try {
@@ -47,6 +55,7 @@ export function writeFileAtomic(file: string, data: FileData): void {
   }
   try {
     writeAndSync(tmp, data, mode);
+    pauseAt("after-temp-write");
     renameSync(tmp, file);
   } catch (e) {
     removeQuietly(tmp);
@@ -61,7 +70,9 @@ export function writeFileAtomic(file: string, data: FileData): void {
  * the new tree is built and flushed in a temporary sibling, then renamed into place. Replacing
  * an existing directory takes two renames (old aside, new in; there is no portable atomic
  * exchange), so a crash between them leaves `dir` absent and the previous tree intact beside
- * it as `.<name>.<id>.old`; any other failure rolls back to the previous tree.
+ * it as `.<name>.<pid>.<id>.old`, which the next write of `dir` puts back first; any other
+ * failure rolls back to the previous tree. Where `dir` must name a whole tree at every
+ * moment, use `writeDirVersioned`.
  */
 export function writeDirAtomic(
   dir: string,
@@ -70,6 +81,7 @@ export function writeDirAtomic(
 ): void {
   const target = path.resolve(dir);
   const parent = path.dirname(target);
+  recoverLeftovers(target);
   const existing = statOrUndefined(target);
   if (existing && !existing.isDirectory()) {
     throw new Error(`${dir}: exists and is not a directory; not replacing it`);
@@ -79,24 +91,8 @@ export function writeDirAtomic(
   }
   const entries = [...files].map(([rel, data]) => [checkRelPath(rel, dir), data] as const);
   const tmp = tempSibling(target, "tmp");
-  try {
-    mkdirSync(tmp);
-    const dirs = new Set<string>([tmp]);
-    for (const [rel, data] of entries) {
-      const dest = path.join(tmp, rel);
-      const sub = path.dirname(dest);
-      if (!dirs.has(sub)) {
-        mkdirSync(sub, { recursive: true });
-        for (let d = sub; d !== tmp && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
-      }
-      writeAndSync(dest, data, 0o666);
-    }
-    // Deepest first, so each directory's entries are durable before its parent's.
-    for (const d of [...dirs].sort((a, b) => b.length - a.length)) syncDir(d);
-  } catch (e) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
+  writeTree(tmp, entries);
+  pauseAt("after-temp-write");
 
   if (!existing) {
     try {
@@ -116,6 +112,7 @@ export function writeDirAtomic(
     rmSync(tmp, { recursive: true, force: true });
     throw e;
   }
+  pauseAt("between-renames");
   try {
     renameSync(tmp, target);
   } catch (e) {
@@ -133,6 +130,217 @@ export function writeDirAtomic(
   }
 }
 
+/** The name of the pointer in a versioned directory (`writeDirVersioned`). */
+export const CURRENT_LINK = "current";
+
+/**
+ * Writes a directory of files so that `dir` names a complete tree at every moment, also over
+ * an existing one: `dir` is a real directory holding versions (`v.<pid>.<id>/`), a symlink
+ * `current` to the live one, and, for each top-level entry, a fixed symlink through it
+ * (`manifest.json -> current/manifest.json`), so `dir/manifest.json` reads as before. A new
+ * version is written and flushed beside the old, then `current` is swapped with one rename;
+ * only then are the previous version and everything else in `dir` removed. A directory
+ * written by `writeDirAtomic` (no `current`) is converted the same way: until its top-level
+ * entries are relinked they are the old tree, and readers follow `current`
+ * (`resolveVersionedDir`). Needs symlinks (not Windows without developer mode).
+ */
+export function writeDirVersioned(
+  dir: string,
+  files: ReadonlyMap<string, FileData>,
+  options: WriteDirOptions = {},
+): void {
+  const target = path.resolve(dir);
+  const parent = path.dirname(target);
+  recoverLeftovers(target);
+  const existing = statOrUndefined(target);
+  if (existing && !existing.isDirectory()) {
+    throw new Error(`${dir}: exists and is not a directory; not replacing it`);
+  }
+  if (existing && options.mayReplace && !options.mayReplace(dir)) {
+    throw new Error(`${dir}: exists and was not written by this tool; not replacing it`);
+  }
+  const entries = [...files].map(([rel, data]) => [checkRelPath(rel, dir), data] as const);
+  const tops = [...new Set(entries.map(([rel]) => rel.split(path.sep)[0]!))];
+  const version = `v.${uniqueId()}`;
+
+  if (!existing) {
+    // A fresh directory: built whole under a temporary name, then renamed into place.
+    const tmp = tempSibling(target, "tmp");
+    try {
+      writeTree(path.join(tmp, version), entries);
+      symlinkSync(version, path.join(tmp, CURRENT_LINK));
+      for (const top of tops) symlinkSync(path.join(CURRENT_LINK, top), path.join(tmp, top));
+      syncDir(tmp);
+      pauseAt("after-temp-write");
+      renameSync(tmp, target);
+    } catch (e) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw e;
+    }
+    syncDir(parent);
+    return;
+  }
+
+  removeStaleVersions(target);
+  const versionDir = path.join(target, version);
+  const link = path.join(target, `.${CURRENT_LINK}.${uniqueId()}.tmp`);
+  try {
+    writeTree(versionDir, entries);
+    syncDir(target);
+    pauseAt("after-temp-write");
+    symlinkSync(version, link);
+    pauseAt("before-swap");
+    // The one step that changes what `dir` is: a rename over the pointer is atomic.
+    renameSync(link, path.join(target, CURRENT_LINK));
+  } catch (e) {
+    removeQuietly(link);
+    rmSync(versionDir, { recursive: true, force: true });
+    throw e;
+  }
+  syncDir(target);
+  pauseAt("after-swap");
+  // The new tree is live; what follows is tidying, which the next write finishes if cut short.
+  for (const top of tops) relinkTop(target, top);
+  const keep = new Set([CURRENT_LINK, version, ...tops]);
+  for (const name of readdirSync(target)) {
+    if (keep.has(name)) continue;
+    const temp = parseTempSibling(name) ?? parseVersion(name);
+    // Another live writer's temporaries and versions are its own to finish or remove.
+    if (temp && temp.pid !== process.pid && processAlive(temp.pid)) continue;
+    try {
+      rmSync(path.join(target, name), { recursive: true, force: true });
+    } catch {
+      // Removed by the next write.
+    }
+  }
+  syncDir(target);
+}
+
+/**
+ * Where a directory written by `writeDirVersioned` keeps its live tree (`dir/current`,
+ * resolved once so a reader sees one version throughout), or `dir` itself for a directory
+ * written whole (`writeDirAtomic`).
+ */
+export function resolveVersionedDir(dir: string): string {
+  const current = path.join(dir, CURRENT_LINK);
+  const link = statOrUndefined(current);
+  if (!link?.isSymbolicLink()) return dir;
+  return path.join(dir, readlinkSync(current));
+}
+
+/**
+ * The tree an interrupted `writeDirAtomic` left aside when it was killed between its two
+ * renames (`.<name>.<pid>.<id>.old`, its writer gone), or undefined; `dir` itself is absent
+ * then.
+ */
+export function findLeftover(dir: string): string | undefined {
+  const target = path.resolve(dir);
+  if (statOrUndefined(target)) return undefined;
+  return deadTemps(target).find((n) => n.endsWith(".old"));
+}
+
+/**
+ * Before a write of `target`: puts back a tree that an interrupted replacement left aside
+ * (when `target` is missing), and removes what dead writers left for it.
+ */
+function recoverLeftovers(target: string): void {
+  const leftover = findLeftover(target);
+  if (leftover) renameSync(path.join(path.dirname(target), leftover), target);
+  removeStaleTemps(target);
+}
+
+/**
+ * Removes the temporaries (`.<name>.<pid>.<id>.tmp|old`) that processes no longer running
+ * left beside `target`: each was a write that was killed, which will never finish.
+ */
+export function removeStaleTemps(target: string): void {
+  const dir = path.dirname(target);
+  for (const name of deadTemps(target)) {
+    try {
+      rmSync(path.join(dir, name), { recursive: true, force: true });
+    } catch {
+      // Not ours to remove (permissions): left for its owner.
+    }
+  }
+}
+
+function deadTemps(target: string): string[] {
+  const base = path.basename(target);
+  let names: string[];
+  try {
+    names = readdirSync(path.dirname(target));
+  } catch {
+    return [];
+  }
+  return names.filter((name) => {
+    const temp = parseTempSibling(name);
+    return temp !== undefined && temp.target === base && !processAlive(temp.pid);
+  });
+}
+
+/** Versions in `dir` that no `current` names, written by processes no longer running. */
+function removeStaleVersions(dir: string): void {
+  const live = statOrUndefined(path.join(dir, CURRENT_LINK))?.isSymbolicLink()
+    ? readlinkSync(path.join(dir, CURRENT_LINK))
+    : undefined;
+  for (const name of readdirSync(dir)) {
+    const temp = parseVersion(name) ?? parseTempSibling(name);
+    if (!temp || name === live || processAlive(temp.pid)) continue;
+    rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+}
+
+/** Makes `dir/top` the fixed symlink `current/top`, replacing a real entry of the old layout. */
+function relinkTop(dir: string, top: string): void {
+  const at = path.join(dir, top);
+  const want = path.join(CURRENT_LINK, top);
+  const st = statOrUndefined(at);
+  if (st?.isSymbolicLink() && readlinkSync(at) === want) return;
+  const link = path.join(dir, `.${top}.${uniqueId()}.tmp`);
+  symlinkSync(want, link);
+  if (st?.isDirectory()) {
+    // A rename cannot replace a non-empty directory: set it aside first (readers use `current`).
+    const aside = path.join(dir, `.${top}.${uniqueId()}.old`);
+    renameSync(at, aside);
+    renameSync(link, at);
+    rmSync(aside, { recursive: true, force: true });
+  } else {
+    renameSync(link, at);
+  }
+}
+
+function parseVersion(name: string): { pid: number } | undefined {
+  const m = /^v\.(\d+)\.[0-9a-f]+$/.exec(name);
+  return m ? { pid: Number(m[1]) } : undefined;
+}
+
+/**
+ * Whether process `pid` is running (so its temporaries may still be in use). A reused pid
+ * reads as alive: its debris then waits for a later write, which is safe.
+ */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    // EPERM: it exists but belongs to someone else.
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/**
+ * Test hook: when `MOEC_TEST_PAUSE_AT` names `point`, says so on stderr
+ * (`moec: paused at <point>`) and blocks (up to a minute), so a test can kill the process at
+ * exactly this moment of a write. Points: `after-temp-write` (the new content is complete
+ * under its temporary name), `between-renames` (`writeDirAtomic` only: the old tree is aside),
+ * `before-swap` and `after-swap` (`writeDirVersioned`: around the pointer's rename).
+ */
+export function pauseAt(point: string): void {
+  if (process.env["MOEC_TEST_PAUSE_AT"] !== point) return;
+  writeSync(2, `moec: paused at ${point}\n`);
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 60_000);
+}
+
 /**
  * What a temporary sibling's name (tempSibling) says: the name it stands in for and the pid of
  * the process that wrote it; undefined for any other name.
@@ -144,8 +352,34 @@ export function parseTempSibling(name: string): { target: string; pid: number } 
 
 /** `.<name>.<pid>.<random>.<suffix>` beside `file`: hidden, unique, on the same filesystem. */
 function tempSibling(file: string, suffix: string): string {
-  const id = `${process.pid}.${randomBytes(6).toString("hex")}`;
-  return path.join(path.dirname(file), `.${path.basename(file)}.${id}.${suffix}`);
+  return path.join(path.dirname(file), `.${path.basename(file)}.${uniqueId()}.${suffix}`);
+}
+
+/** `<pid>.<random>`: unique, and names the writer so its debris can be told from live work. */
+function uniqueId(): string {
+  return `${process.pid}.${randomBytes(6).toString("hex")}`;
+}
+
+/** Writes `entries` under a new directory `root`, flushed; removes it again on failure. */
+function writeTree(root: string, entries: readonly (readonly [string, FileData])[]): void {
+  try {
+    mkdirSync(root, { recursive: true });
+    const dirs = new Set<string>([root]);
+    for (const [rel, data] of entries) {
+      const dest = path.join(root, rel);
+      const sub = path.dirname(dest);
+      if (!dirs.has(sub)) {
+        mkdirSync(sub, { recursive: true });
+        for (let d = sub; d !== root && !dirs.has(d); d = path.dirname(d)) dirs.add(d);
+      }
+      writeAndSync(dest, data, 0o666);
+    }
+    // Deepest first, so each directory's entries are durable before its parent's.
+    for (const d of [...dirs].sort((a, b) => b.length - a.length)) syncDir(d);
+  } catch (e) {
+    rmSync(root, { recursive: true, force: true });
+    throw e;
+  }
 }
 
 function writeAndSync(file: string, data: FileData, mode: number): void {

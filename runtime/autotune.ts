@@ -16,6 +16,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 
 import { compileGraph } from "../compiler/kernels/compile-graph.js";
+import { processAlive, writeFileAtomic } from "./atomic-write.js";
 import { IrBuilder } from "../compiler/ir/builder.js";
 import {
   DEFAULT_TUNING,
@@ -173,17 +174,22 @@ function readCache(file: string): CacheFile {
   return { version: 1, entries: {} };
 }
 
-/** Writes `text` to `file` so readers see the old or the new content, never a mix. */
-function writeAtomic(file: string, text: string): void {
+/**
+ * Writes `text` to `file` so readers see the old or the new content, never a mix
+ * (`writeFileAtomic`, which also removes the temporaries of killed writers). Exported for tests.
+ */
+export function writeCacheFile(file: string, text: string): void {
   fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  try {
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
+  // Earlier versions named their temporaries `autotune.json.<pid>.<random>.tmp`.
+  const legacy = new RegExp(
+    `^${path.basename(file).replace(/\./g, "\\.")}\\.(\\d+)\\.[0-9a-z]+\\.tmp$`,
+  );
+  for (const name of fs.readdirSync(path.dirname(file))) {
+    const m = legacy.exec(name);
+    if (m && !processAlive(Number(m[1])))
+      fs.rmSync(path.join(path.dirname(file), name), { force: true });
   }
+  writeFileAtomic(file, text);
 }
 
 export interface AutotuneOptions {
@@ -316,6 +322,6 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
   // Re-read just before writing so entries other processes added meanwhile survive.
   const cache = readCache(file);
   cache.entries[key] = { tuning, measured, date: new Date().toISOString() };
-  writeAtomic(file, `${JSON.stringify(cache, null, 2)}\n`);
+  writeCacheFile(file, `${JSON.stringify(cache, null, 2)}\n`);
   return tuning;
 }
