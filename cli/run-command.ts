@@ -21,7 +21,12 @@ import { peftScaleAt, readPeftAdapter } from "../runtime/peft.js";
 import { WEIGHT_MAPS, combineCheckpoints, trainedInstance } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
-import { type RunnableProgram, programFromBundle, readBundle } from "./bundle.js";
+import {
+  type RunnableProgram,
+  programFromBundle,
+  readBundle,
+  throwIfBundleFault,
+} from "./bundle.js";
 import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
 
@@ -173,6 +178,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     });
     return { model: name, backend, dims: dimsRecord, ...result };
   } catch (err) {
+    if (bundled) throwIfBundleFault(target, err);
     if (err instanceof DeviceError || err instanceof LimitError)
       throw new CliError(err.message, EXIT_DEVICE);
     throw err;
