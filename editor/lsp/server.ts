@@ -2,15 +2,19 @@
  * The moe language server (`moec lsp --stdio`): wires the protocol to the workspace and the
  * providers, one file per feature. Nothing but protocol messages goes to stdout; logs go to
  * the client's console (and stderr). The server never touches a GPU: it runs the front end
- * only (parse, resolve, check, elaborate), which is pure over the open buffers.
+ * only (parse, resolve, check, elaborate), which is pure over the open buffers. Its stdin goes
+ * through `FrameFilter`, so a malformed frame is dropped and reported, never the end of all
+ * answers.
  */
 import {
   CodeActionKind,
   type Connection,
   type InitializeParams,
   type InitializeResult,
+  MessageType,
   ProposedFeatures,
   ResponseError,
+  ShowMessageNotification,
   TextDocumentSyncKind,
   createConnection,
 } from "vscode-languageserver/node";
@@ -23,6 +27,7 @@ import { toLspDiagnostics } from "./diagnostic-provider.js";
 import { documentSymbols } from "./document-symbol-provider.js";
 import { foldingRanges } from "./folding-range-provider.js";
 import { formatDocument } from "./formatting-provider.js";
+import { FrameFilter } from "./frame-filter.js";
 import { hover } from "./hover-provider.js";
 import { inlayHints } from "./inlay-hint-provider.js";
 import { positionToOffset, uriToPath } from "./positions.js";
@@ -30,7 +35,7 @@ import { documentHighlights, references } from "./references-provider.js";
 import { prepareRename, rename } from "./rename-provider.js";
 import { semanticTokens, semanticTokensLegend } from "./semantic-tokens-provider.js";
 import { signatureHelp } from "./signature-help-provider.js";
-import { type DocumentView, Workspace } from "./workspace.js";
+import { type DocumentView, MAX_ANALYSED_CHARS, Workspace } from "./workspace.js";
 import { workspaceSymbols } from "./workspace-symbol-provider.js";
 
 /** `initializationOptions` the server understands. */
@@ -49,12 +54,20 @@ export interface DocumentStatus {
   checks: { full: number; incremental: number; lastChecked: number } | undefined;
 }
 
-export function startServer(
-  connection: Connection = createConnection(ProposedFeatures.all, process.stdin, process.stdout),
-): Connection {
+export function startServer(given?: Connection): Connection {
   // Anything printed by accident would corrupt the protocol stream.
   console.log = (...args: unknown[]) => console.error(...args);
   console.info = console.log;
+  // Bad input is reported on stderr at once (the client may never read a message about it)
+  // and in the client's log.
+  const filter = new FrameFilter((line) => {
+    process.stderr.write(`moec lsp: ${line}\n`);
+    if (listening) connection.console.warn(`moec: ${line}`);
+  });
+  let listening = false;
+  const connection =
+    given ?? createConnection(ProposedFeatures.all, process.stdin.pipe(filter), process.stdout);
+  const toldTooLarge = new Set<string>();
 
   const lastReports = new Map<string, Map<string, ParamReport>>();
   let refresh = { semanticTokens: false, inlayHints: false, codeLens: false };
@@ -86,6 +99,16 @@ export function startServer(
       if (refresh.semanticTokens) void connection.languages.semanticTokens.refresh();
       if (refresh.inlayHints) void connection.languages.inlayHint.refresh();
       if (refresh.codeLens) void connection.sendRequest("workspace/codeLens/refresh");
+    },
+    tooLarge(doc) {
+      if (toldTooLarge.has(doc.uri)) return;
+      toldTooLarge.add(doc.uri);
+      const mb = (doc.text.length / 1e6).toFixed(1);
+      // A notification: the request form's reply is not needed, and a client may not answer it.
+      void connection.sendNotification(ShowMessageNotification.type, {
+        type: MessageType.Warning,
+        message: `moec: ${doc.uri.split("/").pop()} is ${mb} MB, over the ${MAX_ANALYSED_CHARS / 1024} KiB the language server analyses: no diagnostics, hover, completion or other answers for it while it stays that large (\`moec check\` checks it).`,
+      });
     },
     log(message) {
       connection.console.error(message);
@@ -140,11 +163,28 @@ export function startServer(
   connection.onDidChangeWatchedFiles(() => workspace.filesChanged());
 
   /** Runs a request against the document's view; errors are logged, never thrown at the client. */
-  const withView = <T>(uri: string, fallback: T, f: (view: DocumentView) => T): T => {
-    const view = workspace.view(uri);
-    if (!view) return fallback;
+  const withView = <T>(uri: string, fallback: T, f: (view: DocumentView) => T): T =>
+    guarded(fallback, () => {
+      const view = workspace.view(uri);
+      return view ? f(view) : fallback;
+    });
+  /** The same for a request at a position (`f` gets its offset in the current text). */
+  const withViewAt = <T>(
+    uri: string,
+    position: { line: number; character: number },
+    fallback: T,
+    f: (view: DocumentView, offset: number) => T,
+  ): T =>
+    guarded(fallback, () => {
+      const doc = workspace.documents.get(uri);
+      if (!doc || workspace.tooLarge(doc)) return fallback;
+      const offset = positionToOffset(doc.lineMap, position);
+      const view = workspace.view(uri, offset);
+      return view ? f(view, offset) : fallback;
+    });
+  const guarded = <T>(fallback: T, f: () => T): T => {
     try {
-      return f(view);
+      return f();
     } catch (err) {
       if (err instanceof ResponseError) throw err;
       connection.console.error(
@@ -153,40 +193,35 @@ export function startServer(
       return fallback;
     }
   };
-  const offsetOf = (view: DocumentView, position: { line: number; character: number }) =>
-    positionToOffset(view.document.lineMap, position);
-
   connection.onHover(({ textDocument, position }) =>
-    withView(textDocument.uri, null, (v) => hover(v, offsetOf(v, position))),
+    withViewAt(textDocument.uri, position, null, hover),
   );
   connection.onDefinition(({ textDocument, position }) =>
-    withView(textDocument.uri, null, (v) => definition(v, offsetOf(v, position))),
+    withViewAt(textDocument.uri, position, null, definition),
   );
   connection.onReferences(({ textDocument, position, context }) =>
-    withView(textDocument.uri, [], (v) =>
-      references(v, offsetOf(v, position), context.includeDeclaration),
+    withViewAt(textDocument.uri, position, [], (v, o) =>
+      references(v, o, context.includeDeclaration),
     ),
   );
   connection.onDocumentHighlight(({ textDocument, position }) =>
-    withView(textDocument.uri, [], (v) => documentHighlights(v, offsetOf(v, position))),
+    withViewAt(textDocument.uri, position, [], documentHighlights),
   );
   connection.onCompletion(({ textDocument, position }) =>
-    withView(textDocument.uri, { isIncomplete: false, items: [] }, (v) =>
-      completion(v, offsetOf(v, position)),
-    ),
+    withViewAt(textDocument.uri, position, { isIncomplete: false, items: [] }, completion),
   );
   connection.onSignatureHelp(({ textDocument, position }) =>
-    withView(textDocument.uri, null, (v) => signatureHelp(v, offsetOf(v, position))),
+    withViewAt(textDocument.uri, position, null, signatureHelp),
   );
   connection.onDocumentSymbol(({ textDocument }) =>
     withView(textDocument.uri, [], documentSymbols),
   );
   connection.onWorkspaceSymbol(({ query }) => workspaceSymbols(workspace, query));
   connection.onPrepareRename(({ textDocument, position }) =>
-    withView(textDocument.uri, null, (v) => prepareRename(v, offsetOf(v, position))),
+    withViewAt(textDocument.uri, position, null, prepareRename),
   );
   connection.onRenameRequest(({ textDocument, position, newName }) =>
-    withView(textDocument.uri, null, (v) => rename(v, offsetOf(v, position), newName)),
+    withViewAt(textDocument.uri, position, null, (v, o) => rename(v, o, newName)),
   );
   connection.languages.semanticTokens.on(({ textDocument }) =>
     withView(textDocument.uri, { data: [] }, semanticTokens),
@@ -206,7 +241,7 @@ export function startServer(
   connection.onDocumentFormatting(async ({ textDocument }) => {
     const doc = workspace.documents.get(textDocument.uri);
     try {
-      return doc ? await formatDocument(doc) : [];
+      return doc && !workspace.tooLarge(doc) ? await formatDocument(doc) : [];
     } catch (err) {
       connection.console.error(
         `moec: formatting failed: ${err instanceof Error ? err.message : String(err)}`,
@@ -228,5 +263,6 @@ export function startServer(
   });
 
   connection.listen();
+  listening = true;
   return connection;
 }

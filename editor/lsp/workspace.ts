@@ -3,8 +3,14 @@
  * analysis per open document, debounced re-checks, and on-demand analyses of the other
  * `.moe` files of the workspace (for references and rename across files).
  *
- * Requests never wait for a re-check: they are answered from the last analysis of a document
- * without syntax errors, with offsets mapped through the edits made since (`EditLog`).
+ * Requests do not wait for a re-check where they need not: they are answered from the last
+ * analysis of a document without syntax errors, with offsets mapped through the edits made
+ * since (`EditLog`). A request at a position inside text changed since (a whole-text change
+ * replaces all of it) runs the pending re-check first, so it is answered from the new text.
+ *
+ * Documents over `MAX_ANALYSED_CHARS` are not analysed at all (the front end takes seconds on
+ * megabytes, and every answer would wait on it): their requests answer nothing, and the
+ * server says so once (`WorkspaceEvents.tooLarge`).
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -78,6 +84,12 @@ export class DocumentView {
   }
 }
 
+/**
+ * The largest document the server analyses. Hand-written models are a few kilobytes; at this
+ * size a re-check takes about a second on a laptop, which every answer would wait behind.
+ */
+export const MAX_ANALYSED_CHARS = 128 * 1024;
+
 export interface WorkspaceEvents {
   /** Diagnostics to show for a URI (an open document, or a closed file its importers check). */
   publish(
@@ -90,6 +102,8 @@ export interface WorkspaceEvents {
   clear(uri: string): void;
   /** After each analysis (the server refreshes semantic tokens, lenses, inlay hints). */
   analyzed(doc: OpenDocument, analysis: EditorAnalysis): void;
+  /** A document is over `MAX_ANALYSED_CHARS`: not analysed while it stays so. */
+  tooLarge(doc: OpenDocument): void;
   log(message: string): void;
 }
 
@@ -179,8 +193,22 @@ export class Workspace {
     this.closedAnalyses.clear();
   }
 
+  /** Whether a document is too large to analyse (`MAX_ANALYSED_CHARS`). */
+  tooLarge(doc: OpenDocument): boolean {
+    return doc.doc.getText().length > MAX_ANALYSED_CHARS;
+  }
+
   schedule(doc: OpenDocument, delayMs: number): void {
     if (doc.timer) clearTimeout(doc.timer);
+    doc.timer = undefined;
+    if (this.tooLarge(doc)) {
+      // Nothing stale may answer for it either.
+      doc.latest = doc.answering = undefined;
+      doc.edits = new EditLog();
+      this.events.clear(doc.uri);
+      this.events.tooLarge(doc);
+      return;
+    }
     doc.timer = setTimeout(() => {
       doc.timer = undefined;
       if (this.documents.get(doc.uri) !== doc) return;
@@ -247,22 +275,33 @@ export class Workspace {
 
   // ------------------------------------------------------------------------ views
 
-  /** The view a request on `uri` is answered from, or undefined before the first analysis. */
-  view(uri: string): DocumentView | undefined {
+  /**
+   * The view a request on `uri` (at `offset` of its current text, when it has a position) is
+   * answered from; undefined for a document not open or too large to analyse.
+   */
+  view(uri: string, offset?: number): DocumentView | undefined {
     const doc = this.documents.get(uri);
-    if (!doc) return undefined;
+    if (!doc || this.tooLarge(doc)) return undefined;
     if (!doc.answering) this.recheck(doc);
+    else if (doc.timer && offset !== undefined && doc.edits.toOld(offset) === undefined) {
+      // The position is in text the last analysis never saw: run the pending re-check now
+      // (it is due within the debounce anyway) rather than answer nothing.
+      clearTimeout(doc.timer);
+      doc.timer = undefined;
+      this.recheck(doc);
+    }
     return new DocumentView(doc, doc.answering!, this);
   }
 
   /** An analysis with `file` as entry: the open document's, or one made on demand. */
   analysisOf(file: string): EditorAnalysis | undefined {
     for (const d of this.documents.values()) {
-      if (d.path === file) return d.answering ?? this.recheck(d);
+      if (d.path === file) return this.tooLarge(d) ? undefined : (d.answering ?? this.recheck(d));
     }
     let a = this.closedAnalyses.get(file);
     if (!a) {
-      if (this.fsView.readFile(file) === undefined) return undefined;
+      const text = this.fsView.readFile(file);
+      if (text === undefined || text.length > MAX_ANALYSED_CHARS) return undefined;
       a = analyzeDocument(file, -1, this.fsView, this.parseCache.parse);
       this.closedAnalyses.set(file, a);
     }

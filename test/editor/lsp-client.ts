@@ -65,6 +65,8 @@ export class LspClient {
   stderr = "";
   /** `window/logMessage` notifications (the server logs internal errors there). */
   logs: { type: number; message: string }[] = [];
+  /** `window/showMessage` notifications. */
+  messages: { type: number; message: string }[] = [];
 
   private constructor(
     readonly child: ChildProcess,
@@ -100,6 +102,10 @@ export class LspClient {
     connection.onNotification("window/logMessage", (m: { type: number; message: string }) => {
       logs.push(m);
     });
+    const messages: { type: number; message: string }[] = [];
+    connection.onNotification("window/showMessage", (m: { type: number; message: string }) => {
+      messages.push(m);
+    });
     connection.onRequest("workspace/codeLens/refresh", () => null);
     connection.onRequest("workspace/semanticTokens/refresh", () => null);
     connection.onRequest("workspace/inlayHint/refresh", () => null);
@@ -115,6 +121,7 @@ export class LspClient {
     await connection.sendNotification("initialized", {});
     client = new LspClient(child, connection, result);
     client.logs = logs;
+    client.messages = messages;
     client.stderr = stderr;
     child.stderr!.on("data", (d: Buffer) => (client!.stderr += d.toString()));
     for (const p of pending) client.received(p);
