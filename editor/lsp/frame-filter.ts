@@ -16,6 +16,7 @@ const MAX_HEADER_BYTES = 8192;
 export const MAX_FRAME_BYTES = 256 * 1024 * 1024;
 const HEADER_LINE = /^[A-Za-z][A-Za-z0-9-]*:[^\r\n]*$/;
 const CONTENT_LENGTH = /content-length:/i;
+const PARTIAL_HEADER_LINE = /^(?:[A-Za-z][A-Za-z0-9-]*(?::[^\r\n]*)?\r?)?$/;
 
 export class FrameFilter extends Transform {
   /** Bytes not yet passed on or dropped (the parts of a long body are joined only when whole). */
@@ -72,9 +73,20 @@ export class FrameFilter extends Transform {
     const text = this.buf.toString("latin1", 0, Math.min(this.buf.length, 2 * MAX_HEADER_BYTES));
     const at = text.search(CONTENT_LENGTH);
     if (at < 0) {
-      // Keep a tail that may be the start of a header split across chunks.
-      const cut = text.length - Math.min(text.length, "content-length:".length - 1);
-      if (cut > 0) this.discard(cut, "between frames");
+      // Keep what may be the start of a header block split across chunks: header lines and a
+      // partial one at the end.
+      let keep = text.lastIndexOf("\n") + 1;
+      if (!PARTIAL_HEADER_LINE.test(text.slice(keep))) {
+        keep = Math.max(keep, text.length - ("content-length:".length - 1));
+      } else {
+        while (keep >= 2 && text.slice(keep - 2, keep) === "\r\n") {
+          const lineStart = text.lastIndexOf("\n", keep - 3) + 1;
+          if (keep - 3 < 0 || !HEADER_LINE.test(text.slice(lineStart, keep - 2))) break;
+          keep = lineStart;
+        }
+      }
+      if (text.length - keep > MAX_HEADER_BYTES) keep = text.length;
+      if (keep > 0) this.discard(keep, "between frames");
       return false;
     }
     // Other header lines (Content-Type) may come before Content-Length in the same block.
@@ -107,6 +119,7 @@ export class FrameFilter extends Transform {
       );
       return true;
     }
+    if (this.garbage.bytes > 0) this.discard(0, "before a header");
     this.body = { start: end + 4, length, header, tail: "" };
     return true;
   }

@@ -107,7 +107,7 @@ export function startServer(given?: Connection): Connection {
       // A notification: the request form's reply is not needed, and a client may not answer it.
       void connection.sendNotification(ShowMessageNotification.type, {
         type: MessageType.Warning,
-        message: `moec: ${doc.uri.split("/").pop()} is ${mb} MB, over the ${MAX_ANALYSED_CHARS / 1024} KiB the language server analyses: no diagnostics, hover, completion or other answers for it while it stays that large (\`moec check\` checks it).`,
+        message: `moec: ${doc.uri.split("/").pop()} is ${mb} MB, over the ${MAX_ANALYSED_CHARS / (1024 * 1024)} MiB the language server analyses: no diagnostics, hover, completion or other answers for it while it stays that large (\`moec check\` checks it).`,
       });
     },
     log(message) {
