@@ -15,7 +15,7 @@ import type { IrGraph } from "../compiler/ir/graph.js";
 import { WEBGPU_DEFAULT_LIMITS } from "../compiler/kernels/plan-buffers.js";
 import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
 import type { LoweredInput, LoweredModel } from "../compiler/lower/lower-model.js";
-import { resolveVersionedDir, writeDirVersioned } from "../runtime/atomic-write.js";
+import { resolveVersionedDir, writeDirAtomic, writeDirVersioned } from "../runtime/atomic-write.js";
 import { CliError, displayPath } from "./report.js";
 
 export const BUNDLE_FORMAT = "moec-bundle";
@@ -148,7 +148,9 @@ export function writeBundle(
   const manifest = manifestFor(lowered, source, code);
   manifest.files = Object.fromEntries([...files].map(([f, text]) => [f, sha256(text)]));
   files.set("manifest.json", JSON.stringify(manifest, null, 2) + "\n");
-  writeDirVersioned(dir, files, {
+  // Windows makes symlinks a privilege: there a bundle is replaced whole (two renames).
+  const write = process.platform === "win32" ? writeDirAtomic : writeDirVersioned;
+  write(dir, files, {
     // Never replace a directory that is not a bundle (a mistyped -o).
     mayReplace: (existing) => fs.existsSync(path.join(existing, "manifest.json")),
   });
