@@ -54,6 +54,22 @@ export const WEBGPU_DEFAULT_LIMITS: DeviceLimits = {
   maxStorageBuffersPerShaderStage: 8,
 };
 
+/**
+ * Every buffer of a plan within maxBufferSize (a plan from a bundle was made for other limits,
+ * or edited): checked before anything is allocated.
+ */
+export function checkBufferLimits(buffers: readonly PhysicalBuffer[], limits: LimitsLike): void {
+  const lim = resolveLimits(limits);
+  for (const b of buffers) {
+    if (!(b.bytes <= lim.maxBufferSize)) {
+      throw new LimitError(
+        `${b.role === "pool" ? "pool buffer" : `${b.role} buffer`} ${b.id} needs ${b.bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
+        "maxBufferSize",
+      );
+    }
+  }
+}
+
 /** Any object with (some of) the limits: DeviceLimits, GpuContext.limits, a parsed JSON. */
 export type LimitsLike = Partial<DeviceLimits> | Readonly<Record<string, number>>;
 
@@ -231,14 +247,7 @@ export function planBuffers(
       if (st.role === "value") free.push(buffers[bufferOf[dead]!]!);
     }
   });
-  for (const b of buffers) {
-    if (b.bytes > lim.maxBufferSize) {
-      throw new LimitError(
-        `pool buffer ${b.id} needs ${b.bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
-        "maxBufferSize",
-      );
-    }
-  }
+  checkBufferLimits(buffers, lim);
 
   const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
   const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);
