@@ -86,7 +86,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let bundled: RunnableProgram | undefined;
   let loras: { path: string; r: number; alpha: number }[] | undefined;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
-    const bundle = readBundle(target);
+    const bundle = readDamaged(target, () => readBundle(target));
     if (options.dim?.length || options.set?.length || options.model) {
       throw new CliError(
         `${displayPath(target)} is a compiled bundle: its model and sizes are fixed (${[...bundle.dims].map(([k, v]) => `${k}=${v}`).join(", ")}); recompile to change them`,
@@ -106,7 +106,10 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
       );
     }
     ({ graph, inputs, name, dims } = bundle);
-    if (bundle.code) bundled = programFromBundle(bundle.code);
+    if (bundle.code) {
+      const code = bundle.code;
+      bundled = readDamaged(target, () => programFromBundle(code));
+    }
   } else {
     const routing = options.stats === true || options.traceRouting !== undefined;
     const { lowered } = lowerFromSource(target, { ...options, routing });
@@ -231,6 +234,20 @@ function gib(bytes: number): string {
   return bytes >= 2 ** 30
     ? `${(bytes / 2 ** 30).toPrecision(3)} GiB`
     : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/**
+ * Reads a bundle's files with `read`: what they hold is data from disk, so a value of the
+ * wrong kind there (valid JSON, wrong content) is a damaged bundle (exit 1), not moec's bug.
+ */
+function readDamaged<T>(dir: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof CliError || !(err instanceof TypeError || err instanceof RangeError))
+      throw err;
+    throw new CliError(`${displayPath(dir)}: damaged bundle: ${oneLine(err.message)}`);
+  }
 }
 
 function oneLine(s: string): string {
