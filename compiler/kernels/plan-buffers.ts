@@ -83,6 +83,9 @@ export function resolveLimits(limits: LimitsLike = {}): DeviceLimits {
   return out;
 }
 
+/** The largest element index a kernel's u32 arithmetic holds. */
+const MAX_U32 = 2 ** 32 - 1;
+
 /** A model that does not fit the device: the message is one line naming tensor and limit. */
 export class LimitError extends Error {
   override readonly name = "LimitError";
@@ -178,6 +181,14 @@ export function planBuffers(
     if (bytes > lim.maxBufferSize) {
       throw new LimitError(
         `tensor ${describeTensor(graph, s.id)} needs ${bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
+        "maxBufferSize",
+      );
+    }
+    // Kernels index elements with u32 (and write sizes as u32 literals): a device whose
+    // maxBufferSize allows more would otherwise get shaders that wrap around or do not compile.
+    if (s.numel > MAX_U32) {
+      throw new LimitError(
+        `tensor ${describeTensor(graph, s.id)} has ${s.numel} elements, over the ${MAX_U32} that 32-bit kernel indices reach`,
         "maxBufferSize",
       );
     }

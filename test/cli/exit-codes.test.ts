@@ -8,6 +8,9 @@ import * as path from "node:path";
 
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 
+import { IrBuilder } from "../../compiler/ir/builder.js";
+import { compileGraph } from "../../compiler/kernels/compile-graph.js";
+import { LimitError } from "../../compiler/kernels/plan-buffers.js";
 import { adapterKey, loadTuning } from "../../runtime/autotune.js";
 import { DEFAULT_TUNING } from "../../compiler/kernels/wgsl/variants.js";
 import { moecNodeArgs, root } from "./moec-cli.js";
@@ -262,4 +265,19 @@ describe("a damaged tuning cache is ignored with one warning and rewritten", () 
     expect(second.code).toBe(0);
     expect(second.stderr.trim()).toBe("");
   }, 180_000);
+});
+
+describe("the plan's limits", () => {
+  it("refuses a tensor past u32 indexing even where maxBufferSize would allow it", () => {
+    const b = new IrBuilder();
+    const x = b.input("x", "f32", [2 ** 16, 2 ** 16 + 1]);
+    b.output("y", b.unary("exp", x));
+    const limits = { maxBufferSize: 2 ** 40, maxStorageBufferBindingSize: 2 ** 31 };
+    expect(() => compileGraph(b.finish(), limits)).toThrow(
+      new LimitError(
+        "tensor input x [65536, 65537] f32 has 4295032832 elements, over the 4294967295 that 32-bit kernel indices reach",
+        "maxBufferSize",
+      ),
+    );
+  });
 });
