@@ -117,8 +117,8 @@ export function mapWriteErrors<T>(what: string, write: () => T): T {
 
 /**
  * Checks, before any work, that the folder `dir` will hold a new file: it exists, is a folder,
- * and accepts one (a probe file is created and removed, the only test root cannot pass by
- * permission bits alone).
+ * and accepts one (a probe file is created and removed: permission bits do not tell, for root
+ * or on /proc).
  */
 function checkWritableFolder(dir: string, what: string): void {
   let stat: fs.Stats;
@@ -163,7 +163,8 @@ export function checkOutputFolder(
       throw new CliError(
         `${label}: exists and is not ${options.kind ?? "moec's"}; not replacing it`,
       );
-    checkWritableFolder(full, label);
+    // Replacing it writes beside it (a sibling renamed into place); otherwise, inside it.
+    checkWritableFolder(options?.test ? path.dirname(full) : full, label);
     return;
   }
   // With `parents`, the missing folders above it are created when it is written (mkdir -p).
