@@ -4,13 +4,21 @@
  * `--program [NAME]` it lowers a training program instead (forward passes and losses), which
  * prints with `--emit ast|ir` (the whole train step: forward, loss, backward, AdamW).
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import { printGraph } from "../compiler/ir/print.js";
 import { assembleTrain } from "../compiler/pipeline.js";
 import { compileForBundle, writeBundle } from "./bundle.js";
 import { type ModelOptions, lowerFromSource, lowerTrainFromSource } from "./model-options.js";
 import { LimitError } from "../compiler/kernels/plan-buffers.js";
-import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+import {
+  CliError,
+  EXIT_USAGE,
+  EXIT_USER_ERROR,
+  checkOutputFolder,
+  displayPath,
+  mapWriteErrors,
+} from "./report.js";
 
 export interface CompileOptions extends ModelOptions {
   output?: string;
@@ -27,6 +35,13 @@ export function runCompile(file: string, options: CompileOptions): number {
     throw new CliError(`--emit must be one of ${STAGES.join(", ")}, found "${emit}"`, EXIT_USAGE);
   }
   if (options.program !== undefined) return compileTrain(file, options, emit);
+  // The output folder is checked before any work, when its default does not need the model.
+  const bundleFolder = {
+    kind: "a moec bundle",
+    test: (dir: string) => fs.existsSync(path.join(dir, "manifest.json")),
+  };
+  if (emit === undefined && options.output !== undefined)
+    checkOutputFolder(options.output, "-o", bundleFolder);
   const { analysis, lowered, entry } = lowerFromSource(file, options);
   if (emit === "ast") {
     const ast = analysis.graph.modules.get(entry)!.ast;
@@ -41,8 +56,8 @@ export function runCompile(file: string, options: CompileOptions): number {
   try {
     code = compileForBundle(lowered.graph);
   } catch (err) {
-    // Too large for WebGPU's default limits (the bundle's target): a device limit, not a bug.
-    if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
+    // Too large for WebGPU's default limits (the bundle's target): the sizes asked for, not a bug.
+    if (err instanceof LimitError) throw new CliError(err.message, EXIT_USER_ERROR);
     throw err;
   }
   if (emit === "wgsl") {
@@ -54,7 +69,10 @@ export function runCompile(file: string, options: CompileOptions): number {
     return 0;
   }
   const out = options.output ?? `${lowered.name.toLowerCase()}.moec`;
-  writeBundle(out, lowered, displayPath(entry), code);
+  if (options.output === undefined) checkOutputFolder(out, "the bundle", bundleFolder);
+  mapWriteErrors(`${options.output === undefined ? "the bundle" : "-o"} ${out}`, () =>
+    writeBundle(out, lowered, displayPath(entry), code),
+  );
   const dims = [...lowered.dims].map(([k, v]) => `${k}=${v}`).join(", ");
   const lines = [
     `compiled ${lowered.name} (${dims || "no free dims"}): ${code.kernels.length} kernels, ${lowered.graph.nodes.length} IR nodes`,

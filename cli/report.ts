@@ -2,6 +2,7 @@
  * Shared CLI plumbing: the exit codes of vision.md, user-facing errors, and printing
  * diagnostics with their code frames.
  */
+import * as fs from "node:fs";
 import * as path from "node:path";
 import {
   type Diagnostic,
@@ -14,7 +15,10 @@ import type { Analysis } from "../compiler/pipeline.js";
 export const EXIT_OK = 0;
 export const EXIT_USER_ERROR = 1;
 export const EXIT_USAGE = 2;
+/** No usable device, or a failure moec cannot blame on its input. */
 export const EXIT_DEVICE = 3;
+/** moec's own bug ("please report it"): never for a problem in the user's files or options. */
+export const EXIT_INTERNAL = 3;
 
 /** An error to show as one line (no stack unless --verbose), with its exit code. */
 export class CliError extends Error {
@@ -72,4 +76,100 @@ export function summary(diagnostics: readonly Diagnostic[]): string {
   const warnings = diagnostics.filter((d) => d.severity === "warning").length;
   const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? "" : "s"}`;
   return `${plural(errors, "error")}, ${plural(warnings, "warning")}`;
+}
+
+/** Node's error codes for file-system failures the user's paths cause, in words. */
+const FS_PROBLEMS: Record<string, string> = {
+  ENOENT: "no such file or directory",
+  ENOTDIR: "a path component is not a directory",
+  EISDIR: "is a directory",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  EROFS: "read-only file system",
+  ENOSPC: "no space left on the device",
+  EDQUOT: "disk quota exceeded",
+  EEXIST: "already exists",
+  ENAMETOOLONG: "name too long",
+  EMFILE: "too many open files",
+  EIO: "input/output error",
+};
+
+/** A file-system error (anything with one of Node's codes above) as words, else undefined. */
+export function fsProblem(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" ? FS_PROBLEMS[code] : undefined;
+}
+
+/**
+ * Runs `write`; a file-system error it raises becomes a one-line CliError naming `what` (an
+ * option and its path): a path the user gave that cannot be written is their problem (exit 1),
+ * not moec's.
+ */
+export function mapWriteErrors<T>(what: string, write: () => T): T {
+  try {
+    return write();
+  } catch (err) {
+    const problem = fsProblem(err);
+    if (problem) throw new CliError(`${what}: cannot write there (${problem})`);
+    throw err;
+  }
+}
+
+/**
+ * Checks, before any work, that the folder `dir` will hold a new file: it exists, is a folder,
+ * and accepts one (a probe file is created and removed: permission bits do not tell, for root
+ * or on /proc).
+ */
+function checkWritableFolder(dir: string, what: string): void {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(dir);
+  } catch {
+    throw new CliError(`${what}: the folder ${displayPath(dir)} does not exist`);
+  }
+  if (!stat.isDirectory()) throw new CliError(`${what}: ${displayPath(dir)} is not a folder`);
+  const probe = path.join(dir, `.moec-probe-${process.pid}-${Date.now()}.tmp`);
+  mapWriteErrors(what, () => {
+    fs.writeFileSync(probe, "");
+    fs.rmSync(probe, { force: true });
+  });
+}
+
+/** `what FILE` (e.g. `-o out.safetensors`) can be written: checked before any work. */
+export function checkOutputFile(file: string, what: string): void {
+  const full = path.resolve(file);
+  const label = `${what} ${file}`;
+  if (fs.existsSync(full) && fs.statSync(full).isDirectory())
+    throw new CliError(`${label}: is a folder; give a file name`);
+  checkWritableFolder(path.dirname(full), label);
+}
+
+/**
+ * `what DIR` can be written as a folder of output (a bundle, a run directory): not a file;
+ * an existing one passes `options.test` (a bundle replaces only a bundle); its parent folder
+ * exists (with `options.parents`, the nearest existing ancestor). Checked before any work.
+ */
+export function checkOutputFolder(
+  dir: string,
+  what: string,
+  options?: { test?: (dir: string) => boolean; kind?: string; parents?: boolean },
+): void {
+  const full = path.resolve(dir);
+  const label = `${what} ${dir}`;
+  if (fs.existsSync(full)) {
+    if (!fs.statSync(full).isDirectory())
+      throw new CliError(`${label}: is a file, and ${options?.kind ?? "the output"} is a folder`);
+    if (options?.test && !options.test(full))
+      throw new CliError(
+        `${label}: exists and is not ${options.kind ?? "moec's"}; not replacing it`,
+      );
+    // Replacing it writes beside it (a sibling renamed into place); otherwise, inside it.
+    checkWritableFolder(options?.test ? path.dirname(full) : full, label);
+    return;
+  }
+  // With `parents`, the missing folders above it are created when it is written (mkdir -p).
+  let parent = path.dirname(full);
+  if (options?.parents)
+    while (!fs.existsSync(parent) && path.dirname(parent) !== parent) parent = path.dirname(parent);
+  checkWritableFolder(parent, label);
 }

@@ -4,6 +4,7 @@
  * the outputs.
  */
 import * as fs from "node:fs";
+import * as os from "node:os";
 import * as path from "node:path";
 import { performance } from "node:perf_hooks";
 import type { IrGraph } from "../compiler/ir/graph.js";
@@ -15,6 +16,7 @@ import {
   paramSpecs,
   prepareInputs,
   prepareWeights,
+  numel,
   runReference,
 } from "../runtime/run-model.js";
 import { peftScaleAt, readPeftAdapter } from "../runtime/peft.js";
@@ -28,7 +30,15 @@ import {
   throwIfBundleFault,
 } from "./bundle.js";
 import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
-import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath } from "./report.js";
+import {
+  CliError,
+  EXIT_DEVICE,
+  EXIT_USAGE,
+  EXIT_USER_ERROR,
+  checkOutputFile,
+  displayPath,
+  mapWriteErrors,
+} from "./report.js";
 
 export interface RunOptions extends ModelOptions {
   weights?: string;
@@ -71,6 +81,9 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     throw new CliError(`--backend must be gpu or reference, found "${backend}"`, EXIT_USAGE);
   }
   const seed = parseSeed(options.seed);
+  // Where the results go is checked before the run, not discovered after it.
+  if (options.output !== undefined) checkOutputFile(options.output, "-o");
+  if (options.traceRouting !== undefined) checkOutputFile(options.traceRouting, "--trace-routing");
   let graph: IrGraph;
   let inputs: LoweredInput[];
   let name: string;
@@ -78,7 +91,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let bundled: RunnableProgram | undefined;
   let loras: { path: string; r: number; alpha: number }[] | undefined;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
-    const bundle = readBundle(target);
+    const bundle = readDamaged(target, () => readBundle(target));
     if (options.dim?.length || options.set?.length || options.model) {
       throw new CliError(
         `${displayPath(target)} is a compiled bundle: its model and sizes are fixed (${[...bundle.dims].map(([k, v]) => `${k}=${v}`).join(", ")}); recompile to change them`,
@@ -98,7 +111,10 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
       );
     }
     ({ graph, inputs, name, dims } = bundle);
-    if (bundle.code) bundled = programFromBundle(bundle.code);
+    if (bundle.code) {
+      const code = bundle.code;
+      bundled = readDamaged(target, () => programFromBundle(code));
+    }
   } else {
     const routing = options.stats === true || options.traceRouting !== undefined;
     const { lowered } = lowerFromSource(target, { ...options, routing });
@@ -140,22 +156,29 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     throw err;
   }
   const inputsFile = openTensors(options.inputs, "--inputs");
-  let weights: Map<string, TypedTensor>;
-  let feeds: Map<string, TypedTensor>;
-  try {
-    weights = prepareWeights(
-      graph,
-      weightsFile,
-      seed,
-      options.initMissing ? { missing: "init" } : {},
-    );
-    feeds = prepareInputs(inputs, inputsFile, seed, options.task);
-  } catch (err) {
-    if (err instanceof WeightsError) throw new CliError(err.message);
-    throw err;
-  }
+  // Weights and inputs are made only after every size is checked: generating or reading
+  // gigabytes, then failing on a limit, costs the user minutes for a one-line error.
+  const prepare = (extraBytes: number) => {
+    checkHostMemory(graph, inputs, extraBytes);
+    try {
+      const weights = prepareWeights(
+        graph,
+        weightsFile,
+        seed,
+        options.initMissing ? { missing: "init" } : {},
+      );
+      const feeds = prepareInputs(inputs, inputsFile, seed, options.task);
+      return { weights, inputs: feeds };
+    } catch (err) {
+      if (err instanceof WeightsError) throw new CliError(err.message);
+      throw err;
+    }
+  };
   const dimsRecord = Object.fromEntries(dims);
   if (backend === "reference") {
+    // The interpreter holds every value in float64 (an upper bound: all nodes at once).
+    const values = graph.nodes.reduce((a, n) => a + 8 * numel(n.shape), 0);
+    const { weights, inputs: feeds } = prepare(values);
     const t0 = performance.now();
     const outputs = runReference(graph, weights, feeds);
     return {
@@ -169,19 +192,111 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   // Loaded lazily: only a GPU run touches the device.
   const { runOnGpu } = await import("../runtime/run-gpu.js");
   const { DeviceError } = await import("../runtime/device.js");
+  if (bundled) checkBundledProgram(target, bundled);
+  // Outputs are read back into host arrays as well.
+  const outputBytes = graph.outputs.reduce((a, o) => a + 4 * numel(graph.nodes[o.node]!.shape), 0);
   try {
-    const result = await runOnGpu(graph, weights, feeds, {
+    const result = await runOnGpu(graph, () => prepare(outputBytes), {
       stats: options.stats === true,
       tune: options.tune === true,
       ...(bundled ? { bundled } : {}),
-      log: (line) => process.stderr.write(`moec: ${line}\n`),
+      log: (line: string) => process.stderr.write(`moec: ${line}\n`),
     });
     return { model: name, backend, dims: dimsRecord, ...result };
   } catch (err) {
     if (bundled) throwIfBundleFault(target, err);
-    if (err instanceof DeviceError || err instanceof LimitError)
-      throw new CliError(err.message, EXIT_DEVICE);
+    // Too large for this device at these sizes: the user's sizes, not moec's bug.
+    if (err instanceof LimitError) throw new CliError(err.message, EXIT_USER_ERROR);
+    if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
     throw err;
+  }
+}
+
+/**
+ * Refuses a run whose weights, inputs and outputs (plus `extraBytes`) need more host memory
+ * than is free, before any of them is made.
+ */
+function checkHostMemory(
+  graph: IrGraph,
+  inputs: readonly LoweredInput[],
+  extraBytes: number,
+): void {
+  const params = paramSpecs(graph).reduce((a, p) => a + 4 * numel(p.shape), 0);
+  const feeds = inputs.reduce((a, i) => a + 4 * numel(i.shape), 0);
+  const needed = params + feeds + extraBytes;
+  const free = os.freemem();
+  if (needed > free) {
+    throw new CliError(
+      `the run needs ${gib(needed)} of host memory (parameters ${gib(params)}, inputs ${gib(feeds)}${extraBytes > 0 ? `, outputs and values ${gib(extraBytes)}` : ""}), but only ${gib(free)} is free; use smaller --dim or --set sizes`,
+    );
+  }
+}
+
+function gib(bytes: number): string {
+  return bytes >= 2 ** 30
+    ? `${(bytes / 2 ** 30).toPrecision(3)} GiB`
+    : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+/**
+ * Reads a bundle's files with `read`: what they hold is data from disk, so a value of the
+ * wrong kind there (valid JSON, wrong content) is a damaged bundle (exit 1), not moec's bug.
+ */
+function readDamaged<T>(dir: string, read: () => T): T {
+  try {
+    return read();
+  } catch (err) {
+    if (err instanceof CliError || !(err instanceof TypeError || err instanceof RangeError))
+      throw err;
+    throw new CliError(`${displayPath(dir)}: damaged bundle: ${oneLine(err.message)}`);
+  }
+}
+
+function oneLine(s: string): string {
+  return s.replace(/\s+/g, " ").trim();
+}
+
+/**
+ * A bundle's plan read from disk, checked before it reaches the device: every tensor and
+ * binding lies inside its buffer (an edited or damaged plan.json would otherwise fail inside
+ * the driver, or write out of bounds).
+ */
+function checkBundledProgram(dir: string, program: RunnableProgram): void {
+  const fail = (problem: string): never => {
+    throw new CliError(`${displayPath(dir)}: damaged bundle: plan.json: ${problem}`);
+  };
+  const count = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+  if (!Array.isArray(program.buffers)) fail("no buffer list");
+  const sizes = program.buffers.map((b, i) => {
+    if (!b || !count(b.bytes) || b.id !== i) fail(`buffer ${i} is malformed`);
+    return b.bytes;
+  });
+  const within = (what: string, buffer: unknown, offset: unknown, bytes: number) => {
+    if (!count(buffer) || buffer >= sizes.length)
+      fail(`${what} names no buffer (${String(buffer)})`);
+    if (!count(offset) || offset % 4 !== 0) fail(`${what} has a bad byte offset ${String(offset)}`);
+    const size = sizes[buffer as number]!;
+    if ((offset as number) + bytes > size)
+      fail(`${what} at byte ${String(offset)} needs ${bytes} bytes, past its buffer's ${size}`);
+  };
+  for (const [role, list] of [
+    ["input", program.inputs],
+    ["parameter", program.params],
+    ["output", program.outputs],
+  ] as const) {
+    if (!Array.isArray(list)) fail(`no ${role} list`);
+    for (const t of list) {
+      if (!Array.isArray(t?.shape) || !t.shape.every(count)) fail(`${role} ${t?.name}: bad shape`);
+      within(`${role} ${t.name}`, t.buffer, t.byteOffset, 4 * numel(t.shape));
+    }
+  }
+  if (!Array.isArray(program.kernels)) fail("no kernel list");
+  for (const k of program.kernels) {
+    if (!Array.isArray(k?.bindings)) fail(`kernel ${k?.name}: no bindings`);
+    for (const b of k.bindings) {
+      if (!count(b?.byteSize)) fail(`kernel ${k.name}: binding ${b?.binding} has a bad size`);
+      within(`kernel ${k.name} binding ${b.binding}`, b.buffer, b.byteOffset, b.byteSize);
+    }
   }
 }
 
@@ -247,10 +362,13 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
   );
   const routing = routingReport(result.outputs);
   if (options.output) {
-    writeSafetensorsFile(options.output, weightsToSafetensors(modelOutputs), {
-      model: result.model,
-      backend: result.backend,
-    });
+    const file = options.output;
+    mapWriteErrors(`-o ${file}`, () =>
+      writeSafetensorsFile(file, weightsToSafetensors(modelOutputs), {
+        model: result.model,
+        backend: result.backend,
+      }),
+    );
   }
   if (options.traceRouting) {
     const trace = new Map<string, TypedTensor>();
@@ -258,9 +376,10 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
       for (const [what, t] of stats) if (TRACE_OUTPUTS.has(what)) trace.set(`${layer}.${what}`, t);
     if (trace.size === 0)
       throw new CliError("--trace-routing: the model has no sparse MoE layer to trace");
-    writeSafetensorsFile(options.traceRouting, weightsToSafetensors(trace), {
-      model: result.model,
-    });
+    const file = options.traceRouting;
+    mapWriteErrors(`--trace-routing ${file}`, () =>
+      writeSafetensorsFile(file, weightsToSafetensors(trace), { model: result.model }),
+    );
   }
   const summaries = [...routing].map(([layer, stats]) => ({
     layer,

@@ -27,7 +27,14 @@ import type { LrSchedule } from "../runtime/train/schedule.js";
 import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
 import { analyzeEntry, lowerTrainProgram, openTensors, parseDims } from "./model-options.js";
-import { CliError, EXIT_DEVICE, EXIT_USAGE, displayPath, sourcesOf } from "./report.js";
+import {
+  CliError,
+  EXIT_DEVICE,
+  EXIT_USAGE,
+  checkOutputFolder,
+  displayPath,
+  sourcesOf,
+} from "./report.js";
 
 export interface TrainOptions {
   program?: string;
@@ -203,6 +210,13 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
 
   const runDir = path.resolve(
     typeof o.resume === "string" ? o.resume : (o.out ?? path.join("runs", train.name)),
+  );
+  // Checkpoints are written from the first --save-every on: a run directory that cannot be
+  // written is found now, not after the training it was to keep.
+  checkOutputFolder(
+    typeof o.resume === "string" ? o.resume : (o.out ?? displayPath(runDir)),
+    typeof o.resume === "string" ? "--resume" : "--out",
+    { parents: true, kind: "a run directory" },
   );
   const existing = fs.existsSync(runDir) ? listCheckpoints(runDir) : [];
   if (existing.length > 0 && o.resume === undefined)

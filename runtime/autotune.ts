@@ -164,14 +164,90 @@ interface CacheFile {
   >;
 }
 
-function readCache(file: string): CacheFile {
+/**
+ * The cache file's valid entries. The file is only a cache: a missing one is empty, and a
+ * damaged one (not JSON, or JSON whose entries are not tunings moec made) is ignored with
+ * one line to `warn` and rewritten without the damage, so it cannot break every later run.
+ */
+function readCache(file: string, warn: (line: string) => void = warnOnStderr): CacheFile {
+  let text: string;
   try {
-    const parsed = JSON.parse(fs.readFileSync(file, "utf8")) as CacheFile;
-    if (parsed && parsed.version === 1 && typeof parsed.entries === "object") return parsed;
+    text = fs.readFileSync(file, "utf8");
   } catch {
-    // Missing or unreadable: start afresh (the file is only a cache).
+    return { version: 1, entries: {} };
   }
-  return { version: 1, entries: {} };
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    return repairCache(file, { version: 1, entries: {} }, "not valid JSON", warn);
+  }
+  const root = parsed as Partial<CacheFile> | null;
+  if (!isObject(root) || root.version !== 1 || !isObject(root.entries))
+    return repairCache(file, { version: 1, entries: {} }, "not a tuning cache", warn);
+  const entries: CacheFile["entries"] = {};
+  const bad: string[] = [];
+  for (const [key, entry] of Object.entries(root.entries)) {
+    if (isObject(entry) && isTuning(entry.tuning))
+      entries[key] = entry as CacheFile["entries"][string];
+    else bad.push(key);
+  }
+  const cache: CacheFile = { version: 1, entries };
+  if (bad.length === 0) return cache;
+  const what = `${bad.length === 1 ? "an entry" : `${bad.length} entries`} with unknown kernel variants`;
+  return repairCache(file, cache, what, warn);
+}
+
+function warnOnStderr(line: string): void {
+  process.stderr.write(`moec: warning: ${line}\n`);
+}
+
+/** Warns once about `file`'s damage and rewrites it as `cache` (best effort: it is a cache). */
+function repairCache(
+  file: string,
+  cache: CacheFile,
+  problem: string,
+  warn: (line: string) => void,
+): CacheFile {
+  let rewritten = true;
+  try {
+    writeCacheFile(file, `${JSON.stringify(cache, null, 2)}\n`);
+  } catch {
+    rewritten = false;
+  }
+  warn(
+    `ignoring the damaged tuning cache ${file} (${problem}); ${rewritten ? "rewrote it without the damage" : "could not rewrite it"}`,
+  );
+  return cache;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * A cached tuning is trusted only when each choice is one moec offers (a known matmul variant
+ * with its exact knobs, a known elementwise shape): the compiler takes these numbers as given.
+ */
+function isTuning(v: unknown): v is Tuning {
+  if (!isObject(v)) return false;
+  const sameVariant = (x: unknown): boolean =>
+    isObject(x) &&
+    MATMUL_VARIANTS.some(
+      (known) =>
+        Object.keys(x).length === Object.keys(known).length &&
+        (Object.keys(known) as (keyof MatmulVariant)[]).every((k) => x[k] === known[k]),
+    );
+  const choice = (x: unknown): boolean => isObject(x) && sameVariant(x.nn) && sameVariant(x.nt);
+  const shape = ELEMENTWISE_VARIANTS.some((known) =>
+    (Object.keys(known) as (keyof ElementwiseShape)[]).every((k) => v[k] === known[k]),
+  );
+  return (
+    choice(v.matmul) &&
+    choice(v.largeMatmul) &&
+    shape &&
+    (v.adapter === undefined || typeof v.adapter === "string")
+  );
 }
 
 /**
@@ -218,12 +294,16 @@ export interface AutotuneOptions {
   log?: (line: string) => void;
 }
 
-/** The cached tuning for this adapter, or undefined. */
+/**
+ * The cached tuning for this adapter, or undefined. A damaged cache file counts as empty: it
+ * is reported through `warn` (default: one line on stderr) and rewritten.
+ */
 export function loadTuning(
   ctx: Pick<GpuContext, "info">,
   cacheDir = defaultCacheDir(),
+  warn?: (line: string) => void,
 ): Tuning | undefined {
-  return readCache(path.join(cacheDir, "autotune.json")).entries[adapterKey(ctx)]?.tuning;
+  return readCache(path.join(cacheDir, "autotune.json"), warn).entries[adapterKey(ctx)]?.tuning;
 }
 
 /** The tuned variants for `ctx`'s adapter: from the cache, or measured now and cached. */

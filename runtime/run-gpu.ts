@@ -7,6 +7,7 @@ import { performance } from "node:perf_hooks";
 import { type CompiledProgram, compileGraph } from "../compiler/kernels/compile-graph.js";
 import type { IrGraph } from "../compiler/ir/graph.js";
 import { DEFAULT_TUNING } from "../compiler/kernels/wgsl/variants.js";
+import { checkBufferLimits } from "../compiler/kernels/plan-buffers.js";
 import { autotune, loadTuning } from "./autotune.js";
 import { adapterSummary, openDevice } from "./device.js";
 import { Executor, type TensorData } from "./executor.js";
@@ -26,10 +27,20 @@ export interface GpuRunResult {
   memory: { peakBytes: number; tensorBytes: number };
 }
 
+/** What a run uploads, made only once the program is known to fit the device. */
+export interface HostTensors {
+  weights: ReadonlyMap<string, TypedTensor>;
+  inputs: ReadonlyMap<string, TypedTensor>;
+}
+
+/**
+ * Compiles `graph` against the device's limits (or checks a bundle's buffers against them)
+ * and only then calls `prepare` for the weights and inputs: a model too large for the device
+ * fails in a second, before gigabytes of weights are generated or read.
+ */
 export async function runOnGpu(
   graph: IrGraph,
-  weights: ReadonlyMap<string, TypedTensor>,
-  inputs: ReadonlyMap<string, TypedTensor>,
+  prepare: () => HostTensors,
   options: {
     stats: boolean;
     tune?: boolean;
@@ -41,8 +52,10 @@ export async function runOnGpu(
   let exe: Executor | undefined;
   try {
     let program: RunnableProgram;
-    if (options.bundled) program = options.bundled;
-    else {
+    if (options.bundled) {
+      program = options.bundled;
+      checkBufferLimits(program.buffers, ctx.limits);
+    } else {
       // Tuned variants when this adapter was tuned (`moec tune`), else the defaults: measuring
       // every variant takes a minute on a software driver, too long to do unasked.
       let tuning = loadTuning(ctx);
@@ -52,6 +65,7 @@ export async function runOnGpu(
       }
       program = compileGraph(graph, ctx.limits, tuning ?? DEFAULT_TUNING);
     }
+    const { weights, inputs } = prepare();
     // The executor reads only the runnable parts of a program.
     exe = await Executor.create(ctx, program as CompiledProgram, { timing: options.stats });
     const params = new Map<string, TensorData>();

@@ -181,6 +181,22 @@ export class SafetensorsFile {
     return this.source.read(this.dataStart + t.begin, t.end - t.begin);
   }
 
+  /**
+   * `length` bytes of the tensor's stored data from byte `offset` within it: part of a tensor
+   * too large to read whole, without reading the rest. Same aliasing as `readBytes`.
+   */
+  readByteRange(name: string, offset: number, length: number): Uint8Array {
+    const t = this.info(name);
+    const size = t.end - t.begin;
+    if (!isCount(offset) || !isCount(length) || offset + length > size) {
+      throw this.error(
+        "out-of-range",
+        `tensor ${q(name)}: bytes [${offset}, ${offset + length}) are outside its ${size} bytes`,
+      );
+    }
+    return this.source.read(this.dataStart + t.begin + offset, length);
+  }
+
   /** Reads and converts one tensor into a fresh array. */
   read(name: string): ReadTensor {
     const t = this.info(name);
@@ -320,11 +336,14 @@ export function readSafetensorsFile(path: string): SafetensorsFile {
   });
 }
 
+/** The most one read asks for: Node refuses lengths of 2 GiB and more ("out of range"). */
+const READ_CHUNK = 2 ** 30;
+
 function readAt(fd: number, offset: number, length: number): Uint8Array {
   const out = new Uint8Array(length);
   let done = 0;
   while (done < length) {
-    const got = readSync(fd, out, done, length - done, offset + done);
+    const got = readSync(fd, out, done, Math.min(length - done, READ_CHUNK), offset + done);
     if (got === 0) throw new Error(`unexpected end of file at byte ${offset + done}`);
     done += got;
   }
@@ -816,7 +835,43 @@ export function showShape(shape: readonly number[]): string {
 
 function show(v: unknown): string {
   if (v === undefined) return "nothing";
-  return clip(JSON.stringify(v) ?? String(v), 60);
+  return clip(showJson(v, 60), 60);
+}
+
+/**
+ * JSON text of `v`, cut after about `max` characters: iterative and bounded, so a hostile
+ * header's 100,000-deep array or a megabyte of shape costs what the message shows (the
+ * recursive JSON.stringify would overflow the stack on the first).
+ */
+function showJson(v: unknown, max: number): string {
+  let out = "";
+  // Values still to print, last first; a Literal is punctuation between them.
+  const pending: unknown[] = [v];
+  while (pending.length > 0 && out.length <= max) {
+    const x = pending.pop();
+    if (x instanceof Literal) out += x.text;
+    else if (Array.isArray(x)) {
+      out += "[";
+      pending.push(new Literal("]"));
+      for (let i = x.length - 1; i >= 0; i--) {
+        pending.push(x[i]);
+        if (i > 0) pending.push(new Literal(","));
+      }
+    } else if (typeof x === "object" && x !== null) {
+      const entries = Object.entries(x);
+      out += "{";
+      pending.push(new Literal("}"));
+      for (let i = entries.length - 1; i >= 0; i--) {
+        pending.push(entries[i]![1], new Literal(`${JSON.stringify(entries[i]![0])}:`));
+        if (i > 0) pending.push(new Literal(","));
+      }
+    } else out += JSON.stringify(x) ?? String(x);
+  }
+  return pending.length > 0 ? `${out}…` : out;
+}
+
+class Literal {
+  constructor(readonly text: string) {}
 }
 
 function jsonKind(v: unknown): string {

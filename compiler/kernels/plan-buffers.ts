@@ -54,6 +54,22 @@ export const WEBGPU_DEFAULT_LIMITS: DeviceLimits = {
   maxStorageBuffersPerShaderStage: 8,
 };
 
+/**
+ * Every buffer of a plan within maxBufferSize (a plan from a bundle was made for other limits,
+ * or edited): checked before anything is allocated.
+ */
+export function checkBufferLimits(buffers: readonly PhysicalBuffer[], limits: LimitsLike): void {
+  const lim = resolveLimits(limits);
+  for (const b of buffers) {
+    if (!(b.bytes <= lim.maxBufferSize)) {
+      throw new LimitError(
+        `${b.role === "pool" ? "pool buffer" : `${b.role} buffer`} ${b.id} needs ${b.bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
+        "maxBufferSize",
+      );
+    }
+  }
+}
+
 /** Any object with (some of) the limits: DeviceLimits, GpuContext.limits, a parsed JSON. */
 export type LimitsLike = Partial<DeviceLimits> | Readonly<Record<string, number>>;
 
@@ -66,6 +82,9 @@ export function resolveLimits(limits: LimitsLike = {}): DeviceLimits {
   }
   return out;
 }
+
+/** The largest element index a kernel's u32 arithmetic holds. */
+const MAX_U32 = 2 ** 32 - 1;
 
 /** A model that does not fit the device: the message is one line naming tensor and limit. */
 export class LimitError extends Error {
@@ -165,6 +184,14 @@ export function planBuffers(
         "maxBufferSize",
       );
     }
+    // Kernels index elements with u32 (and write sizes as u32 literals): a device whose
+    // maxBufferSize allows more would otherwise get shaders that wrap around or do not compile.
+    if (s.numel > MAX_U32) {
+      throw new LimitError(
+        `tensor ${describeTensor(graph, s.id)} has ${s.numel} elements, over the ${MAX_U32} that 32-bit kernel indices reach`,
+        "maxBufferSize",
+      );
+    }
   }
   program.kernels.forEach((k) => {
     const bound = new Set([...Object.values(k.loads).map((v) => v.storage), k.out.storage]);
@@ -231,14 +258,7 @@ export function planBuffers(
       if (st.role === "value") free.push(buffers[bufferOf[dead]!]!);
     }
   });
-  for (const b of buffers) {
-    if (b.bytes > lim.maxBufferSize) {
-      throw new LimitError(
-        `pool buffer ${b.id} needs ${b.bytes} bytes, over maxBufferSize = ${lim.maxBufferSize}`,
-        "maxBufferSize",
-      );
-    }
-  }
+  checkBufferLimits(buffers, lim);
 
   const launches = program.kernels.map((k) => scheduleKernel(program, k, lim, tuning));
   const peakBytes = buffers.reduce((a, b) => a + b.bytes, 0);

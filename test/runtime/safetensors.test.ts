@@ -3,16 +3,19 @@
 // writers' promise that a failed write leaves the old content and no temporary behind.
 import {
   chmodSync,
+  closeSync,
   mkdirSync,
   mkdtempSync,
+  openSync,
   readFileSync,
   readdirSync,
   rmSync,
   statSync,
   truncateSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
-import { tmpdir } from "node:os";
+import { freemem, tmpdir } from "node:os";
 import path from "node:path";
 
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -520,6 +523,28 @@ describe("readSafetensors: corruptions", () => {
     );
   });
 
+  it("names a 100,000-deep shape or offset list without overflowing the stack", () => {
+    const deep = "[".repeat(100_000) + "]".repeat(100_000);
+    const shape = failure(
+      read(fileBytes(`{"a":{"dtype":"F32","shape":${deep},"data_offsets":[0,0]}}`)),
+    );
+    expect(shape.code).toBe("bad-shape");
+    expect(shape.message).toMatch(/found \[\[\[+…$/);
+    expect(shape.message.length).toBeLessThan(200);
+    const offsets = failure(
+      read(fileBytes(`{"a":{"dtype":"F32","shape":[],"data_offsets":${deep}}}`)),
+    );
+    expect(offsets.code).toBe("bad-offsets");
+    expect(failure(read(fileBytes(`{"a":${deep}}`))).code).toBe("bad-entry");
+    expect(failure(read(fileBytes(`{"__metadata__":{"k":${deep}}}`))).code).toBe("bad-metadata");
+    // Short values still print whole, objects included.
+    expect(
+      failure(
+        read(fileBytes(`{"a":{"dtype":"F32","shape":[1,{"x":[2,"y"]}],"data_offsets":[0,4]}}`)),
+      ).message,
+    ).toContain('found [1,{"x":[2,"y"]}]');
+  });
+
   it("reports a tensor that is not there", () => {
     const file = readSafetensors(fileBytes(ok, data16), "w.safetensors");
     expect(failure(() => file.read("c"))).toEqual({
@@ -575,6 +600,38 @@ describe("files on disk", () => {
       `${short}: truncated: header says 4096 bytes, file has 100`,
     );
   });
+
+  it("reads a tensor of 2 GiB or more: the header alone, a range, and (memory allowing) whole", () => {
+    // A sparse file: the header declares a 2.5 GiB F32 tensor, ftruncate makes the size, and
+    // only its last element and the small tensor after it are written.
+    const file = path.join(dir, "big.safetensors");
+    const big = 5 * 2 ** 27; // elements: 2.5 GiB
+    const bigBytes = 4 * big;
+    const header = `{"big":${entry("F32", [big], 0, bigBytes)},"w":${entry("F32", [2], bigBytes, bigBytes + 8)}}`;
+    writeFileSync(file, fileBytes(header));
+    const dataStart = 8 + enc.encode(header).length;
+    truncateSync(file, dataStart + bigBytes + 8);
+    const fd = openSync(file, "r+");
+    writeSync(fd, Buffer.from(f32Bytes([7.5])), 0, 4, dataStart + bigBytes - 4);
+    writeSync(fd, Buffer.from(f32Bytes([1.5, -2])), 0, 8, dataStart + bigBytes);
+    closeSync(fd);
+
+    const t0 = performance.now();
+    const st = readSafetensorsFile(file);
+    expect(st.info("big").shape).toEqual([big]);
+    // Past 2 GiB into the file: the small tensor, and a range at the big one's end.
+    expect([...st.read("w").data]).toEqual([1.5, -2]);
+    const tail = st.readByteRange("big", bigBytes - 8, 8);
+    expect([...new Float32Array(tail.buffer, tail.byteOffset, 2)]).toEqual([0, 7.5]);
+    expect(performance.now() - t0).toBeLessThan(2000); // nothing read whole
+    expect(failure(() => st.readByteRange("big", bigBytes - 4, 8)).code).toBe("out-of-range");
+    // The whole tensor needs its 2.5 GiB in memory (the data is shared, not copied).
+    if (freemem() < 8 * 2 ** 30) return;
+    const whole = st.read("big").data;
+    expect(whole.length).toBe(big);
+    expect(whole[big - 1]).toBe(7.5);
+    expect(whole[big - 2]).toBe(0);
+  }, 60_000);
 
   it("rejects invalid tensors before touching the disk", () => {
     const file = path.join(dir, "model.safetensors");
