@@ -39,6 +39,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   const batch = unflatten("bt", batchShape);
   const threads = launch.workgroupSize[0];
   const isNinf = w.use("is_ninf");
+  const isNan = w.use("is_nan");
 
   // Operand element offsets: batch coordinates, then the matrix axes.
   const at = (view: typeof Q, row: string, col: string) => {
@@ -172,7 +173,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     `  }`,
   );
   if (vec) {
-    body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0);`);
+    body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0 || ${isNan}(l));`);
     body.push(
       `  var orow: array<vec4<f32>, ${hd / 4}>;`,
       ...Array.from({ length: hd / 4 }, (_, c) => `  orow[${c}] = o${c} * inv_l;`),
@@ -183,7 +184,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   } else {
     body.push(
       `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-      `    epilogue(select(0.0, o[x] / l, l > 0.0), bt, i, x);`,
+      `    epilogue(select(0.0, o[x] / l, l > 0.0 || ${isNan}(l)), bt, i, x);`,
       `  }`,
     );
   }
@@ -234,6 +235,7 @@ function emitAttentionRows(
   const k = w.kernel;
   const pv = w.graph.nodes[k.anchor!]!;
   const { Q, Kt, V, d0, hd, tq, tk, causal, s, e, at } = o;
+  const isNan = w.use("is_nan");
   const batchShape = k.shape.slice(0, -2);
   const threads = launch.workgroupSize[0];
   // Loads through window accessors (tensors larger than one binding) are inlined at every
@@ -294,7 +296,7 @@ function emitAttentionRows(
   for (let r = 0; r < R; r++) {
     body.push(
       `  if (i0 + ${r}u < ${u32(tq)}) {`,
-      `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0);`,
+      `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0 || ${isNan}(l${r}));`,
       ...Array.from({ length: nx }, (_, c) => `    orow[${c}] = o${r}_${c} * inv_l;`),
       `    for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
       `      epilogue(orow[x / 4u][x % 4u], bt, i0 + ${r}u, x);`,
