@@ -30,6 +30,8 @@ export interface RunOptions extends ModelOptions {
   weightsMap?: string;
   adapter?: string;
   initMissing?: boolean;
+  /** Load weights, adapters and inputs holding NaN or infinities. */
+  allowNonfinite?: boolean;
   inputs?: string;
   task?: string;
   seed?: string;
@@ -138,13 +140,12 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let weights: Map<string, TypedTensor>;
   let feeds: Map<string, TypedTensor>;
   try {
-    weights = prepareWeights(
-      graph,
-      weightsFile,
-      seed,
-      options.initMissing ? { missing: "init" } : {},
-    );
-    feeds = prepareInputs(inputs, inputsFile, seed, options.task);
+    const allowNonFinite = options.allowNonfinite === true;
+    weights = prepareWeights(graph, weightsFile, seed, {
+      allowNonFinite,
+      ...(options.initMissing ? { missing: "init" } : {}),
+    });
+    feeds = prepareInputs(inputs, inputsFile, seed, options.task, { allowNonFinite });
   } catch (err) {
     if (err instanceof WeightsError) throw new CliError(err.message);
     throw err;

@@ -365,3 +365,68 @@ describe("moec run: bad input is one line and a non-zero exit", () => {
     expect(moec(["run", "examples/gpt2.moe", "--dim", "T"]).code).toBe(2);
   });
 });
+
+describe("moec run: wrong answers are errors, never exit 0", () => {
+  const tiny = path.join(tmp, "tiny.moe");
+  fs.writeFileSync(
+    tiny,
+    `import std.nn { Linear }
+model Tiny() {
+  in x: f32[B, 4]
+  out y: f32[B, 2]
+  fc = Linear(4, 2)
+  y = relu(fc(x))
+}
+`,
+  );
+  const f32 = (shape: number[], data: number[]) => ({
+    dtype: "F32" as const,
+    shape,
+    data: Float32Array.from(data),
+  });
+
+  it("--dim of a dimension the model lacks, or given twice, is a usage error naming it", () => {
+    const unknown = moec(["run", tiny, "--dim", "B=2", "--dim", "Q=3", "--backend", "reference"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr.trim()).toBe(
+      "moec: --dim Q: model Tiny has no free dimension `Q` (its free dimensions: B)",
+    );
+    const twice = moec(["run", tiny, "--dim", "B=2", "--dim", "B=3", "--backend", "reference"]);
+    expect(twice.code).toBe(2);
+    expect(twice.stderr.trim()).toBe("moec: --dim B is given twice (B=2 and B=3); give it once");
+    const compile = moec(["compile", tiny, "--dim", "B=2", "--dim", "Q=3", "--emit", "plan"]);
+    expect(compile.code).toBe(2);
+    expect(compile.stderr).toMatch(/--dim Q: model Tiny has no free dimension `Q`/);
+  });
+
+  it("weights or inputs holding NaN or infinities are an error naming the tensor and the count", () => {
+    const weights = path.join(tmp, "tiny-nan.safetensors");
+    writeSafetensorsFile(
+      weights,
+      new Map([
+        ["fc.weight", f32([2, 4], [0.1, NaN, 0.3, 0.4, 0.5, NaN, 0.7, NaN])],
+        ["fc.bias", f32([2], [0, Infinity])],
+      ]),
+    );
+    const args = ["run", tiny, "--dim", "B=2", "--backend", "reference", "--json"];
+    const r = moec([...args, "--weights", weights]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain(
+      "tensor fc.weight: 3 non-finite values of 8 (3 NaN; the first at index 1); tensor fc.bias: 1 non-finite value of 2 (1 +Inf; the first at index 1); pass --allow-nonfinite to load it anyway",
+    );
+    // Allowed, the NaN reaches the output through relu (PyTorch keeps it too).
+    const allowed = moec([...args, "--weights", weights, "--allow-nonfinite"]);
+    expect(allowed.code).toBe(0);
+    expect(JSON.parse(allowed.stdout).outputs[0].checksum.mean).toBeNull();
+
+    const inputs = path.join(tmp, "tiny-inf.safetensors");
+    writeSafetensorsFile(inputs, new Map([["x", f32([2, 4], [1, 2, 3, -Infinity, 5, 6, 7, 8])]]));
+    const bad = moec([...args, "--inputs", inputs]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(
+      "tiny-inf.safetensors: tensor x: 1 non-finite value of 8 (1 -Inf; the first at index 3); pass --allow-nonfinite",
+    );
+    expect(moec([...args, "--inputs", inputs, "--allow-nonfinite"]).code).toBe(0);
+  });
+});
