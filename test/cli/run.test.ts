@@ -8,7 +8,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { executeRun } from "../../cli/run-command.js";
 import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
 import { weightsToSafetensors } from "../../runtime/weights.js";
-import { moec, root } from "./moec-cli.js";
+import { spawnSync } from "node:child_process";
+import { moec, moecNodeArgs, root } from "./moec-cli.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -428,5 +429,40 @@ model Tiny() {
       "tiny-inf.safetensors: tensor x: 1 non-finite value of 8 (1 -Inf; the first at index 3); pass --allow-nonfinite",
     );
     expect(moec([...args, "--inputs", inputs, "--allow-nonfinite"]).code).toBe(0);
+  });
+});
+
+describe("an unreadable file is exit 1 with the OS's reason, never ok", () => {
+  // As root every file is readable: run moec as nobody (setpriv) there; else chmod suffices.
+  const isRoot = process.getuid?.() === 0;
+  const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => fs.existsSync(p));
+  const asUser = (args: string[]) => {
+    const [cmd, ...rest] =
+      isRoot && setpriv
+        ? [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", process.execPath]
+        : [process.execPath];
+    const r = spawnSync(cmd!, [...rest, ...moecNodeArgs, ...args], {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  it.skipIf(isRoot && !setpriv)("check, params and run of a mode-000 file", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moec-unreadable-"));
+    try {
+      fs.chmodSync(dir, 0o755);
+      const file = path.join(dir, "locked.moe");
+      fs.writeFileSync(file, "model M() {\n  in x: f32[2]\n  out y: f32[2]\n  y = x\n}\n");
+      fs.chmodSync(file, 0o000);
+      for (const cmd of ["check", "params", "run"]) {
+        const r = asUser([cmd, file]);
+        expect(r.code, cmd).toBe(1);
+        expect(r.stdout, cmd).toBe("");
+        expect(r.stderr.trim(), cmd).toBe(`moec: cannot read ${file}: permission denied`);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
