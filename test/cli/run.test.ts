@@ -430,6 +430,31 @@ model Tiny() {
     );
     expect(moec([...args, "--inputs", inputs, "--allow-nonfinite"]).code).toBe(0);
   });
+
+  it("moec train: --weights holding NaN and an unknown --dim are refused before the device", () => {
+    const data = path.join(tmp, "seq.safetensors");
+    const gen = ["data", "gen", "sequences", "--tasks", "copy,reverse", "--count", "16"];
+    expect(moec([...gen, "-o", data]).code).toBe(0);
+    const ln = new Float32Array(64).fill(1);
+    ln[5] = NaN;
+    const weights = path.join(tmp, "at-moe-nan.safetensors");
+    writeSafetensorsFile(
+      weights,
+      new Map([["net.blocks.0.ln_1.weight", { dtype: "F32", shape: [64], data: ln }]]),
+    );
+    const train = ["train", "examples/at-moe.moe", "--program", "Pretrain", "--data", data];
+    const args = [...train, "--steps", "1", "--batch", "4", "--out", path.join(tmp, "run")];
+    const r = moec([...args, "--weights", weights]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(
+      `moec: ${weights}: tensor net.blocks.0.ln_1.weight: 1 non-finite value of 64 (1 NaN; the first at index 5); pass --allow-nonfinite to load it anyway`,
+    );
+    const dim = moec([...args, "--dim", "Q=3"]);
+    expect(dim.code).toBe(2);
+    expect(dim.stderr.trim()).toBe(
+      "moec: --dim Q: program Pretrain has no free dimension `Q` (its free dimensions: B, T)",
+    );
+  });
 });
 
 describe("an unreadable file is exit 1 with the OS's reason, never ok", () => {
