@@ -112,19 +112,21 @@ describe("NaN propagates through kernels and the reference", () => {
     expectAgree(p);
   });
 
-  it("fused attention: a NaN key makes its head's rows NaN", async () => {
-    const g = graph((b) => {
-      const q = b.input("q", "f32", [1, 2, 9, 8]);
-      const k = b.input("k", "f32", [1, 2, 9, 8]);
-      const v = b.input("v", "f32", [1, 2, 9, 8]);
-      const s = b.binary("mul", b.matmul(q, b.permute(k, [0, 1, 3, 2])), b.constant(0.35));
-      b.output("o", b.matmul(b.softmax(s), v));
+  // Head dim 8 takes the vec4 row-blocked kernel, 6 the scalar one.
+  for (const hd of [8, 6])
+    it(`fused attention, head dim ${hd}: a NaN key makes its head's rows NaN`, async () => {
+      const g = graph((b) => {
+        const q = b.input("q", "f32", [1, 2, 9, hd]);
+        const k = b.input("k", "f32", [1, 2, 9, hd]);
+        const v = b.input("v", "f32", [1, 2, 9, hd]);
+        const s = b.binary("mul", b.matmul(q, b.permute(k, [0, 1, 3, 2])), b.constant(0.35));
+        b.output("o", b.matmul(b.softmax(s), v));
+      });
+      expect(compileGraph(g, gpu().limits).kernels.map((k) => k.kind)).toContain("attention");
+      // Head 1, key 4.
+      const r = await runWithNans(g, { k: [9 * hd + 4 * hd + 3] });
+      const o = r.get("o")!;
+      expect(nanAt(o.ref)).toEqual(Array.from({ length: 9 * hd }, (_, j) => 9 * hd + j));
+      expectAgree(o);
     });
-    expect(compileGraph(g, gpu().limits).kernels.map((k) => k.kind)).toContain("attention");
-    // Head 1, key 4.
-    const r = await runWithNans(g, { k: [9 * 8 + 4 * 8 + 3] });
-    const o = r.get("o")!;
-    expect(nanAt(o.ref)).toEqual(Array.from({ length: 9 * 8 }, (_, j) => 9 * 8 + j));
-    expectAgree(o);
-  });
 });

@@ -20,6 +20,8 @@ import {
 import type { View } from "../fuse-kernels.js";
 import { epilogueFunction } from "./matmul.js";
 
+/** A quiet NaN (kernel-writer's header declares nan_bits). */
+const NAN = "bitcast<f32>(nan_bits)";
 export function emitAttention(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const g = w.graph;
@@ -157,7 +159,11 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
       ];
   body.push(
     ...s.lines,
-    `    if (!${isNinf}(${e})) {`,
+    // A NaN score makes m NaN for good (tested on the bits: drivers may compare NaN as they
+    // like), and the row NaN, as in PyTorch.
+    `    if (${isNan}(${e})) {`,
+    `      m = ${e};`,
+    `    } else if (!${isNinf}(${e}) && !${isNan}(m)) {`,
     `      var p: f32 = 1.0;`,
     `      if (${e} > m) {`,
     `        let corr = select(exp(m - ${e}), 0.0, ${isNinf}(m));`,
@@ -173,7 +179,9 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     `  }`,
   );
   if (vec) {
-    body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0 || ${isNan}(l));`);
+    body.push(
+      `  let inv_l = select(select(0.0, 1.0 / l, l > 0.0), ${NAN}, ${isNan}(m) || ${isNan}(l));`,
+    );
     body.push(
       `  var orow: array<vec4<f32>, ${hd / 4}>;`,
       ...Array.from({ length: hd / 4 }, (_, c) => `  orow[${c}] = o${c} * inv_l;`),
@@ -184,7 +192,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   } else {
     body.push(
       `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-      `    epilogue(select(0.0, o[x] / l, l > 0.0 || ${isNan}(l)), bt, i, x);`,
+      `    epilogue(select(select(0.0, o[x] / l, l > 0.0), ${NAN}, ${isNan}(m) || ${isNan}(l)), bt, i, x);`,
       `  }`,
     );
   }
@@ -281,7 +289,7 @@ function emitAttentionRows(
       `      let i = min(i0 + ${r}u, ${u32(tq - 1)});`,
       `      let score = ${dotq};`,
       ...s.lines.map((line) => `  ${line}`),
-      `      let mn = max(m${r}, ${e});`,
+      `      let mn = ${w.use("max_")}(m${r}, ${e});`,
       `      let corr = exp(m${r} - mn);`,
       `      let p = exp(${e} - mn);`,
       `      l${r} = l${r} * corr + p;`,
@@ -296,7 +304,7 @@ function emitAttentionRows(
   for (let r = 0; r < R; r++) {
     body.push(
       `  if (i0 + ${r}u < ${u32(tq)}) {`,
-      `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0 || ${isNan}(l${r}));`,
+      `    let inv_l = select(select(0.0, 1.0 / l${r}, l${r} > 0.0), ${NAN}, ${isNan}(m${r}) || ${isNan}(l${r}));`,
       ...Array.from({ length: nx }, (_, c) => `    orow[${c}] = o${r}_${c} * inv_l;`),
       `    for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
       `      epilogue(orow[x / 4u][x % 4u], bt, i0 + ${r}u, x);`,
