@@ -129,8 +129,9 @@ export type IrNode =
   /** Running sum along `axis` (inclusive). */
   | { id: number; op: "cumsum"; axis: number; inputs: [number]; dtype: IrDType; shape: number[] }
   /**
-   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
-   * the lower position. Not differentiable (its consumers take values with gather).
+   * Positions (i32) of the k largest entries along the last axis, largest first (NaN above
+   * all, as torch.topk); ties go to the lower position. Not differentiable (its consumers take
+   * values with gather).
    */
   | { id: number; op: "topk"; k: number; inputs: [number]; dtype: IrDType; shape: number[] }
   /**
@@ -1188,8 +1189,9 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     ],
   },
   /**
-   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
-   * the lower position. Not differentiable (its consumers take values with gather).
+   * Positions (i32) of the k largest entries along the last axis, largest first (NaN above
+   * all, as torch.topk); ties go to the lower position. Not differentiable (its consumers take
+   * values with gather).
    */
   topk: {
     dtype: always("i32"),
@@ -1202,8 +1204,13 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       const d = x!.shape[x!.shape.length - 1]!;
       for (let r = 0; r < out.length / n.k; r++) {
         const row = Array.from({ length: d }, (_, j) => j);
-        // Stable sort: equal values keep the lower position first.
-        row.sort((a, b) => x!.data[r * d + b]! - x!.data[r * d + a]! || a - b);
+        // Stable sort: equal values keep the lower position first; NaN ranks above every
+        // number, as in torch.topk, so a NaN router logit is chosen (and shows) rather than hidden.
+        const above = (u: number, v: number) => (u !== u ? v === v : v === v && u > v);
+        row.sort((a, b) => {
+          const [u, v] = [x!.data[r * d + a]!, x!.data[r * d + b]!];
+          return above(u, v) ? -1 : above(v, u) ? 1 : a - b;
+        });
         for (let j = 0; j < n.k; j++) out[r * n.k + j] = row[j]!;
       }
     },

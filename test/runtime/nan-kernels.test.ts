@@ -101,6 +101,17 @@ describe("NaN propagates through kernels and the reference", () => {
     expectAgree(r.get("first")!);
   });
 
+  it("top-k ranks NaN above every number, as torch.topk (a NaN router logit is chosen)", async () => {
+    const g = graph((b) => {
+      b.output("top", b.topk(b.input("x", "f32", [3, 9]), 2));
+    });
+    const r = await runWithNans(g, { x: [4, 9 + 8, 9 + 2] });
+    const top = r.get("top")!;
+    // Row 0: NaN at 4 first; row 1: NaNs at 2 and 8, the lower position first.
+    expect([top.ref[0], top.ref[2], top.ref[3]]).toEqual([4, 2, 8]);
+    expect(Array.from(top.gpu)).toEqual(Array.from(top.ref));
+  });
+
   it("softmax: a row with a NaN is NaN", async () => {
     const g = graph((b) => {
       const x = b.input("x", "f32", [3, 67]);

@@ -96,6 +96,13 @@ const HELPERS: Record<string, string> = {
   max_: `fn max_(a: f32, b: f32) -> f32 {
   return select(max(a, b), bitcast<f32>(nan_bits), is_nan(a) || is_nan(b));
 }`,
+  // a ranks above b: a > b, with NaN above every number (torch.topk's order).
+  above_: `fn above_(a: f32, b: f32) -> bool {
+  if (is_nan(a)) {
+    return !is_nan(b);
+  }
+  return !is_nan(b) && a > b;
+}`,
   min_: `fn min_(a: f32, b: f32) -> f32 {
   return select(min(a, b), bitcast<f32>(nan_bits), is_nan(a) || is_nan(b));
 }`,
@@ -171,6 +178,7 @@ const HELPER_DEPS: Record<string, string[]> = {
   relu_: ["is_nan"],
   max_: ["is_nan"],
   min_: ["is_nan"],
+  above_: ["is_nan"],
   erf_: ["erfc_ge1"],
   gelu_: ["erf_", "erfc_ge1"],
   uniform_at: ["hash_u32"],
