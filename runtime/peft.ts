@@ -104,7 +104,7 @@ export function peftModuleOf(key: string): string {
 }
 
 function configError(file: string, why: string): WeightsError {
-  return new WeightsError("bad-entry", file, `${file}: ${why}`);
+  return new WeightsError("bad-entry", file, file ? `${file}: ${why}` : why);
 }
 
 /** Reads and checks a PEFT adapter directory; its tensors keep the base model's module paths. */
