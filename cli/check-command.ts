@@ -13,16 +13,30 @@ import {
   summary,
 } from "./report.js";
 
+/** The OS's reason in words: "permission denied" from `EACCES: permission denied, open 'x'`. */
+function osReason(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === "ENOENT") return "no such file";
+  const m = /^[A-Z0-9]+: ([^,]+)/.exec(err instanceof Error ? err.message : "");
+  return m ? m[1]! : String(err);
+}
+
 export function resolveInputFiles(files: readonly string[]): string[] {
   return files.map((f) => {
     const abs = path.resolve(f);
     let stat: fs.Stats;
     try {
       stat = fs.statSync(abs);
-    } catch {
-      throw new CliError(`cannot read ${f}: no such file`);
+    } catch (err) {
+      throw new CliError(`cannot read ${f}: ${osReason(err)}`);
     }
     if (stat.isDirectory()) throw new CliError(`${f} is a directory; pass .moe files`);
+    // A file the front end cannot read would check as empty ("ok"): fail here, with the reason.
+    try {
+      fs.closeSync(fs.openSync(abs, "r"));
+    } catch (err) {
+      throw new CliError(`cannot read ${f}: ${osReason(err)}`);
+    }
     return abs;
   });
 }

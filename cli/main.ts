@@ -114,6 +114,7 @@ program
     "initialise parameters the weights file lacks (new adapters on a pretrained model)",
   )
   .option("--inputs <file>", "inputs from a safetensors file (default: seeded random inputs)")
+  .option("--allow-nonfinite", "load weights, adapters and inputs that hold NaN or infinities")
   .option(
     "--dim <name=size>",
     "size of a free input dimension, e.g. --dim T=16 (repeatable)",
@@ -181,6 +182,7 @@ program
   .option("--warmup <n>", "linear learning-rate warmup over the first N steps", "0")
   .option("--schedule <name>", "learning rate after warmup: constant, cosine or linear", "constant")
   .option("--dim <name=size>", "size of a free dimension the data does not give", collect)
+  .option("--allow-nonfinite", "load weights and data that hold NaN or infinities")
   .option("--set <name=value>", "override a program parameter (repeatable)", collect)
   .option("--json", "progress and summary as JSON lines on stdout")
   .action(async (file: string, opts: TrainOptions) => {

@@ -57,9 +57,38 @@ export function parseDims(specs: readonly string[] = []): Map<string, number> {
       );
     const size = Number(m[2]);
     if (size < 1) throw new CliError(`--dim ${m[1]}: the size must be at least 1`, EXIT_USAGE);
+    const before = dims.get(m[1]!);
+    if (before !== undefined)
+      throw new CliError(
+        `--dim ${m[1]} is given twice (${m[1]}=${before} and ${m[1]}=${size}); give it once`,
+        EXIT_USAGE,
+      );
     dims.set(m[1]!, size);
   }
   return dims;
+}
+
+/**
+ * Sizes that record which names lowering asks for: those are the model's free dims, so a
+ * `--dim` never asked for names a dimension the model does not have.
+ */
+class AskedDims extends Map<string, number> {
+  readonly asked = new Set<string>();
+  override get(name: string): number | undefined {
+    this.asked.add(name);
+    return super.get(name);
+  }
+}
+
+/** A usage error for `--dim` names lowering never asked for (`given` are the user's). */
+function checkDimsUsed(dims: AskedDims, given: ReadonlySet<string>, what: string): void {
+  const unused = [...given].filter((d) => !dims.asked.has(d));
+  if (unused.length === 0) return;
+  const free = [...dims.asked].sort();
+  throw new CliError(
+    `--dim ${unused.join(", ")}: ${what} has no free dimension ${unused.map((d) => `\`${d}\``).join(" or ")} (${free.length ? `its free dimensions: ${free.join(", ")}` : "it has none"})`,
+    EXIT_USAGE,
+  );
 }
 
 /** Commander collector for repeatable options. */
@@ -82,7 +111,8 @@ export function lowerFromSource(
     throw new CliError(`${displayPath(entry!)} has errors; see above`);
   }
   const overrides = new Map((options.set ?? []).map(parseOverride));
-  const result = lower(analysis, entry!, options.model, overrides, parseDims(options.dim), {
+  const dims = new AskedDims(parseDims(options.dim));
+  const result = lower(analysis, entry!, options.model, overrides, dims, {
     routingStats: options.routing === true,
     pinGroups: parsePins(options.pinGroups),
     mergeAdapters: options.mergeAdapters === true,
@@ -100,6 +130,7 @@ export function lowerFromSource(
       : "it has no Grouped MoE layer";
     throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
+  checkDimsUsed(dims, new Set(dims.keys()), `model ${result.model.name}`);
   return { analysis, lowered: result.model, entry: entry! };
 }
 
@@ -113,7 +144,8 @@ export function lowerTrainFromSource(
   options: Pick<ModelOptions, "set" | "dim">,
 ): { analysis: Analysis; train: LoweredTrain; entry: string } {
   const { analysis, entry } = analyzeEntry(file);
-  const train = lowerTrainProgram(analysis, entry, name, options.set, parseDims(options.dim));
+  const dims = parseDims(options.dim);
+  const train = lowerTrainProgram(analysis, entry, name, options.set, dims, { given: dims });
   return { analysis, train, entry };
 }
 
@@ -135,15 +167,18 @@ export function lowerTrainProgram(
   name: string | undefined,
   set: readonly string[] | undefined,
   dims: ReadonlyMap<string, number>,
-  options: { evaluation?: boolean } = {},
+  options: { evaluation?: boolean; given?: ReadonlyMap<string, number> } = {},
 ): LoweredTrain {
   const overrides = new Map((set ?? []).map(parseOverride));
-  const result = lowerTrain(analysis, entry, name, overrides, dims, options);
+  const asked = new AskedDims(dims);
+  const { given, ...lowering } = options;
+  const result = lowerTrain(analysis, entry, name, overrides, asked, lowering);
   if ("error" in result) throw new CliError(result.error.replace(entry, displayPath(entry)));
   if (hasErrors(result.diagnostics) || !result.train) {
     printDiagnostics(result.diagnostics, analysis);
     throw new CliError(`cannot lower ${displayPath(entry)}; see above`);
   }
+  if (given) checkDimsUsed(asked, new Set(given.keys()), `program ${result.train.name}`);
   return result.train;
 }
 

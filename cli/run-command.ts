@@ -19,7 +19,7 @@ import {
   numel,
   runReference,
 } from "../runtime/run-model.js";
-import { peftScaleAt, readPeftAdapter } from "../runtime/peft.js";
+import { loadPeftAdapter } from "../runtime/peft.js";
 import { WEIGHT_MAPS, combineCheckpoints, trainedInstance } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
@@ -45,6 +45,8 @@ export interface RunOptions extends ModelOptions {
   weightsMap?: string;
   adapter?: string;
   initMissing?: boolean;
+  /** Load weights, adapters and inputs holding NaN or infinities. */
+  allowNonfinite?: boolean;
   inputs?: string;
   task?: string;
   seed?: string;
@@ -161,13 +163,12 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   const prepare = (extraBytes: number) => {
     checkHostMemory(graph, inputs, extraBytes);
     try {
-      const weights = prepareWeights(
-        graph,
-        weightsFile,
-        seed,
-        options.initMissing ? { missing: "init" } : {},
-      );
-      const feeds = prepareInputs(inputs, inputsFile, seed, options.task);
+      const allowNonFinite = options.allowNonfinite === true;
+      const weights = prepareWeights(graph, weightsFile, seed, {
+        allowNonFinite,
+        ...(options.initMissing ? { missing: "init" } : {}),
+      });
+      const feeds = prepareInputs(inputs, inputsFile, seed, options.task, { allowNonFinite });
       return { weights, inputs: feeds };
     } catch (err) {
       if (err instanceof WeightsError) throw new CliError(err.message);
@@ -318,42 +319,6 @@ export function routingReport(
 
 /** Per-token choices, for --trace-routing. */
 const TRACE_OUTPUTS = new Set(["experts", "weights", "tokens"]);
-
-/**
- * A PEFT adapter directory as moec tensors: renamed like the base weights (`map`), its LoRA
- * scale checked against the model's LoRA at each adapted layer, and every adapted module
- * checked to have a LoRA in the model.
- */
-function loadPeftAdapter(
-  dir: string,
-  loras: readonly { path: string; r: number; alpha: number }[],
-  paths: readonly string[],
-  map: { apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile } | undefined,
-): SafetensorsFile {
-  const { config, file } = readPeftAdapter(dir);
-  const adapter = map ? map.apply(file, paths) : file;
-  const known = new Set(paths);
-  const stray = adapter.names().filter((n) => !known.has(n));
-  if (stray.length > 0) {
-    const targets = config.targets.length
-      ? ` (its target_modules: ${config.targets.join(", ")})`
-      : "";
-    throw new CliError(
-      `${dir}: the adapter${targets} adapts ${stray.length === 1 ? "a layer" : `${stray.length} layers`} the model has no LoRA on: ${stray.slice(0, 3).join(", ")}${stray.length > 3 ? ", ..." : ""}; add them to the model's LoRA targets`,
-    );
-  }
-  const provided = new Set(adapter.names());
-  for (const l of loras) {
-    if (!provided.has(`${l.path}.lora_A.weight`)) continue;
-    const { r, alpha } = peftScaleAt(config, l.path);
-    if (l.r !== r || l.alpha !== alpha) {
-      throw new CliError(
-        `${dir}: adapter_config.json has r ${r}, lora_alpha ${alpha} for ${l.path}; the model's LoRA there has r ${l.r}, alpha ${l.alpha}`,
-      );
-    }
-  }
-  return adapter;
-}
 
 export async function runRun(target: string, options: RunOptions): Promise<number> {
   const result = await executeRun(target, options);

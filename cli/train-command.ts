@@ -54,6 +54,8 @@ export interface TrainOptions {
   set?: string[];
   dim?: string[];
   json?: boolean;
+  /** Load weights and data holding NaN or infinities. */
+  allowNonfinite?: boolean;
 }
 
 /** What a finished run reports (and tests read). */
@@ -128,6 +130,7 @@ function initialParameters(
   train: LoweredTrain,
   specs: readonly string[],
   seed: number,
+  allowNonFinite = false,
 ): { params: Map<string, TensorData>; loaded: number } {
   const all = paramSpecs(train.graph);
   const params = new Map<string, TensorData>();
@@ -156,7 +159,7 @@ function initialParameters(
       const loaded = loadWeights(
         under.filter((p) => given.has(p.path)),
         st,
-        { rename },
+        { rename, allowNonFinite },
       );
       for (const [name, t] of loaded) params.set(name, t.data as TensorData);
     } catch (err) {
@@ -203,8 +206,9 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
   const { analysis, entry } = analyzeEntry(file);
   const chosen = selectTrainProgram(analysis.program, entry, o.program);
   if (typeof chosen === "string") throw new CliError(chosen.replace(entry, displayPath(entry)));
-  const dims = trainDims(chosen.decl, dataFile, batch, parseDims(o.dim));
-  const train = lowerTrainProgram(analysis, entry, chosen.decl.name.name, o.set, dims);
+  const given = parseDims(o.dim);
+  const dims = trainDims(chosen.decl, dataFile, batch, given);
+  const train = lowerTrainProgram(analysis, entry, chosen.decl.name.name, o.set, dims, { given });
   const step = assembleTrain(train);
   if ("error" in step) throw new CliError(step.error);
 
@@ -224,7 +228,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       `${displayPath(runDir)} already holds checkpoints (newest ${path.basename(existing.at(-1)!.dir)}): --resume to continue that run, or --out another directory`,
       EXIT_USAGE,
     );
-  const initial = initialParameters(train, o.weights ?? [], seed);
+  const initial = initialParameters(train, o.weights ?? [], seed, o.allowNonfinite);
   const sourceHash = createHash("sha256")
     .update(analysis.graph.modules.get(entry)!.text)
     .digest("hex")
@@ -282,7 +286,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
     const ports = dataPorts(program);
     let data: TrainData;
     try {
-      data = TrainData.open(o.data, ports, { seed });
+      data = TrainData.open(o.data, ports, { seed, allowNonFinite: o.allowNonfinite === true });
     } catch (err) {
       if (err instanceof DataError) throw new CliError(err.message);
       throw err;
@@ -291,7 +295,11 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
     if (evalProgram && o.evalData !== undefined) {
       let evalData: TrainData;
       try {
-        evalData = TrainData.open(o.evalData, evalProgram.inputs, { seed, shuffle: false });
+        evalData = TrainData.open(o.evalData, evalProgram.inputs, {
+          seed,
+          shuffle: false,
+          allowNonFinite: o.allowNonfinite === true,
+        });
       } catch (err) {
         if (err instanceof DataError) throw new CliError(`--eval-data: ${err.message}`);
         throw err;

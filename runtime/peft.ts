@@ -14,40 +14,97 @@ import {
   readSafetensorsFile,
   writeSafetensors,
 } from "./safetensors.js";
-import { renameCheckpoint } from "./weight-maps.js";
+import { checkpointOrigin, renameCheckpoint } from "./weight-maps.js";
+
+/** One entry of PEFT's rank_pattern or alpha_pattern: a regular expression over module names. */
+export interface PeftPatternEntry {
+  key: string;
+  value: number;
+  /** PEFT's match: `re.match(rf"(.*\.)?({key})$", module)`. */
+  regex: RegExp;
+}
 
 /** What moec uses of adapter_config.json. */
 export interface PeftConfig {
-  /** LoRA rank and alpha: the scale is alpha / r. */
+  /** LoRA rank and alpha: the scale is alpha / r, or alpha / √r with use_rslora. */
   r: number;
   alpha: number;
-  /** PEFT's target_modules (module names), for messages. */
+  rslora: boolean;
+  /** PEFT's target_modules (module names). */
   targets: string[];
-  /** Per-module exceptions to r and lora_alpha (PEFT's rank_pattern, alpha_pattern). */
-  rankPattern: Record<string, number>;
-  alphaPattern: Record<string, number>;
+  /** Per-module exceptions to r and lora_alpha (PEFT's rank_pattern, alpha_pattern), in order. */
+  rankPattern: PeftPatternEntry[];
+  alphaPattern: PeftPatternEntry[];
 }
 
-/** A module's rank and alpha under `config`: a pattern key matches the path's last names. */
-export function peftScaleAt(config: PeftConfig, module: string): { r: number; alpha: number } {
-  const at = (pattern: Record<string, number>) =>
-    Object.entries(pattern).find(([k]) => module === k || module.endsWith(`.${k}`))?.[1];
-  return { r: at(config.rankPattern) ?? config.r, alpha: at(config.alphaPattern) ?? config.alpha };
+/** A PEFT module's rank, alpha and scale under `config`, and the pattern keys that set them. */
+export interface PeftModuleScale {
+  r: number;
+  alpha: number;
+  scale: number;
+  rankKey?: string;
+  alphaKey?: string;
 }
 
-/** A `{ name: number }` object of adapter_config.json, or a one-line error. */
-function numberPattern(file: string, key: string, v: unknown): Record<string, number> {
-  if (v === undefined || v === null) return {};
+/**
+ * A module's rank, alpha and scale as PEFT computes them: the first pattern key whose regular
+ * expression matches the module name (or a dotted suffix of it) overrides r or lora_alpha.
+ * Two keys that match with different values are refused: PEFT versions pick differently.
+ */
+export function peftModuleScale(config: PeftConfig, module: string, file = ""): PeftModuleScale {
+  const at = (what: string, pattern: readonly PeftPatternEntry[]) => {
+    const hits = pattern.filter((e) => e.regex.test(module));
+    const other = hits.find((e) => e.value !== hits[0]!.value);
+    if (other)
+      throw configError(
+        file,
+        `${what} keys ${JSON.stringify(hits[0]!.key)} and ${JSON.stringify(other.key)} both match module ${module} with different values (${hits[0]!.value}, ${other.value})`,
+      );
+    return hits[0];
+  };
+  const rank = at("rank_pattern", config.rankPattern);
+  const alphaAt = at("alpha_pattern", config.alphaPattern);
+  const r = rank?.value ?? config.r;
+  const alpha = alphaAt?.value ?? config.alpha;
+  return {
+    r,
+    alpha,
+    scale: alpha / (config.rslora ? Math.sqrt(r) : r),
+    ...(rank ? { rankKey: rank.key } : {}),
+    ...(alphaAt ? { alphaKey: alphaAt.key } : {}),
+  };
+}
+
+/** A `{ pattern: number }` object of adapter_config.json, in order, or a one-line error. */
+function numberPattern(file: string, key: string, v: unknown): PeftPatternEntry[] {
+  if (v === undefined || v === null) return [];
   if (typeof v !== "object" || Array.isArray(v))
     throw configError(file, `${key} must be an object of module names to numbers`);
-  for (const [k, x] of Object.entries(v))
+  return Object.entries(v).map(([k, x]) => {
     if (typeof x !== "number" || !(x > 0))
       throw configError(file, `${key}.${k} must be a positive number, found ${JSON.stringify(x)}`);
-  return v as Record<string, number>;
+    if (key === "rank_pattern" && !Number.isInteger(x))
+      throw configError(file, `${key}.${k} must be a positive integer, found ${x}`);
+    let regex: RegExp;
+    try {
+      regex = new RegExp(`^(?:.*\\.)?(?:${k})$`);
+    } catch {
+      throw configError(
+        file,
+        `${key} key ${JSON.stringify(k)} is not a regular expression moec reads`,
+      );
+    }
+    return { key: k, value: x, regex };
+  });
+}
+
+/** PEFT's module name of an adapter key: `base_model.model.<module>.lora_A[.<name>].weight`. */
+export function peftModuleOf(key: string): string {
+  return key.replace(/^base_model\.model\./, "").replace(/\.lora_[AB](?:\.[^.]+)?\.weight$/, "");
 }
 
 function configError(file: string, why: string): WeightsError {
-  return new WeightsError("bad-entry", file, `${file}: ${why}`);
+  return new WeightsError("bad-entry", file, file ? `${file}: ${why}` : why);
 }
 
 /** Reads and checks a PEFT adapter directory; its tensors keep the base model's module paths. */
@@ -73,8 +130,6 @@ export function readPeftAdapter(dir: string): { config: PeftConfig; file: Safete
   if (typeof alpha !== "number" || !(alpha > 0))
     throw configError(configFile, `lora_alpha must be positive, found ${JSON.stringify(alpha)}`);
   if (c.use_dora === true) throw configError(configFile, "DoRA adapters (use_dora) do not load");
-  if (c.use_rslora === true)
-    throw configError(configFile, "rank-stabilised scaling (use_rslora) is not supported");
   const rawTargets = c.target_modules;
   if (typeof rawTargets === "string")
     throw configError(
@@ -102,7 +157,136 @@ export function readPeftAdapter(dir: string): { config: PeftConfig; file: Safete
   );
   const rankPattern = numberPattern(configFile, "rank_pattern", c.rank_pattern);
   const alphaPattern = numberPattern(configFile, "alpha_pattern", c.alpha_pattern);
-  return { config: { r, alpha, targets, rankPattern, alphaPattern }, file: renamed };
+  const config = { r, alpha, rslora: c.use_rslora === true, targets, rankPattern, alphaPattern };
+  checkAdapterTensors(dir, config, renamed);
+  return { config, file: renamed };
+}
+
+/**
+ * Every adapted module has both its matrices, the rank of lora_A is the configured one, each
+ * module is one target_modules names, and each pattern key matches a module: otherwise the
+ * adapter is refused, naming the module or key (PEFT would load it differently or not at all).
+ */
+function checkAdapterTensors(dir: string, config: PeftConfig, file: SafetensorsFile): void {
+  const configFile = path.join(dir, "adapter_config.json");
+  const modules = new Map<string, { A?: number[]; B?: number[] }>();
+  for (const name of file.names()) {
+    const m = /^(.*)\.(lora_[AB])\.weight$/.exec(name);
+    if (!m) continue;
+    const entry = modules.get(m[1]!) ?? {};
+    entry[m[2] === "lora_A" ? "A" : "B"] = [...file.info(name).shape];
+    modules.set(m[1]!, entry);
+  }
+  const weightsFile = path.join(dir, "adapter_model.safetensors");
+  if (modules.size === 0)
+    throw new WeightsError(
+      "mismatch",
+      weightsFile,
+      `${weightsFile}: no LoRA weights (lora_A, lora_B) in the adapter`,
+    );
+  for (const [module, { A, B }] of modules) {
+    if (!A || !B)
+      throw new WeightsError(
+        "mismatch",
+        weightsFile,
+        `${weightsFile}: module ${module} has ${A ? "lora_A" : "lora_B"} but no ${A ? "lora_B" : "lora_A"}; an adapter's own weights are never initialised`,
+      );
+    const { r, rankKey } = peftModuleScale(config, module, configFile);
+    if (A[0] !== r)
+      throw configError(
+        configFile,
+        `r is ${r} for ${module}${rankKey ? ` (rank_pattern ${JSON.stringify(rankKey)})` : ""}, but its lora_A has rank ${A[0]}`,
+      );
+    const targeted = config.targets.some((t) => module === t || module.endsWith(`.${t}`));
+    if (config.targets.length > 0 && !targeted)
+      throw configError(
+        configFile,
+        `the adapter has weights for ${module}, which its target_modules (${config.targets.join(", ")}) do not name`,
+      );
+  }
+  for (const [what, pattern] of [
+    ["rank_pattern", config.rankPattern],
+    ["alpha_pattern", config.alphaPattern],
+  ] as const)
+    for (const e of pattern)
+      if (![...modules.keys()].some((m) => e.regex.test(m)))
+        throw configError(
+          configFile,
+          `${what} key ${JSON.stringify(e.key)} matches no module of the adapter (${[...modules.keys()].slice(0, 3).join(", ")}${modules.size > 3 ? ", ..." : ""})`,
+        );
+}
+
+/** A LoRA the model places: its module path, rank and alpha (scale alpha / r). */
+export interface ModelLora {
+  path: string;
+  r: number;
+  alpha: number;
+}
+
+/**
+ * A PEFT adapter directory as tensors of the model: renamed like the base weights (`map`),
+ * and checked against the model's LoRA placement both ways: the adapter adapts only modules
+ * the model has a LoRA on, and feeds every LoRA the model has (its matrices are never
+ * initialised, whatever `--init-missing` says), each at the scale PEFT would use there
+ * (rank_pattern, alpha_pattern, use_rslora). Problems are WeightsErrors naming both sides.
+ */
+export function loadPeftAdapter(
+  dir: string,
+  loras: readonly ModelLora[],
+  paths: readonly string[],
+  map: { apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile } | undefined,
+): SafetensorsFile {
+  const { config, file } = readPeftAdapter(dir);
+  const configFile = path.join(dir, "adapter_config.json");
+  const adapter = map ? map.apply(file, paths) : file;
+  const targets = config.targets.length
+    ? `its target_modules: ${config.targets.join(", ")}`
+    : "no target_modules";
+  const few = (xs: readonly string[]) =>
+    `${xs.slice(0, 3).join(", ")}${xs.length > 3 ? `, ... (${xs.length} in all)` : ""}`;
+  const known = new Set(paths);
+  const stray = adapter.names().filter((n) => !known.has(n));
+  if (stray.length > 0) {
+    throw new WeightsError(
+      "mismatch",
+      dir,
+      `${dir}: the adapter (${targets}) adapts ${stray.length === 1 ? "a layer" : `${stray.length} layers`} the model has no LoRA on: ${few(stray)}; the model's LoRAs: ${loras.length ? few(loras.map((l) => l.path)) : "none"}; add them to the model's LoRA targets`,
+    );
+  }
+  const provided = new Set(adapter.names());
+  const unfed = loras.filter(
+    (l) => !provided.has(`${l.path}.lora_A.weight`) || !provided.has(`${l.path}.lora_B.weight`),
+  );
+  if (unfed.length > 0) {
+    throw new WeightsError(
+      "mismatch",
+      dir,
+      `${dir}: the model has LoRA on ${few(unfed.map((l) => l.path))}, which the adapter (${targets}) does not adapt; match the model's LoRA targets to the adapter's`,
+    );
+  }
+  for (const l of loras) {
+    const key = checkpointOrigin(adapter, `${l.path}.lora_A.weight`).key;
+    const module = peftModuleOf(key);
+    const at = peftModuleScale(config, module, configFile);
+    const mine = l.alpha / l.r;
+    if (l.r !== at.r || Math.abs(at.scale - mine) > 1e-6 * Math.abs(mine)) {
+      const why = [
+        at.rankKey !== undefined && `rank_pattern ${JSON.stringify(at.rankKey)}`,
+        at.alphaKey !== undefined && `alpha_pattern ${JSON.stringify(at.alphaKey)}`,
+        config.rslora && "use_rslora",
+      ].filter(Boolean);
+      throw new WeightsError(
+        "mismatch",
+        configFile,
+        `${configFile} has r ${at.r}, lora_alpha ${at.alpha} for ${l.path} (PEFT module ${module}${why.length ? `; ${why.join(", ")}` : ""}): scale ${fmtScale(at.scale)}; the model's LoRA there has r ${l.r}, alpha ${l.alpha}: scale ${fmtScale(mine)}`,
+      );
+    }
+  }
+  return adapter;
+}
+
+function fmtScale(x: number): string {
+  return Number(x.toPrecision(6)).toString();
 }
 
 /** A LoRA a training run trained: its module path (under the program's binding), rank, alpha. */

@@ -6,6 +6,7 @@
 import type { IrGraph } from "../compiler/ir/graph.js";
 import type { LoweredInput } from "../compiler/lower/lower-model.js";
 import { type HostTensor, interpret } from "./reference/interpret.js";
+import { ALLOW_NONFINITE_HINT, countNonFinite, describeNonFinite } from "./finite-check.js";
 import { type SafetensorsFile, WeightsError } from "./safetensors.js";
 import {
   type InputSpec,
@@ -42,6 +43,7 @@ export function prepareInputs(
   file: SafetensorsFile | undefined,
   seed: number,
   task: string | undefined,
+  options: { allowNonFinite?: boolean } = {},
 ): Map<string, TypedTensor> {
   const specs: InputSpec[] = inputs.map((i) => {
     const spec: InputSpec = { name: i.name, dtype: i.tasks ? "task" : i.dtype, shape: i.shape };
@@ -71,6 +73,7 @@ export function prepareInputs(
   }
   if (!file) return out;
   const problems: string[] = [];
+  const nonFinite: string[] = [];
   for (const i of inputs) {
     if (!file.has(i.name)) {
       if (task === undefined || i.tasks === undefined)
@@ -95,7 +98,17 @@ export function prepareInputs(
       const bad = (t.data as Int32Array).find((v) => v < 0 || v >= i.max!);
       if (bad !== undefined) problems.push(`${i.name} holds ${bad}, outside 0..${i.max - 1}`);
     }
+    const bad = options.allowNonFinite ? undefined : countNonFinite(t.data);
+    if (bad) nonFinite.push(describeNonFinite(i.name, bad, t.data.length));
     out.set(i.name, { dtype: i.dtype, shape: t.shape, data: t.data });
+  }
+  if (problems.length === 0 && nonFinite.length > 0) {
+    throw new WeightsError(
+      "bad-entry",
+      file.fileName,
+      `${file.fileName}: ${nonFinite.join("; ")}; ${ALLOW_NONFINITE_HINT}`,
+      nonFinite,
+    );
   }
   const unexpected = file.names().filter((n) => !inputs.some((i) => i.name === n));
   for (const n of unexpected) problems.push(`unexpected ${n}`);

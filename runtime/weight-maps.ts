@@ -49,6 +49,16 @@ class MappedCheckpoint extends SafetensorsFile {
     return t;
   }
 
+  /** The file and key `name` is read from, through every map and combination. */
+  origin(name: string): { fileName: string; key: string } {
+    const d = this.derived.get(name);
+    if (!d) return { fileName: this.fileName, key: name };
+    const inner = d.from ?? this.inner;
+    return inner instanceof MappedCheckpoint
+      ? inner.origin(d.source)
+      : { fileName: inner.fileName, key: d.source };
+  }
+
   override read(name: string): ReadTensor {
     const d = this.derived.get(name);
     if (!d)
@@ -76,6 +86,16 @@ class MappedCheckpoint extends SafetensorsFile {
     } else out = Float32Array.from(data);
     return { name, dtype: src.dtype, shape: d.shape, data: out };
   }
+}
+
+/** The file and key a tensor of `file` (a checkpoint seen through maps, or a plain one) is read from. */
+export function checkpointOrigin(
+  file: SafetensorsFile,
+  name: string,
+): { fileName: string; key: string } {
+  return file instanceof MappedCheckpoint
+    ? file.origin(name)
+    : { fileName: file.fileName, key: name };
 }
 
 /** `file` with its tensors renamed (a name mapped to undefined is left out). */

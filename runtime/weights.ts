@@ -14,6 +14,9 @@ import {
   showShape,
 } from "./safetensors.js";
 
+import { ALLOW_NONFINITE_HINT, countNonFinite, describeNonFinite } from "./finite-check.js";
+import { checkpointOrigin } from "./weight-maps.js";
+
 export { WeightsError } from "./safetensors.js";
 
 /** What loading and initialising need to know of a parameter (`ParamRecord` satisfies it). */
@@ -60,6 +63,8 @@ export interface LoadOptions {
   unexpected?: "error" | "ignore";
   /** Seed for initialisation: without a file, or for missing parameters. Default 0. */
   seed?: number;
+  /** Load tensors holding NaN or infinities (by default each is an error: `--allow-nonfinite`). */
+  allowNonFinite?: boolean;
 }
 
 /** Problems shown on the error's first line; the rest follow one per line. */
@@ -160,15 +165,36 @@ export function loadWeights(
 
   const initialised = initWeights(toInit, seed);
   const out = new Map<string, TypedTensor>();
+  // Non-finite values, by the file they come from (an adapter's, a base checkpoint's).
+  const nonFinite = new Map<string, string[]>();
   for (const p of params) {
     const fresh = initialised.get(p.path);
     if (fresh) {
       out.set(p.path, fresh);
       continue;
     }
-    const t = file.read(source.get(p.path)!);
+    const key = source.get(p.path)!;
+    const t = file.read(key);
+    const bad = options.allowNonFinite ? undefined : countNonFinite(t.data);
+    if (bad) {
+      const at = checkpointOrigin(file, key);
+      const name = at.key === p.path ? show(p.path) : `${show(p.path)} (key ${show(at.key)})`;
+      nonFinite.set(at.fileName, [
+        ...(nonFinite.get(at.fileName) ?? []),
+        describeNonFinite(name, bad, t.data.length),
+      ]);
+    }
     const data = isTransposed(p.path) ? transpose2d(t.data, t.shape[0]!, t.shape[1]!) : t.data;
     out.set(p.path, { dtype: p.dtype, shape: [...p.shape], data });
+  }
+  if (nonFinite.size > 0) {
+    const lines = [...nonFinite].map(([f, list]) => `${f}: ${list.join("; ")}`);
+    throw new WeightsError(
+      "bad-entry",
+      file.fileName,
+      `${lines.join("; ")}; ${ALLOW_NONFINITE_HINT}`,
+      [...nonFinite.values()].flat(),
+    );
   }
   return out;
 }

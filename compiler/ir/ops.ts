@@ -129,8 +129,9 @@ export type IrNode =
   /** Running sum along `axis` (inclusive). */
   | { id: number; op: "cumsum"; axis: number; inputs: [number]; dtype: IrDType; shape: number[] }
   /**
-   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
-   * the lower position. Not differentiable (its consumers take values with gather).
+   * Positions (i32) of the k largest entries along the last axis, largest first (NaN above
+   * all, as torch.topk); ties go to the lower position. Not differentiable (its consumers take
+   * values with gather).
    */
   | { id: number; op: "topk"; k: number; inputs: [number]; dtype: IrDType; shape: number[] }
   /**
@@ -326,6 +327,8 @@ export interface ReduceFunctionRow {
     combine(acc: string, x: string): string;
     /** The result from the accumulator over `count` elements. */
     finish(acc: string, count: number): string;
+    /** Helper functions (kernels/wgsl/kernel-writer.ts HELPERS) that `combine` calls. */
+    helpers?: readonly string[];
   };
 }
 
@@ -393,9 +396,10 @@ export const UNARY_FUNCTION_ROWS = {
     paddingSafe: true,
     vjp: [({ ir, cotangent }) => ir.unary("neg", cotangent)],
   },
+  // NaN stays NaN, as in PyTorch (WGSL's max may drop a NaN operand: a helper tests the bits).
   relu: {
-    reference: (x) => (x > 0 ? x : 0),
-    wgsl: (x) => `max(${x}, 0.0)`,
+    reference: (x) => (x <= 0 ? 0 : x),
+    wgsl: (x, env) => `${env.use("relu_")}(${x})`,
     wgslI32: (x) => `max(${x}, 0)`,
     paddingSafe: true,
     vjp: chain((ir, x) => ir.unary("step", x)),
@@ -580,9 +584,11 @@ export const BINARY_FUNCTION_ROWS = {
       (ir, g, n) => ir.unary("neg", ir.binary("div", mul(ir, g, n.id), n.inputs[1])),
     ),
   },
+  // Math.max and the helpers propagate NaN; WGSL's max and min need not.
   max: {
     reference: Math.max,
-    wgsl: (a, b) => `max(${a}, ${b})`,
+    wgsl: (a, b, env) =>
+      env.dtype === "i32" ? `max(${a}, ${b})` : `${env.use("max_")}(${a}, ${b})`,
     paddingSafe: true,
     vjp: sides(
       (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", a, b), a, b)),
@@ -591,7 +597,8 @@ export const BINARY_FUNCTION_ROWS = {
   },
   min: {
     reference: Math.min,
-    wgsl: (a, b) => `min(${a}, ${b})`,
+    wgsl: (a, b, env) =>
+      env.dtype === "i32" ? `min(${a}, ${b})` : `${env.use("min_")}(${a}, ${b})`,
     paddingSafe: true,
     vjp: sides(
       (ir, g, { inputs: [a, b] }) => mul(ir, g, share(ir, ir.binary("sub", b, a), a, b)),
@@ -666,7 +673,8 @@ export const REDUCE_FUNCTION_ROWS = {
     identity: -Infinity,
     combine: Math.max,
     finish: (acc) => acc,
-    wgsl: { combine: (acc, x) => `max(${acc}, ${x})`, finish: (acc) => acc },
+    // A NaN anywhere in the row makes the maximum NaN, as torch.amax does.
+    wgsl: { combine: (acc, x) => `max_(${acc}, ${x})`, finish: (acc) => acc, helpers: ["max_"] },
   },
 } satisfies Record<ReduceOp, ReduceFunctionRow>;
 
@@ -919,7 +927,8 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
         let sum = 0;
         for (let j = 0; j < d; j++)
           sum += out[r * d + j] = mx === -Infinity ? 0 : Math.exp(xs[r * d + j]! - mx);
-        for (let j = 0; j < d; j++) out[r * d + j] = sum > 0 ? out[r * d + j]! / sum : 0;
+        // A NaN sum (a NaN in the row) stays NaN; only an all-masked row gives zeros.
+        for (let j = 0; j < d; j++) out[r * d + j] = sum === 0 ? 0 : out[r * d + j]! / sum;
       }
     },
     fusion: ROWS,
@@ -1180,8 +1189,9 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     ],
   },
   /**
-   * Positions (i32) of the k largest entries along the last axis, largest first; ties go to
-   * the lower position. Not differentiable (its consumers take values with gather).
+   * Positions (i32) of the k largest entries along the last axis, largest first (NaN above
+   * all, as torch.topk); ties go to the lower position. Not differentiable (its consumers take
+   * values with gather).
    */
   topk: {
     dtype: always("i32"),
@@ -1194,8 +1204,13 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
       const d = x!.shape[x!.shape.length - 1]!;
       for (let r = 0; r < out.length / n.k; r++) {
         const row = Array.from({ length: d }, (_, j) => j);
-        // Stable sort: equal values keep the lower position first.
-        row.sort((a, b) => x!.data[r * d + b]! - x!.data[r * d + a]! || a - b);
+        // Stable sort: equal values keep the lower position first; NaN ranks above every
+        // number, as in torch.topk, so a NaN router logit is chosen (and shows) rather than hidden.
+        const above = (u: number, v: number) => (u !== u ? v === v : v === v && u > v);
+        row.sort((a, b) => {
+          const [u, v] = [x!.data[r * d + a]!, x!.data[r * d + b]!];
+          return above(u, v) ? -1 : above(v, u) ? 1 : a - b;
+        });
         for (let j = 0; j < n.k; j++) out[r * n.k + j] = row[j]!;
       }
     },

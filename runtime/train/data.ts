@@ -9,6 +9,7 @@
  */
 import type { IrDType } from "../../compiler/ir/graph.js";
 import { Rng, hash32 } from "../data/synthetic.js";
+import { ALLOW_NONFINITE_HINT, countNonFinite, describeNonFinite } from "../finite-check.js";
 import { type SafetensorsDtype, WeightsError, readSafetensorsFile } from "../safetensors.js";
 
 /** An input port: its name, dtype and shape with the batch first. */
@@ -82,7 +83,7 @@ export class TrainData {
   static open(
     file: string,
     ports: readonly DataPort[],
-    options: { seed: number; shuffle?: boolean },
+    options: { seed: number; shuffle?: boolean; allowNonFinite?: boolean },
   ): TrainData {
     let st;
     try {
@@ -137,6 +138,11 @@ export class TrainData {
       } catch (e) {
         throw e instanceof WeightsError ? new DataError(e.message.split("\n")[0]!) : e;
       }
+      const bad = options.allowNonFinite ? undefined : countNonFinite(data);
+      if (bad)
+        throw new DataError(
+          `${file}: ${describeNonFinite(p.name, bad, data.length)}; ${ALLOW_NONFINITE_HINT}`,
+        );
       tensors.set(p.name, data as Float32Array | Int32Array);
     }
     return new TrainData(

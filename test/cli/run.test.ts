@@ -8,7 +8,8 @@ import { afterAll, describe, expect, it } from "vitest";
 import { executeRun } from "../../cli/run-command.js";
 import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safetensors.js";
 import { weightsToSafetensors } from "../../runtime/weights.js";
-import { moec, root } from "./moec-cli.js";
+import { spawnSync } from "node:child_process";
+import { moec, moecNodeArgs, root } from "./moec-cli.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -363,5 +364,130 @@ describe("moec run: bad input is one line and a non-zero exit", () => {
     );
     expect(moec(["run", "examples/gpt2.moe", "--backend", "cpu"]).code).toBe(2);
     expect(moec(["run", "examples/gpt2.moe", "--dim", "T"]).code).toBe(2);
+  });
+});
+
+describe("moec run: wrong answers are errors, never exit 0", () => {
+  const tiny = path.join(tmp, "tiny.moe");
+  fs.writeFileSync(
+    tiny,
+    `import std.nn { Linear }
+model Tiny() {
+  in x: f32[B, 4]
+  out y: f32[B, 2]
+  fc = Linear(4, 2)
+  y = relu(fc(x))
+}
+`,
+  );
+  const f32 = (shape: number[], data: number[]) => ({
+    dtype: "F32" as const,
+    shape,
+    data: Float32Array.from(data),
+  });
+
+  it("--dim of a dimension the model lacks, or given twice, is a usage error naming it", () => {
+    const unknown = moec(["run", tiny, "--dim", "B=2", "--dim", "Q=3", "--backend", "reference"]);
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr.trim()).toBe(
+      "moec: --dim Q: model Tiny has no free dimension `Q` (its free dimensions: B)",
+    );
+    const twice = moec(["run", tiny, "--dim", "B=2", "--dim", "B=3", "--backend", "reference"]);
+    expect(twice.code).toBe(2);
+    expect(twice.stderr.trim()).toBe("moec: --dim B is given twice (B=2 and B=3); give it once");
+    const compile = moec(["compile", tiny, "--dim", "B=2", "--dim", "Q=3", "--emit", "plan"]);
+    expect(compile.code).toBe(2);
+    expect(compile.stderr).toMatch(/--dim Q: model Tiny has no free dimension `Q`/);
+  });
+
+  it("weights or inputs holding NaN or infinities are an error naming the tensor and the count", () => {
+    const weights = path.join(tmp, "tiny-nan.safetensors");
+    writeSafetensorsFile(
+      weights,
+      new Map([
+        ["fc.weight", f32([2, 4], [0.1, NaN, 0.3, 0.4, 0.5, NaN, 0.7, NaN])],
+        ["fc.bias", f32([2], [0, Infinity])],
+      ]),
+    );
+    const args = ["run", tiny, "--dim", "B=2", "--backend", "reference", "--json"];
+    const r = moec([...args, "--weights", weights]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toContain(
+      "tensor fc.weight: 3 non-finite values of 8 (3 NaN; the first at index 1); tensor fc.bias: 1 non-finite value of 2 (1 +Inf; the first at index 1); pass --allow-nonfinite to load it anyway",
+    );
+    // Allowed, the NaN reaches the output through relu (PyTorch keeps it too).
+    const allowed = moec([...args, "--weights", weights, "--allow-nonfinite"]);
+    expect(allowed.code).toBe(0);
+    expect(JSON.parse(allowed.stdout).outputs[0].checksum.mean).toBeNull();
+
+    const inputs = path.join(tmp, "tiny-inf.safetensors");
+    writeSafetensorsFile(inputs, new Map([["x", f32([2, 4], [1, 2, 3, -Infinity, 5, 6, 7, 8])]]));
+    const bad = moec([...args, "--inputs", inputs]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toContain(
+      "tiny-inf.safetensors: tensor x: 1 non-finite value of 8 (1 -Inf; the first at index 3); pass --allow-nonfinite",
+    );
+    expect(moec([...args, "--inputs", inputs, "--allow-nonfinite"]).code).toBe(0);
+  });
+
+  it("moec train: --weights holding NaN and an unknown --dim are refused before the device", () => {
+    const data = path.join(tmp, "seq.safetensors");
+    const gen = ["data", "gen", "sequences", "--tasks", "copy,reverse", "--count", "16"];
+    expect(moec([...gen, "-o", data]).code).toBe(0);
+    const ln = new Float32Array(64).fill(1);
+    ln[5] = NaN;
+    const weights = path.join(tmp, "at-moe-nan.safetensors");
+    writeSafetensorsFile(
+      weights,
+      new Map([["net.blocks.0.ln_1.weight", { dtype: "F32", shape: [64], data: ln }]]),
+    );
+    const train = ["train", "examples/at-moe.moe", "--program", "Pretrain", "--data", data];
+    const args = [...train, "--steps", "1", "--batch", "4", "--out", path.join(tmp, "run")];
+    const r = moec([...args, "--weights", weights]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim()).toBe(
+      `moec: ${weights}: tensor net.blocks.0.ln_1.weight: 1 non-finite value of 64 (1 NaN; the first at index 5); pass --allow-nonfinite to load it anyway`,
+    );
+    const dim = moec([...args, "--dim", "Q=3"]);
+    expect(dim.code).toBe(2);
+    expect(dim.stderr.trim()).toBe(
+      "moec: --dim Q: program Pretrain has no free dimension `Q` (its free dimensions: B, T)",
+    );
+  });
+});
+
+describe("an unreadable file is exit 1 with the OS's reason, never ok", () => {
+  // As root every file is readable: run moec as nobody (setpriv) there; else chmod suffices.
+  const isRoot = process.getuid?.() === 0;
+  const setpriv = ["/usr/bin/setpriv", "/bin/setpriv"].find((p) => fs.existsSync(p));
+  const asUser = (args: string[]) => {
+    const [cmd, ...rest] =
+      isRoot && setpriv
+        ? [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", process.execPath]
+        : [process.execPath];
+    const r = spawnSync(cmd!, [...rest, ...moecNodeArgs, ...args], {
+      cwd: root,
+      encoding: "utf8",
+      timeout: 120_000,
+    });
+    return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  it.skipIf(isRoot && !setpriv)("check, params and run of a mode-000 file", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moec-unreadable-"));
+    try {
+      fs.chmodSync(dir, 0o755);
+      const file = path.join(dir, "locked.moe");
+      fs.writeFileSync(file, "model M() {\n  in x: f32[2]\n  out y: f32[2]\n  y = x\n}\n");
+      fs.chmodSync(file, 0o000);
+      for (const cmd of ["check", "params", "run"]) {
+        const r = asUser([cmd, file]);
+        expect(r.code, cmd).toBe(1);
+        expect(r.stdout, cmd).toBe("");
+        expect(r.stderr.trim(), cmd).toBe(`moec: cannot read ${file}: permission denied`);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -241,7 +241,7 @@ model Tuned() {
       const run = (dir: string) =>
         executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir });
       await expect(run(writeAdapter("alpha", peft, { ...config, lora_alpha: 16 }))).rejects.toThrow(
-        /adapter_config.json has r 4, lora_alpha 16 for gpt\.h\.0\.layer\.attn\.q; the model's LoRA there has r 4, alpha 8/,
+        /adapter_config.json has r 4, lora_alpha 16 for gpt\.h\.0\.layer\.attn\.q \(PEFT module transformer\.h\.0\.attn\.c_attn\): scale 4; the model's LoRA there has r 4, alpha 8: scale 2/,
       );
       const untargeted = new Map(peft);
       untargeted.set(
@@ -260,11 +260,78 @@ model Tuned() {
         f32([3, d], rand(3 * d, 5)),
       );
       await expect(run(writeAdapter("shape", wrong, config))).rejects.toThrow(
-        /gpt\.h\.1\.layer\.mlp\.up\.lora_A\.weight has shape \[3, 64\], expected \[4, 64\]/,
+        /r is 4 for transformer\.h\.1\.mlp\.c_fc, but its lora_A has rank 3/,
       );
       await expect(run(tmp)).rejects.toThrow(/no adapter_config.json \(not a PEFT adapter\)/);
       // An adapter name inside the keys (lora_A.default.weight) is PEFT's too.
       await expect(run(writeAdapter("named", untargeted, config))).resolves.toBeDefined();
+    });
+
+    it("honours alpha_pattern, rank_pattern and use_rslora as PEFT computes the scale", async () => {
+      const run = (dir: string, extra: object = {}) =>
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, ...extra });
+      const logits = async (dir: string) => (await run(dir)).outputs.get("logits")!.data;
+      const want = await logits(adapterDir);
+      // A regular expression over module names gives every module alpha 8: scale 8 / 4 = 2.
+      const regex = writeAdapter("regex", peft, {
+        ...config,
+        lora_alpha: 32,
+        alpha_pattern: { "c_attn|c_proj|c_fc": 8 },
+        rank_pattern: { "h\\.\\d+\\.mlp\\.c_fc": 4 },
+      });
+      expect(await logits(regex)).toEqual(want);
+      // Rank-stabilised: alpha / √r = 4 / 2 = 2, the model's 8 / 4.
+      const rs = writeAdapter("rslora", peft, { ...config, lora_alpha: 4, use_rslora: true });
+      expect(await logits(rs)).toEqual(want);
+      // One layer with its own alpha (4× the scale the model has there) is refused, by key.
+      const own = writeAdapter("own-alpha", peft, {
+        ...config,
+        alpha_pattern: { "transformer\\.h\\.1\\.attn\\.c_attn": 32 },
+      });
+      await expect(run(own)).rejects.toThrow(
+        /has r 4, lora_alpha 32 for gpt\.h\.1\.layer\.attn\.q \(PEFT module transformer\.h\.1\.attn\.c_attn; alpha_pattern "transformer.+c_attn"\): scale 8; the model's LoRA there has r 4, alpha 8: scale 2/,
+      );
+      // A key that matches no module, or two keys that disagree, are refused by name.
+      const none = writeAdapter("no-match", peft, { ...config, alpha_pattern: { q_proj: 8 } });
+      await expect(run(none)).rejects.toThrow(
+        /alpha_pattern key "q_proj" matches no module of the adapter/,
+      );
+      const both = writeAdapter("two-keys", peft, {
+        ...config,
+        alpha_pattern: { c_attn: 8, "h.0.attn.c_attn": 16 },
+      });
+      await expect(run(both)).rejects.toThrow(
+        /alpha_pattern keys "c_attn" and "h.0.attn.c_attn" both match module transformer\.h\.0\.attn\.c_attn with different values \(8, 16\)/,
+      );
+    });
+
+    it("never initialises an adapter's own weights, even with --init-missing", async () => {
+      const run = (dir: string) =>
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, initMissing: true });
+      const noB = new Map([...peft].filter(([k]) => !k.endsWith("h.1.mlp.c_fc.lora_B.weight")));
+      await expect(run(writeAdapter("no-b", noB, config))).rejects.toThrow(
+        /module transformer\.h\.1\.mlp\.c_fc has lora_A but no lora_B; an adapter's own weights are never initialised/,
+      );
+      const empty = writeAdapter("empty", new Map<string, TensorToWrite>(), config);
+      await expect(run(empty)).rejects.toThrow(/no LoRA weights \(lora_A, lora_B\) in the adapter/);
+    });
+
+    it("compares target_modules with the model's LoRA placement", async () => {
+      // The adapter adapts c_attn only; the model has LoRA on every projection.
+      const attnOnly = new Map([...peft].filter(([k]) => k.includes(".attn.c_attn.")));
+      const dir = writeAdapter("attn-only", attnOnly, { ...config, target_modules: ["c_attn"] });
+      await expect(
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, initMissing: true }),
+      ).rejects.toThrow(
+        /the model has LoRA on gpt\.h\.0\.layer\.attn\.o, gpt\.h\.0\.layer\.mlp\.up, gpt\.h\.0\.layer\.mlp\.down, \.\.\. \(6 in all\), which the adapter \(its target_modules: c_attn\) does not adapt/,
+      );
+      // Weights for a module target_modules does not name: the config and weights disagree.
+      const stray = writeAdapter("stray", peft, { ...config, target_modules: ["c_attn", "c_fc"] });
+      await expect(
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: stray }),
+      ).rejects.toThrow(
+        /the adapter has weights for transformer\.h\.0\.attn\.c_proj, which its target_modules \(c_attn, c_fc\) do not name/,
+      );
     });
   });
 

@@ -20,6 +20,8 @@ import {
 import type { View } from "../fuse-kernels.js";
 import { epilogueFunction } from "./matmul.js";
 
+/** A quiet NaN (kernel-writer's header declares nan_bits). */
+const NAN = "bitcast<f32>(nan_bits)";
 export function emitAttention(w: KernelWriter, launch: Launch): string {
   const k = w.kernel;
   const g = w.graph;
@@ -39,6 +41,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   const batch = unflatten("bt", batchShape);
   const threads = launch.workgroupSize[0];
   const isNinf = w.use("is_ninf");
+  const isNan = w.use("is_nan");
 
   // Operand element offsets: batch coordinates, then the matrix axes.
   const at = (view: typeof Q, row: string, col: string) => {
@@ -156,7 +159,11 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
       ];
   body.push(
     ...s.lines,
-    `    if (!${isNinf}(${e})) {`,
+    // A NaN score makes m NaN for good (tested on the bits: drivers may compare NaN as they
+    // like), and the row NaN, as in PyTorch.
+    `    if (${isNan}(${e})) {`,
+    `      m = ${e};`,
+    `    } else if (!${isNinf}(${e}) && !${isNan}(m)) {`,
     `      var p: f32 = 1.0;`,
     `      if (${e} > m) {`,
     `        let corr = select(exp(m - ${e}), 0.0, ${isNinf}(m));`,
@@ -172,7 +179,9 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
     `  }`,
   );
   if (vec) {
-    body.push(`  let inv_l = select(0.0, 1.0 / l, l > 0.0);`);
+    body.push(
+      `  let inv_l = select(select(0.0, 1.0 / l, l > 0.0), ${NAN}, ${isNan}(m) || ${isNan}(l));`,
+    );
     body.push(
       `  var orow: array<vec4<f32>, ${hd / 4}>;`,
       ...Array.from({ length: hd / 4 }, (_, c) => `  orow[${c}] = o${c} * inv_l;`),
@@ -183,7 +192,7 @@ export function emitAttention(w: KernelWriter, launch: Launch): string {
   } else {
     body.push(
       `  for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
-      `    epilogue(select(0.0, o[x] / l, l > 0.0), bt, i, x);`,
+      `    epilogue(select(select(0.0, o[x] / l, l > 0.0), ${NAN}, ${isNan}(m) || ${isNan}(l)), bt, i, x);`,
       `  }`,
     );
   }
@@ -234,6 +243,7 @@ function emitAttentionRows(
   const k = w.kernel;
   const pv = w.graph.nodes[k.anchor!]!;
   const { Q, Kt, V, d0, hd, tq, tk, causal, s, e, at } = o;
+  const isNan = w.use("is_nan");
   const batchShape = k.shape.slice(0, -2);
   const threads = launch.workgroupSize[0];
   // Loads through window accessors (tensors larger than one binding) are inlined at every
@@ -279,7 +289,7 @@ function emitAttentionRows(
       `      let i = min(i0 + ${r}u, ${u32(tq - 1)});`,
       `      let score = ${dotq};`,
       ...s.lines.map((line) => `  ${line}`),
-      `      let mn = max(m${r}, ${e});`,
+      `      let mn = ${w.use("max_")}(m${r}, ${e});`,
       `      let corr = exp(m${r} - mn);`,
       `      let p = exp(${e} - mn);`,
       `      l${r} = l${r} * corr + p;`,
@@ -294,7 +304,7 @@ function emitAttentionRows(
   for (let r = 0; r < R; r++) {
     body.push(
       `  if (i0 + ${r}u < ${u32(tq)}) {`,
-      `    let inv_l = select(0.0, 1.0 / l${r}, l${r} > 0.0);`,
+      `    let inv_l = select(select(0.0, 1.0 / l${r}, l${r} > 0.0), ${NAN}, ${isNan}(m${r}) || ${isNan}(l${r}));`,
       ...Array.from({ length: nx }, (_, c) => `    orow[${c}] = o${r}_${c} * inv_l;`),
       `    for (var x = 0u; x < ${u32(hd)}; x += 1u) {`,
       `      epilogue(orow[x / 4u][x % 4u], bt, i0 + ${r}u, x);`,

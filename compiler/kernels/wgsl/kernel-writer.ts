@@ -86,6 +86,26 @@ const HELPERS: Record<string, string> = {
   is_ninf: `fn is_ninf(x: f32) -> bool {
   return bitcast<u32>(x) == 0xff800000u;
 }`,
+  // NaN tests on the bits: a driver may fold x != x to false, and max/min may drop a NaN.
+  is_nan: `fn is_nan(x: f32) -> bool {
+  return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}`,
+  relu_: `fn relu_(x: f32) -> f32 {
+  return select(max(x, 0.0), x, is_nan(x));
+}`,
+  max_: `fn max_(a: f32, b: f32) -> f32 {
+  return select(max(a, b), bitcast<f32>(nan_bits), is_nan(a) || is_nan(b));
+}`,
+  // a ranks above b: a > b, with NaN above every number (torch.topk's order).
+  above_: `fn above_(a: f32, b: f32) -> bool {
+  if (is_nan(a)) {
+    return !is_nan(b);
+  }
+  return !is_nan(b) && a > b;
+}`,
+  min_: `fn min_(a: f32, b: f32) -> f32 {
+  return select(min(a, b), bitcast<f32>(nan_bits), is_nan(a) || is_nan(b));
+}`,
   // erf for |x| < 1 by its Taylor series (12 terms: < 2e-9 truncation, relative accuracy
   // near 0); erfc beyond by Numerical Recipes' Chebyshev fit (fractional error < 1.2e-7).
   erf_: `fn erf_(x: f32) -> f32 {
@@ -155,6 +175,10 @@ ${TANH_SERIES.slice(0, -1)
 }`,
 };
 const HELPER_DEPS: Record<string, string[]> = {
+  relu_: ["is_nan"],
+  max_: ["is_nan"],
+  min_: ["is_nan"],
+  above_: ["is_nan"],
   erf_: ["erfc_ge1"],
   gelu_: ["erf_", "erfc_ge1"],
   uniform_at: ["hash_u32"],
@@ -553,7 +577,13 @@ export class Block {
         if (!stats) throw new Error(`internal: softmax ${id} evaluated before its statistics`);
         const e = this.valueAs(n.inputs[0], "f32");
         const ex = this.emit(`exp(${e} - ${stats.max})`, "f32");
-        return this.emit(`select(0.0, ${ex} / ${stats.sum}, ${stats.sum} > 0.0)`, "f32");
+        // A NaN in the row makes the sum NaN: every probability is NaN, as in PyTorch.
+        const isNan = this.ctx.writer.use("is_nan");
+        const sum = stats.sum;
+        return this.emit(
+          `select(select(0.0, ${ex} / ${sum}, ${sum} > 0.0), ${sum}, ${isNan}(${sum}))`,
+          "f32",
+        );
       }
       default:
         throw new Error(`internal: ${n.op} node ${id} cannot be evaluated inline`);

@@ -85,6 +85,7 @@ export function emitReduce(w: KernelWriter, launch: Launch): string {
   const load = `f32(${buf.get(viewIndex(input, inCoords))})`;
   const f: ReduceFunctionRow = REDUCE_FUNCTION_ROWS[n.fn];
   const init = accumulatorInit(f.identity);
+  for (const h of f.wgsl.helpers ?? []) w.use(h);
   const combine = f.wgsl.combine("acc", load);
   const result = f.wgsl.finish("acc", axisSize);
   const ctx: ExprContext = {

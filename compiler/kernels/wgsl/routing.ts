@@ -31,7 +31,9 @@ export function emitTopk(w: KernelWriter, launch: Launch): string {
   const lead = unflatten("gi", x.shape.slice(0, -1));
   const xBuf = w.bindView(x);
   const out = w.bind(k.out.storage, "i32", "read_write");
-  // A strict `>` keeps the earlier (lower) position first among equal values.
+  // A strict `>` keeps the earlier (lower) position first among equal values; NaN ranks
+  // above every number (torch.topk), tested on the bits.
+  const above = w.use("above_");
   return moduleText(
     w,
     perItem(launch, [
@@ -43,10 +45,10 @@ export function emitTopk(w: KernelWriter, launch: Launch): string {
       `  var filled = 0u;`,
       `  for (var j = 0u; j < ${u32(d)}; j += 1u) {`,
       `    let v = f32(${xBuf.get(viewIndex(x, [...lead, "j"]))});`,
-      `    if (filled < ${u32(n.k)} || v > vals[${n.k - 1}]) {`,
+      `    if (filled < ${u32(n.k)} || ${above}(v, vals[${n.k - 1}])) {`,
       `      var p = min(filled, ${u32(n.k - 1)});`,
       `      loop {`,
-      `        if (p == 0u || !(v > vals[p - 1u])) {`,
+      `        if (p == 0u || !${above}(v, vals[p - 1u])) {`,
       `          break;`,
       `        }`,
       `        vals[p] = vals[p - 1u];`,

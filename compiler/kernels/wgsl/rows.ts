@@ -51,6 +51,8 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
     : [`  let row = wg;`];
   const barrier = t === 1 ? [] : [`  workgroupBarrier();`];
   const isNinf = w.use("is_ninf");
+  const isNan = w.use("is_nan");
+  w.use("max_");
   let phase = 0;
 
   /** Tree reduction of red_a (and red_b) across the workgroup. */
@@ -78,6 +80,7 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
     if (n.op === "reduce") {
       const f: ReduceFunctionRow = REDUCE_FUNCTION_ROWS[n.fn];
       const init = accumulatorInit(f.identity);
+      for (const h of f.wgsl.helpers ?? []) w.use(h);
       const comb = f.wgsl.combine;
       body.push(
         `  var acc${p}: f32 = ${init};`,
@@ -98,7 +101,11 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
         `  var s${p}: f32 = 0.0;`,
         `  for (var j = ${lane}; j < ${u32(extent)}; j += ${u32(t)}) {`,
         ...loop.lines,
-        `    if (!${isNinf}(${x})) {`,
+        // A NaN makes m NaN for good (tested on the bits: drivers may compare NaN as they
+        // like), and the row's probabilities NaN, as in PyTorch.
+        `    if (${isNan}(${x})) {`,
+        `      m${p} = ${x};`,
+        `    } else if (!${isNinf}(${x}) && !${isNan}(m${p})) {`,
         `      if (${x} > m${p}) {`,
         `        s${p} = select(s${p} * exp(m${p} - ${x}), 0.0, ${isNinf}(m${p})) + 1.0;`,
         `        m${p} = ${x};`,
@@ -111,15 +118,17 @@ export function emitRows(w: KernelWriter, launch: Launch): string {
         ...treeReduce((i) => [
           `${i}let ma = red_a[lidx];`,
           `${i}let mb = red_a[lidx + s];`,
-          `${i}let mm = max(ma, mb);`,
-          `${i}if (!${isNinf}(mm)) {`,
+          `${i}let mm = max_(ma, mb);`,
+          `${i}if (${isNan}(mm)) {`,
+          `${i}  red_a[lidx] = mm;`,
+          `${i}} else if (!${isNinf}(mm)) {`,
           `${i}  red_b[lidx] = select(red_b[lidx] * exp(ma - mm), 0.0, ${isNinf}(ma)) +`,
           `${i}    select(red_b[lidx + s] * exp(mb - mm), 0.0, ${isNinf}(mb));`,
           `${i}  red_a[lidx] = mm;`,
           `${i}}`,
         ]),
         `  let m${p}r = ${t === 1 ? `m${p}` : "red_a[0]"};`,
-        `  let s${p}r = ${t === 1 ? `s${p}` : "red_b[0]"};`,
+        `  let s${p}r = select(${t === 1 ? `s${p}` : "red_b[0]"}, m${p}r, ${isNan}(m${p}r));`,
         // An all-masked row: every probability is 0, as in the reference.
         `  let m${p}f = select(m${p}r, 0.0, ${isNinf}(m${p}r));`,
         ...barrier,
