@@ -1824,6 +1824,20 @@ export class Evaluator {
     const adapter = adapterValue.inst;
     const b = base.inst;
     const targets = adapter.role === "adapter" ? stringList(adapter.args.get("targets")) : [];
+    if (targets.length > 0 && adapter.perTask !== undefined) {
+      // Lowering would need the task ids inside the base's body; refused rather than silently
+      // building one shared adapter of the first task's options.
+      this.report(
+        "E0413",
+        frame.file,
+        e.adapter.span,
+        `\`per task\` ${adapter.component} with \`targets\` is not supported yet`,
+        {
+          hint: `attach \`per task ${adapter.component}(...)\` to each targeted layer where it is built, or drop \`per task\` for one shared adapter`,
+        },
+      );
+      return UNKNOWN;
+    }
     if (targets.length > 0) return this.attachTargeted(b, adapter, targets, e, frame, path);
     if (b.inputs.length !== 1 || b.outputs.length !== 1) {
       this.report(
