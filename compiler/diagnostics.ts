@@ -65,6 +65,7 @@ export const DIAGNOSTIC_CODES = {
   W0501: "unused binding",
   W0502: "grouping along the sequence breaks causality",
   W0503: "unused import",
+  W0504: "top-1 router renormalised: no gradient",
   // W06xx: lowering warnings
   W0601: "batch padded to the mixture-of-tokens group",
 } as const;
