@@ -557,11 +557,14 @@ export class Evaluator {
         .filter(([, g]) => g.kind === "enum" || g.kind === "tasks")
         .map(([n]) => n),
     ];
-    const close = suggest(name.name, candidates);
+    const stdHome = this.library.homes.get(name.name);
+    const close = stdHome ? undefined : suggest(name.name, candidates);
     this.report("E0207", frame.file, name.span, `unknown type \`${name.name}\``, {
-      hint: close
-        ? `did you mean \`${close}\`?`
-        : "types are Dim, Int, Float, Bool, String, a dtype like f32[...], a task set or an enum",
+      hint: stdHome
+        ? `import it: \`import ${stdHome} { ${name.name} }\``
+        : close
+          ? `did you mean \`${close}\`?`
+          : "types are Dim, Int, Float, Bool, String, a dtype like f32[...], a task set or an enum",
     });
   }
 
@@ -1212,14 +1215,16 @@ export class Evaluator {
       });
       return UNKNOWN;
     }
-    const candidates = [...frame.scope.names(), ...frame.module.names.keys(), ...BUILTINS.keys()];
-    const close = suggest(n, candidates);
+    // A name the standard library exports is a missing import, never a typo of a nearby
+    // name (`MoE` is not `mse`).
     const stdHome = this.library.homes.get(n);
+    const candidates = [...frame.scope.names(), ...frame.module.names.keys(), ...BUILTINS.keys()];
+    const close = stdHome ? undefined : suggest(n, candidates);
     this.report("E0201", frame.file, name.span, `unknown name \`${n}\``, {
-      hint: close
-        ? `did you mean \`${close}\`?`
-        : stdHome
-          ? `import it: \`import ${stdHome} { ${n} }\``
+      hint: stdHome
+        ? `import it: \`import ${stdHome} { ${n} }\``
+        : close
+          ? `did you mean \`${close}\`?`
           : undefined,
     });
     return UNKNOWN;
