@@ -249,10 +249,26 @@ export class Evaluator {
     const key = `${code}|${file}|${span.start}|${span.end}|${message}`;
     if (this.reported.has(key)) return;
     this.reported.add(key);
-    // During elaboration an error inside a component is shown with the uses that led to it.
     const related = [...(extra.related ?? [])];
+    // An error inside the standard library comes from the user's arguments (`heads: 6` with
+    // d = 64): it is shown at the user's innermost call, with the library's line as a note.
+    let sites = this.sites;
+    const inStd = (f: string) => this.program.scopes.get(f)?.module.isStdlib === true;
+    const userSite = inStd(file) ? sites.findLastIndex((site) => !inStd(site.file)) : -1;
+    if (userSite >= 0) {
+      const at = sites[userSite]!;
+      related.unshift({
+        file,
+        span,
+        message: `in ${sites[sites.length - 1]!.component} (standard library)`,
+      });
+      file = at.file;
+      span = at.span;
+      sites = sites.slice(0, userSite);
+    }
+    // During elaboration an error inside a component is shown with the uses that led to it.
     if (this.mode === "elaborate") {
-      for (const site of this.sites.slice(1).reverse().slice(0, 4)) {
+      for (const site of sites.slice(1).reverse().slice(0, 4)) {
         if (site.file === file && site.span.start === span.start) continue;
         related.push({
           file: site.file,
