@@ -8,7 +8,7 @@ import { type CompileOptions, runCompile } from "./compile-command.js";
 import type { DataGenOptions } from "./data-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
-import { runParams } from "./params-command.js";
+import { type ParamsOptions, runParams } from "./params-command.js";
 import type { TrainOptions } from "./train-command.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
 
@@ -46,15 +46,15 @@ program
       (v: string, prev: string[] = []) => [...prev, v],
     ),
   )
+  .option(
+    "--depth <n>",
+    "a summary tree of the parameter paths to depth n (the default above 100 tensors, at depth 3)",
+  )
+  .option("--flat", "every tensor, also for a large model")
   .option("--json", "machine-readable report")
-  .action(
-    (
-      file: string,
-      opts: { model?: string; program?: string | boolean; set?: string[]; json?: boolean },
-    ) => {
-      process.exitCode = runParams(file, opts);
-    },
-  );
+  .action((file: string, opts: ParamsOptions) => {
+    process.exitCode = runParams(file, opts);
+  });
 
 program
   .command("fmt")
