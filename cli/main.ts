@@ -2,9 +2,10 @@
  * The `moec` command line. Exit codes: 0 success, 1 a problem in the user's input,
  * 2 wrong usage, 3 device or runtime failure. Errors are one line; --verbose adds the stack.
  */
-import { Command, CommanderError, Option } from "commander";
+import { Argument, Command, CommanderError, Option } from "commander";
 import { runCheck } from "./check-command.js";
 import { type CompileOptions, runCompile } from "./compile-command.js";
+import { SHELLS, type Shell, completionScript } from "./completion-command.js";
 import type { DataGenOptions } from "./data-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
@@ -251,6 +252,14 @@ program
     // Loaded lazily: the other commands do not need the protocol libraries.
     const { startServer } = await import("../editor/lsp/server.js");
     startServer();
+  });
+
+program
+  .command("completion")
+  .description("print a shell completion script for bash, zsh or fish (see its first lines)")
+  .addArgument(new Argument("<shell>", "the shell").choices(SHELLS))
+  .action((shell: Shell) => {
+    process.stdout.write(completionScript(program, shell));
   });
 
 async function main(argv: string[]): Promise<void> {
