@@ -84,18 +84,21 @@ export function countParams(model: ElaboratedModel): ParamReport {
     }
   });
   const expertParams = model.moes.map(() => 0);
+  // The last row counted for each layer: a row under two experts of one layer counts once.
+  const countedRow = model.moes.map(() => -1);
   const inExpert = new Set<ParamRow>();
-  for (const r of shared) {
-    const counted = new Set<number>();
+  shared.forEach((r, row) => {
     for (let dot = r.name.indexOf("."); dot >= 0; dot = r.name.indexOf(".", dot + 1)) {
-      for (const i of layersOf.get(r.name.slice(0, dot)) ?? []) {
-        if (counted.has(i)) continue;
-        counted.add(i);
+      const layers = layersOf.get(r.name.slice(0, dot));
+      if (layers === undefined) continue;
+      for (const i of layers) {
+        if (countedRow[i] === row) continue;
+        countedRow[i] = row;
         expertParams[i] += r.count;
         inExpert.add(r);
       }
     }
-  }
+  });
   const moeLayers = model.moes.map((m, i) => ({
     path: m.path,
     router: m.router,
