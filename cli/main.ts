@@ -2,13 +2,14 @@
  * The `moec` command line. Exit codes: 0 success, 1 a problem in the user's input,
  * 2 wrong usage, 3 device or runtime failure. Errors are one line; --verbose adds the stack.
  */
-import { Command, CommanderError, Option } from "commander";
+import { Argument, Command, CommanderError, Option } from "commander";
 import { runCheck } from "./check-command.js";
 import { type CompileOptions, runCompile } from "./compile-command.js";
+import { SHELLS, type Shell, completionScript } from "./completion-command.js";
 import type { DataGenOptions } from "./data-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
-import { runParams } from "./params-command.js";
+import { type ParamsOptions, runParams } from "./params-command.js";
 import type { TrainOptions } from "./train-command.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
 
@@ -46,15 +47,15 @@ program
       (v: string, prev: string[] = []) => [...prev, v],
     ),
   )
+  .option(
+    "--depth <n>",
+    "a summary tree of the parameter paths to depth n (the default above 100 tensors, at depth 3)",
+  )
+  .option("--flat", "every tensor, also for a large model")
   .option("--json", "machine-readable report")
-  .action(
-    (
-      file: string,
-      opts: { model?: string; program?: string | boolean; set?: string[]; json?: boolean },
-    ) => {
-      process.exitCode = runParams(file, opts);
-    },
-  );
+  .action((file: string, opts: ParamsOptions) => {
+    process.exitCode = runParams(file, opts);
+  });
 
 program
   .command("fmt")
@@ -253,6 +254,14 @@ program
     // Loaded lazily: the other commands do not need the protocol libraries.
     const { startServer } = await import("../editor/lsp/server.js");
     startServer();
+  });
+
+program
+  .command("completion")
+  .description("print a shell completion script for bash, zsh or fish (see its first lines)")
+  .addArgument(new Argument("<shell>", "the shell").choices(SHELLS))
+  .action((shell: Shell) => {
+    process.stdout.write(completionScript(program, shell));
   });
 
 async function main(argv: string[]): Promise<void> {

@@ -58,12 +58,14 @@ export const DIAGNOSTIC_CODES = {
   E0410: "training program incomplete",
   E0411: "router needs the token ids",
   E0412: "parameter group does not fit the parameters",
+  E0413: "per-task adapter with targets",
   // E06xx: lowering to the back end
   E0601: "not supported by the back end yet",
   // W05xx: warnings
   W0501: "unused binding",
   W0502: "grouping along the sequence breaks causality",
   W0503: "unused import",
+  W0504: "top-1 router renormalised: no gradient",
   // W06xx: lowering warnings
   W0601: "batch padded to the mixture-of-tokens group",
 } as const;

@@ -95,8 +95,10 @@ export function prepareInputs(
       continue;
     }
     if (i.max !== undefined && !isFloat) {
-      const bad = (t.data as Int32Array).find((v) => v < 0 || v >= i.max!);
-      if (bad !== undefined) problems.push(`${i.name} holds ${bad}, outside 0..${i.max - 1}`);
+      // Task ids may be -1, "no task" (docs/adapters.md): the compiled model handles it.
+      const min = i.tasks !== undefined ? -1 : 0;
+      const bad = (t.data as Int32Array).find((v) => v < min || v >= i.max!);
+      if (bad !== undefined) problems.push(`${i.name} holds ${bad}, outside ${min}..${i.max - 1}`);
     }
     const bad = options.allowNonFinite ? undefined : countNonFinite(t.data);
     if (bad) nonFinite.push(describeNonFinite(i.name, bad, t.data.length));

@@ -60,7 +60,7 @@ export function bindArgs(
     const name = arg.name.name;
     const p = params.find((q) => q.name === name);
     if (!p) {
-      const close = suggest(
+      const close = suggestParam(
         name,
         params.map((q) => q.name),
       );
@@ -98,4 +98,75 @@ export function bindArgs(
     );
   }
   return bound;
+}
+
+/**
+ * Other frameworks' names for our parameters (PyTorch, Hugging Face, PEFT, Megatron, Switch),
+ * each with the parameters it may mean, in order of preference: `top_k` is `k`.
+ */
+const ARGUMENT_ALIASES: ReadonlyMap<string, readonly string[]> = new Map([
+  ["top_k", ["k"]],
+  ["topk", ["k"]],
+  ["num_experts_per_tok", ["k"]],
+  ["experts_per_token", ["k"]],
+  ["capacity_factor", ["capacity"]],
+  ["expert_capacity", ["capacity"]],
+  ["jitter", ["noise"]],
+  ["router_jitter_noise", ["noise"]],
+  ["jitter_noise", ["noise"]],
+  ["aux_loss_coef", ["balance"]],
+  ["router_aux_loss_coef", ["balance"]],
+  ["load_balance", ["balance"]],
+  ["load_balancing_loss", ["balance"]],
+  ["router_z_loss_coef", ["z_loss"]],
+  ["norm_topk_prob", ["renormalize"]],
+  ["normalize", ["renormalize"]],
+  ["tau", ["temperature"]],
+  ["group_size", ["group"]],
+  ["num_heads", ["heads"]],
+  ["n_heads", ["heads"]],
+  ["nhead", ["heads"]],
+  ["num_attention_heads", ["heads"]],
+  ["is_causal", ["causal"]],
+  ["d_model", ["d", "dim"]],
+  ["hidden_size", ["d", "dim", "hidden"]],
+  ["embed_dim", ["d", "dim", "embedding_dim"]],
+  ["d_ff", ["hidden"]],
+  ["dim_feedforward", ["hidden"]],
+  ["intermediate_size", ["hidden"]],
+  ["ffn_dim", ["hidden"]],
+  ["activation", ["act"]],
+  ["hidden_act", ["act"]],
+  ["act_fn", ["act"]],
+  ["in_dim", ["in_features"]],
+  ["input_dim", ["in_features"]],
+  ["out_dim", ["out_features"]],
+  ["output_dim", ["out_features"]],
+  ["use_bias", ["bias"]],
+  ["vocab_size", ["num_embeddings"]],
+  ["epsilon", ["eps"]],
+  ["layer_norm_eps", ["eps"]],
+  ["rank", ["r"]],
+  ["lora_r", ["r"]],
+  ["target_modules", ["targets"]],
+  ["learning_rate", ["lr"]],
+  ["betas", ["beta1"]],
+  ["max_grad_norm", ["max_norm"]],
+  ["param_groups", ["groups"]],
+]);
+
+/**
+ * "Did you mean" for a named argument: another framework's name for a parameter (alias table),
+ * then a parameter whose name is a run of the argument's words (`capacity_factor`), then
+ * the closest spelling.
+ */
+export function suggestParam(name: string, params: readonly string[]): string | undefined {
+  const key = name.toLowerCase();
+  const alias = ARGUMENT_ALIASES.get(key)?.find((p) => params.includes(p));
+  if (alias !== undefined) return alias;
+  const words = `_${key}_`;
+  const within = params
+    .filter((p) => p.length > 0 && words.includes(`_${p.toLowerCase()}_`))
+    .sort((a, b) => b.length - a.length)[0];
+  return within ?? suggest(name, params);
 }

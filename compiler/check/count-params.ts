@@ -73,19 +73,39 @@ export function countParams(model: ElaboratedModel): ParamReport {
   const shared = params.filter((r) => r.task === undefined);
   const backbone = sum(shared);
 
-  const under = (prefix: string) => (r: ParamRow) => r.name.startsWith(prefix + ".");
-  const inExpert = new Set<ParamRow>();
-  const moeLayers = model.moes.map((m) => {
-    const rows = shared.filter((r) => m.experts.some((e) => under(e)(r)));
-    rows.forEach((r) => inExpert.add(r));
-    return {
-      path: m.path,
-      router: m.router,
-      experts: m.experts.length,
-      activePerToken: m.activePerToken,
-      expertParams: sum(rows),
-    };
+  // Expert paths → the layers they belong to; each row looks up its own dotted prefixes, so
+  // the cost is linear in rows and experts (10,000 experts: no rows × experts scan).
+  const layersOf = new Map<string, number[]>();
+  model.moes.forEach((m, i) => {
+    for (const e of m.experts) {
+      const at = layersOf.get(e);
+      if (at === undefined) layersOf.set(e, [i]);
+      else if (!at.includes(i)) at.push(i);
+    }
   });
+  const expertParams = model.moes.map(() => 0);
+  // The last row counted for each layer: a row under two experts of one layer counts once.
+  const countedRow = model.moes.map(() => -1);
+  const inExpert = new Set<ParamRow>();
+  shared.forEach((r, row) => {
+    for (let dot = r.name.indexOf("."); dot >= 0; dot = r.name.indexOf(".", dot + 1)) {
+      const layers = layersOf.get(r.name.slice(0, dot));
+      if (layers === undefined) continue;
+      for (const i of layers) {
+        if (countedRow[i] === row) continue;
+        countedRow[i] = row;
+        expertParams[i] += r.count;
+        inExpert.add(r);
+      }
+    }
+  });
+  const moeLayers = model.moes.map((m, i) => ({
+    path: m.path,
+    router: m.router,
+    experts: m.experts.length,
+    activePerToken: m.activePerToken,
+    expertParams: expertParams[i]!,
+  }));
   let active = sum(shared.filter((r) => !inExpert.has(r)));
   for (const m of moeLayers) active += (m.expertParams / Math.max(1, m.experts)) * m.activePerToken;
 

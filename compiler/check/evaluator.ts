@@ -249,10 +249,26 @@ export class Evaluator {
     const key = `${code}|${file}|${span.start}|${span.end}|${message}`;
     if (this.reported.has(key)) return;
     this.reported.add(key);
-    // During elaboration an error inside a component is shown with the uses that led to it.
     const related = [...(extra.related ?? [])];
+    // An error inside the standard library comes from the user's arguments (`heads: 6` with
+    // d = 64): it is shown at the user's innermost call, with the library's line as a note.
+    let sites = this.sites;
+    const inStd = (f: string) => this.program.scopes.get(f)?.module.isStdlib === true;
+    const userSite = inStd(file) ? sites.findLastIndex((site) => !inStd(site.file)) : -1;
+    if (userSite >= 0) {
+      const at = sites[userSite]!;
+      related.unshift({
+        file,
+        span,
+        message: `in ${sites[sites.length - 1]!.component} (standard library)`,
+      });
+      file = at.file;
+      span = at.span;
+      sites = sites.slice(0, userSite);
+    }
+    // During elaboration an error inside a component is shown with the uses that led to it.
     if (this.mode === "elaborate") {
-      for (const site of this.sites.slice(1).reverse().slice(0, 4)) {
+      for (const site of sites.slice(1).reverse().slice(0, 4)) {
         if (site.file === file && site.span.start === span.start) continue;
         related.push({
           file: site.file,
@@ -557,11 +573,14 @@ export class Evaluator {
         .filter(([, g]) => g.kind === "enum" || g.kind === "tasks")
         .map(([n]) => n),
     ];
-    const close = suggest(name.name, candidates);
+    const stdHome = this.library.homes.get(name.name);
+    const close = stdHome ? undefined : suggest(name.name, candidates);
     this.report("E0207", frame.file, name.span, `unknown type \`${name.name}\``, {
-      hint: close
-        ? `did you mean \`${close}\`?`
-        : "types are Dim, Int, Float, Bool, String, a dtype like f32[...], a task set or an enum",
+      hint: stdHome
+        ? `import it: \`import ${stdHome} { ${name.name} }\``
+        : close
+          ? `did you mean \`${close}\`?`
+          : "types are Dim, Int, Float, Bool, String, a dtype like f32[...], a task set or an enum",
     });
   }
 
@@ -1212,14 +1231,16 @@ export class Evaluator {
       });
       return UNKNOWN;
     }
-    const candidates = [...frame.scope.names(), ...frame.module.names.keys(), ...BUILTINS.keys()];
-    const close = suggest(n, candidates);
+    // A name the standard library exports is a missing import, never a typo of a nearby
+    // name (`MoE` is not `mse`).
     const stdHome = this.library.homes.get(n);
+    const candidates = [...frame.scope.names(), ...frame.module.names.keys(), ...BUILTINS.keys()];
+    const close = stdHome ? undefined : suggest(n, candidates);
     this.report("E0201", frame.file, name.span, `unknown name \`${n}\``, {
-      hint: close
-        ? `did you mean \`${close}\`?`
-        : stdHome
-          ? `import it: \`import ${stdHome} { ${n} }\``
+      hint: stdHome
+        ? `import it: \`import ${stdHome} { ${n} }\``
+        : close
+          ? `did you mean \`${close}\`?`
           : undefined,
     });
     return UNKNOWN;
@@ -1824,6 +1845,20 @@ export class Evaluator {
     const adapter = adapterValue.inst;
     const b = base.inst;
     const targets = adapter.role === "adapter" ? stringList(adapter.args.get("targets")) : [];
+    if (targets.length > 0 && adapter.perTask !== undefined) {
+      // Lowering would need the task ids inside the base's body; refused rather than silently
+      // building one shared adapter of the first task's options.
+      this.report(
+        "E0413",
+        frame.file,
+        e.adapter.span,
+        `\`per task\` ${adapter.component} with \`targets\` is not supported yet`,
+        {
+          hint: `attach \`per task ${adapter.component}(...)\` to each targeted layer where it is built, or drop \`per task\` for one shared adapter`,
+        },
+      );
+      return UNKNOWN;
+    }
     if (targets.length > 0) return this.attachTargeted(b, adapter, targets, e, frame, path);
     if (b.inputs.length !== 1 || b.outputs.length !== 1) {
       this.report(

@@ -23,16 +23,37 @@ const rules = new Map<string, LoweredPrimitiveRule>([
   ["Group", groupRule],
 ]);
 
-const homes = new Map<string, string>([
-  ...["Linear", "Embedding", "LayerNorm", "RMSNorm", "FFN", "SwiGLU", "Attention"].map(
-    (name): [string, string] => [name, "std.nn"],
+/** Every top-level name of stdlib/*.moe (test/compiler/library-homes.test.ts keeps it whole). */
+const exported: Record<string, readonly string[]> = {
+  "std.nn": [
+    "Act",
+    "Linear",
+    "Embedding",
+    "LayerNorm",
+    "RMSNorm",
+    "FFN",
+    "SwiGLU",
+    "Attention",
+    "TransformerBlock",
+  ],
+  "std.route": [
+    "SoftmaxOrder",
+    "Overflow",
+    "Granularity",
+    "GroupNorm",
+    "Emit",
+    "MixAxis",
+    ...ROUTER_FAMILIES.keys(),
+    "MoE",
+  ],
+  "std.adapt": ["LoRA", "Bottleneck"],
+  "std.optim": ["Decay", "Group", "AdamW"],
+};
+
+const homes = new Map<string, string>(
+  Object.entries(exported).flatMap(([module, names]) =>
+    names.map((name): [string, string] => [name, module]),
   ),
-  ...[...ROUTER_FAMILIES.keys()].map((name): [string, string] => [name, "std.route"]),
-  ["MoE", "std.route"],
-  ["LoRA", "std.adapt"],
-  ["Bottleneck", "std.adapt"],
-  ["AdamW", "std.optim"],
-  ["Group", "std.optim"],
-]);
+);
 
 export const STANDARD_LIBRARY: LoweredLibrary = { rules, homes };

@@ -132,6 +132,77 @@ model M() { in x: f32[B, T, ${d}]  out y: f32[B, T, ${d}]
     close(y.data, out);
   });
 
+  it("TokenMix(emit: softmax_experts, axis: sequence): consecutive positions, emit softmax(logits / τ) over experts (docs/routing.md)", () => {
+    const [B, T, d, E, group, tau] = [2, 4, 3, 3, 2, 0.5];
+    const m = lower(
+      `import std.nn { FFN }
+import std.route { MoE, TokenMix }
+model M() { in x: f32[B, T, ${d}]  out y: f32[B, T, ${d}]
+  moe = MoE(router: TokenMix(group: ${group}, temperature: ${tau}, emit: softmax_experts, axis: sequence), experts: [FFN(${d}, 2, act: relu); ${E}])
+  y = moe(x) }`,
+      { B, T },
+      ["W0502"],
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const wc = mat(l.get("moe.router.controller.weight")!);
+    const out = new Array<number>(B * T * d).fill(0);
+    for (let b = 0; b < B; b++) {
+      for (let k = 0; k < T / group; k++) {
+        const members = [...Array(group).keys()].map((i) => b * T + k * group + i);
+        const xs = members.map((r) => row(x, r));
+        const s = xs.map((xi) => linear(xi, wc).map((v) => v / tau)); // [group][E]
+        const ys = [...Array(E).keys()].map((e) => {
+          const w = softmax(s.map((si) => si[e]!));
+          const mixed = [...Array(d).keys()].map((j) =>
+            xs.reduce((a, xi, i) => a + w[i]! * xi[j]!, 0),
+          );
+          return ffn(l, `moe.experts.${e}`, mixed);
+        });
+        members.forEach((r, i) => {
+          const p = softmax(s[i]!);
+          ys.forEach((ye, e) => ye.forEach((v, j) => (out[r * d + j]! += p[e]! * v)));
+        });
+      }
+    }
+    close(y.data, out);
+  });
+
+  it("Grouped(outer: normalize) over groups of unequal size: σ over the sum, expert gate rows group-major (docs/routing.md)", () => {
+    const m = lower(
+      `import std.nn { FFN }
+import std.route { MoE, Grouped }
+model M() { in x: f32[N, 4]  out y: f32[N, 4]
+  moe = MoE(router: Grouped(outer: normalize, inner: softmax), experts: [[FFN(4, 3, act: relu); 2], [FFN(4, 3, act: relu); 3]])
+  y = moe(x) }`,
+      { N: 3 },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const sigmoid = (z: number) => 1 / (1 + Math.exp(-z));
+    const sizes = [2, 3];
+    const expected = [0, 1, 2].flatMap((n) => {
+      const xn = row(x, n);
+      const a = linear(xn, mat(l.get("moe.router.group_gate.weight")!)).map(sigmoid);
+      const wg = a.map((v) => v / (a[0]! + a[1]!));
+      const b = linear(xn, mat(l.get("moe.router.expert_gate.weight")!));
+      const out = [0, 0, 0, 0];
+      let first = 0;
+      sizes.forEach((size, g) => {
+        const inner = softmax(b.slice(first, first + size));
+        for (let j = 0; j < size; j++) {
+          const ye = ffn(l, `moe.experts.${g}.${j}`, xn);
+          for (let o = 0; o < 4; o++) out[o]! += wg[g]! * inner[j]! * ye[o]!;
+        }
+        first += size;
+      });
+      return out;
+    });
+    close(y.data, expected);
+  });
+
   it("TokenMix on a batch of single tokens [B, d] is the [B, 1, d] mixture, continuous or discrete", () => {
     for (const discrete of [false, true]) {
       const source = (x: string) => `import std.nn { FFN }

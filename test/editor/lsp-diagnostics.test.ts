@@ -97,7 +97,7 @@ describe("diagnostics", () => {
       range: { start: { line: 4, character: 9 }, end: { line: 4, character: 32 } },
     });
     const [where] = d!.relatedInformation!;
-    expect(where!.message).toBe("reported here");
+    expect(where!.message).toBe("in Attention (standard library)");
     expect(where!.location.uri).toBe(fileUri(path.join(repoRoot, "stdlib/nn.moe")));
     expect(where!.location.range.start).toEqual({ line: 75, character: 13 });
     await client.close(uri);

@@ -32,6 +32,15 @@ export const topK: RouterFamily = {
     requireRange(ctx, "balance", (x) => x >= 0, "non-negative");
     requireRange(ctx, "z_loss", (x) => x >= 0, "non-negative");
     requireRange(ctx, "task_embed", (x) => x >= 0, "non-negative");
+    // The default is `k > 1`, so `true` at k = 1 was written by the user.
+    if (num(ctx.inst, "k") === 1 && bool(ctx.inst, "renormalize") === true) {
+      ctx.report(
+        "W0504",
+        ctx.span,
+        "TopK(k: 1) with `renormalize: true`: the one weight is always 1, so the router gets no gradient from the task loss",
+        { hint: "drop `renormalize: true`: top-1 keeps the router probability p (Switch)" },
+      );
+    }
   },
   routingInput: (router) => ((num(router, "task_embed") ?? 0) > 0 ? "task ids" : "none"),
   checkExperts(ctx, router, experts: ExpertLayout) {
@@ -63,9 +72,8 @@ export const topK: RouterFamily = {
     return lowerTokenChoice(m, rows, logits, {
       k: Math.min(k, m.experts.length),
       softmaxAfter: member(router, "softmax") === "after",
-      // Top-1 keeps p (Switch): one renormalised weight is 1, and its router would get no
-      // gradient from the task loss.
-      renormalize: bool(router, "renormalize") === true && k > 1,
+      // Off by default at k = 1 (Switch keeps p); written `true`, it is honoured (W0504).
+      renormalize: bool(router, "renormalize") === true,
       capacity: num(router, "capacity") ?? 0,
       overflowZero: member(router, "overflow") === "zero",
     });

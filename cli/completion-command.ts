@@ -1,0 +1,390 @@
+/**
+ * `moec completion bash|zsh|fish`: a shell completion script generated from the commander
+ * definitions in cli/main.ts (commands, subcommands, options, their values and arguments), so
+ * a new command or option completes without editing a list here.
+ */
+import type { Argument, Command, Option } from "commander";
+
+export const SHELLS = ["bash", "zsh", "fish"] as const;
+export type Shell = (typeof SHELLS)[number];
+
+/** One command as the scripts need it: where it sits, what follows it. */
+interface CommandInfo {
+  /** Names from the root, `[]` for moec itself, `["data", "gen"]`. */
+  path: string[];
+  description: string;
+  subcommands: CommandInfo[];
+  options: OptionInfo[];
+  args: ArgInfo[];
+}
+
+interface OptionInfo {
+  long?: string;
+  short?: string;
+  description: string;
+  /** `<value>` (required) or `[value]` (optional); none for a flag. */
+  value?: { name: string; optional: boolean; kind: ValueKind; choices?: readonly string[] };
+  /** Given more than once (`--dim B=2 --dim T=8`). */
+  repeatable: boolean;
+}
+
+interface ArgInfo {
+  name: string;
+  variadic: boolean;
+  kind: ValueKind;
+  choices?: readonly string[];
+}
+
+/** What a value completes to: `.moe` files, any path, or nothing (a number, a name). */
+type ValueKind = "moe" | "path" | "none";
+
+/** A value whose name or description says it is a path completes file names. */
+function valueKind(name: string, description: string): ValueKind {
+  if (/\.moe\b/.test(description) && !/bundle/.test(description)) return "moe";
+  if (/^(files?|dir|target|\[prefix=\]file)$/.test(name) || /\b(file|directory)\b/.test(name))
+    return "path";
+  return "none";
+}
+
+function describeCommand(cmd: Command, path: string[]): CommandInfo {
+  const help = cmd.createHelp();
+  const options = help.visibleOptions(cmd).map((o: Option): OptionInfo => {
+    const info: OptionInfo = {
+      description: o.description,
+      repeatable: o.parseArg !== undefined || o.variadic,
+    };
+    if (o.long !== undefined) info.long = o.long;
+    if (o.short !== undefined) info.short = o.short;
+    // The value's placeholder is the last word of the flags: `<file>`, `[dir]`, `<[prefix=]file>`.
+    const placeholder = o.flags.split(/\s+/).pop()!;
+    if ((o.required || o.optional) && /^[<[].*[>\]]$/.test(placeholder)) {
+      const valueName = placeholder.slice(1, -1);
+      info.value = {
+        name: valueName,
+        // Commander counts `<[prefix=]file>` as optional too: the outer bracket decides.
+        optional: placeholder.startsWith("["),
+        kind: valueKind(valueName, o.description),
+        ...(o.argChoices ? { choices: o.argChoices } : {}),
+      };
+    }
+    return info;
+  });
+  const args = cmd.registeredArguments.map((a: Argument): ArgInfo => ({
+    name: a.name(),
+    variadic: a.variadic,
+    kind: valueKind(a.name(), a.description),
+    ...(a.argChoices ? { choices: a.argChoices } : {}),
+  }));
+  return {
+    path,
+    description: cmd.description(),
+    subcommands: help
+      .visibleCommands(cmd)
+      .map((c: Command) => describeCommand(c, [...path, c.name()])),
+    options,
+    args,
+  };
+}
+
+/** The completion script for `shell`, from `program`'s definitions. */
+export function completionScript(program: Command, shell: Shell): string {
+  const root = describeCommand(program, []);
+  const name = program.name();
+  if (shell === "bash") return bashScript(name, root);
+  if (shell === "zsh") return zshScript(name, root);
+  return fishScript(name, root);
+}
+
+function allCommands(c: CommandInfo): CommandInfo[] {
+  return [c, ...c.subcommands.flatMap(allCommands)];
+}
+
+const flags = (o: OptionInfo) => [o.short, o.long].filter((f): f is string => f !== undefined);
+
+// ---------------------------------------------------------------- bash
+
+function bashScript(name: string, root: CommandInfo): string {
+  const fn = `_${name.replace(/\W/g, "_")}_completion`;
+  const commands = allCommands(root);
+  // One case arm per command path ("" is the root, "data gen" a subcommand).
+  const arm = (pick: (c: CommandInfo) => string) =>
+    commands.map((c) => `    ${bashWord(c.path.join(" "))}) echo ${bashWord(pick(c))} ;;`);
+  const words = (list: string[]) => list.join(" ");
+  const withValue = (c: CommandInfo, kind?: ValueKind) =>
+    words(
+      c.options
+        .filter((o) => o.value && (kind === undefined || o.value.kind === kind))
+        .flatMap(flags),
+    );
+  const choices = commands.flatMap((c) =>
+    c.options.flatMap((o) =>
+      o.value?.choices
+        ? flags(o).map(
+            (f) =>
+              `    ${bashWord(`${c.path.join(" ")}|${f}`)}) echo ${bashWord(o.value!.choices!.join(" "))} ;;`,
+          )
+        : [],
+    ),
+  );
+  const argKind = (c: CommandInfo) => {
+    const choices = c.args.find((a) => a.choices)?.choices;
+    if (choices) return `choice ${choices.join(" ")}`;
+    return c.args.find((a) => a.kind !== "none")?.kind ?? "none";
+  };
+  return `# ${name} completion for bash, generated by \`${name} completion bash\`.
+# Load it in this shell:  source <(${name} completion bash)
+# or for every shell:     ${name} completion bash > ~/.local/share/bash-completion/completions/${name}
+
+${fn}_subcommands() {
+  case "$1" in
+${arm((c) => words(c.subcommands.map((s) => s.path[s.path.length - 1]!))).join("\n")}
+  esac
+}
+
+${fn}_options() {
+  case "$1" in
+${arm((c) => words(c.options.flatMap(flags))).join("\n")}
+  esac
+}
+
+# Options that take a value (the next word), and those whose value is a path.
+${fn}_valued() {
+  case "$1" in
+${arm((c) => withValue(c)).join("\n")}
+  esac
+}
+
+${fn}_paths() {
+  case "$1" in
+${arm((c) => words([withValue(c, "path"), withValue(c, "moe")].filter((s) => s !== ""))).join("\n")}
+  esac
+}
+
+${fn}_choices() {
+  case "$1" in
+${choices.join("\n")}
+  esac
+}
+
+# What the command's arguments are: moe (.moe files), path (any file), choice WORD... or none.
+${fn}_arguments() {
+  case "$1" in
+${arm(argKind).join("\n")}
+  esac
+}
+
+${fn}_has() {
+  local word
+  for word in $2; do [[ "$word" == "$1" ]] && return 0; done
+  return 1
+}
+
+${fn}() {
+  local cur="\${COMP_WORDS[COMP_CWORD]}" prev="" path="" i word skip=0
+  COMPREPLY=()
+  # The command path: the words that name subcommands, skipping options and their values.
+  for ((i = 1; i < COMP_CWORD; i++)); do
+    word="\${COMP_WORDS[i]}"
+    if ((skip)); then
+      skip=0
+      continue
+    fi
+    if [[ "$word" == -* ]]; then
+      [[ "$word" != *=* ]] && ${fn}_has "$word" "$(${fn}_valued "$path")" && skip=1
+    elif ${fn}_has "$word" "$(${fn}_subcommands "$path")"; then
+      path="\${path:+$path }$word"
+    fi
+  done
+  ((COMP_CWORD > 1)) && prev="\${COMP_WORDS[COMP_CWORD - 1]}"
+  if [[ -n "$prev" && "$prev" == -* ]] && ${fn}_has "$prev" "$(${fn}_valued "$path")"; then
+    local choices
+    choices="$(${fn}_choices "$path|$prev")"
+    if [[ -n "$choices" ]]; then
+      mapfile -t COMPREPLY < <(compgen -W "$choices" -- "$cur")
+    elif ${fn}_has "$prev" "$(${fn}_paths "$path")"; then
+      compopt -o filenames 2>/dev/null
+      mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+    fi
+    return 0
+  fi
+  if [[ "$cur" == -* ]]; then
+    mapfile -t COMPREPLY < <(compgen -W "$(${fn}_options "$path")" -- "$cur")
+    return 0
+  fi
+  local subcommands
+  subcommands="$(${fn}_subcommands "$path")"
+  if [[ -n "$subcommands" ]]; then
+    mapfile -t COMPREPLY < <(compgen -W "$subcommands" -- "$cur")
+    return 0
+  fi
+  local arguments
+  arguments="$(${fn}_arguments "$path")"
+  case "$arguments" in
+    "choice "*)
+      mapfile -t COMPREPLY < <(compgen -W "\${arguments#choice }" -- "$cur")
+      ;;
+    moe)
+      compopt -o filenames 2>/dev/null
+      mapfile -t COMPREPLY < <(compgen -d -- "$cur"; compgen -f -X '!*.moe' -- "$cur")
+      ;;
+    path)
+      compopt -o filenames 2>/dev/null
+      mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+      ;;
+  esac
+  return 0
+}
+
+complete -F ${fn} ${name}
+`;
+}
+
+/** A bash word in single quotes. */
+function bashWord(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+// ---------------------------------------------------------------- zsh
+
+function zshScript(name: string, root: CommandInfo): string {
+  const fnOf = (c: CommandInfo) => `_${[name, ...c.path].join("_").replace(/\W/g, "_")}`;
+  const functions = allCommands(root).map((c) => {
+    const specs = c.options.map((o) => zshOptionSpec(o));
+    const lines: string[] = [];
+    if (c.subcommands.length > 0) {
+      specs.push(`'1: :->command'`, `'*:: :->args'`);
+      lines.push(`  local curcontext="$curcontext" state line`);
+      lines.push(`  typeset -A opt_args`);
+      lines.push(`  _arguments -C \\`);
+      lines.push(specs.map((s) => `    ${s}`).join(" \\\n"));
+      lines.push(`  case $state in`);
+      lines.push(`    command)`);
+      lines.push(`      local -a commands`);
+      lines.push(`      commands=(`);
+      for (const s of c.subcommands)
+        lines.push(
+          `        ${zshQuote(`${s.path[s.path.length - 1]!.replace(/:/g, "\\:")}:${s.description}`)}`,
+        );
+      lines.push(`      )`);
+      lines.push(`      _describe -t commands 'command' commands`);
+      lines.push(`      ;;`);
+      lines.push(`    args)`);
+      lines.push(`      case $line[1] in`);
+      for (const s of c.subcommands)
+        lines.push(`        ${zshQuote(s.path[s.path.length - 1]!)}) ${fnOf(s)} ;;`);
+      lines.push(`      esac`);
+      lines.push(`      ;;`);
+      lines.push(`  esac`);
+    } else {
+      c.args.forEach((a, i) => {
+        const action = a.choices ? `(${a.choices.join(" ")})` : zshAction(a.kind);
+        specs.push(zshQuote(`${a.variadic ? "*" : String(i + 1)}:${a.name}:${action}`));
+      });
+      if (specs.length === 0) lines.push(`  _message 'no arguments'`);
+      else {
+        lines.push(`  _arguments \\`);
+        lines.push(specs.map((s) => `    ${s}`).join(" \\\n"));
+      }
+    }
+    return `${fnOf(c)}() {\n${lines.join("\n")}\n}`;
+  });
+  return `#compdef ${name}
+# ${name} completion for zsh, generated by \`${name} completion zsh\`.
+# Load it in this shell:  source <(${name} completion zsh)
+# or for every shell: write it as _${name} in a folder of $fpath, before compinit runs.
+
+${functions.join("\n\n")}
+
+if [[ "$funcstack[1]" == "_${name}" ]]; then
+  _${name} "$@"
+else
+  compdef _${name} ${name}
+fi
+`;
+}
+
+function zshAction(kind: ValueKind): string {
+  return kind === "moe" ? "_files -g '*.moe'" : kind === "path" ? "_files" : " ";
+}
+
+/** An `_arguments` spec for an option: exclusions, names, description, its value. */
+function zshOptionSpec(o: OptionInfo): string {
+  const names = flags(o);
+  const description = `[${o.description.replace(/[\\[\]:]/g, (c) => `\\${c}`)}]`;
+  let value = "";
+  if (o.value) {
+    const action = o.value.choices ? `(${o.value.choices.join(" ")})` : zshAction(o.value.kind);
+    const message = o.value.name.replace(/[[\]]/g, "").replace(/:/g, "\\:");
+    value = `${o.value.optional ? "::" : ":"}${message}:${action}`;
+  }
+  const star = o.repeatable ? "*" : "";
+  if (names.length === 1) return zshQuote(`${star}${names[0]}${description}${value}`);
+  const exclude = o.repeatable ? "" : `(${names.join(" ")})`;
+  return `${zshQuote(exclude)}${star}{${names.join(",")}}${zshQuote(`${description}${value}`)}`;
+}
+
+/** A zsh word in single quotes. */
+function zshQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+// ---------------------------------------------------------------- fish
+
+function fishScript(name: string, root: CommandInfo): string {
+  const lines: string[] = [
+    `# ${name} completion for fish, generated by \`${name} completion fish\`.`,
+    `# Load it in this shell:  ${name} completion fish | source`,
+    `# or for every shell:     ${name} completion fish > ~/.config/fish/completions/${name}.fish`,
+    "",
+    `complete -c ${name} -f`,
+  ];
+  for (const c of allCommands(root)) {
+    // On the command's own words: every name of its path seen, none of its subcommands yet.
+    const seen = c.path.map((p) => `__fish_seen_subcommand_from ${fishWord(p)}`);
+    const subs = c.subcommands.map((s) => fishWord(s.path[s.path.length - 1]!));
+    const here = [
+      ...(c.path.length === 0 ? ["__fish_use_subcommand"] : seen),
+      ...(c.path.length > 0 && subs.length > 0
+        ? [`not __fish_seen_subcommand_from ${subs.join(" ")}`]
+        : []),
+    ].join("; and ");
+    const condition = `-n ${fishQuote(here)}`;
+    lines.push("", `# ${[name, ...c.path].join(" ")}`);
+    for (const s of c.subcommands)
+      lines.push(
+        `complete -c ${name} ${condition} -a ${fishQuote(s.path[s.path.length - 1]!)} -d ${fishQuote(s.description)}`,
+      );
+    for (const o of c.options) {
+      const parts = [`complete -c ${name}`, condition];
+      if (o.short) parts.push(`-s ${o.short.replace(/^-/, "")}`);
+      if (o.long) parts.push(`-l ${o.long.replace(/^--/, "")}`);
+      if (o.value) {
+        if (o.value.choices) parts.push(`-x -a ${fishQuote(o.value.choices.join(" "))}`);
+        else if (o.value.kind === "none") parts.push("-x");
+        else parts.push("-r -F");
+      }
+      parts.push(`-d ${fishQuote(o.description)}`);
+      lines.push(parts.join(" "));
+    }
+    if (subs.length === 0) {
+      const kind = c.args.find((a) => a.kind !== "none")?.kind;
+      const choices = c.args.find((a) => a.choices)?.choices;
+      if (choices)
+        lines.push(`complete -c ${name} ${condition} -a ${fishQuote(choices.join(" "))}`);
+      else if (kind === "moe")
+        lines.push(`complete -c ${name} ${condition} -k -a '(__fish_complete_suffix .moe)'`);
+      else if (kind === "path") lines.push(`complete -c ${name} ${condition} -F`);
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+/** A fish word in single quotes. */
+function fishQuote(s: string): string {
+  return `'${s.replace(/[\\']/g, (c) => `\\${c}`)}'`;
+}
+
+/** A fish word: as it is when plain (a command name), else quoted. */
+function fishWord(s: string): string {
+  return /^[\w.-]+$/.test(s) ? s : fishQuote(s);
+}
