@@ -307,46 +307,54 @@ describe("moec train", () => {
     expect(state.evalTaskAccuracy).toEqual(evals[1]!.task_accuracy);
   });
 
-  it("resumes a run killed with SIGKILL to the uninterrupted run's weights, bit for bit", async () => {
-    const args = (out: string) => [
-      "train",
-      classifier,
-      "--data",
-      sequences,
-      "--batch",
-      "4",
-      "--steps",
-      "3000",
-      "--save-every",
-      "25",
-      "--out",
-      out,
-    ];
-    const whole = path.join(tmp, "whole");
-    expect(moec(args(whole)).code).toBe(0);
-    const killed = path.join(tmp, "killed");
-    const child: ChildProcess = spawn(process.execPath, [...moecNodeArgs, ...args(killed)], {
-      cwd: root,
-      stdio: "ignore",
-    });
-    const exited = new Promise<number | null>((resolve) =>
-      child.on("exit", (code) => resolve(code)),
-    );
-    // Kill it once it has written its second checkpoint, mid-run.
-    const deadline = Date.now() + 200_000;
-    while (Date.now() < deadline && !fs.existsSync(path.join(killed, "ckpt-50")))
-      await new Promise((r) => setTimeout(r, 5));
-    child.kill("SIGKILL");
-    await exited;
-    const kept = fs.readdirSync(killed).filter((d) => d.startsWith("ckpt-"));
-    expect(kept.length).toBeGreaterThan(0);
-    expect(kept).not.toContain("ckpt-3000"); // it was killed before the end
-    const resumed = moec([...args(killed), "--resume"]);
-    expect(resumed.code).toBe(0);
-    expect(resumed.stdout).toMatch(/resumed after step \d+/);
-    for (const file of ["model.safetensors", "optimizer.safetensors"])
-      expectSameTensors(path.join(whole, "ckpt-3000", file), path.join(killed, "ckpt-3000", file));
-  });
+  // 3000 steps twice: a minute on an idle machine, more on a loaded one.
+  it(
+    "resumes a run killed with SIGKILL to the uninterrupted run's weights, bit for bit",
+    { timeout: 240_000 },
+    async () => {
+      const args = (out: string) => [
+        "train",
+        classifier,
+        "--data",
+        sequences,
+        "--batch",
+        "4",
+        "--steps",
+        "3000",
+        "--save-every",
+        "25",
+        "--out",
+        out,
+      ];
+      const whole = path.join(tmp, "whole");
+      expect(moec(args(whole)).code).toBe(0);
+      const killed = path.join(tmp, "killed");
+      const child: ChildProcess = spawn(process.execPath, [...moecNodeArgs, ...args(killed)], {
+        cwd: root,
+        stdio: "ignore",
+      });
+      const exited = new Promise<number | null>((resolve) =>
+        child.on("exit", (code) => resolve(code)),
+      );
+      // Kill it once it has written its second checkpoint, mid-run.
+      const deadline = Date.now() + 200_000;
+      while (Date.now() < deadline && !fs.existsSync(path.join(killed, "ckpt-50")))
+        await new Promise((r) => setTimeout(r, 5));
+      child.kill("SIGKILL");
+      await exited;
+      const kept = fs.readdirSync(killed).filter((d) => d.startsWith("ckpt-"));
+      expect(kept.length).toBeGreaterThan(0);
+      expect(kept).not.toContain("ckpt-3000"); // it was killed before the end
+      const resumed = moec([...args(killed), "--resume"]);
+      expect(resumed.code).toBe(0);
+      expect(resumed.stdout).toMatch(/resumed after step \d+/);
+      for (const file of ["model.safetensors", "optimizer.safetensors"])
+        expectSameTensors(
+          path.join(whole, "ckpt-3000", file),
+          path.join(killed, "ckpt-3000", file),
+        );
+    },
+  );
 
   it(
     "a run killed with SIGKILL in the middle of a save resumes to the same bytes",
