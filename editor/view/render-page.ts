@@ -150,8 +150,12 @@ function renderRoutingLayer(
     );
   const parts: string[] = [];
   if (l.tokensPerExpert || l.share) parts.push(heatStrip(l, e, balanced));
-  if (l.entropy !== undefined && !l.tokensPerExpert && !l.share)
-    parts.push(entropyBar(l.entropy, e));
+  // Mixture of tokens: how evenly a token's mass spreads (the router's entropy when the run
+  // reported it, else the entropy of the mean share, as metrics.jsonl defines it).
+  if (l.entropy !== undefined && (moe?.router === "TokenMix" || (!l.tokensPerExpert && !l.share)))
+    parts.push(entropyBar(l.entropy, e, "router entropy"));
+  else if (l.entropy === undefined && moe?.router === "TokenMix" && l.share)
+    parts.push(entropyBar(shareEntropy(l.share), e, "entropy of the mean share"));
   if (l.groupWeights) parts.push(groupBars(l.groupWeights));
   if (l.trace) parts.push(traceGrid(l, e, maxTokens));
   return `<article class="routing-layer" id="routing-${esc(anchor(l.layer))}" data-layer="${esc(l.layer)}">
@@ -210,10 +214,15 @@ function groupBars(weights: readonly number[]): string {
   return `<figure class="groups"><figcaption>group weights (mean over tokens)</figcaption><svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${bars}</svg></figure>`;
 }
 
-function entropyBar(entropy: number, e: number): string {
+/** −Σ s·ln s in nats. */
+export function shareEntropy(share: readonly number[]): number {
+  return -share.reduce((a, s) => (s > 0 ? a + s * Math.log(s) : a), 0);
+}
+
+function entropyBar(entropy: number, e: number, what: string): string {
   const max = Math.log(Math.max(2, e));
   const t = Math.max(0, Math.min(1, entropy / max));
-  return `<figure class="entropy-bar"><figcaption>router entropy: ${num(entropy)} of ${num(max)} nats (uniform)</figcaption><svg viewBox="0 0 320 20" width="320" height="20"><rect x="0" y="2" width="320" height="16" fill="#eee"/><rect class="entropy-fill" x="0" y="2" width="${(320 * t).toFixed(1)}" height="16" fill="#9467bd"/></svg></figure>`;
+  return `<figure class="entropy-bar" data-entropy="${entropy}"><figcaption>${esc(what)}: ${num(entropy)} of ${num(max)} nats (uniform)</figcaption><svg viewBox="0 0 320 20" width="320" height="20"><rect x="0" y="2" width="320" height="16" fill="#eee"/><rect class="entropy-fill" x="0" y="2" width="${(320 * t).toFixed(1)}" height="16" fill="#9467bd"/></svg></figure>`;
 }
 
 /** Tokens × experts: a filled cell where a token went, shaded by its weight; hover a column. */
