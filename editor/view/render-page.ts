@@ -86,7 +86,7 @@ function renderBox(box: ViewBox, ctx: BoxContext, depth: number): string {
       ? `<span class="params">no parameters</span>`
       : `<span class="params" title="${esc(box.total.toLocaleString("en-US"))} parameters, ${esc(box.active.toLocaleString("en-US"))} used per token">${esc(shortCount(box.total))}${box.active !== box.total ? ` · ${esc(shortCount(box.active))} active` : ""}</span>`;
   const src = box.source
-    ? `<a class="src" href="${esc(href(ctx, box.source))}" title="${esc(box.source.file)}:${box.source.line}">${esc(ctx.show(box.source.file))}:${box.source.line}</a>`
+    ? `<a class="src" href="${esc(href(ctx, box.source))}" data-file="${esc(box.source.file)}" data-line="${box.source.line}" data-column="${box.source.column}" title="${esc(box.source.file)}:${box.source.line}">${esc(ctx.show(box.source.file))}:${box.source.line}</a>`
     : "";
   const attrs = `data-path="${esc(box.path)}" data-kind="${box.kind}" data-role="${box.role}" data-total="${box.total}" data-active="${box.active}"${box.count !== undefined ? ` data-count="${box.count}"` : ""}${box.task !== undefined ? ` data-task="${esc(box.task)}"` : ""}`;
   const inner = box.children.map((c) => renderBox(c, ctx, depth + 1)).join("");
@@ -313,8 +313,13 @@ const SCRIPT = `
   var e=document.getElementById("expand-all"),c=document.getElementById("collapse-all");
   if(e)e.addEventListener("click",function(){all(true);});
   if(c)c.addEventListener("click",function(){all(false);});
-  // A link to a layer's routing opens nothing; one into a collapsed stack opens its parents.
-  document.querySelectorAll("a.to-routing").forEach(function(a){a.addEventListener("click",function(){
-    var t=document.getElementById(a.getAttribute("href").slice(1));if(t)t.scrollIntoView();});});
+  // In VS Code's webview (moec: Show model) a source link asks the extension to open the file.
+  if(typeof acquireVsCodeApi==="function"){
+    var vscode=acquireVsCodeApi();
+    document.querySelectorAll("a.src").forEach(function(a){a.addEventListener("click",function(ev){
+      ev.preventDefault();
+      vscode.postMessage({command:"open",file:a.dataset.file,line:Number(a.dataset.line),column:Number(a.dataset.column)});
+    });});
+  }
 })();
 `;
