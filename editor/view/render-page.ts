@@ -171,12 +171,13 @@ function heatStrip(l: RoutingLayer, e: number, balanced: number): string {
   const cw = Math.max(18, Math.min(48, Math.floor(640 / Math.max(1, e + 1))));
   const maxShare = Math.max(balanced * 2, ...share);
   const barH = 90;
-  const W = (e + 1) * cw + 60;
+  const W = (e + 1) * cw + 140;
   const H = 28 + barH + 36;
   const cells: string[] = [];
   for (let i = 0; i < e; i++) {
     const s = share[i] ?? 0;
-    const tokens = l.tokensPerExpert?.[i];
+    // A trace-derived count list ends at the last expert that got a token.
+    const tokens = l.tokensPerExpert ? (l.tokensPerExpert[i] ?? 0) : undefined;
     const x = 40 + i * cw;
     const h = (s / maxShare) * barH;
     const tip = `expert ${i}: ${tokens !== undefined ? `${tokens} tokens, ` : ""}share ${(100 * s).toFixed(1)}% (balanced ${(100 * balanced).toFixed(1)}%)`;
@@ -195,8 +196,8 @@ function heatStrip(l: RoutingLayer, e: number, balanced: number): string {
   return `<svg class="heatmap" data-experts="${e}" viewBox="0 0 ${W} ${H}" width="${W}" height="${H}" role="img" aria-label="tokens per expert">
 <text x="36" y="16" text-anchor="end" class="tick">${l.tokensPerExpert ? "tokens" : "share %"}</text><text x="36" y="${28 + barH / 2}" text-anchor="end" class="tick">share</text>
 ${cells.join("")}${dropped}
-<line class="balanced" x1="38" x2="${40 + e * cw}" y1="${yb}" y2="${yb}"><title>balanced share 1/${e} = ${(100 * balanced).toFixed(1)}%</title></line>
-<text x="${40 + e * cw}" y="${yb - 3}" text-anchor="end" class="tick balanced-label">balanced ${(100 * balanced).toFixed(1)}%</text>
+<line class="balanced" x1="38" x2="${40 + (e + 1) * cw + 6}" y1="${yb}" y2="${yb}"><title>balanced share 1/${e} = ${(100 * balanced).toFixed(1)}%</title></line>
+<text x="${40 + (e + 1) * cw + 10}" y="${yb + 3}" class="tick balanced-label">balanced ${(100 * balanced).toFixed(1)}%</text>
 <text x="40" y="${H - 4}" class="tick">expert</text></svg>`;
 }
 

@@ -145,9 +145,24 @@ export function mergeRouting(
 ): RoutingLayer[] {
   const out = stats.map((s) => ({ ...s }));
   for (const [layer, trace] of traces) {
-    const found = out.find((s) => s.layer === layer);
+    let found = out.find((s) => s.layer === layer);
     if (found) found.trace = trace;
-    else out.push({ layer, other: [], trace });
+    else {
+      found = { layer, other: [], trace };
+      out.push(found);
+    }
+    // A trace alone still gives the heat map: each expert's assignments, and the dropped ones.
+    if (!found.tokensPerExpert && trace.choices.length > 0) {
+      const counts: number[] = [];
+      let dropped = 0;
+      for (const row of trace.choices)
+        for (const c of row) {
+          if (c.expert < 0) dropped++;
+          else counts[c.expert] = (counts[c.expert] ?? 0) + 1;
+        }
+      found.tokensPerExpert = Array.from(counts, (n) => n ?? 0);
+      found.dropped ??= dropped;
+    }
   }
   return out;
 }

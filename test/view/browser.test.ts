@@ -106,6 +106,7 @@ describe.skipIf(!haveChromium)("moec view in Chromium", () => {
 
   it("draws a reference run's routing: one cell per expert with its tokens", async () => {
     const stats = path.join(artifacts, "mixtral-stats.json");
+    const trace = path.join(artifacts, "mixtral-trace.safetensors");
     const dims = ["--dim", "B=2", "--dim", "T=8"];
     const sizes = ["--set", "layers=1", "--set", "d=16", "--set", "hidden=32", "--set", "vocab=64"];
     const run = moec([
@@ -117,9 +118,23 @@ describe.skipIf(!haveChromium)("moec view in Chromium", () => {
       "--json",
       "--backend",
       "reference",
+      "--trace-routing",
+      trace,
     ]);
     expect(run.code, run.stderr).toBe(0);
     fs.writeFileSync(stats, run.stdout);
+    // A run's metrics as `moec train` writes them, its last line cut short.
+    const metrics = path.join(artifacts, "metrics.jsonl");
+    const lines = Array.from({ length: 20 }, (_, i) =>
+      JSON.stringify({
+        step: i + 1,
+        loss: 3 / (i + 1),
+        grad_norm: 1,
+        lr: 1e-3,
+        routing: { "layers.0.block_sparse_moe": { entropy: 2, min: 0.1, max: 0.2 } },
+      }),
+    );
+    fs.writeFileSync(metrics, [...lines, '{"step":21,"lo'].join("\n"));
     const html = path.join(artifacts, "mixtral-routing.html");
     const view = moec([
       "view",
@@ -128,6 +143,10 @@ describe.skipIf(!haveChromium)("moec view in Chromium", () => {
       ...dims,
       "--stats",
       stats,
+      "--trace-routing",
+      trace,
+      "--metrics",
+      metrics,
       "-o",
       html,
     ]);
@@ -153,6 +172,14 @@ describe.skipIf(!haveChromium)("moec view in Chromium", () => {
       expect(await cells.first().locator("title").textContent()).toContain(
         `expert 0: ${expected.tokens_per_expert[0]} tokens`,
       );
+      // Each of the B·T = 16 tokens has a column naming its two experts.
+      const columns = article.locator("g.trace-token");
+      expect(await columns.count()).toBe(16);
+      expect(await columns.first().locator("title").textContent()).toMatch(
+        /^token 0: expert \d+ \([\d.e-]+\), expert \d+ /,
+      );
+      expect(await page.locator("figure.chart").count()).toBeGreaterThanOrEqual(4);
+      expect(await page.locator("#training").textContent()).toContain("1 unreadable line skipped");
       expect(errors).toEqual([]);
     } finally {
       await page.close();

@@ -12,7 +12,8 @@ import { parseMetrics } from "../../editor/view/metrics-data.js";
 import { type ModelView, type ViewBox, componentBoxes } from "../../editor/view/model-view.js";
 import { renderPage } from "../../editor/view/render-page.js";
 import { mergeRouting, parseStats, parseTrace } from "../../editor/view/routing-data.js";
-import { moec, root } from "../cli/moec-cli.js";
+import { spawnSync } from "node:child_process";
+import { moec, moecNodeArgs, root } from "../cli/moec-cli.js";
 
 const examples = fs
   .readdirSync(path.join(root, "examples"))
@@ -203,6 +204,21 @@ describe("routing", () => {
     expect(tokens.some((t) => t[2]!.includes("groups [0, 0, 1]"))).toBe(true);
   });
 
+  it("derives the heat map from a trace alone", () => {
+    const traces = parseTrace(
+      new Map([
+        ["layers.0.block_sparse_moe.experts", { shape: [3, 2], data: [0, 3, 3, -1, 0, 3] }],
+      ]),
+    );
+    const html = renderPage({
+      model: viewOf("examples/mixtral.moe"),
+      routing: mergeRouting([], traces),
+    });
+    const cells = elements(html, "heat-cell");
+    expect(cells.map((c) => Number(c.get("data-tokens")))).toEqual([2, 0, 0, 3, 0, 0, 0, 0]);
+    expect(elements(html, "heat-dropped")[0]!.get("data-dropped")).toBe("1");
+  });
+
   it("rejects a file that is not stats", () => {
     expect(() => parseStats({ model: "M", outputs: [] })).toThrow(/no "routing" object/);
   });
@@ -274,6 +290,40 @@ describe("moec view", () => {
     expect(html).not.toMatch(/url\(\s*["']?https?:/);
     const expected = JSON.parse(run.stdout).routing.moe.tokens_per_expert as number[];
     expect(elements(html, "heat-cell").map((c) => Number(c.get("data-tokens")))).toEqual(expected);
+  });
+
+  it("--open runs xdg-open on the page, and says so when there is none", () => {
+    const bin = path.join(dir, "bin");
+    fs.mkdirSync(bin, { recursive: true });
+    const opened = path.join(dir, "opened.txt");
+    fs.writeFileSync(path.join(bin, "xdg-open"), `#!/bin/sh\nprintf '%s' "$1" > '${opened}'\n`, {
+      mode: 0o755,
+    });
+    const out = path.join(dir, "open.html");
+    const run = (PATH: string) =>
+      spawnSync(
+        process.execPath,
+        [...moecNodeArgs, "view", "examples/symbol-maps.moe", "-o", out, "--open"],
+        {
+          cwd: root,
+          encoding: "utf8",
+          env: { ...process.env, PATH },
+        },
+      );
+    const nodeDir = path.dirname(process.execPath);
+    const r = run(`${bin}${path.delimiter}${nodeDir}`);
+    expect(r.status, r.stderr).toBe(0);
+    // The opener is detached: wait for it briefly.
+    const until = Date.now() + 5000;
+    while (!fs.existsSync(opened) && Date.now() < until)
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+    expect(fs.readFileSync(opened, "utf8")).toBe(out);
+    // Nothing on PATH (the CLI itself is started by its absolute path).
+    const empty = path.join(dir, "empty");
+    fs.mkdirSync(empty, { recursive: true });
+    const none = run(empty);
+    expect(none.status).toBe(0);
+    expect(none.stderr).toContain("--open: no xdg-open on this machine");
   });
 
   it("reports unreadable inputs in one line", () => {
