@@ -70,6 +70,13 @@ export function runView(file: string, options: ViewOptions): number {
     if (err instanceof RoutingDataError) throw new CliError(err.message);
     throw err;
   }
+  // Stats of another model (or of a train program, `net.moe`) still draw, but say so.
+  const known = new Set(result.view.moes.map((m) => m.path));
+  const stray = (routing ?? []).filter((l) => !known.has(l.layer)).map((l) => l.layer);
+  if (stray.length > 0)
+    process.stderr.write(
+      `moec: warning: routing data for ${stray.slice(0, 3).join(", ")}${stray.length > 3 ? ", ..." : ""}, not an MoE layer of ${result.view.name} (its MoE layers: ${[...known].join(", ") || "none"})\n`,
+    );
   let metrics;
   if (options.metrics !== undefined) {
     metrics = parseMetrics(readText(options.metrics, "--metrics"));

@@ -288,6 +288,7 @@ describe("moec view", () => {
     // Nothing is fetched: no external script, style, image or font.
     expect(html).not.toMatch(/<(script|link|img)[^>]+(src|href)="https?:/);
     expect(html).not.toMatch(/url\(\s*["']?https?:/);
+    expect(r.stderr).toBe("");
     const expected = JSON.parse(run.stdout).routing.moe.tokens_per_expert as number[];
     expect(elements(html, "heat-cell").map((c) => Number(c.get("data-tokens")))).toEqual(expected);
   });
@@ -324,6 +325,23 @@ describe("moec view", () => {
     const none = run(empty);
     expect(none.status).toBe(0);
     expect(none.stderr).toContain("--open: no xdg-open on this machine");
+  });
+
+  it("warns about routing data of layers the model does not have", () => {
+    const stats = path.join(dir, "other.json");
+    fs.writeFileSync(stats, JSON.stringify({ routing: { "net.moe": { share: [0.5, 0.5] } } }));
+    const r = moec([
+      "view",
+      "examples/symbol-maps.moe",
+      "--stats",
+      stats,
+      "-o",
+      path.join(dir, "w.html"),
+    ]);
+    expect(r.code).toBe(0);
+    expect(r.stderr).toBe(
+      "moec: warning: routing data for net.moe, not an MoE layer of Mapper (its MoE layers: moe)\n",
+    );
   });
 
   it("reports unreadable inputs in one line", () => {
