@@ -141,9 +141,10 @@ export function buildModelView(input: ModelViewInput): ModelView {
                 ? "adapter"
                 : "module";
       if (inMoe && role === "module") {
+        // The experts themselves (`experts.3`, `experts.0.2` in groups), not their insides.
         const rel = node.path.slice(inMoe.path.length + 1);
-        if (/^experts(\.|$)/.test(rel)) role = "expert";
-        else if (/^shared(\.|$)/.test(rel)) role = "shared";
+        if (/^experts(\.\d+)+$/.test(rel)) role = "expert";
+        else if (/^shared(\.\d+)+$/.test(rel)) role = "shared";
       }
       const box: ViewBox = {
         kind: "component",
@@ -183,8 +184,8 @@ export function buildModelView(input: ModelViewInput): ModelView {
       let role: ViewBox["role"] = "group";
       if (inMoe) {
         const rel = node.path.slice(inMoe.path.length + 1);
-        if (/^experts(\.|$)/.test(rel)) role = "expert";
-        else if (/^shared(\.|$)/.test(rel)) role = "shared";
+        if (/^experts(\.\d+)*$/.test(rel)) role = "expert";
+        else if (/^shared(\.\d+)*$/.test(rel)) role = "shared";
       }
       const box: ViewBox = {
         kind: "stack",

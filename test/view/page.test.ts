@@ -102,6 +102,42 @@ describe("model boxes", () => {
     expect(moe.inputs[0]!.type).toBe("f32[..., 64]");
   });
 
+  it("draws shared experts apart from the routed ones", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moec-view-shared-"));
+    try {
+      const file = path.join(dir, "shared.moe");
+      fs.writeFileSync(
+        file,
+        [
+          "import std.nn { FFN }",
+          "import std.route { MoE, TopK }",
+          "model Shared(d: Dim = 8) {",
+          "  in x: f32[B, d]",
+          "  out y: f32[B, d]",
+          "  moe = MoE(router: TopK(2), experts: [FFN(d, 16); 4], shared: [FFN(d, 32)])",
+          "  y = moe(x)",
+          "}",
+        ].join("\n"),
+      );
+      const analysis = analyze([file], nodeFileSystem());
+      const r = modelViewOf(analysis, file, undefined, new Map(), new Map());
+      if (!("view" in r)) throw new Error(JSON.stringify(r));
+      const moe = r.view.root.children[0]!;
+      expect(moe.children.map((c) => [c.name, c.kind, c.role, c.count])).toEqual([
+        ["router", "component", "router", undefined],
+        ["experts", "stack", "expert", 4],
+        ["shared", "stack", "shared", 1],
+      ]);
+      const shared = moe.children[2]!.children[0]!;
+      // Every token runs the shared expert whole; the routed ones 2 of 4.
+      expect(shared.active).toBe(shared.total);
+      expect(moe.children[1]!.active).toBe(moe.children[1]!.total / 2);
+      expect(renderPage({ model: r.view })).toContain("shared experts: every token");
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("groups per-task adapters by task and substitutes --dim sizes (task-moe)", () => {
     const view = viewOf("examples/task-moe.moe", new Map([["B", 2]]));
     const group = componentBoxes(view.root)
