@@ -13,6 +13,8 @@ export interface Series {
 export interface MetricsView {
   /** Chart title → its series (one chart per group: loss, lr, grad norm, ...). */
   charts: { title: string; series: Series[] }[];
+  /** Per MoE layer, each step's expert shares (the step lines' `routing.<layer>.share`). */
+  shares: { layer: string; steps: number[]; share: number[][] }[];
   steps: number;
   evals: number;
   skipped: number;
@@ -38,6 +40,7 @@ export function parseMetrics(text: string): MetricsView {
     if (!c.has(name)) c.set(name, []);
     c.get(name)!.push([step, v]);
   };
+  const shares = new Map<string, { steps: number[]; share: number[][] }>();
   let steps = 0;
   let evals = 0;
   let skipped = 0;
@@ -80,6 +83,12 @@ export function parseMetrics(text: string): MetricsView {
       add("routing: least / most used expert share", `${layer} min`, step, rec.min);
       add("routing: least / most used expert share", `${layer} max`, step, rec.max);
       add("routing: share entropy (nats)", layer, step, rec.entropy);
+      const share = rec.share;
+      if (Array.isArray(share) && share.every((x) => typeof x === "number")) {
+        if (!shares.has(layer)) shares.set(layer, { steps: [], share: [] });
+        shares.get(layer)!.steps.push(step);
+        shares.get(layer)!.share.push(share as number[]);
+      }
     }
   }
   const order = [
@@ -97,7 +106,13 @@ export function parseMetrics(text: string): MetricsView {
       title,
       series: [...series.get(title)!].map(([name, points]) => ({ name, points })),
     }));
-  return { charts, steps, evals, skipped };
+  return {
+    charts,
+    shares: [...shares].map(([layer, v]) => ({ layer, ...v })),
+    steps,
+    evals,
+    skipped,
+  };
 }
 
 function asRecord(v: unknown): Record<string, unknown> {

@@ -43,7 +43,8 @@ ${input.routing.length === 0 ? `<p>No MoE layer in the routing data.</p>` : inpu
   if (input.metrics) {
     const m = input.metrics;
     sections.push(`<section id="training"><h2>Training</h2><p class="from">${input.sources?.metrics ? `from ${esc(input.sources.metrics)}: ` : ""}${m.steps} step lines, ${m.evals} evaluation lines${m.skipped ? `, ${m.skipped} unreadable line${m.skipped === 1 ? "" : "s"} skipped` : ""}</p>
-<div class="charts">${m.charts.map((c) => lineChart(c.title, c.series)).join("\n")}</div></section>`);
+<div class="charts">${m.charts.map((c) => lineChart(c.title, c.series)).join("\n")}</div>
+${m.shares.map((s) => shareOverSteps(s)).join("\n")}</section>`);
   }
   const nav = [
     `<a href="#model">model</a>`,
@@ -213,6 +214,39 @@ function groupBars(weights: readonly number[]): string {
     })
     .join("");
   return `<figure class="groups"><figcaption>group weights (mean over tokens)</figcaption><svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${bars}</svg></figure>`;
+}
+
+/** Each expert's share at each step of training: rows experts, columns steps (at most 600, and 20,000 cells). */
+function shareOverSteps(s: MetricsView["shares"][number]): string {
+  const e = Math.max(0, ...s.share.map((r) => r.length));
+  if (e === 0 || s.steps.length === 0) return "";
+  // Long runs: every k-th step, so the map stays a page wide.
+  const k = Math.max(1, Math.ceil(s.steps.length / 600), Math.ceil((s.steps.length * e) / 20000));
+  const cols = s.steps
+    .map((step, i) => ({ step, share: s.share[i]! }))
+    .filter((_, i) => i % k === 0);
+  const cw = Math.max(1, Math.min(8, Math.floor(900 / cols.length)));
+  const ch = Math.max(4, Math.min(14, Math.floor(160 / e)));
+  const max = Math.max(1e-9, ...cols.flatMap((c) => c.share));
+  const W = 40 + cols.length * cw + 10;
+  const H = e * ch + 20;
+  const cells = cols
+    .map((c, x) =>
+      c.share
+        .map(
+          (v, y) =>
+            `<rect x="${40 + x * cw}" y="${y * ch}" width="${cw}" height="${ch}" fill="${heat(v / max)}"><title>step ${c.step}, expert ${y}: ${(100 * v).toFixed(1)}%</title></rect>`,
+        )
+        .join(""),
+    )
+    .join("");
+  const labels = Array.from(
+    { length: e },
+    (_, i) =>
+      `<text x="36" y="${i * ch + ch - 1}" text-anchor="end" class="tick">${e <= 16 || i % 4 === 0 ? i : ""}</text>`,
+  ).join("");
+  return `<figure class="share-steps" data-layer="${esc(s.layer)}" data-steps="${cols.length}"><figcaption>${esc(s.layer)}: each expert's share per step (rows: experts; darker: more; balanced ${(100 / e).toFixed(1)}%)</figcaption>
+<svg viewBox="0 0 ${W} ${H}" width="${W}" height="${H}">${labels}${cells}<text x="40" y="${H - 4}" class="tick">step ${cols[0]!.step} → ${cols[cols.length - 1]!.step}</text></svg></figure>`;
 }
 
 /** −Σ s·ln s in nats. */

@@ -293,6 +293,9 @@ describe("metrics", () => {
     );
     const html = renderPage({ model: viewOf("examples/symbol-maps.moe"), metrics: m });
     expect(html).toContain("1 unreadable line skipped");
+    // The step's expert shares, one cell per expert.
+    expect(m.shares).toEqual([{ layer: "net.moe", steps: [1], share: [[0.5, 0.5]] }]);
+    expect(html).toContain("<title>step 1, expert 1: 50.0%</title>");
     expect(
       [...html.matchAll(/<polyline class="series" data-series="([^"]+)"/g)].map((x) => x[1]),
     ).toContain("grad_norm");
