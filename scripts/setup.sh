@@ -11,7 +11,8 @@
 # When /usr/bin/chromium is missing it also installs Debian's `chromium` (apt, as root or
 # through sudo): test/view/browser.test.ts opens `moec view`'s pages in it headless through
 # playwright-core (no Playwright browser download). `--no-browser` (or MOEC_SETUP_BROWSER=0)
-# skips that; without root or sudo it is skipped with a note, and so is that test.
+# skips that; without root or sudo, or when apt cannot install it, setup goes on with a
+# warning and that test skips, saying why.
 set -euo pipefail
 
 bench="${MOEC_SETUP_BENCH:-0}"
@@ -87,10 +88,16 @@ if [ "$browser" = 1 ]; then
       step "browser: no /usr/bin/chromium and not root without sudo: the browser test will skip (apt-get install chromium as root to run it)"
     else
       step "browser: installing Debian's chromium (apt) for the view tests ..."
-      { $SUDO apt-get update -qq &&
-        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >>"$log" 2>&1 ||
-        fail "apt-get install chromium failed (scripts/setup.sh --no-browser skips it)"
-      step "browser: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) installed"
+      # A machine that cannot install it (no package mirror) still gets set up: the browser
+      # test then skips, saying why; everything else runs.
+      if { $SUDO apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >>"$log" 2>&1 &&
+        [ -x /usr/bin/chromium ]; then
+        step "browser: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) installed"
+      else
+        tail -n 5 "$log" >&2
+        step "browser: WARNING: apt-get install chromium failed (see above); test/view/browser.test.ts will skip"
+      fi
     fi
   fi
   : >"$log"
