@@ -57,7 +57,7 @@ ${m.shares.map((s) => shareOverSteps(s)).join("\n")}</section>`);
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
 <title>moec view: ${esc(model.name)}</title><style>${STYLE}</style></head>
-<body><header><h1>${esc(model.name)}</h1><p>${esc(show(model.file))} · <nav>${nav}</nav></p></header>
+<body><header><h1>${esc(model.name)}</h1><div class="meta">${esc(show(model.file))} · <nav>${nav}</nav></div></header>
 ${sections.join("\n")}
 <script>${SCRIPT}</script></body></html>
 `;
@@ -309,7 +309,7 @@ function traceGrid(l: RoutingLayer, e: number, maxTokens: number): string {
 
 const STYLE = `
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 24px 48px;color:#222;background:#fafafa}
-header h1{margin:16px 0 0;font-size:22px}header p{margin:2px 0 12px;color:#555}
+header h1{margin:16px 0 0;font-size:22px}header .meta{margin:2px 0 12px;color:#555}header nav{display:inline}
 h2{border-bottom:1px solid #ccc;padding-bottom:2px;margin-top:28px}
 .summary button{font-size:12px}
 .box{border:1px solid #8aa;border-radius:6px;background:#fff;margin:6px 0;padding:4px 8px}
