@@ -11,6 +11,7 @@ import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
 import { type ParamsOptions, runParams } from "./params-command.js";
 import type { TrainOptions } from "./train-command.js";
+import type { ViewOptions } from "./view-command.js";
 import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
 
 const program = new Command();
@@ -55,6 +56,34 @@ program
   .option("--json", "machine-readable report")
   .action((file: string, opts: ParamsOptions) => {
     process.exitCode = runParams(file, opts);
+  });
+
+program
+  .command("view")
+  .description(
+    "write one self-contained HTML page: the model's diagram, its routing from a run's files, training curves",
+  )
+  .argument("<file>", ".moe file")
+  .option("--model <name>", "the model to draw (default: the last model in the file)")
+  .option("--set <name=value>", "override a model parameter (repeatable)", collect)
+  .option(
+    "--dim <name=size>",
+    "size of a free input dimension, shown in shapes (repeatable)",
+    collect,
+  )
+  .option("--stats <file>", "routing statistics: the JSON `moec run --stats --json` prints")
+  .option(
+    "--trace-routing <file>",
+    "per-token routing: the safetensors `moec run --trace-routing` writes",
+  )
+  .option("--metrics <file>", "training curves from a run's metrics.jsonl")
+  .option("-o, --output <file>", "the HTML file to write (default: <model>.html)")
+  .option("--links <kind>", "source links: vscode (default, vscode://file/...) or file")
+  .option("--open", "open the page with xdg-open when there is one")
+  .action(async (file: string, opts: ViewOptions) => {
+    // Loaded lazily: only this command needs the page builder.
+    const { runView } = await import("./view-command.js");
+    process.exitCode = runView(file, opts);
   });
 
 program

@@ -7,14 +7,22 @@
 # `--bench` (or MOEC_SETUP_BENCH=1) also installs what `npm run bench`'s PyTorch peer needs:
 # Debian's python3-torch and OpenBLAS (apt, as root or through sudo), unless the system
 # python3 already imports torch. CI runs setup.sh without it: no test needs torch.
+#
+# When /usr/bin/chromium is missing it also installs Debian's `chromium` (apt, as root or
+# through sudo): test/view/browser.test.ts opens `moec view`'s pages in it headless through
+# playwright-core (no Playwright browser download). `--no-browser` (or MOEC_SETUP_BROWSER=0)
+# skips that; without root or sudo, or when apt cannot install it, setup goes on with a
+# warning and that test skips, saying why.
 set -euo pipefail
 
 bench="${MOEC_SETUP_BENCH:-0}"
+browser="${MOEC_SETUP_BROWSER:-1}"
 for arg in "$@"; do
   case "$arg" in
   --bench) bench=1 ;;
+  --no-browser) browser=0 ;;
   *)
-    printf 'setup: unknown option %s (usage: scripts/setup.sh [--bench])\n' "$arg" >&2
+    printf 'setup: unknown option %s (usage: scripts/setup.sh [--bench] [--no-browser])\n' "$arg" >&2
     exit 2
     ;;
   esac
@@ -66,6 +74,31 @@ if [ "$bench" = 1 ]; then
       >>"$log" 2>&1 || fail "apt-get install python3-torch libopenblas0-pthread failed"
     /usr/bin/python3 -c "import torch" >>"$log" 2>&1 || fail "python3-torch installed but import torch fails"
     step "bench: torch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)') installed"
+  fi
+  : >"$log"
+fi
+
+# The browser test of `moec view` (test/view/browser.test.ts) drives Debian's Chromium.
+if [ "$browser" = 1 ]; then
+  if [ -x /usr/bin/chromium ]; then
+    step "browser: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) already installed"
+  else
+    if [ "$(id -u)" -eq 0 ]; then SUDO=; elif command -v sudo >/dev/null 2>&1; then SUDO=sudo; else SUDO=none; fi
+    if [ "$SUDO" = none ]; then
+      step "browser: no /usr/bin/chromium and not root without sudo: the browser test will skip (apt-get install chromium as root to run it)"
+    else
+      step "browser: installing Debian's chromium (apt) for the view tests ..."
+      # A machine that cannot install it (no package mirror) still gets set up: the browser
+      # test then skips, saying why; everything else runs.
+      if { $SUDO apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium; } >>"$log" 2>&1 &&
+        [ -x /usr/bin/chromium ]; then
+        step "browser: $(/usr/bin/chromium --version 2>/dev/null | head -n 1) installed"
+      else
+        tail -n 5 "$log" >&2
+        step "browser: WARNING: apt-get install chromium failed (see above); test/view/browser.test.ts will skip"
+      fi
+    fi
   fi
   : >"$log"
 fi

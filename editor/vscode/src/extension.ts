@@ -2,6 +2,7 @@
  * The VS Code client of the moe language server: starts `moec lsp --stdio` (`npx moec` in the
  * workspace folder by default, or the configured `moe.server.path`) and connects it to every
  * `.moe` document. `moe: Restart Language Server` restarts it, as does changing the settings.
+ * `moec: Show model` shows `moec view`'s page of the active file (show-model.ts).
  */
 import * as vscode from "vscode";
 import {
@@ -9,6 +10,7 @@ import {
   type LanguageClientOptions,
   type ServerOptions,
 } from "vscode-languageclient/node";
+import { registerShowModel } from "./show-model";
 
 let client: LanguageClient | undefined;
 
@@ -75,6 +77,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
       }
     }),
   );
+  registerShowModel(context);
   await start();
 }
 
