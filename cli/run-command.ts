@@ -317,8 +317,8 @@ export function routingReport(
   return layers;
 }
 
-/** Per-token choices, for --trace-routing. */
-const TRACE_OUTPUTS = new Set(["experts", "weights", "tokens"]);
+/** Per-token choices, for --trace-routing (`groups`: a grouped router's group weights). */
+const TRACE_OUTPUTS = new Set(["experts", "weights", "tokens", "groups"]);
 
 export async function runRun(target: string, options: RunOptions): Promise<number> {
   const result = await executeRun(target, options);
@@ -340,7 +340,9 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
     for (const [layer, stats] of routing)
       for (const [what, t] of stats) if (TRACE_OUTPUTS.has(what)) trace.set(`${layer}.${what}`, t);
     if (trace.size === 0)
-      throw new CliError("--trace-routing: the model has no sparse MoE layer to trace");
+      throw new CliError(
+        "--trace-routing: the model has no MoE layer with per-token routing to trace (sparse or grouped)",
+      );
     const file = options.traceRouting;
     mapWriteErrors(`--trace-routing ${file}`, () =>
       writeSafetensorsFile(file, weightsToSafetensors(trace), { model: result.model }),

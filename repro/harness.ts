@@ -43,10 +43,41 @@ export interface Verdict {
   because: string;
 }
 
-/** Runs `moec ARGS` from the repository root; throws with its stderr when it fails. */
+/**
+ * How many `moec` processes run at once (`npm run repro -- --jobs N`). On lavapipe a training
+ * step is mostly dispatch overhead on one thread, so two processes on two cores train nearly
+ * twice as fast as one; experiments start independent arms together and these slots pace them.
+ */
+let freeSlots = 2;
+const waitingForSlot: (() => void)[] = [];
+
+export function setJobs(jobs: number): void {
+  freeSlots = jobs;
+}
+
+async function withSlot<T>(work: () => Promise<T>): Promise<T> {
+  if (freeSlots > 0) freeSlots--;
+  else await new Promise<void>((resolve) => waitingForSlot.push(resolve));
+  try {
+    return await work();
+  } finally {
+    const next = waitingForSlot.shift();
+    if (next) next();
+    else freeSlots++;
+  }
+}
+
+/**
+ * Runs `moec ARGS` from the repository root when a job slot is free; throws with its stderr
+ * when it fails.
+ */
 export async function moec(args: readonly string[]): Promise<string> {
   if (MOEC.length === 1 && !fs.existsSync(path.join(ROOT, "dist", "cli", "main.js")))
     throw new Error("moec is not built: run `npm run build` (npm run repro does)");
+  return withSlot(() => spawnMoec(args));
+}
+
+function spawnMoec(args: readonly string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [...MOEC, ...args], {
       cwd: ROOT,

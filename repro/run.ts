@@ -1,12 +1,12 @@
 /**
- * `npm run repro -- NAME... [--seeds N] [--quick] [--out DIR]`: the seed papers' claims in
+ * `npm run repro -- NAME... [--seeds N] [--jobs N] [--quick] [--out DIR]`: the seed papers' claims in
  * miniature (issue #14), each a `.moe` file under examples/repro/ trained with `moec train`.
  * `npm run repro -- --list` prints the names, one a line. Exit status 1 when a claim fails.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { Command } from "commander";
-import { type Experiment, ROOT } from "./harness.js";
+import { type Experiment, ROOT, setJobs } from "./harness.js";
 import { adapters } from "./experiments/adapters.js";
 import { distill } from "./experiments/distill.js";
 import { groupedLora } from "./experiments/grouped-lora.js";
@@ -29,9 +29,16 @@ const program = new Command("repro")
   .option("--seeds <n>", "seeds 0..N-1", "3")
   .option("--quick", "one seed, a few steps: that it runs end to end (CI); no verdict")
   .option("--out <dir>", "where data and runs go", path.join(ROOT, "runs", "repro"))
+  .option("--jobs <n>", "moec processes at once (independent arms run together)", "2")
   .showHelpAfterError();
 program.parse();
-const opts = program.opts<{ list?: boolean; seeds: string; quick?: boolean; out: string }>();
+const opts = program.opts<{
+  list?: boolean;
+  seeds: string;
+  quick?: boolean;
+  out: string;
+  jobs: string;
+}>();
 
 if (opts.list) {
   for (const e of EXPERIMENTS) console.log(e.name);
@@ -47,6 +54,9 @@ const chosen = names.map((n) => {
 });
 const count = Number(opts.seeds);
 if (!Number.isInteger(count) || count < 1) program.error(`--seeds expects a positive integer`);
+const jobs = Number(opts.jobs);
+if (!Number.isInteger(jobs) || jobs < 1) program.error(`--jobs expects a positive integer`);
+setJobs(jobs);
 const seeds = opts.quick ? [0] : Array.from({ length: count }, (_, i) => i);
 
 let failed = false;

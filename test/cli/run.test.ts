@@ -266,6 +266,44 @@ describe("moec run --pin-groups", () => {
     expect(free.reduce((a, b) => a + b)).toBeCloseTo(1, 6);
   });
 
+  it("--trace-routing writes each token's group weights; their mean is --stats'", () => {
+    const trace = path.join(tmp, "grouped-trace.safetensors");
+    const r = run(
+      "--stats",
+      "--json",
+      "--pin-groups",
+      "blocks.1=0.2,0,0.8",
+      "--trace-routing",
+      trace,
+    );
+    expect(r.code).toBe(0);
+    const routing = JSON.parse(r.stdout).routing;
+    const t = readSafetensorsFile(trace);
+    expect(t.names().sort()).toEqual([
+      "blocks.0.experts.moe.groups",
+      "blocks.1.experts.moe.groups",
+    ]);
+    for (const layer of ["blocks.0.experts.moe", "blocks.1.experts.moe"]) {
+      const groups = t.read(`${layer}.groups`);
+      expect(groups.shape).toEqual([3, 3]); // B·T tokens, 3 groups
+      const mean = [0, 1, 2].map((g) => {
+        let sum = 0;
+        for (let i = 0; i < 3; i++) sum += groups.data[i * 3 + g]!;
+        return sum / 3;
+      });
+      const reported = routing[layer].group_weights as number[];
+      mean.forEach((m, g) => expect(m).toBeCloseTo(reported[g]!, 6));
+    }
+    // The free layer's weights differ per token (a softmax of each token's scores).
+    const free = t.read("blocks.0.experts.moe.groups").data;
+    expect(free[0]).not.toBeCloseTo(free[3]!, 6);
+    expect(Array.from(t.read("blocks.1.experts.moe.groups").data.slice(0, 3))).toEqual([
+      expect.closeTo(0.2, 6),
+      0,
+      expect.closeTo(0.8, 6),
+    ]);
+  });
+
   it("names what is wrong: weights, group count, layer", () => {
     const sum = run("--pin-groups", "blocks.0=0.5,0.6,0");
     expect(sum.code).toBe(2);

@@ -99,6 +99,14 @@ export const grouped: RouterFamily = {
         G,
       ]);
       r.lowering.routing(layerPath(r), "group_weights", ir.reduce("mean", flat, 0, false));
+      // And per token, for --trace-routing: which group each token leaned on (a pinned
+      // layer's one row broadcast to every token).
+      const N = ir
+        .shape(x.node!)
+        .slice(0, -1)
+        .reduce((a, b) => a * b, 1);
+      const perToken = ir.binary("add", flat, ir.constant(0, "f32", [N, 1]));
+      r.lowering.routing(layerPath(r), "groups", perToken);
     }
     const el = logitsOf(m, expertGate);
     const weights: number[] = [];
