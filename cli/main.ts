@@ -12,7 +12,14 @@ import { type RunOptions, runRun } from "./run-command.js";
 import { type ParamsOptions, runParams } from "./params-command.js";
 import type { TrainOptions } from "./train-command.js";
 import type { ViewOptions } from "./view-command.js";
-import { CliError, EXIT_DEVICE, EXIT_USAGE } from "./report.js";
+import {
+  CliError,
+  EXIT_DEVICE,
+  EXIT_USAGE,
+  EXIT_USER_ERROR,
+  displayPath,
+  fsProblem,
+} from "./report.js";
 
 const program = new Command();
 program
@@ -307,6 +314,18 @@ async function main(argv: string[]): Promise<void> {
       process.stderr.write(`moec: ${err.message}\n`);
       if (verbose) process.stderr.write(`${err.stack}\n`);
       process.exitCode = err.exitCode;
+      return;
+    }
+    // A file-system failure on a path (an output folder that does not exist, a file that
+    // cannot be read) is about a path the user gave: theirs to fix (exit 1), not moec's bug.
+    const problem = fsProblem(err);
+    const where = (err as { path?: unknown }).path;
+    if (problem && typeof where === "string") {
+      // An atomic write's temporary (`.NAME.PID.ID.tmp`) is shown as the file it was for.
+      const target = where.replace(/(^|[/\\])\.([^/\\]+)\.\d+\.[0-9a-f]+\.tmp$/, "$1$2");
+      process.stderr.write(`moec: ${displayPath(target)}: ${problem}\n`);
+      if (verbose && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+      process.exitCode = EXIT_USER_ERROR;
       return;
     }
     const message = err instanceof Error ? err.message : String(err);

@@ -121,6 +121,12 @@ describe("outputs that cannot be written are the user's error, found before any 
     expectUserError(r, /--out .*run-file: is a file, and a run directory is a folder/);
     expect(fs.readFileSync(file, "utf8")).toBe("mine");
   });
+  it("any command writing into a folder that does not exist (moec data gen -o)", async () => {
+    const out = path.join(dir, "no", "such", "data.safetensors");
+    const r = await moec(["data", "gen", "symbols", "--count", "4", "-o", out]);
+    expectUserError(r, /no\/such\/data\.safetensors: no such file or directory$/m);
+    expect(fs.existsSync(path.join(dir, "no"))).toBe(false);
+  });
 });
 
 describe("sizes too large for the device fail at once (exit 1), before any weight is made", () => {
