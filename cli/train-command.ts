@@ -228,7 +228,6 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       `${displayPath(runDir)} already holds checkpoints (newest ${path.basename(existing.at(-1)!.dir)}): --resume to continue that run, or --out another directory`,
       EXIT_USAGE,
     );
-  const initial = initialParameters(train, o.weights ?? [], seed, o.allowNonfinite);
   const sourceHash = createHash("sha256")
     .update(analysis.graph.modules.get(entry)!.text)
     .digest("hex")
@@ -280,9 +279,13 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         evalProgram = compileGraph(evalTrain.evalGraph, ctx.limits, tuning);
       }
     } catch (err) {
-      if (err instanceof LimitError) throw new CliError(err.message, EXIT_DEVICE);
+      // Too large for this device at the user's sizes: their sizes to change (exit 1).
+      if (err instanceof LimitError) throw new CliError(err.message);
       throw err;
     }
+    // Parameters are made or read only once the step fits the device: generating gigabytes
+    // and then failing on a limit costs the user minutes for a one-line error.
+    const initial = initialParameters(train, o.weights ?? [], seed, o.allowNonfinite);
     const ports = dataPorts(program);
     let data: TrainData;
     try {

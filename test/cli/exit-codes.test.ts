@@ -168,6 +168,30 @@ describe("sizes too large for the device fail at once (exit 1), before any weigh
     );
   }, 60_000);
 
+  // Before: the initial parameters (8 GiB here) were generated first, then the limit (exit 3).
+  it("train with a head of 8 GiB", async () => {
+    const data = path.join(dir, "labels-large.safetensors");
+    const gen = await moec(
+      ["data", "gen", "related", "--tasks", "1", "--classes", "10", "--length", "8"].concat([
+        "--count",
+        "16",
+        "-o",
+        data,
+      ]),
+    );
+    expect(gen.code).toBe(0);
+    const out = path.join(dir, "large-run");
+    const r = await moec(
+      ["train", tiny, "--data", data, "--steps", "1", "--batch", "4", "--out", out].concat([
+        "--set",
+        "classes=67108864",
+      ]),
+      { timeoutMs: 30_000 },
+    );
+    expectUserError(r, /over maxBufferSize/);
+    expect(fs.existsSync(path.join(out, "ckpt-1"))).toBe(false);
+  }, 60_000);
+
   it("run --backend reference past free host memory", async () => {
     const r = await moec(
       ["run", tiny, "--backend", "reference", "--dim", "B=99999999999999999999", "--dim", "T=8"],
