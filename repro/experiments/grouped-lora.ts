@@ -71,7 +71,7 @@ export const groupedLora: Experiment = {
     "AT-MoE (2410.10896): per-task LoRAs fused by a grouped router keep ≥ 95% of each LoRA; pinned groups; routing by family",
   async run(ctx) {
     const s = ctx.quick
-      ? { pre: 10, adapt: 5, route: 5, count: 1200 }
+      ? { pre: 10, adapt: 5, route: 5, count: 2400 } // ≥ 64 held-out examples a task
       : { pre: PRETRAIN_STEPS, adapt: ADAPT_STEPS, route: ROUTE_STEPS, count: 9600 };
     // Seeds, and within a seed the four LoRAs and the evaluations, are independent: they run
     // together as job slots allow (harness.ts); results are read back in seed order.
