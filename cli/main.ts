@@ -18,6 +18,7 @@ import {
   EXIT_USAGE,
   EXIT_USER_ERROR,
   displayPath,
+  errorJson,
   fsProblem,
 } from "./report.js";
 
@@ -302,17 +303,20 @@ program
 
 async function main(argv: string[]): Promise<void> {
   const verbose = argv.includes("--verbose");
+  const json = argv.includes("--json");
   try {
     await program.parseAsync(argv);
   } catch (err) {
     if (err instanceof CommanderError) {
       // help and version end with code 0; everything else commander rejects is usage.
       process.exitCode = err.exitCode === 0 ? 0 : EXIT_USAGE;
+      if (json && err.exitCode !== 0) process.stdout.write(errorJson(err.message, EXIT_USAGE));
       return;
     }
     if (err instanceof CliError) {
       process.stderr.write(`moec: ${err.message}\n`);
       if (verbose) process.stderr.write(`${err.stack}\n`);
+      if (json) process.stdout.write(errorJson(err.message, err.exitCode));
       process.exitCode = err.exitCode;
       return;
     }
@@ -325,6 +329,8 @@ async function main(argv: string[]): Promise<void> {
       const target = where.replace(/(^|[/\\])\.([^/\\]+)\.\d+\.[0-9a-f]+\.tmp$/, "$1$2");
       process.stderr.write(`moec: ${displayPath(target)}: ${problem}\n`);
       if (verbose && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+      if (json)
+        process.stdout.write(errorJson(`${displayPath(target)}: ${problem}`, EXIT_USER_ERROR));
       process.exitCode = EXIT_USER_ERROR;
       return;
     }

@@ -49,8 +49,15 @@ export function withDisplayPaths(diagnostics: readonly Diagnostic[]): Diagnostic
   }));
 }
 
+/**
+ * Diagnostics printed during this command, in `check --json`'s form: with `--json`, an error
+ * ends in one JSON object on stdout that carries them (see errorJson).
+ */
+const printedDiagnostics: ReturnType<typeof diagnosticsJson> = [];
+
 export function printDiagnostics(diagnostics: readonly Diagnostic[], analysis: Analysis): void {
   if (diagnostics.length === 0) return;
+  printedDiagnostics.push(...diagnosticsJson(diagnostics, analysis));
   const sources = new Map([...sourcesOf(analysis)].map(([f, t]) => [displayPath(f), t]));
   const text = renderDiagnostics(withDisplayPaths(diagnostics), sources, {
     color: process.stderr.isTTY === true && !process.env.NO_COLOR,
@@ -172,4 +179,16 @@ export function checkOutputFolder(
   if (options?.parents)
     while (!fs.existsSync(parent) && path.dirname(parent) !== parent) parent = path.dirname(parent);
   checkWritableFolder(parent, label);
+}
+
+/**
+ * A failed command's error as `check --json` reports a file (`moec run --json` and every
+ * other `--json` command, so a tool reading stdout always gets JSON): the diagnostics printed
+ * on the way, or the one-line cause as a diagnostic without a position.
+ */
+export function errorJson(message: string, exitCode: number): string {
+  const diagnostics =
+    printedDiagnostics.length > 0 ? printedDiagnostics : [{ severity: "error" as const, message }];
+  const files = [...new Set(printedDiagnostics.map((d) => d.file))];
+  return JSON.stringify({ files, ok: false, exitCode, diagnostics }, null, 2) + "\n";
 }

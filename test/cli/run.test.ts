@@ -317,6 +317,35 @@ describe("moec run --pin-groups", () => {
   });
 });
 
+describe("moec run --json: an error is JSON on stdout, as check --json reports a file", () => {
+  it("a source error: its diagnostic with code and position (exit 1)", () => {
+    const bad = path.join(tmp, "bad-json.moe");
+    fs.writeFileSync(bad, "model M {\n  in x: f32[B]\n  out y: f32[B]\n  y = nope(x)\n}\n");
+    const r = moec(["run", bad, "--dim", "B=2", "--json"]);
+    expect(r.code).toBe(1);
+    const out = JSON.parse(r.stdout);
+    expect(out.ok).toBe(false);
+    expect(out.exitCode).toBe(1);
+    expect(out.diagnostics).toEqual([
+      expect.objectContaining({ code: "E0201", severity: "error", line: 4, column: 7 }),
+    ]);
+  });
+
+  it("an error without a position: the one-line cause (exit 1), and usage (exit 2)", () => {
+    const missing = path.join(tmp, "no-such-weights.safetensors");
+    const args = ["run", "examples/tiny-transformer.moe", "--dim", "B=1", "--dim", "T=2"];
+    const r = moec([...args, "--weights", missing, "--json"]);
+    expect(r.code).toBe(1);
+    const out = JSON.parse(r.stdout);
+    expect(out).toMatchObject({ ok: false, exitCode: 1, files: [] });
+    expect(out.diagnostics).toHaveLength(1);
+    expect(out.diagnostics[0].message).toContain("no-such-weights.safetensors");
+    const usage = moec([...args, "--no-such-option", "--json"]);
+    expect(usage.code).toBe(2);
+    expect(JSON.parse(usage.stdout)).toMatchObject({ ok: false, exitCode: 2 });
+  });
+});
+
 describe("moec run: bad input is one line and a non-zero exit", () => {
   it("reports a corrupt weights file (exit 1)", () => {
     const bad = path.join(tmp, "bad.safetensors");
