@@ -304,6 +304,8 @@ function checkPlan(plan: StoredPlan, kernelFiles: number, file: string): void {
       const where = `${key.replace(/s$/, "")} ${String(t?.name)}`;
       if (!Array.isArray(t?.shape) || !t.shape.every(naturalInt)) fail(`${where}: bad shape`);
       const size = t.shape.reduce((a, b) => a * b, 1) * 4;
+      if (!naturalInt(t.byteOffset) || t.byteOffset % 4 !== 0)
+        fail(`${where}: byte offset ${String(t.byteOffset)} is not a multiple of 4`);
       inBuffer(where, t.buffer, t.byteOffset, size);
     }
   }

@@ -193,7 +193,6 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   // Loaded lazily: only a GPU run touches the device.
   const { runOnGpu } = await import("../runtime/run-gpu.js");
   const { DeviceError } = await import("../runtime/device.js");
-  if (bundled) checkBundledProgram(target, bundled);
   // Outputs are read back into host arrays as well.
   const outputBytes = graph.outputs.reduce((a, o) => a + 4 * numel(graph.nodes[o.node]!.shape), 0);
   try {
@@ -255,50 +254,6 @@ function readDamaged<T>(dir: string, read: () => T): T {
 
 function oneLine(s: string): string {
   return s.replace(/\s+/g, " ").trim();
-}
-
-/**
- * A bundle's plan read from disk, checked before it reaches the device: every tensor and
- * binding lies inside its buffer (an edited or damaged plan.json would otherwise fail inside
- * the driver, or write out of bounds).
- */
-function checkBundledProgram(dir: string, program: RunnableProgram): void {
-  const fail = (problem: string): never => {
-    throw new CliError(`${displayPath(dir)}: damaged bundle: plan.json: ${problem}`);
-  };
-  const count = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
-  if (!Array.isArray(program.buffers)) fail("no buffer list");
-  const sizes = program.buffers.map((b, i) => {
-    if (!b || !count(b.bytes) || b.id !== i) fail(`buffer ${i} is malformed`);
-    return b.bytes;
-  });
-  const within = (what: string, buffer: unknown, offset: unknown, bytes: number) => {
-    if (!count(buffer) || buffer >= sizes.length)
-      fail(`${what} names no buffer (${String(buffer)})`);
-    if (!count(offset) || offset % 4 !== 0) fail(`${what} has a bad byte offset ${String(offset)}`);
-    const size = sizes[buffer as number]!;
-    if ((offset as number) + bytes > size)
-      fail(`${what} at byte ${String(offset)} needs ${bytes} bytes, past its buffer's ${size}`);
-  };
-  for (const [role, list] of [
-    ["input", program.inputs],
-    ["parameter", program.params],
-    ["output", program.outputs],
-  ] as const) {
-    if (!Array.isArray(list)) fail(`no ${role} list`);
-    for (const t of list) {
-      if (!Array.isArray(t?.shape) || !t.shape.every(count)) fail(`${role} ${t?.name}: bad shape`);
-      within(`${role} ${t.name}`, t.buffer, t.byteOffset, 4 * numel(t.shape));
-    }
-  }
-  if (!Array.isArray(program.kernels)) fail("no kernel list");
-  for (const k of program.kernels) {
-    if (!Array.isArray(k?.bindings)) fail(`kernel ${k?.name}: no bindings`);
-    for (const b of k.bindings) {
-      if (!count(b?.byteSize)) fail(`kernel ${k.name}: binding ${b?.binding} has a bad size`);
-      within(`kernel ${k.name} binding ${b.binding}`, b.buffer, b.byteOffset, b.byteSize);
-    }
-  }
 }
 
 /** The routing outputs of a run, by MoE layer and statistic (`routing:<layer>.<stat>`). */
