@@ -104,23 +104,18 @@ export function lowerFromSource(
   file: string,
   options: ModelOptions,
 ): { analysis: Analysis; lowered: LoweredModel; entry: string } {
-  const [entry] = resolveInputFiles([file]);
-  const analysis = analyze([entry!], nodeFileSystem());
-  if (hasErrors(analysis.diagnostics)) {
-    printDiagnostics(analysis.diagnostics, analysis);
-    throw new CliError(`${displayPath(entry!)} has errors; see above`);
-  }
+  const { analysis, entry } = analyzeEntry(file);
   const overrides = new Map((options.set ?? []).map(parseOverride));
   const dims = new AskedDims(parseDims(options.dim));
-  const result = lower(analysis, entry!, options.model, overrides, dims, {
+  const result = lower(analysis, entry, options.model, overrides, dims, {
     routingStats: options.routing === true,
     pinGroups: parsePins(options.pinGroups),
     mergeAdapters: options.mergeAdapters === true,
   });
-  if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
+  if ("error" in result) throw new CliError(result.error.replace(entry, displayPath(entry)));
   if (hasErrors(result.diagnostics) || !result.model) {
     printDiagnostics(result.diagnostics, analysis);
-    throw new CliError(`cannot lower ${displayPath(entry!)}; see above`);
+    throw new CliError(`cannot lower ${displayPath(entry)}; see above`);
   }
   const pins = result.model.pins;
   if (pins?.problems.length) throw new CliError(pins.problems[0]!);
@@ -131,7 +126,7 @@ export function lowerFromSource(
     throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
   checkDimsUsed(dims, new Set(dims.keys()), `model ${result.model.name}`);
-  return { analysis, lowered: result.model, entry: entry! };
+  return { analysis, lowered: result.model, entry: entry };
 }
 
 /**

@@ -7,13 +7,10 @@
 import { spawn } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
-import { hasErrors } from "../compiler/diagnostics.js";
-import { analyze, nodeFileSystem } from "../compiler/pipeline.js";
 import { modelViewOf } from "../editor/view/elaborate-view.js";
 import { parseMetrics } from "../editor/view/metrics-data.js";
 import { renderPage } from "../editor/view/render-page.js";
 import {
-  type LayerTrace,
   type RoutingLayer,
   RoutingDataError,
   type TraceTensor,
@@ -22,8 +19,7 @@ import {
   parseTrace,
 } from "../editor/view/routing-data.js";
 import { writeFileAtomic } from "../runtime/atomic-write.js";
-import { resolveInputFiles } from "./check-command.js";
-import { parseDims, openTensors } from "./model-options.js";
+import { analyzeEntry, parseDims, openTensors } from "./model-options.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, EXIT_OK, EXIT_USAGE, displayPath, printDiagnostics } from "./report.js";
 
@@ -42,18 +38,13 @@ export interface ViewOptions {
 export function runView(file: string, options: ViewOptions): number {
   if (options.links !== undefined && options.links !== "vscode" && options.links !== "file")
     throw new CliError(`--links expects vscode or file, found "${options.links}"`, EXIT_USAGE);
-  const [entry] = resolveInputFiles([file]);
-  const analysis = analyze([entry!], nodeFileSystem());
-  if (hasErrors(analysis.diagnostics)) {
-    printDiagnostics(analysis.diagnostics, analysis);
-    throw new CliError(`${displayPath(entry!)} has errors; see above`);
-  }
+  const { analysis, entry } = analyzeEntry(file);
   const overrides = new Map((options.set ?? []).map(parseOverride));
-  const result = modelViewOf(analysis, entry!, options.model, overrides, parseDims(options.dim));
-  if ("error" in result) throw new CliError(result.error.replace(entry!, displayPath(entry!)));
+  const result = modelViewOf(analysis, entry, options.model, overrides, parseDims(options.dim));
+  if ("error" in result) throw new CliError(result.error.replace(entry, displayPath(entry)));
   if ("diagnostics" in result) {
     printDiagnostics(result.diagnostics, analysis);
-    throw new CliError(`cannot instantiate ${displayPath(entry!)}; see above`);
+    throw new CliError(`cannot instantiate ${displayPath(entry)}; see above`);
   }
   printDiagnostics(analysis.diagnostics, analysis); // warnings
 
