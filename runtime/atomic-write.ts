@@ -79,17 +79,7 @@ export function writeDirAtomic(
   files: ReadonlyMap<string, FileData>,
   options: WriteDirOptions = {},
 ): void {
-  const target = path.resolve(dir);
-  const parent = path.dirname(target);
-  recoverLeftovers(target);
-  const existing = statOrUndefined(target);
-  if (existing && !existing.isDirectory()) {
-    throw new Error(`${dir}: exists and is not a directory; not replacing it`);
-  }
-  if (existing && options.mayReplace && !options.mayReplace(dir)) {
-    throw new Error(`${dir}: exists and was not written by this tool; not replacing it`);
-  }
-  const entries = [...files].map(([rel, data]) => [checkRelPath(rel, dir), data] as const);
+  const { target, parent, existing, entries } = startDirWrite(dir, files, options);
   const tmp = tempSibling(target, "tmp");
   writeTree(tmp, entries);
   pauseAt("after-temp-write");
@@ -130,6 +120,28 @@ export function writeDirAtomic(
   }
 }
 
+/**
+ * What both directory writers check first: a leftover of an interrupted write is put back,
+ * `dir` is a directory that may be replaced (when it exists), and every path is relative.
+ */
+function startDirWrite(
+  dir: string,
+  files: ReadonlyMap<string, FileData>,
+  options: WriteDirOptions,
+) {
+  const target = path.resolve(dir);
+  recoverLeftovers(target);
+  const existing = statOrUndefined(target);
+  if (existing && !existing.isDirectory()) {
+    throw new Error(`${dir}: exists and is not a directory; not replacing it`);
+  }
+  if (existing && options.mayReplace && !options.mayReplace(dir)) {
+    throw new Error(`${dir}: exists and was not written by this tool; not replacing it`);
+  }
+  const entries = [...files].map(([rel, data]) => [checkRelPath(rel, dir), data] as const);
+  return { target, parent: path.dirname(target), existing, entries };
+}
+
 /** The name of the pointer in a versioned directory (`writeDirVersioned`). */
 export const CURRENT_LINK = "current";
 
@@ -149,17 +161,7 @@ export function writeDirVersioned(
   files: ReadonlyMap<string, FileData>,
   options: WriteDirOptions = {},
 ): void {
-  const target = path.resolve(dir);
-  const parent = path.dirname(target);
-  recoverLeftovers(target);
-  const existing = statOrUndefined(target);
-  if (existing && !existing.isDirectory()) {
-    throw new Error(`${dir}: exists and is not a directory; not replacing it`);
-  }
-  if (existing && options.mayReplace && !options.mayReplace(dir)) {
-    throw new Error(`${dir}: exists and was not written by this tool; not replacing it`);
-  }
-  const entries = [...files].map(([rel, data]) => [checkRelPath(rel, dir), data] as const);
+  const { target, parent, existing, entries } = startDirWrite(dir, files, options);
   const tops = [...new Set(entries.map(([rel]) => rel.split(path.sep)[0]!))];
   const version = `v.${uniqueId()}`;
 
