@@ -105,7 +105,8 @@ export const grouped: RouterFamily = {
         .shape(x.node!)
         .slice(0, -1)
         .reduce((a, b) => a * b, 1);
-      const perToken = ir.binary("add", flat, ir.constant(0, "f32", [N, 1]));
+      const perToken =
+        ir.shape(flat)[0] === N ? flat : ir.binary("add", flat, ir.constant(0, "f32", [N, 1]));
       r.lowering.routing(layerPath(r), "groups", perToken);
     }
     const el = logitsOf(m, expertGate);
