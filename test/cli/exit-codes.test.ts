@@ -70,6 +70,21 @@ afterAll(() => {
   fs.rmSync(dir, { recursive: true, force: true });
 });
 
+/** 16 labelled sequences for tiny-transformer's `Label` program (`moec data gen related`). */
+async function labelData(name: string): Promise<string> {
+  const data = path.join(dir, name);
+  const gen = await moec(
+    ["data", "gen", "related", "--tasks", "1", "--classes", "10", "--length", "8"].concat([
+      "--count",
+      "16",
+      "-o",
+      data,
+    ]),
+  );
+  expect(gen.code).toBe(0);
+  return data;
+}
+
 describe("outputs that cannot be written are the user's error, found before any work", () => {
   it("compile -o: a missing folder, a file in the way, a folder that is not a bundle, /proc", async () => {
     const file = path.join(dir, "a-file");
@@ -105,16 +120,7 @@ describe("outputs that cannot be written are the user's error, found before any 
   it("train --out onto a file stops before training", async () => {
     const file = path.join(dir, "run-file");
     fs.writeFileSync(file, "mine");
-    const data = path.join(dir, "labels.safetensors");
-    const gen = await moec(
-      ["data", "gen", "related", "--tasks", "1", "--classes", "10", "--length", "8"].concat([
-        "--count",
-        "16",
-        "-o",
-        data,
-      ]),
-    );
-    expect(gen.code).toBe(0);
+    const data = await labelData("labels.safetensors");
     const r = await moec(
       ["train", tiny, "--data", data, "--steps", "1", "--batch", "4"].concat(["--out", file]),
     );
@@ -170,16 +176,7 @@ describe("sizes too large for the device fail at once (exit 1), before any weigh
 
   // Before: the initial parameters (8 GiB here) were generated first, then the limit (exit 3).
   it("train with a head of 8 GiB", async () => {
-    const data = path.join(dir, "labels-large.safetensors");
-    const gen = await moec(
-      ["data", "gen", "related", "--tasks", "1", "--classes", "10", "--length", "8"].concat([
-        "--count",
-        "16",
-        "-o",
-        data,
-      ]),
-    );
-    expect(gen.code).toBe(0);
+    const data = await labelData("labels-large.safetensors");
     const out = path.join(dir, "large-run");
     const r = await moec(
       ["train", tiny, "--data", data, "--steps", "1", "--batch", "4", "--out", out].concat([
