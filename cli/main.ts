@@ -7,6 +7,7 @@ import { runCheck } from "./check-command.js";
 import { type CompileOptions, runCompile } from "./compile-command.js";
 import { SHELLS, type Shell, completionScript } from "./completion-command.js";
 import type { DataGenOptions } from "./data-command.js";
+import { type ExportOptions, MOEC_VERSION, runExport } from "./export-command.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
 import { type ParamsOptions, runParams } from "./params-command.js";
@@ -26,7 +27,7 @@ const program = new Command();
 program
   .name("moec")
   .description("Compiler for mixture-of-experts and adapter models written in the moe language")
-  .version("0.1.0")
+  .version(MOEC_VERSION)
   .option("--verbose", "show stack traces for internal errors")
   .showHelpAfterError("(run with --help for usage)")
   .exitOverride();
@@ -184,6 +185,25 @@ program
   .option("--json", "machine-readable summary")
   .action(async (target: string, opts: RunOptions) => {
     process.exitCode = await runRun(target, opts);
+  });
+
+program
+  .command("export")
+  .description("export a model for PyTorch (a Python module) or ONNX Runtime (an .onnx graph)")
+  .argument("<file>", ".moe file")
+  .option("--format <name>", "torch or onnx")
+  .option("--model <name>", "the model to export (default: the last model in the file)")
+  .option("-o, --output <file>", "the file to write (default: <model>.py or <model>.onnx)")
+  .option("--set <name=value>", "override a model parameter (repeatable)", collect)
+  .option("--dim <name=size>", "onnx: size of a free dimension (default: kept symbolic)", collect)
+  .option("--weights <file>", "onnx: parameters from a safetensors file (default: seeded as run)")
+  .option("--weights-map <name>", "onnx: read --weights through a weight map (as moec run)")
+  .option("--adapter <dir>", "onnx: a PEFT LoRA adapter on top of --weights (as moec run)")
+  .option("--init-missing", "onnx: initialise parameters --weights lacks (as moec run)")
+  .option("--allow-nonfinite", "onnx: load weights that hold NaN or infinities")
+  .option("--seed <n>", "onnx: seed of the initialisation when no --weights is given", "0")
+  .action(async (file: string, opts: ExportOptions) => {
+    process.exitCode = await runExport(file, opts);
   });
 
 program
