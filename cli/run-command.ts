@@ -30,6 +30,7 @@ import {
   throwIfBundleFault,
 } from "./bundle.js";
 import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
+import { compileProgress } from "./progress.js";
 import {
   CliError,
   EXIT_DEVICE,
@@ -64,8 +65,13 @@ export interface RunResult {
   device?: string;
   dims: Record<string, number>;
   outputs: Map<string, TypedTensor>;
-  /** Milliseconds: the first forward call (pipelines, uploads) and a steady-state one. */
-  timings: { firstMs: number; steadyMs?: number };
+  /**
+   * Milliseconds: compiling the kernels (GPU only), the first forward call (uploads) and a
+   * steady-state one.
+   */
+  timings: { compileMs?: number; firstMs: number; steadyMs?: number };
+  /** GPU only: distinct kernels compiled and the devices that compiled them in parallel. */
+  compiled?: { kernels: number; workers: number };
   kernels?: { name: string; ms: number }[];
   memory?: { peakBytes: number; tensorBytes: number };
 }
@@ -195,12 +201,14 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   const { DeviceError } = await import("../runtime/device.js");
   // Outputs are read back into host arrays as well.
   const outputBytes = graph.outputs.reduce((a, o) => a + 4 * numel(graph.nodes[o.node]!.shape), 0);
+  const progress = compileProgress(options.json);
   try {
     const result = await runOnGpu(graph, () => prepare(outputBytes), {
       stats: options.stats === true,
       tune: options.tune === true,
       ...(bundled ? { bundled } : {}),
       log: (line: string) => process.stderr.write(`moec: ${line}\n`),
+      ...(progress ? { onCompileProgress: progress.update } : {}),
     });
     return { model: name, backend, dims: dimsRecord, ...result };
   } catch (err) {
@@ -209,6 +217,8 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     if (err instanceof LimitError) throw new CliError(err.message, EXIT_USER_ERROR);
     if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
     throw err;
+  } finally {
+    progress?.stop();
   }
 }
 
@@ -330,6 +340,7 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
           dims: result.dims,
           outputs,
           timings: result.timings,
+          ...(result.compiled ? { compiled: result.compiled } : {}),
           ...(result.kernels ? { kernels: result.kernels } : {}),
           ...(result.memory ? { memory: result.memory } : {}),
           ...(options.stats && summaries.length > 0
@@ -358,6 +369,12 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
   lines.push(
     `  time ${t.steadyMs !== undefined ? `${t.steadyMs.toFixed(2)} ms per call (first call ${t.firstMs.toFixed(1)} ms)` : `${t.firstMs.toFixed(1)} ms`}`,
   );
+  if (t.compileMs !== undefined && result.compiled) {
+    const { kernels, workers } = result.compiled;
+    lines.push(
+      `  kernels: ${kernels} compiled in ${(t.compileMs / 1000).toFixed(2)} s${workers > 1 ? ` on ${workers} devices` : ""}`,
+    );
+  }
   if (result.memory) {
     const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
     lines.push(
