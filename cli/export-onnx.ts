@@ -3,8 +3,8 @@
  * graph (compiler/export/onnx-model.ts), its weights as initializers (prepared as `moec run`
  * prepares them), or as external data beside the file when they pass 2 GB.
  *
- * Free dims not given with --dim stay symbolic: the model is lowered at a base size, at that
- * size doubled per free dim and at a check size (compiler/export/onnx-dims.ts says how the
+ * Free dims not given with --dim stay symbolic: the model is lowered at a base size, at another
+ * size per free dim and at a check size (compiler/export/onnx-dims.ts says how the
  * graphs are compared); a size that does not follow them is an error asking for --dim.
  */
 import * as path from "node:path";
@@ -24,9 +24,12 @@ import type { ExportFormat, ExportHeader, ExportOptions, ExportedFile } from "./
 import { openRunWeights, parseSeed } from "./run-command.js";
 import { CliError } from "./report.js";
 
-/** The free dims' sizes the lowerings compare (see the file comment). */
-const BASE_SIZE = 4;
-const PROBE_SIZE = 8;
+/**
+ * The free dims' sizes the lowerings compare (see the file comment): no number above 1 divides
+ * all three, so a model that pads a dim to a multiple of something shows it at some of them.
+ */
+const BASE_SIZE = 5;
+const PROBE_SIZE = 7;
 const CHECK_SIZE = 6;
 
 /** ONNX's protobuf limit: a model past it keeps its weights in a file beside it. */
@@ -158,7 +161,7 @@ export function exportOnnxModel(
 
 function notSymbolic(dims: readonly string[], why: string): CliError {
   const list = dims.map((d) => `\`${d}\``).join(", ");
-  const hint = dims.map((d) => `--dim ${d}=N`).join(" ");
+  const hint = dims.map((d) => `--dim ${d}=SIZE`).join(" ");
   return new CliError(
     `${list} cannot stay a symbolic ONNX dimension (${why}); fix ${dims.length > 1 ? "them" : "it"} with ${hint}`,
   );

@@ -1,7 +1,7 @@
 /**
  * Which sizes of a lowered graph follow its free dims, and how. The IR has concrete shapes
  * only, so the exporter lowers the model several times: at base sizes, once more per free dim
- * with that dim doubled, and once with every dim at a check size. Where the graphs differ only
+ * with that dim changed, and once with every dim at a check size. Where the graphs differ only
  * in sizes (shapes, slice bounds, top-k counts), each size that changed is fitted as a
  * monomial c·∏ dimᵉ (B·T, 2·T, T/group) and the fit checked against the last lowering. The
  * ONNX builder asks for the sizes it must write into the graph; a size with no fit (a
