@@ -22,7 +22,9 @@ import { prepareWeights } from "../runtime/run-model.js";
 import { WeightsError, type TypedTensor } from "../runtime/weights.js";
 import type { ExportFormat, ExportHeader, ExportOptions, ExportedFile } from "./export-command.js";
 import { openRunWeights, parseSeed } from "./run-command.js";
-import { CliError } from "./report.js";
+import { CliError, displayPath, sourcesOf } from "./report.js";
+import type { Analysis } from "../compiler/pipeline.js";
+import type { IrGraph } from "../compiler/ir/graph.js";
 
 /**
  * The free dims' sizes the lowerings compare (see the file comment): no number above 1 divides
@@ -151,12 +153,25 @@ export function exportOnnxModel(
   } catch (err) {
     if (err instanceof UnmappableOpError)
       throw new CliError(`cannot export ${model} to ONNX: ${err.message}`);
-    if (err instanceof NotSymbolicError) throw notSymbolic(err.dims, err.what);
+    if (err instanceof NotSymbolicError) {
+      const at =
+        err.node === undefined ? undefined : locate(base.lowered.graph, err.node, analysis);
+      throw notSymbolic(err.dims, `${err.reason}${at ? `; lowered from ${at}` : ""}`);
+    }
     throw err;
   }
   const files: ExportedFile[] = [{ path: out, data: built.model }];
   if (built.data) files.push({ path: path.join(path.dirname(out), dataName), data: built.data });
   return { model, files, symbolic: free, fixed, weights };
+}
+
+/** `file:line:col` of the source an IR node was lowered from, where lowering recorded it. */
+function locate(graph: IrGraph, node: number, analysis: Analysis): string | undefined {
+  const origin = graph.origins?.[node];
+  const text = origin && sourcesOf(analysis).get(origin.file);
+  if (!origin || text === undefined) return undefined;
+  const before = text.slice(0, origin.start).split("\n");
+  return `${displayPath(origin.file)}:${before.length}:${before.at(-1)!.length + 1}`;
 }
 
 function notSymbolic(dims: readonly string[], why: string): CliError {

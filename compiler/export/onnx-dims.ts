@@ -32,9 +32,12 @@ export function showSize(s: SymSize): string {
 export class NotSymbolicError extends Error {
   constructor(
     readonly dims: readonly string[],
-    readonly what: string,
+    /** Why, as a phrase: "the shape of op 10 (const) is no product of the free dims". */
+    readonly reason: string,
+    /** The IR node it is about, where there is one (its source origin locates it). */
+    readonly node?: number,
   ) {
-    super(`${what} does not follow ${dims.join(", ")}`);
+    super(reason);
   }
 }
 
@@ -113,7 +116,7 @@ export class SymbolicSizes {
       varying.push(dim);
       const e = Math.log(v / v0) / Math.log(p.probeSize / p.baseSize);
       if (!(v0 > 0 && v > 0 && Math.abs(e - Math.round(e)) < 1e-9 && Math.round(e) > 0)) {
-        throw new NotSymbolicError([dim], what);
+        throw new NotSymbolicError([dim], `${what} is no product of the free dims`, id);
       }
       exps[dim] = Math.round(e);
     }
@@ -125,7 +128,7 @@ export class SymbolicSizes {
     while (den <= 4096 && Math.abs(c * den - Math.round(c * den)) > 1e-9) den++;
     const num = Math.round(c * den);
     const ok = den <= 4096 && (num * power(p.checkSize)) / den === read(p.check);
-    if (!ok) throw new NotSymbolicError(varying, what);
+    if (!ok) throw new NotSymbolicError(varying, `${what} is no product of the free dims`, id);
     return { num, den, exps };
   }
 
@@ -135,13 +138,14 @@ export class SymbolicSizes {
     const varying = [...(this.probes?.perDim ?? [])]
       .filter(([, g]) => v(g) !== v(this.base))
       .map(([d]) => d);
-    if (varying.length > 0) throw new NotSymbolicError(varying, what);
+    if (varying.length > 0)
+      throw new NotSymbolicError(varying, `${what} changes with the size`, id);
     return v(this.base);
   }
 
   /** The sizes of node `id`'s shape. */
   shape(node: IrNode, what: string): SymSize[] {
-    return node.shape.map((_, a) => this.size(node.id, "shape", a, `${what} (axis ${a})`));
+    return node.shape.map((_, a) => this.size(node.id, "shape", a, `${what}, axis ${a},`));
   }
 }
 

@@ -99,7 +99,7 @@ export function buildOnnxModel(options: OnnxModelOptions): {
     if (n === undefined) throw new Error(`internal: op ${id} used before it is written`);
     return n;
   };
-  const what = (n: IrNode) => `${n.op}${"fn" in n ? ` ${n.fn}` : ""} (op ${n.id})`;
+  const what = (n: IrNode) => `op ${n.id} (${n.op}${"fn" in n ? ` ${n.fn}` : ""})`;
 
   // ---- Sizes as int64 tensors computed from the inputs' shapes.
   const cache = new Map<string, string>();
@@ -117,7 +117,7 @@ export function buildOnnxModel(options: OnnxModelOptions): {
       if (must)
         throw new NotSymbolicError(
           vars.map(([d]) => d),
-          `${label}: size ${showSize(s)}`,
+          `${label} has a dimension of size ${showSize(s)}, not one free dim`,
         );
       return showSize(s);
     });
@@ -229,14 +229,18 @@ export function buildOnnxModel(options: OnnxModelOptions): {
         if (!w) throw new Error(`internal: no weights for parameter ${n.name}`);
         sizes.shape(n, `parameter ${n.name}`).forEach((s) => {
           if (!isConst(s))
-            throw new NotSymbolicError(Object.keys(s.exps), `the shape of parameter ${n.name}`);
+            throw new NotSymbolicError(
+              Object.keys(s.exps),
+              `the shape of parameter ${n.name} changes with the size`,
+              n.id,
+            );
         });
         const data = n.dtype === "i32" ? Int32Array.from(w.data) : Float32Array.from(w.data);
         return g.init("", data, n.shape, n.name);
       }
       case "const": {
-        const value = sizes.fixed(n.id, "value", `the constant ${what(n)}`);
-        const shape = sizes.shape(n, `the constant ${what(n)}`);
+        const value = sizes.fixed(n.id, "value", `the value of ${what(n)}`);
+        const shape = sizes.shape(n, `the shape of ${what(n)}`);
         const one = n.dtype === "i32" ? Int32Array.of(value) : Float32Array.of(value);
         if (shape.every(isConst) && n.shape.every((d) => d === 1))
           return g.init("const", one, n.shape);
@@ -331,7 +335,7 @@ export function buildOnnxModel(options: OnnxModelOptions): {
         return g.node("CumSum", [x(), scalarInt64(n.axis)])[0]!;
       case "topk": {
         // Ties go to the lower position in ONNX's TopK too (sorted, largest first).
-        const k = sizes.size(n.id, "k", undefined, `the k of ${what(n)}`);
+        const k = sizes.size(n.id, "k", undefined, `the count of ${what(n)}`);
         const [, indices] = g.node(
           "TopK",
           [x(), sizeTensor(k)],
