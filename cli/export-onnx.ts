@@ -8,23 +8,23 @@
  * graphs are compared); a size that does not follow them is an error asking for --dim.
  */
 import * as path from "node:path";
+import { NotSymbolicError, SymbolicSizes } from "../compiler/export/onnx-dims.js";
+import { ONNX_OPSET, UnmappableOpError, buildOnnxModel } from "../compiler/export/onnx-model.js";
+import type { IrGraph } from "../compiler/ir/graph.js";
+import type { LoweredModel } from "../compiler/lower/lower-model.js";
+import type { Analysis } from "../compiler/pipeline.js";
+import { prepareWeights } from "../runtime/run-model.js";
+import { type TypedTensor, WeightsError } from "../runtime/weights.js";
 import {
-  lowerAnalyzed,
+  AskedDims,
+  type ModelOptions,
   analyzeEntry,
   checkDimsUsed,
+  lowerAnalyzed,
   parseDims,
-  AskedDims,
 } from "./model-options.js";
-import type { LoweredModel } from "../compiler/lower/lower-model.js";
-import { ONNX_OPSET, UnmappableOpError, buildOnnxModel } from "../compiler/export/onnx-model.js";
-import { NotSymbolicError, SymbolicSizes } from "../compiler/export/onnx-dims.js";
-import { prepareWeights } from "../runtime/run-model.js";
-import { WeightsError, type TypedTensor } from "../runtime/weights.js";
-import type { ExportFormat, ExportHeader, ExportOptions, ExportedFile } from "./export-command.js";
-import { openRunWeights, parseSeed } from "./run-command.js";
 import { CliError, displayPath, sourcesOf } from "./report.js";
-import type { Analysis } from "../compiler/pipeline.js";
-import type { IrGraph } from "../compiler/ir/graph.js";
+import { type WeightOptions, openRunWeights, parseSeed } from "./run-command.js";
 
 /**
  * The free dims' sizes the lowerings compare (see the file comment): no number above 1 divides
@@ -37,11 +37,28 @@ const CHECK_SIZE = 6;
 /** ONNX's protobuf limit: a model past it keeps its weights in a file beside it. */
 export const EXTERNAL_DATA_THRESHOLD = 2 ** 31 - 2 ** 24;
 
+/**
+ * The options `moec export --format onnx` reads (export-command.ts's ExportOptions has them;
+ * they are spelled out here so this file does not import the command that imports it).
+ */
+export interface OnnxExportOptions extends ModelOptions, WeightOptions {
+  initMissing?: boolean;
+  allowNonfinite?: boolean;
+  seed?: string;
+}
+
+/** What an exported file says about where it came from (export-command.ts's ExportHeader). */
+interface Header {
+  source: string;
+  model: string;
+  version: string;
+}
+
 /** What an ONNX export made, for the command and for tests. */
 export interface OnnxExport {
   model: string;
   /** The model file first, then its external data file if it has one. */
-  files: ExportedFile[];
+  files: { path: string; data: Uint8Array }[];
   /** The dims left symbolic, and those fixed (by --dim) with their sizes. */
   symbolic: string[];
   fixed: Map<string, number>;
@@ -68,9 +85,9 @@ class FreeDims extends AskedDims {
  */
 export function exportOnnxModel(
   file: string,
-  options: ExportOptions,
+  options: OnnxExportOptions,
   output: (model: string) => string,
-  header: (model: string) => ExportHeader,
+  header: (model: string) => Header,
   thresholdBytes = EXTERNAL_DATA_THRESHOLD,
 ): OnnxExport {
   const seed = parseSeed(options.seed);
@@ -160,7 +177,7 @@ export function exportOnnxModel(
     }
     throw err;
   }
-  const files: ExportedFile[] = [{ path: out, data: built.model }];
+  const files: OnnxExport["files"] = [{ path: out, data: built.model }];
   if (built.data) files.push({ path: path.join(path.dirname(out), dataName), data: built.data });
   return { model, files, symbolic: free, fixed, weights };
 }
@@ -182,5 +199,11 @@ function notSymbolic(dims: readonly string[], why: string): CliError {
   );
 }
 
-export const exportOnnx: ExportFormat = (file, options, output, header) =>
+/** The format's entry in export-command.ts's table: the files to write. */
+export const exportOnnx = (
+  file: string,
+  options: OnnxExportOptions,
+  output: (model: string) => string,
+  header: (model: string) => Header,
+): Promise<OnnxExport["files"]> =>
   Promise.resolve(exportOnnxModel(file, options, output, header).files);
