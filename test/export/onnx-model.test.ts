@@ -12,6 +12,7 @@ import { CliError } from "../../cli/report.js";
 import { prepareWeights } from "../../runtime/run-model.js";
 import { weightsToSafetensors } from "../../runtime/weights.js";
 import { writeSafetensorsFile } from "../../runtime/safetensors.js";
+import { peftAdapterFiles } from "../../runtime/peft.js";
 import { lowerFromSource } from "../../cli/model-options.js";
 import { compareAt, exportTo, scratchDir, session, writeModel } from "./onnx-harness.js";
 
@@ -122,6 +123,51 @@ describe("the exported file", () => {
     ]);
     const s = await session(e.files[0]!.data as Uint8Array);
     expect((await compareAt(tiny, e, s, { B: 1, T: 4 })).logits).toBeLessThan(1e-5);
+    await s.release();
+  });
+  it("takes a PEFT adapter on top of --weights (as moec run does)", async () => {
+    const file = writeModel(
+      dir,
+      "lora",
+      `import std.nn { Linear }
+import std.adapt { LoRA }
+model M() { in x: f32[N, 4]  out y: f32[N, 3]
+  q = Linear(4, 4) with LoRA(r: 2, alpha: 4.0)
+  k = Linear(4, 3) with LoRA(r: 2)
+  y = k(q(x)) }`,
+    );
+    const { lowered } = lowerFromSource(file, { dim: ["N=2"] });
+    const all = prepareWeights(lowered.graph, undefined, 5, { missing: "init" });
+    // LoRA B starts at zero: give the adapter values that change the output.
+    const lora = new Map(
+      [...all]
+        .filter(([n]) => n.includes(".lora_"))
+        .map(([n, t]) => [
+          `net.${n}`,
+          { shape: t.shape, data: Float32Array.from(t.data, (_, i) => 0.1 * ((i % 5) - 2)) },
+        ]),
+    );
+    const adapterDir = path.join(dir, "ckpt");
+    const adapterFiles = peftAdapterFiles(
+      lora,
+      lowered.loras.map((l) => ({ ...l, path: `net.${l.path}` })),
+    );
+    for (const [name, data] of adapterFiles) {
+      fs.mkdirSync(path.dirname(path.join(adapterDir, name)), { recursive: true });
+      fs.writeFileSync(path.join(adapterDir, name), data);
+    }
+    const base = path.join(dir, "base.safetensors");
+    writeSafetensorsFile(
+      base,
+      weightsToSafetensors(new Map([...all].filter(([n]) => !n.includes(".lora_")))),
+    );
+    const options = { weights: base, adapter: path.join(adapterDir, "adapter") };
+    const e = exportTo(file, path.join(dir, "lora.onnx"), options);
+    expect([...e.weights.get("q.lora_B.weight")!.data]).toEqual([
+      ...lora.get("net.q.lora_B.weight")!.data,
+    ]);
+    const s = await session(e.files[0]!.data as Uint8Array);
+    for (const N of [3, 6]) expect((await compareAt(file, e, s, { N })).y).toBeLessThan(1e-5);
     await s.release();
   });
 });
