@@ -57,8 +57,10 @@ interface Header {
 /** What an ONNX export made, for the command and for tests. */
 export interface OnnxExport {
   model: string;
+  /** The model file's bytes (files[0]'s data). */
+  modelBytes: Uint8Array;
   /** The model file first, then its external data file if it has one. */
-  files: { path: string; data: Uint8Array }[];
+  files: { path: string; data: Uint8Array | Uint8Array[] }[];
   /** The dims left symbolic, and those fixed (by --dim) with their sizes. */
   symbolic: string[];
   fixed: Map<string, number>;
@@ -146,7 +148,7 @@ export function exportOnnxModel(
   }
   const h = header(model);
   const dataName = `${path.basename(out)}.data`;
-  let built: { model: Uint8Array; data?: Uint8Array };
+  let built: { model: Uint8Array; data?: Uint8Array[] };
   try {
     built = buildOnnxModel({
       name: model,
@@ -179,7 +181,7 @@ export function exportOnnxModel(
   }
   const files: OnnxExport["files"] = [{ path: out, data: built.model }];
   if (built.data) files.push({ path: path.join(path.dirname(out), dataName), data: built.data });
-  return { model, files, symbolic: free, fixed, weights };
+  return { model, modelBytes: built.model, files, symbolic: free, fixed, weights };
 }
 
 /** `file:line:col` of the source an IR node was lowered from, where lowering recorded it. */

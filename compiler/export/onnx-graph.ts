@@ -214,12 +214,13 @@ export class OnnxGraph {
 
   /**
    * Serializes the model; with `external`, initializers of 1 KiB or more go to one data file
-   * (each at an offset aligned to 4 KiB, so it can be memory-mapped), returned as `data`.
+   * (each at an offset aligned to 4 KiB, so it can be memory-mapped), returned as `data`: its
+   * chunks in order, views of the tensors (one array could not hold past 4 GiB).
    */
   toModelWithData(
     header: ModelHeader,
     external?: ExternalData,
-  ): { model: Uint8Array; data?: Uint8Array } {
+  ): { model: Uint8Array; data?: Uint8Array[] } {
     const chunks: Uint8Array[] = [];
     let offset = 0;
     const initializer = this.#inits.map(({ name, data, dims }) => {
@@ -261,13 +262,6 @@ export class OnnxGraph {
       metadataProps: Object.entries(header.metadata ?? {}).map(([key, value]) => ({ key, value })),
     };
     const bytes = onnx.ModelProto.encode(model).finish();
-    if (!external) return { model: bytes };
-    const data = new Uint8Array(offset);
-    let at = 0;
-    for (const c of chunks) {
-      data.set(c, at);
-      at += c.length;
-    }
-    return { model: bytes, data };
+    return external ? { model: bytes, data: chunks } : { model: bytes };
   }
 }

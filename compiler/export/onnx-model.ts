@@ -87,7 +87,8 @@ const REDUCE_ONNX = { sum: "ReduceSum", mean: "ReduceMean", max: "ReduceMax" } a
 /** Builds the model; throws UnmappableOpError or NotSymbolicError (./onnx-dims.ts). */
 export function buildOnnxModel(options: OnnxModelOptions): {
   model: Uint8Array;
-  data?: Uint8Array;
+  /** The external data file's chunks, when the weights went there. */
+  data?: Uint8Array[];
 } {
   const { sizes, weights } = options;
   const graph = sizes.base;
@@ -235,7 +236,14 @@ export function buildOnnxModel(options: OnnxModelOptions): {
               n.id,
             );
         });
-        const data = n.dtype === "i32" ? Int32Array.from(w.data) : Float32Array.from(w.data);
+        const data =
+          n.dtype === "i32"
+            ? w.data instanceof Int32Array
+              ? w.data
+              : Int32Array.from(w.data)
+            : w.data instanceof Float32Array
+              ? w.data
+              : Float32Array.from(w.data);
         return g.init("", data, n.shape, n.name);
       }
       case "const": {

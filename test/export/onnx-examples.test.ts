@@ -79,7 +79,7 @@ describe("every shipped example exports to ONNX and matches the reference", () =
         };
         const e = exportTo(full, path.join(dir, "m.onnx"), options);
         expect(e.symbolic.some((d) => d in fixed)).toBe(false);
-        const s = await session(e.files[0]!.data as Uint8Array);
+        const s = await session(e.modelBytes);
         const runs = e.symbolic.length === 0 ? SIZES.slice(0, 1) : SIZES;
         for (const sizes of runs) {
           const dims = {

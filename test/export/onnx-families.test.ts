@@ -217,7 +217,7 @@ describe("every router and adapter family exports to ONNX and matches the refere
           .filter((d) => !(d in fixed))
           .sort(),
       );
-      const s = await session(e.files[0]!.data as Uint8Array);
+      const s = await session(e.modelBytes);
       for (const sizes of f.sizes) {
         const dims = { ...fixed, ...sizes };
         const ints: Record<string, number[]> = f.source.includes("in task")

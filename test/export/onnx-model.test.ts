@@ -13,6 +13,7 @@ import { prepareWeights } from "../../runtime/run-model.js";
 import { weightsToSafetensors } from "../../runtime/weights.js";
 import { writeSafetensorsFile } from "../../runtime/safetensors.js";
 import { peftAdapterFiles } from "../../runtime/peft.js";
+import { writeFileAtomic } from "../../runtime/atomic-write.js";
 import { lowerFromSource } from "../../cli/model-options.js";
 import { compareAt, exportTo, scratchDir, session, writeModel } from "./onnx-harness.js";
 
@@ -21,16 +22,16 @@ const root = path.join(import.meta.dirname, "../..");
 const tiny = path.join(root, "examples/tiny-transformer.moe");
 const dir = scratchDir();
 
-const decode = (bytes: Uint8Array | string) => onnx.ModelProto.decode(bytes as Uint8Array);
+const decode = (bytes: Uint8Array) => onnx.ModelProto.decode(bytes);
 /** The decoded graph (protobufjs types every field optional; decoded messages have them all). */
-const graphOf = (bytes: Uint8Array | string) => decode(bytes).graph as onnxProto.onnx.GraphProto;
+const graphOf = (bytes: Uint8Array) => decode(bytes).graph as onnxProto.onnx.GraphProto;
 const dimsOf = (v: onnxProto.onnx.IValueInfoProto) =>
   v.type!.tensorType!.shape!.dim!.map((d) => d.dimParam || Number(d.dimValue));
 
 describe("the exported file", () => {
   it("has the header, opset 20, ports by name with symbolic dims, parameters by path", () => {
     const e = exportTo(tiny, path.join(dir, "tiny.onnx"));
-    const m = decode(e.files[0]!.data);
+    const m = decode(e.modelBytes);
     expect(m.producerName).toBe("moec");
     expect(m.producerVersion).toBe("test");
     expect(m.docString).toContain("TinyTransformer");
@@ -44,7 +45,7 @@ describe("the exported file", () => {
     });
     expect(m.opsetImport.map((o) => [o.domain, Number(o.version)])).toEqual([["", ONNX_OPSET]]);
     expect(ONNX_OPSET).toBeGreaterThanOrEqual(17);
-    const g = graphOf(e.files[0]!.data);
+    const g = graphOf(e.modelBytes);
     expect(g.input.map((i) => [i.name, dimsOf(i)])).toEqual([["x", ["B", "T", 16]]]);
     expect(g.output.map((o) => [o.name, dimsOf(o)])).toEqual([["logits", ["B", "T", 10]]]);
     const params = prepareWeights(
@@ -64,12 +65,12 @@ describe("the exported file", () => {
   it("--dim fixes a dim: the input has that size, the other stays symbolic", () => {
     const e = exportTo(tiny, path.join(dir, "tiny.onnx"), { dim: ["T=6"] });
     expect(e.symbolic).toEqual(["B"]);
-    expect(dimsOf(graphOf(e.files[0]!.data).input[0]!)).toEqual(["B", 6, 16]);
+    expect(dimsOf(graphOf(e.modelBytes).input[0]!)).toEqual(["B", 6, 16]);
   });
 
   it("routes sparsely: TopK, per-expert NonZero and Gather, ScatterElements (add)", () => {
     const e = exportTo(path.join(root, "examples/mixtral.moe"), path.join(dir, "mixtral.onnx"));
-    const nodes = graphOf(e.files[0]!.data).node as onnxProto.onnx.NodeProto[];
+    const nodes = graphOf(e.modelBytes).node as onnxProto.onnx.NodeProto[];
     const ops = new Set(nodes.map((n) => n.opType));
     for (const op of ["TopK", "NonZero", "Gather", "ScatterElements", "MatMul"])
       expect(ops, op).toContain(op);
@@ -85,8 +86,8 @@ describe("the exported file", () => {
     fs.mkdirSync(path.dirname(out), { recursive: true });
     const e = exportTo(tiny, out, {}, 1000);
     expect(e.files.map((f) => path.basename(f.path))).toEqual(["tiny.onnx", "tiny.onnx.data"]);
-    for (const f of e.files) fs.writeFileSync(f.path, f.data);
-    const external = (graphOf(e.files[0]!.data).initializer as onnxProto.onnx.TensorProto[]).filter(
+    for (const f of e.files) writeFileAtomic(f.path, f.data);
+    const external = (graphOf(e.modelBytes).initializer as onnxProto.onnx.TensorProto[]).filter(
       (t) => t.dataLocation === onnx.TensorProto.DataLocation.EXTERNAL,
     );
     expect(external.length).toBeGreaterThan(10);
@@ -121,7 +122,7 @@ describe("the exported file", () => {
     expect([...other.weights.get("proj.weight")!.data]).not.toEqual([
       ...weights.get("proj.weight")!.data,
     ]);
-    const s = await session(e.files[0]!.data as Uint8Array);
+    const s = await session(e.modelBytes);
     expect((await compareAt(tiny, e, s, { B: 1, T: 4 })).logits).toBeLessThan(1e-5);
     await s.release();
   });
@@ -166,7 +167,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]
     expect([...e.weights.get("q.lora_B.weight")!.data]).toEqual([
       ...lora.get("net.q.lora_B.weight")!.data,
     ]);
-    const s = await session(e.files[0]!.data as Uint8Array);
+    const s = await session(e.modelBytes);
     for (const N of [3, 6]) expect((await compareAt(file, e, s, { N })).y).toBeLessThan(1e-5);
     await s.release();
   });
