@@ -52,8 +52,10 @@ export interface DimProbes {
   checkSize: number;
 }
 
-/** Node fields that name structure: they must agree between lowerings (group_rows' align
- * may change: it only schedules GPU work, and no ONNX op is written for it). */
+/**
+ * Node fields that name structure: they must agree between lowerings. (group_rows' align may
+ * change: it only schedules GPU work, and no ONNX op is written for it.)
+ */
 const STRUCTURAL = new Set([
   "op",
   "fn",
@@ -68,7 +70,7 @@ const STRUCTURAL = new Set([
   "experts",
 ]);
 
-/** How a model's sizes follow its free dims; `dims` are those still free. */
+/** How a model's sizes follow its free dims (those the probes vary). */
 export class SymbolicSizes {
   /** Free dims whose lowering changed the graph's structure (they cannot stay free). */
   readonly structural = new Map<string, string>();
@@ -120,7 +122,12 @@ export class SymbolicSizes {
       }
       exps[dim] = Math.round(e);
     }
-    if (varying.length === 0) return constSize(v0);
+    if (varying.length === 0) {
+      // Not moved by any one dim, yet moved by all of them at once: no product fits.
+      if (read(p.check) !== v0)
+        throw new NotSymbolicError(this.freeDims, `${what} is no product of the free dims`, id);
+      return constSize(v0);
+    }
     const power = (size: number) => Object.values(exps).reduce((a, e) => a * size ** e, 1);
     // v0 = num/den · base^Σe: the smallest denominator that makes num an integer.
     const c = v0 / power(p.baseSize);
@@ -135,9 +142,10 @@ export class SymbolicSizes {
   /** A number of node `id` that must not change with the free dims (a constant's value). */
   fixed(id: number, field: string, what: string): number {
     const v = (g: IrGraph) => (g.nodes[id] as unknown as Record<string, number>)[field]!;
-    const varying = [...(this.probes?.perDim ?? [])]
-      .filter(([, g]) => v(g) !== v(this.base))
-      .map(([d]) => d);
+    const moved = (g: IrGraph) => v(g) !== v(this.base);
+    const varying = [...(this.probes?.perDim ?? [])].filter(([, g]) => moved(g)).map(([d]) => d);
+    if (varying.length === 0 && this.probes && moved(this.probes.check))
+      varying.push(...this.freeDims);
     if (varying.length > 0)
       throw new NotSymbolicError(varying, `${what} changes with the size`, id);
     return v(this.base);

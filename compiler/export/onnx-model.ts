@@ -443,6 +443,3 @@ export function buildOnnxModel(options: OnnxModelOptions): {
     })[0]!;
   }
 }
-
-export { NotSymbolicError, SymbolicSizes };
-export type { IrGraph };
