@@ -111,15 +111,13 @@ export class SymbolicSizes {
     const v0 = read(this.base);
     if (!p) return constSize(v0);
     const exps: Record<string, number> = {};
-    const varying: string[] = [];
-    for (const [dim, g] of p.perDim) {
-      const v = read(g);
-      if (v === v0) continue;
-      varying.push(dim);
+    const varying = [...p.perDim].filter(([, g]) => read(g) !== v0).map(([d]) => d);
+    const noFit = () => new NotSymbolicError(varying, `${what} is no product of the free dims`, id);
+    for (const dim of varying) {
+      const v = read(p.perDim.get(dim)!);
       const e = Math.log(v / v0) / Math.log(p.probeSize / p.baseSize);
-      if (!(v0 > 0 && v > 0 && Math.abs(e - Math.round(e)) < 1e-9 && Math.round(e) > 0)) {
-        throw new NotSymbolicError([dim], `${what} is no product of the free dims`, id);
-      }
+      if (!(v0 > 0 && v > 0 && Math.abs(e - Math.round(e)) < 1e-9 && Math.round(e) > 0))
+        throw noFit();
       exps[dim] = Math.round(e);
     }
     if (varying.length === 0) {
@@ -135,7 +133,7 @@ export class SymbolicSizes {
     while (den <= 4096 && Math.abs(c * den - Math.round(c * den)) > 1e-9) den++;
     const num = Math.round(c * den);
     const ok = den <= 4096 && (num * power(p.checkSize)) / den === read(p.check);
-    if (!ok) throw new NotSymbolicError(varying, `${what} is no product of the free dims`, id);
+    if (!ok) throw noFit();
     return { num, den, exps };
   }
 
