@@ -5,7 +5,7 @@
  * and writes every file atomically, so a failure leaves nothing half-written.
  */
 import * as path from "node:path";
-import { writeFileAtomic } from "../runtime/atomic-write.js";
+import { type FileData, writeFileAtomic } from "../runtime/atomic-write.js";
 import { exportOnnx } from "./export-onnx.js";
 import { exportTorch } from "./export-torch.js";
 import type { ModelOptions } from "./model-options.js";
@@ -37,7 +37,8 @@ export interface ExportHeader {
 /** One file an export writes: the main file first, then any beside it (ONNX external data). */
 export interface ExportedFile {
   path: string;
-  data: Uint8Array | string;
+  /** Bytes, text, or chunks in order (ONNX external data past 4 GiB is no single array). */
+  data: FileData;
 }
 
 /**
@@ -76,7 +77,9 @@ export async function runExport(file: string, options: ExportOptions): Promise<n
     version: MOEC_VERSION,
   });
   const files = await format.run(file, options, output, header);
-  for (const f of files) mapWriteErrors(`-o ${f.path}`, () => writeFileAtomic(f.path, f.data));
+  // The files beside the main one first: a model file never names data that is not there.
+  for (const f of [...files].reverse())
+    mapWriteErrors(`-o ${f.path}`, () => writeFileAtomic(f.path, f.data));
   process.stderr.write(`wrote ${files.map((f) => displayPath(f.path)).join(", ")}\n`);
   return 0;
 }

@@ -76,11 +76,62 @@ export interface RunResult {
   memory?: { peakBytes: number; tensorBytes: number };
 }
 
-function parseSeed(seed: string | undefined): number {
+export function parseSeed(seed: string | undefined): number {
   if (seed === undefined) return 0;
   if (!/^\d+$/.test(seed))
     throw new CliError(`--seed expects a non-negative integer, found "${seed}"`, EXIT_USAGE);
   return Number(seed);
+}
+
+/** The weight options of `moec run` (and `moec export`): --weights, --weights-map, --adapter. */
+export type WeightOptions = Pick<RunOptions, "weights" | "weightsMap" | "adapter">;
+
+/**
+ * The checkpoint the weight options name for `graph`'s parameters: read, renamed by its weight
+ * map, narrowed to this model's instance of a training checkpoint, combined with a PEFT
+ * adapter (`loras` undefined: a bundle, which takes none). Undefined: seeded weights.
+ */
+export function openRunWeights(
+  graph: IrGraph,
+  loras: { path: string; r: number; alpha: number }[] | undefined,
+  options: WeightOptions,
+): SafetensorsFile | undefined {
+  let weightsFile = openTensors(options.weights, "--weights");
+  const paths = paramSpecs(graph).map((p) => p.path);
+  const map = options.weightsMap === undefined ? undefined : WEIGHT_MAPS.get(options.weightsMap);
+  if (options.weightsMap !== undefined) {
+    if (!map) {
+      throw new CliError(
+        `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
+        EXIT_USAGE,
+      );
+    }
+    if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
+  }
+  if (weightsFile && !map) {
+    // A moec train checkpoint: the parameters under the binding of this model's instance.
+    const trained = trainedInstance(weightsFile, paths);
+    if (trained) {
+      weightsFile = trained.file;
+      process.stderr.write(
+        `reading the parameters under \`${trained.binding}.\` of ${displayPath(options.weights!)} (a training checkpoint)\n`,
+      );
+    }
+  }
+  try {
+    if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
+    if (options.adapter !== undefined) {
+      if (!weightsFile)
+        throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
+      if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
+      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
+      weightsFile = combineCheckpoints([weightsFile, adapter]);
+    }
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
+  }
+  return weightsFile;
 }
 
 export async function executeRun(target: string, options: RunOptions): Promise<RunResult> {
@@ -128,41 +179,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     const { lowered } = lowerFromSource(target, { ...options, routing });
     ({ graph, inputs, name, dims, loras } = lowered);
   }
-  let weightsFile = openTensors(options.weights, "--weights");
-  const paths = paramSpecs(graph).map((p) => p.path);
-  const map = options.weightsMap === undefined ? undefined : WEIGHT_MAPS.get(options.weightsMap);
-  if (options.weightsMap !== undefined) {
-    if (!map) {
-      throw new CliError(
-        `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
-        EXIT_USAGE,
-      );
-    }
-    if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
-  }
-  if (weightsFile && !map) {
-    // A moec train checkpoint: the parameters under the binding of this model's instance.
-    const trained = trainedInstance(weightsFile, paths);
-    if (trained) {
-      weightsFile = trained.file;
-      process.stderr.write(
-        `reading the parameters under \`${trained.binding}.\` of ${displayPath(options.weights!)} (a training checkpoint)\n`,
-      );
-    }
-  }
-  try {
-    if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
-    if (options.adapter !== undefined) {
-      if (!weightsFile)
-        throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
-      if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
-      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
-      weightsFile = combineCheckpoints([weightsFile, adapter]);
-    }
-  } catch (err) {
-    if (err instanceof WeightsError) throw new CliError(err.message);
-    throw err;
-  }
+  const weightsFile = openRunWeights(graph, loras, options);
   const inputsFile = openTensors(options.inputs, "--inputs");
   // Weights and inputs are made only after every size is checked: generating or reading
   // gigabytes, then failing on a limit, costs the user minutes for a one-line error.
