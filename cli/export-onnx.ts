@@ -23,6 +23,7 @@ import {
   lowerAnalyzed,
   parseDims,
 } from "./model-options.js";
+import type { ExportHeader } from "./export-format.js";
 import { CliError, displayPath, sourcesOf } from "./report.js";
 import { type WeightOptions, openRunWeights, parseSeed } from "./run-command.js";
 
@@ -45,13 +46,6 @@ export interface OnnxExportOptions extends ModelOptions, WeightOptions {
   initMissing?: boolean;
   allowNonfinite?: boolean;
   seed?: string;
-}
-
-/** What an exported file says about where it came from (export-command.ts's ExportHeader). */
-interface Header {
-  source: string;
-  model: string;
-  version: string;
 }
 
 /** What an ONNX export made, for the command and for tests. */
@@ -89,7 +83,7 @@ export function exportOnnxModel(
   file: string,
   options: OnnxExportOptions,
   output: (model: string) => string,
-  header: (model: string) => Header,
+  header: (model: string) => ExportHeader,
   thresholdBytes = EXTERNAL_DATA_THRESHOLD,
 ): OnnxExport {
   const seed = parseSeed(options.seed);
@@ -206,6 +200,6 @@ export const exportOnnx = (
   file: string,
   options: OnnxExportOptions,
   output: (model: string) => string,
-  header: (model: string) => Header,
+  header: (model: string) => ExportHeader,
 ): Promise<OnnxExport["files"]> =>
   Promise.resolve(exportOnnxModel(file, options, output, header).files);

@@ -6,7 +6,7 @@ import * as os from "node:os";
 import * as path from "node:path";
 import type * as Ort from "onnxruntime-node";
 import { type OnnxExport, exportOnnxModel } from "../../cli/export-onnx.js";
-import type { ExportOptions } from "../../cli/export-command.js";
+import type { ExportOptions } from "../../cli/export-format.js";
 import { lowerFromSource } from "../../cli/model-options.js";
 import { prepareInputs, runReference } from "../../runtime/run-model.js";
 import type { TypedTensor } from "../../runtime/weights.js";
