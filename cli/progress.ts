@@ -1,6 +1,6 @@
 /**
- * Progress on a terminal while kernels compile ("compiling kernels 7/23"), drawn by ora on
- * stderr. Nothing when stderr is not an interactive terminal, in CI, or with --json; and
+ * Progress on a terminal while kernels compile ("compiling kernels 7/23") or `moec tune`
+ * measures ("tuning kernels 5/31"), drawn by ora on stderr. Nothing when stderr is not an interactive terminal, in CI, or with --json; and
  * nothing for a compile that ends within SHOW_AFTER_MS (kernels already in the driver's cache).
  */
 import ora, { type Ora } from "ora";
@@ -9,7 +9,7 @@ import { stderrIsInteractive } from "./report.js";
 const SHOW_AFTER_MS = 300;
 
 export interface CompileProgress {
-  /** Kernels done of total (runtime/compile-kernels.ts's onProgress). */
+  /** Done of total (kernels: runtime/compile-kernels.ts's onProgress). */
   update: (done: number, total: number) => void;
   /** Clears the spinner (idempotent; call it on errors too). */
   stop: () => void;
@@ -17,6 +17,14 @@ export interface CompileProgress {
 
 /** A spinner for compiling kernels, or undefined where none is drawn. */
 export function compileProgress(json: boolean | undefined): CompileProgress | undefined {
+  return counterSpinner("compiling kernels", json);
+}
+
+/** A spinner saying "LABEL done/total", or undefined where none is drawn. */
+export function counterSpinner(
+  label: string,
+  json: boolean | undefined,
+): CompileProgress | undefined {
   if (json || !stderrIsInteractive()) return undefined;
   let spinner: Ora | undefined;
   let timer: NodeJS.Timeout | undefined;
@@ -30,7 +38,7 @@ export function compileProgress(json: boolean | undefined): CompileProgress | un
   return {
     update(done, total) {
       if (done >= total) return stop();
-      text = `compiling kernels ${done}/${total}`;
+      text = `${label} ${done}/${total}`;
       if (spinner) spinner.text = text;
       else
         timer ??= setTimeout(() => {

@@ -5,6 +5,7 @@
  */
 import { autotune, defaultCacheDir, elementwiseName, loadTuning } from "../runtime/autotune.js";
 import { DeviceError, adapterSummary, openDevice } from "../runtime/device.js";
+import { counterSpinner } from "./progress.js";
 import { CliError, EXIT_DEVICE } from "./report.js";
 
 export async function runTune(options: { force?: boolean; json?: boolean }): Promise<number> {
@@ -17,11 +18,23 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
   }
   try {
     const cached = loadTuning(ctx);
-    const log = options.json ? undefined : (line: string) => process.stderr.write(`${line}\n`);
-    const tuning =
-      cached && !options.force
-        ? cached
-        : await autotune(ctx, { force: true, ...(log ? { log } : {}) });
+    // On a terminal a spinner counts the candidates; elsewhere each one's figure is a line.
+    const spinner = counterSpinner("tuning kernels", options.json);
+    const log =
+      options.json || spinner ? undefined : (line: string) => process.stderr.write(`${line}\n`);
+    let tuning;
+    try {
+      tuning =
+        cached && !options.force
+          ? cached
+          : await autotune(ctx, {
+              force: true,
+              ...(log ? { log } : {}),
+              ...(spinner ? { onProgress: spinner.update } : {}),
+            });
+    } finally {
+      spinner?.stop();
+    }
     const result = {
       adapter: adapterSummary(ctx),
       cached: cached !== undefined && !options.force,

@@ -293,6 +293,8 @@ export interface AutotuneOptions {
   budgetMs?: number;
   /** Progress lines (e.g. console.error). */
   log?: (line: string) => void;
+  /** Called after each candidate is measured: `done` of `total` (a terminal's spinner). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 /**
@@ -322,6 +324,12 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
     options.variants ??
     MATMUL_VARIANTS.filter((v) => !v.name.startsWith("naive") && v.tm * v.tn <= 256);
   const measured: Record<string, Record<string, number>> = {};
+  const largeCandidates = options.largeVariants ?? LARGE_MATMUL_VARIANTS;
+  const shapesToTime = options.elementwiseVariants ?? ELEMENTWISE_VARIANTS;
+  const total = 2 * (variants.length + largeCandidates.length) + shapesToTime.length;
+  let done = 0;
+  const tick = () => options.onProgress?.(++done, total);
+  options.onProgress?.(0, total);
   const pick = async (
     tier: string,
     candidates: readonly MatmulVariant[],
@@ -354,6 +362,7 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
         options.log?.(
           `autotune ${tier}${layout} ${v.name}: ${timed < shapes.length ? "pruned" : `${score.toFixed(2)} GFLOP/s`}`,
         );
+        tick();
         if (score > bestScore) {
           bestScore = score;
           chosen[layout] = v;
@@ -373,12 +382,12 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
   );
   const largeMatmul = await pick(
     "large ",
-    options.largeVariants ?? LARGE_MATMUL_VARIANTS,
+    largeCandidates,
     options.largeShapes ?? [[256, 1024, 512]],
     DEFAULT_TUNING.largeMatmul,
   );
   let elementwise: ElementwiseShape = DEFAULT_TUNING;
-  const shapes = options.elementwiseVariants ?? ELEMENTWISE_VARIANTS;
+  const shapes = shapesToTime;
   if (shapes.length > 0) {
     const scores: Record<string, number> = {};
     measured.elementwise = scores;
@@ -387,6 +396,7 @@ export async function autotune(ctx: GpuContext, options: AutotuneOptions = {}): 
       const ms = await benchElementwise(ctx, shape, { budgetMs: options.budgetMs ?? 150 });
       scores[elementwiseName(shape)] = Number(ms.toFixed(3));
       options.log?.(`autotune elementwise ${elementwiseName(shape)}: ${ms.toFixed(2)} ms`);
+      tick();
       if (ms < bestMs) {
         bestMs = ms;
         elementwise = shape;

@@ -212,6 +212,7 @@ describe("autotune", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moec-autotune-"));
     try {
       const lines: string[] = [];
+      const progress: string[] = [];
       const tuned = await autotune(ctx, {
         cacheDir: dir,
         variants: [MATMUL_VARIANTS[0]!, MATMUL_VARIANTS.at(-1)!],
@@ -221,9 +222,11 @@ describe("autotune", () => {
         elementwiseVariants: [ELEMENTWISE_VARIANTS[1]!],
         budgetMs: 5,
         log: (l) => lines.push(l),
+        onProgress: (done, total) => progress.push(`${done}/${total}`),
       });
       // 2 variants × 2 layouts, 1 large variant × 2 layouts, 1 elementwise shape.
       expect(lines.length).toBe(7);
+      expect(progress).toEqual(Array.from({ length: 8 }, (_, i) => `${i}/7`));
       expect(tuned.largeMatmul).toEqual({ nn: MATMUL_VARIANTS[1], nt: MATMUL_VARIANTS[1] });
       expect(tuned).toMatchObject(ELEMENTWISE_VARIANTS[1]!);
       const file = path.join(dir, "autotune.json");
