@@ -8,9 +8,9 @@ import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
 import { compileGraph } from "../../compiler/kernels/compile-graph.js";
 import { ShaderError, compileKernels } from "../../runtime/compile-kernels.js";
-import { Executor, type TensorData } from "../../runtime/executor.js";
+import { Executor } from "../../runtime/executor.js";
 import { interpret } from "../../runtime/reference/interpret.js";
-import { randomLeaves, relL2, toDevice, useDevice } from "./gpu-harness.js";
+import { deviceFeeds, randomLeaves, relL2, useDevice } from "./gpu-harness.js";
 import { transformerBlockGraph } from "./model-graphs.js";
 
 const gpu = useDevice();
@@ -30,12 +30,7 @@ function small() {
 
 async function runChecked(exe: Executor, graph: IrGraph, seed: number) {
   const leaves = randomLeaves(graph, seed);
-  const params = new Map<string, TensorData>();
-  const inputs = new Map<string, TensorData>();
-  for (const n of graph.nodes) {
-    if (n.op === "param") params.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-    if (n.op === "input") inputs.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-  }
+  const { params, inputs } = deviceFeeds(graph, leaves);
   exe.setParams(params);
   exe.poison();
   const out = await exe.run(inputs);

@@ -46,6 +46,20 @@ export function randomLeaves(
   return out;
 }
 
+/** The leaves as device data: parameters for setParams, inputs for run. */
+export function deviceFeeds(
+  graph: IrGraph,
+  leaves: ReadonlyMap<string, HostTensor>,
+): { params: Map<string, TensorData>; inputs: Map<string, TensorData> } {
+  const params = new Map<string, TensorData>();
+  const inputs = new Map<string, TensorData>();
+  for (const n of graph.nodes) {
+    if (n.op === "param") params.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
+    if (n.op === "input") inputs.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
+  }
+  return { params, inputs };
+}
+
 export function toDevice(t: HostTensor, dtype: "f32" | "i32"): TensorData {
   return dtype === "i32" ? Int32Array.from(t.data) : Float32Array.from(t.data);
 }
@@ -100,12 +114,7 @@ export async function checkGraph(
   );
   const exe = await Executor.create(ctx, program);
   try {
-    const params = new Map<string, TensorData>();
-    const inputs = new Map<string, TensorData>();
-    for (const n of graph.nodes) {
-      if (n.op === "param") params.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-      if (n.op === "input") inputs.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-    }
+    const { params, inputs } = deviceFeeds(graph, leaves);
     exe.setParams(params);
     exe.poison();
     const gpu = await exe.run(inputs);

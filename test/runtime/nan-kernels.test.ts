@@ -7,9 +7,9 @@ import { describe, expect, it } from "vitest";
 import { compileGraph } from "../../compiler/kernels/compile-graph.js";
 import { IrBuilder } from "../../compiler/ir/builder.js";
 import type { IrGraph } from "../../compiler/ir/graph.js";
-import { Executor, type TensorData } from "../../runtime/executor.js";
+import { Executor } from "../../runtime/executor.js";
 import { interpret } from "../../runtime/reference/interpret.js";
-import { randomLeaves, toDevice, useDevice } from "./gpu-harness.js";
+import { deviceFeeds, randomLeaves, useDevice } from "./gpu-harness.js";
 
 const gpu = useDevice();
 
@@ -34,12 +34,7 @@ async function runWithNans(
   const program = compileGraph(g, gpu().limits);
   const exe = await Executor.create(gpu(), program);
   try {
-    const params = new Map<string, TensorData>();
-    const inputs = new Map<string, TensorData>();
-    for (const n of g.nodes) {
-      if (n.op === "param") params.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-      if (n.op === "input") inputs.set(n.name, toDevice(leaves.get(n.name)!, n.dtype));
-    }
+    const { params, inputs } = deviceFeeds(g, leaves);
     exe.setParams(params);
     const out = await exe.run(inputs);
     const ref = interpret(g, leaves).outputs;
