@@ -1,15 +1,6 @@
 // Every shipped example exported with --format torch matches the float64 reference
 // interpreter (docs/export.md): same weights, same inputs, relative L2 < 1e-5 in float64.
-import { beforeAll, describe, expect, it } from "vitest";
-import {
-  type TorchCase,
-  type TorchResult,
-  findTorchPython,
-  runTorchCases,
-} from "./torch-harness.js";
-
-const found = findTorchPython();
-if (!found.python) console.warn(`skipping the PyTorch export tests: ${found.why}`);
+import { type TorchCase, describeTorchCases } from "./torch-harness.js";
 
 const small = ["layers=2", "d=16", "heads=2", "vocab=12"];
 const CASES: TorchCase[] = [
@@ -128,24 +119,4 @@ const CASES: TorchCase[] = [
   },
 ];
 
-describe.skipIf(!found.python)("moec export --format torch: examples", () => {
-  let results: Map<string, TorchResult>;
-  beforeAll(async () => {
-    results = new Map((await runTorchCases(found.python!, CASES)).map((r) => [r.name, r]));
-    for (const r of results.values())
-      console.log(
-        `${r.name}: rel L2 ${JSON.stringify(r.relL2)} round trip ${JSON.stringify(r.roundTrip)}`,
-      );
-  }, 600_000);
-  for (const c of CASES) {
-    it(c.name, () => {
-      const r = results.get(c.name)!;
-      expect(r.error).toBeUndefined();
-      expect(r.keysDiff).toBe("");
-      expect(r.keysMatch).toBe(true);
-      expect(Object.keys(r.relL2).length).toBeGreaterThan(0);
-      for (const v of Object.values(r.relL2)) expect(v).toBeLessThan(1e-5);
-      for (const v of Object.values(r.roundTrip)) expect(v).toBeLessThan(1e-5);
-    });
-  }
-});
+describeTorchCases("moec export --format torch: examples", CASES);

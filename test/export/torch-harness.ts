@@ -2,6 +2,7 @@
 // per test file (importing torch costs seconds), `moec run --backend reference` for the
 // expected outputs and for the round trip of the weights torch saved.
 import { spawnSync } from "node:child_process";
+import { beforeAll, describe, expect, it } from "vitest";
 import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
@@ -246,4 +247,36 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
   });
   fs.rmSync(work, { recursive: true, force: true });
   return results;
+}
+
+/**
+ * A describe block: every case exported, run in float64 against the reference (relative L2
+ * < 1e-5), its state_dict() checked against `moec params`, and torch's saved weights run by
+ * `moec run` (the same outputs as torch's). Skipped, saying why, without a torch Python.
+ */
+export function describeTorchCases(title: string, cases: TorchCase[]): void {
+  const found = findTorchPython();
+  if (!found.python) console.warn(`skipping ${title}: ${found.why}`);
+  describe.skipIf(!found.python)(title, () => {
+    let results: Map<string, TorchResult>;
+    beforeAll(async () => {
+      results = new Map((await runTorchCases(found.python!, cases)).map((r) => [r.name, r]));
+      for (const r of results.values())
+        console.log(
+          `${r.name}: rel L2 ${JSON.stringify(r.relL2)} round trip ${JSON.stringify(r.roundTrip)}`,
+        );
+    }, 900_000);
+    for (const c of cases) {
+      it(c.name, () => {
+        const r = results.get(c.name)!;
+        expect(r.error).toBeUndefined();
+        expect(r.keysDiff).toBe("");
+        expect(r.keysMatch).toBe(true);
+        expect(Object.keys(r.relL2).length).toBeGreaterThan(0);
+        for (const v of Object.values(r.relL2)) expect(v).toBeLessThan(1e-5);
+        expect(Object.keys(r.roundTrip)).toEqual(Object.keys(r.relL2));
+        for (const v of Object.values(r.roundTrip)) expect(v).toBeLessThan(1e-5);
+      });
+    }
+  });
 }
