@@ -59,10 +59,20 @@ interface Binding {
   /** For instances: the component whose instance it is (its outputs decide forward's result). */
   decl?: ComponentDecl;
   perTask?: boolean;
+  /** For instances: the expression that made it (its port sizes are read from it). */
+  made?: Expr;
 }
 
 /** The primitives with a prelude class, by name. */
-const PRELUDE_ROUTERS = new Set(["TopK", "TaskRoute", "TaskMap", "Soft", "ExpertChoice", "Hash"]);
+const PRELUDE_ROUTERS = new Set([
+  "TopK",
+  "TaskRoute",
+  "TaskMap",
+  "Soft",
+  "ExpertChoice",
+  "Hash",
+  "Grouped",
+]);
 /** Names the prelude and the imports take: a moe name equal to one is renamed. */
 const RESERVED = new Set([
   ..."False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield".split(
@@ -479,7 +489,7 @@ class ComponentEmitter {
             const py = `${owner}.${pyName(name)}`;
             const made = this.construct(s.value, initEnv);
             init.push(`${py} = ${made.py}`);
-            const b: Binding = { ...made, py };
+            const b: Binding = { ...made, py, made: s.value };
             initEnv.set(name, b);
             fwdEnv.set(name, b);
             break;
@@ -642,7 +652,7 @@ class ComponentEmitter {
         };
       }
       case "WithExpr":
-        return this.fail(e.span, "`with` (adapters attached to a base)");
+        return this.withAdapter(e, env, perTask);
       case "RepeatListExpr": {
         const inner = this.construct(e.element, env, perTask);
         const n = this.expr(e.count, env).py;
@@ -685,6 +695,42 @@ class ComponentEmitter {
       default:
         return this.fail(e.span, "this construction");
     }
+  }
+
+  /** `base with LoRA(...)`: the prelude's LoRA over a base bound to a name. */
+  private withAdapter(
+    e: Extract<Expr, { kind: "WithExpr" }>,
+    env: Map<string, Binding>,
+    perTask?: string,
+  ): { py: string; kind: Kind; decl?: ComponentDecl } {
+    const base = e.base.kind === "NameExpr" ? env.get(e.base.name.name) : undefined;
+    if (!base || base.kind !== "instance" || base.perTask || !base.made)
+      return this.fail(e.base.span, "an adapter on a base that is not a named instance");
+    const a = e.adapter;
+    const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
+    const g = callee ? this.e.global(this.file, callee) : undefined;
+    if (
+      g?.kind !== "component" ||
+      g.decl.form !== "primitive" ||
+      callee !== "LoRA" ||
+      a.kind !== "CallExpr"
+    )
+      return this.fail(a.span, "an adapter other than LoRA attached with `with`");
+    const bound = bindArgs(
+      g.decl.params.map((p) => ({ name: p.name.name })),
+      a.args,
+    );
+    if (bound.has("targets")) return this.fail(a.span, "LoRA with `targets`");
+    const fin = this.portDim(base.made, env, "in");
+    const fout = this.portDim(base.made, env, "out");
+    if (fin === undefined || fout === undefined)
+      return this.fail(e.base.span, "a LoRA base whose sizes are not known here");
+    const args = [base.py, fin, fout];
+    for (const p of g.decl.params) {
+      const v = bound.get(p.name.name);
+      if (v) args.push(`${p.name.name}=${this.argValue(v, p.type, env, perTask)}`);
+    }
+    return { py: `LoRA(${args.join(", ")})`, kind: "instance", decl: base.decl };
   }
 
   /** An argument to a constructor: enum members as strings, per-task records by task. */
@@ -733,15 +779,16 @@ class ComponentEmitter {
     const parts = [`router=${this.construct(router, env, perTask).py}`, `experts=${expertList.py}`];
     const shared = bound.get("shared");
     if (shared) parts.push(`shared=${this.construct(shared, env, perTask).py}`);
-    const first =
-      experts.kind === "RepeatListExpr"
-        ? experts.element
-        : experts.kind === "ListExpr"
-          ? experts.elements[0]
-          : undefined;
-    if (first && (first.kind === "RepeatListExpr" || first.kind === "ListExpr"))
-      return this.fail(experts.span, "groups of experts (a list of lists)");
-    const d = first ? this.inputDim(first, env) : undefined;
+    const firstOf = (x: Expr | undefined): Expr | undefined =>
+      x?.kind === "RepeatListExpr" ? x.element : x?.kind === "ListExpr" ? x.elements[0] : x;
+    let first = firstOf(experts);
+    if (first && (first.kind === "RepeatListExpr" || first.kind === "ListExpr")) {
+      if (routerName !== "Grouped")
+        return this.fail(experts.span, `groups of experts (a list of lists) under ${routerName}`);
+      first = firstOf(first);
+    } else if (routerName === "Grouped")
+      return this.fail(experts.span, "Grouped over experts that are not groups (a list of lists)");
+    const d = first ? this.portDim(first, env, "in") : undefined;
     if (d === undefined)
       return this.fail(experts.span, "experts whose input size is not known here");
     parts.push(`d=${d}`);
@@ -751,17 +798,22 @@ class ComponentEmitter {
   }
 
   /**
-   * The size of the last dim of an expert's first input, as Python in this scope: the
+   * The size of the last dim of an instance's first input (or output), as Python in this scope: the
    * expert's port type with its constructor arguments substituted (`FFN(d, h)` → `d`).
    */
-  private inputDim(e: Expr, env: Map<string, Binding>): string | undefined {
-    if (e.kind === "FrozenExpr") return this.inputDim(e.operand, env);
+  private portDim(e: Expr, env: Map<string, Binding>, dir: "in" | "out"): string | undefined {
+    if (e.kind === "FrozenExpr" || e.kind === "PerTaskExpr")
+      return this.portDim(e.operand, env, dir);
+    if (e.kind === "WithExpr") return this.portDim(e.base, env, dir);
+    if (e.kind === "NameExpr") {
+      const b = env.get(e.name.name);
+      return b?.made ? this.portDim(b.made, env, dir) : undefined;
+    }
     if (e.kind !== "CallExpr" || e.callee.kind !== "NameExpr") return undefined;
     const g = this.e.global(this.file, e.callee.name.name);
     if (g?.kind !== "component" || g.decl.form === "primitive") return undefined;
     const port = g.decl.body.find(
-      (s): s is Extract<Stmt, { kind: "PortDecl" }> =>
-        s.kind === "PortDecl" && s.direction === "in",
+      (s): s is Extract<Stmt, { kind: "PortDecl" }> => s.kind === "PortDecl" && s.direction === dir,
     );
     const dims = port?.type.kind === "NamedType" ? port.type.dims : undefined;
     const last = dims?.[dims.length - 1];

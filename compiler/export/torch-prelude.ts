@@ -117,6 +117,28 @@ class PerTask(nn.ModuleDict):
         return x.clone() if out is None else out
 
 
+# ----------------------------------------------------------------------------- adapters
+
+
+class LoRA(nn.Module):
+    """base(x) + (alpha / r)·(x·Aᵀ)·Bᵀ, unmerged, with PEFT's names: lora_A.weight [r, in],
+    lora_B.weight [out, r]. The base is shared, not owned: its weights keep the name of the
+    binding that made it (so several LoRA experts can sit on one frozen base)."""
+
+    def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0):
+        super().__init__()
+        self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.lora_A = nn.Linear(in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.lora_dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.base(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+
+
 # ----------------------------------------------------------------------------- routing
 
 
@@ -294,17 +316,61 @@ class Soft(Router):
         nn.init.normal_(self.gate.weight, std=0.02)
 
 
+class Grouped(Router):
+    """Two-level routing (AT-MoE): every expert, weight w(g)·w(e | g), each a softmax or a
+    sigmoid normalisation (normalize). Set self.pin (one weight per group, summing to 1) to
+    fix the group weights, as moec run --pin-groups does."""
+
+    def __init__(self, outer="softmax", inner="softmax", pin=()):
+        super().__init__()
+        self.outer, self.inner, self.pin = outer, inner, list(pin)
+
+    def build(self, d, num_experts, tasks, groups=None):
+        super().build(d, num_experts, tasks)
+        self.groups = list(groups or [num_experts])
+        self.group_gate = nn.Linear(d, len(self.groups), bias=False)
+        self.expert_gate = nn.Linear(d, num_experts, bias=False)
+        nn.init.normal_(self.group_gate.weight, std=0.02)
+        nn.init.normal_(self.expert_gate.weight, std=0.02)
+
+    @staticmethod
+    def _norm(logits, how):
+        if how == "normalize":
+            s = torch.sigmoid(logits)
+            return s / s.sum(-1, keepdim=True)
+        return torch.softmax(logits, -1)
+
+    def weights(self, xf):
+        """Each token's weight of every expert, [N, E] (group-major expert order)."""
+        if self.pin:
+            wg = torch.tensor(self.pin, dtype=xf.dtype, device=xf.device).expand(xf.shape[0], -1)
+        else:
+            wg = self._norm(xf @ self.group_gate.weight.t(), self.outer)
+        el = xf @ self.expert_gate.weight.t()
+        parts = torch.split(el, self.groups, dim=-1)
+        return torch.cat([wg[:, g : g + 1] * self._norm(p, self.inner) for g, p in enumerate(parts)], -1)
+
+
 class MoE(nn.Module):
     """A mixture-of-experts layer: router, experts (an nn.ModuleList) and shared experts that
     see every token. Its last auxiliary losses (balance, z) are in self.aux after forward."""
 
     def __init__(self, router, experts, shared=(), d=None, tasks=()):
         super().__init__()
-        self.experts = nn.ModuleList(experts)
+        grouped = len(experts) > 0 and isinstance(experts[0], (list, tuple))
+        if grouped:  # groups of experts: experts.<group>.<expert>
+            self.experts = nn.ModuleList(nn.ModuleList(g) for g in experts)
+            self.leaves = [e for g in self.experts for e in g]
+        else:
+            self.experts = nn.ModuleList(experts)
+            self.leaves = list(self.experts)
         if shared:
             self.shared = nn.ModuleList(shared)
         self.router = router
-        router.build(d, len(self.experts), tuple(tasks))
+        if grouped:
+            router.build(d, len(self.leaves), tuple(tasks), [len(g) for g in experts])
+        else:
+            router.build(d, len(self.leaves), tuple(tasks))
         self.aux = {}
 
     def forward(self, x, ids=None):
@@ -320,6 +386,8 @@ class MoE(nn.Module):
             w = r.table(x.dtype, x.device).index_select(0, ids.long().reshape(-1))
             w = w.reshape(*ids.shape, *[1] * (len(lead) - ids.dim()), -1).expand(*lead, -1).reshape(N, -1)
             out = self._dense(xf, w)
+        elif isinstance(r, Grouped):
+            out = self._dense(xf, r.weights(xf))
         elif isinstance(r, Soft):
             out = self._dense(xf, torch.softmax(xf @ r.gate.weight.t(), -1))
         else:
@@ -331,7 +399,7 @@ class MoE(nn.Module):
     def _dispatch(self, xf, experts, tokens, weights, out):
         """Assignment i sends row tokens[i] to expert experts[i] with weight weights[i]; each
         expert runs once on the rows it was given."""
-        for e, expert in enumerate(self.experts):
+        for e, expert in enumerate(self.leaves):
             sel = (experts == e).nonzero().squeeze(1)
             if sel.numel() == 0:
                 continue

@@ -16,6 +16,8 @@ const models: [string, Record<string, number>][] = [
   ["RouteSequence", { B: 4, T: 3 }],
   ["RouteTask", { B: 4, T: 3 }],
   ["Mapped", { B: 4, T: 2 }],
+  ["Pinned", { B: 2, T: 3 }],
+  ["LoraOnLinear", { B: 3 }],
 ];
 const CASES: TorchCase[] = models.map(([model, dims]) => ({
   name: model,
