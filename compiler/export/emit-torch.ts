@@ -72,6 +72,7 @@ const PRELUDE_ROUTERS = new Set([
   "ExpertChoice",
   "Hash",
   "Grouped",
+  "TokenMix",
 ]);
 /** Names the prelude and the imports take: a moe name equal to one is renamed. */
 const RESERVED = new Set([

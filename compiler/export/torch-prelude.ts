@@ -351,6 +351,22 @@ class Grouped(Router):
         return torch.cat([wg[:, g : g + 1] * self._norm(p, self.inner) for g, p in enumerate(parts)], -1)
 
 
+class TokenMix(Router):
+    """Mixture of tokens: groups of group tokens (across the batch at each position, or along
+    the sequence) mixed per expert by a softmax over the group (temperature); discrete: each
+    expert takes its group's highest-scoring token (ties to the first), weight 1."""
+
+    def __init__(self, group=32, temperature=1.0, emit="merge", discrete=False, axis="batch"):
+        super().__init__()
+        self.group, self.temperature, self.emit = group, temperature, emit
+        self.discrete, self.axis = discrete, axis
+
+    def build(self, d, num_experts, tasks):
+        super().build(d, num_experts, tasks)
+        self.controller = nn.Linear(d, num_experts, bias=False)
+        nn.init.normal_(self.controller.weight, std=0.02)
+
+
 class MoE(nn.Module):
     """A mixture-of-experts layer: router, experts (an nn.ModuleList) and shared experts that
     see every token. Its last auxiliary losses (balance, z) are in self.aux after forward."""
@@ -374,6 +390,11 @@ class MoE(nn.Module):
         self.aux = {}
 
     def forward(self, x, ids=None):
+        if isinstance(self.router, TokenMix):
+            out = self._token_mix(x)
+            for s in getattr(self, "shared", ()):
+                out = out + s(x)
+            return out
         lead, d = x.shape[:-1], x.shape[-1]
         xf = x.reshape(-1, d)
         N = xf.shape[0]
@@ -443,6 +464,45 @@ class MoE(nn.Module):
         experts = torch.arange(E, device=xf.device).repeat_interleave(c)
         self.aux = self.router.aux_losses(logits, experts)
         return self._dispatch(xf, experts, chosen.reshape(-1), weights.reshape(-1), None)
+
+    def _token_mix(self, x):
+        r, n = self.router, self.router.group
+        seq = r.axis == "sequence"
+        flat = x.dim() == 2 and not seq  # a batch of single tokens mixes as [B, 1, d]
+        inp = x.unsqueeze(1) if flat else x
+        B, T, d = inp.shape
+        L = T if seq else B
+        Lp = math.ceil(L / n) * n
+        if Lp != L:  # zero tokens pad the batch (or sequence) to a multiple of the group
+            pad = inp.new_zeros((B, Lp - T, d) if seq else (Lp - B, T, d))
+            inp = torch.cat([inp, pad], 1 if seq else 0)
+        Bp, Tp = (B, Lp) if seq else (Lp, T)
+        G = Lp // n
+        X = inp.reshape(Bp * G, n, d) if seq else inp.reshape(G, n, Tp, d).permute(0, 2, 1, 3).reshape(G * Tp, n, d)
+        M, E = X.shape[0], r.num_experts
+        logits = X @ r.controller.weight.t()  # [M, group, E]
+        if r.discrete:
+            if r.emit == "softmax_experts":
+                raise NotImplementedError("TokenMix(discrete=True, emit='softmax_experts')")
+            pick = _top(logits.permute(0, 2, 1), 1)[0].reshape(M, E)  # each expert's token
+            tokens = (torch.arange(M, device=x.device).unsqueeze(1) * n + pick).reshape(-1)
+            experts = torch.arange(E, device=x.device).repeat(M)
+            ones = torch.ones(M * E, dtype=x.dtype, device=x.device)
+            y = self._dispatch(X.reshape(M * n, d), experts, tokens, ones, None)
+            emitted = y.reshape(M, n, -1)
+        else:
+            scaled = logits / r.temperature if r.temperature != 1 else logits
+            merge = torch.softmax(scaled.permute(0, 2, 1), -1)  # [M, E, group]
+            mixed = merge @ X  # [M, E, d]: one mixed token per expert and group
+            Y = torch.stack([expert(mixed[:, e]) for e, expert in enumerate(self.leaves)], 1)
+            w = torch.softmax(scaled, -1) if r.emit == "softmax_experts" else merge.permute(0, 2, 1)
+            emitted = w @ Y  # [M, group, dOut]
+        dOut = emitted.shape[-1]
+        if seq:
+            y = emitted.reshape(Bp, Tp, dOut)[:, :T]
+        else:
+            y = emitted.reshape(G, Tp, n, dOut).permute(0, 2, 1, 3).reshape(Bp, Tp, dOut)[:B]
+        return y.reshape(B, dOut) if flat else y
 
     def _dense(self, xf, w):
         """Weights w [N, E]: each expert runs on the rows with a non-zero weight."""

@@ -117,6 +117,46 @@ const CASES: TorchCase[] = [
     model: "TaskToken",
     dims: { B: 6 },
   },
+  {
+    name: "at-moe",
+    file: "examples/at-moe.moe",
+    model: "ATMoEModel",
+    set: ["layers=2", "d=16", "vocab=12"],
+    dims: { B: 2, T: 3 },
+  },
+  {
+    name: "repro-grouped-solo",
+    file: "examples/repro/grouped-lora.moe",
+    model: "Solo",
+    set: ["d=16"],
+    dims: { B: 2, T: 4 },
+  },
+  {
+    name: "repro-grouped-fused",
+    file: "examples/repro/grouped-lora.moe",
+    model: "Fused",
+    set: ["d=16"],
+    dims: { B: 2, T: 4 },
+  },
+  {
+    name: "mixture-of-tokens",
+    file: "examples/mixture-of-tokens.moe",
+    set: ["layers=2", "d=16", "vocab=12", "experts=3", "group=2"],
+    dims: { B: 3, T: 3 },
+  },
+  {
+    name: "repro-mot",
+    file: "examples/repro/mixture-of-tokens.moe",
+    model: "MoT",
+    dims: { B: 16 },
+  },
+  {
+    name: "repro-mot-discrete",
+    file: "examples/repro/mixture-of-tokens.moe",
+    model: "MoT",
+    set: ["discrete=true"],
+    dims: { B: 16 },
+  },
 ];
 
 describeTorchCases("moec export --format torch: examples", CASES);

@@ -18,6 +18,9 @@ const models: [string, Record<string, number>][] = [
   ["Mapped", { B: 4, T: 2 }],
   ["Pinned", { B: 2, T: 3 }],
   ["LoraOnLinear", { B: 3 }],
+  ["MixSequence", { B: 2, T: 5 }],
+  ["MixBatch", { B: 4, T: 2 }],
+  ["MixDiscrete", { B: 7 }],
 ];
 const CASES: TorchCase[] = models.map(([model, dims]) => ({
   name: model,
