@@ -99,7 +99,7 @@ function hasLines(nodes: Node[]): boolean {
 function render(nodes: Node[], indent: string, out: string[]): void {
   for (const n of nodes) {
     if (typeof n === "string") {
-      out.push(indent + n);
+      for (const line of n.split("\n")) out.push(indent + line);
       continue;
     }
     const thenHas = hasLines(n.body);
@@ -299,6 +299,8 @@ class ComponentEmitter {
   private readonly fwd: Node[] = [];
   private readonly members = new Set<string>();
   private readonly usedNames = new Set<string>();
+  /** Python names of compile-time values the constructor computes (kept only where used). */
+  private readonly initScalars = new Set<string>();
   private taskSet: string | undefined;
   private loopDepth = 0;
 
@@ -381,6 +383,7 @@ class ComponentEmitter {
         const index = ellipsis >= 0 && i > ellipsis ? i - dims.length : i;
         fwdEnv.set(n, { py: pyName(n), kind: "int" });
         if (this.usedNames.has(n)) dimLines.push(`${pyName(n)} = ${py}.shape[${index}]`);
+        void index;
       });
     }
     // The constructor's parameters the forward reads, bound once at its top.
@@ -401,20 +404,32 @@ class ComponentEmitter {
     out.push("        super().__init__()");
     for (const l of setDefaults) out.push(`        ${l}`);
     for (const l of cfg) out.push(`        ${l}`);
-    render(this.init, "        ", out);
+    const uses = (text: string, name: string) =>
+      new RegExp(`(?<![\\w.])${name}(?![\\w])`).test(text);
+    const initLines: string[] = [];
+    render(this.init, "        ", initLines);
+    // A size computed for forward that the constructor does not use is left out of it.
+    out.push(
+      ...initLines.filter((l, i) => {
+        const m = /^\s*(\w+) = /.exec(l);
+        if (!m || !this.initScalars.has(m[1]!)) return true;
+        return initLines.some((o, j) => j > i && uses(o.replace(/^\s*\w+ = /, ""), m[1]!));
+      }),
+    );
     out.push("");
     out.push(`    def forward(self${inputs.map((p) => `, ${pyName(p.name.name)}`).join("")}):`);
     const fwdLines: string[] = [];
     render(this.fwd, "        ", fwdLines);
-    const fwdText = [...fwdLines, ...dimLines, ret].join("\n");
+    const fwdText = [...fwdLines, ret].join("\n");
+    const usedDims = dimLines.filter((l) => uses(fwdText, l.split(" ")[0]!));
     const fwdParams = [...fwdCfg.entries()].filter(([, v]) =>
-      new RegExp(`(?<![\\w.])${v.py}(?![\\w])`).test(fwdText),
+      uses([fwdText, ...usedDims].join("\n"), v.py),
     );
     if (fwdParams.length)
       out.push(
         `        ${fwdParams.map(([, v]) => v.py).join(", ")} = ${fwdParams.map(([, v]) => `self.${v.attr}`).join(", ")}`,
       );
-    for (const l of dimLines) out.push(`        ${l}`);
+    for (const l of usedDims) out.push(`        ${l}`);
     out.push(...fwdLines);
     out.push(`        return ${ret}`);
     return out.join("\n") + "\n";
@@ -506,6 +521,7 @@ class ComponentEmitter {
             // Compile-time values (sizes) are needed by the constructor too.
             const iv = this.expr(s.value, initEnv);
             init.push(`${py} = ${iv.py}`);
+            this.initScalars.add(py);
             initEnv.set(name, { py, kind: iv.kind });
           }
           break;
@@ -675,19 +691,17 @@ class ComponentEmitter {
         for (const a of e.args)
           if (a.name && !callee.params.some((p) => p.name.name === a.name!.name))
             this.fail(a.span, `argument \`${a.name.name}\``);
-        const args: string[] = [];
-        let positional = true;
+        // As written: positional arguments stay positional, named ones keep their names.
         const paramType = new Map(callee.params.map((p) => [p.name.name, p.type]));
-        callee.params.forEach((p) => {
-          const v = bound.get(p.name.name);
-          if (v === undefined) {
-            positional = false;
-            return;
-          }
-          const py = this.argValue(v, p.type, env, perTask);
-          args.push(positional ? py : `${pyName(p.name.name)}=${py}`);
-        });
-        void paramType;
+        const args: string[] = [];
+        let position = 0;
+        for (const a of e.args) {
+          const p = a.name ? a.name.name : callee.params[position++]?.name.name;
+          const type = p === undefined ? undefined : paramType.get(p);
+          if (p === undefined || type === undefined) return this.fail(a.span, "this argument");
+          const py = this.argValue(a.value, type, env, perTask);
+          args.push(a.name ? `${pyName(p)}=${py}` : py);
+        }
         if (callee.form === "primitive")
           return this.primitive(e, callee, g.file, bound, args, env, perTask);
         const cls = this.e.classFor(callee, g.file);
@@ -795,7 +809,8 @@ class ComponentEmitter {
     parts.push(`d=${d}`);
     if (this.taskSet) parts.push(`tasks=${this.taskSet}`);
     void calleeFile;
-    return { py: `MoE(${parts.join(", ")})`, kind: "instance", decl: callee };
+    // One argument a line: a layer's router and experts read as a table.
+    return { py: `MoE(\n    ${parts.join(",\n    ")},\n)`, kind: "instance", decl: callee };
   }
 
   /**
@@ -1069,23 +1084,26 @@ class ComponentEmitter {
   }
 }
 
-/** Parenthesises an operand unless it is a name, a call, a literal or already bracketed. */
+/**
+ * Parenthesises an operand unless it is atomic: names, calls, indexing and attribute chains
+ * (`self.q(x).reshape(B, T)`), i.e. nothing but word characters and dots outside brackets.
+ */
 function wrap(py: string): string {
-  return /^[\w.]+(\(.*\)|\[.*\])?$/.test(py) && balanced(py) ? py : `(${py})`;
-}
-
-function balanced(py: string): boolean {
   let depth = 0;
+  let quote: string | undefined;
   for (let i = 0; i < py.length; i++) {
-    const c = py[i];
-    if (c === "(" || c === "[" || c === "{") depth++;
-    else if (c === ")" || c === "]" || c === "}") {
-      depth--;
-      // A closing bracket before the end that returns to depth 0 means `f(a) + g(b)`.
-      if (depth === 0 && i < py.length - 1) return false;
+    const c = py[i]!;
+    if (quote) {
+      if (c === "\\") i++;
+      else if (c === quote) quote = undefined;
+      continue;
     }
+    if (c === '"' || c === "'") quote = c;
+    else if (c === "(" || c === "[" || c === "{") depth++;
+    else if (c === ")" || c === "]" || c === "}") depth--;
+    else if (depth === 0 && !/[\w.]/.test(c)) return `(${py})`;
   }
-  return depth === 0;
+  return py;
 }
 
 /** Names bound to instances or weights anywhere in a body (they are attributes). */

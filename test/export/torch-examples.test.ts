@@ -141,7 +141,7 @@ const CASES: TorchCase[] = [
   {
     name: "mixture-of-tokens",
     file: "examples/mixture-of-tokens.moe",
-    set: ["layers=2", "d=16", "vocab=12", "experts=3", "group=2"],
+    set: ["layers=2", "d=16", "vocab=12", "experts=4", "group=2"],
     dims: { B: 3, T: 3 },
   },
   {
