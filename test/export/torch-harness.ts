@@ -51,6 +51,9 @@ export interface TorchResult {
   relL2: Record<string, number>;
   /** torch → safetensors → `moec run`: relative L2 against torch's own outputs. */
   roundTrip: Record<string, number>;
+  /** Each MoE layer's auxiliary losses in torch (`layer.aux`) and in `moec run --stats`. */
+  aux: Record<string, { balance: number; z: number }>;
+  stats: Record<string, { balance_loss?: number; z_loss?: number }>;
   error?: string;
 }
 
@@ -81,6 +84,8 @@ for c in cases:
             out = model(**inputs)
         if not isinstance(out, dict):
             out = {c["outputs"][0]: out}
+        r["aux"] = {n: {k: float(v) for k, v in m.aux.items()} for n, m in model.named_modules()
+                    if isinstance(m, mod.MoE) and m.aux}
         for k, v in out.items():
             e = ref[k].double()
             r["relL2"][k] = float((v - e).norm() / max(e.norm(), 1e-30))
@@ -124,6 +129,8 @@ function runArgs(c: TorchCase, dir: string, weights: string, out: string): strin
     path.join(dir, "inputs.safetensors"),
     "-o",
     path.join(dir, out),
+    "--stats",
+    "--json",
   ];
 }
 
@@ -225,6 +232,11 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
   });
   if (py.status !== 0) throw new Error(`python: ${py.stderr}`);
   const results = JSON.parse(py.stdout) as TorchResult[];
+  results.forEach((r, i) => {
+    const summary = JSON.parse(refs[i]!.stdout) as { routing?: TorchResult["stats"] };
+    r.stats = summary.routing ?? {};
+    r.aux ??= {};
+  });
   const trips = await Promise.all(
     prepared.map(({ c, dir }, i) =>
       results[i]!.error
@@ -276,6 +288,16 @@ export function describeTorchCases(title: string, cases: TorchCase[]): void {
         for (const v of Object.values(r.relL2)) expect(v).toBeLessThan(1e-5);
         expect(Object.keys(r.roundTrip)).toEqual(Object.keys(r.relL2));
         for (const v of Object.values(r.roundTrip)) expect(v).toBeLessThan(1e-5);
+        // The auxiliary losses of every layer with router logits, as moec run --stats has them.
+        const withLogits = Object.entries(r.stats).filter(([, s]) => s.balance_loss !== undefined);
+        expect(Object.keys(r.aux).sort()).toEqual(withLogits.map(([k]) => k).sort());
+        for (const [layer, s] of withLogits) {
+          const a = r.aux[layer]!;
+          expect(Math.abs(a.balance - s.balance_loss!)).toBeLessThan(
+            1e-5 * Math.max(1, s.balance_loss!),
+          );
+          expect(Math.abs(a.z - s.z_loss!)).toBeLessThan(1e-5 * Math.max(1, s.z_loss!));
+        }
       });
     }
   });
