@@ -712,16 +712,39 @@ class ComponentEmitter {
     }
   }
 
-  /** `base with LoRA(...)`: the prelude's LoRA over a base bound to a name. */
+  /**
+   * `base with LoRA(...)` and `base with per task LoRA(...)`: the prelude's LoRA over a base
+   * bound to a name (shared), or made here (its weights then under this binding).
+   */
   private withAdapter(
     e: Extract<Expr, { kind: "WithExpr" }>,
     env: Map<string, Binding>,
     perTask?: string,
-  ): { py: string; kind: Kind; decl?: ComponentDecl } {
-    const base = e.base.kind === "NameExpr" ? env.get(e.base.name.name) : undefined;
-    if (!base || base.kind !== "instance" || base.perTask || !base.made)
-      return this.fail(e.base.span, "an adapter on a base that is not a named instance");
-    const a = e.adapter;
+  ): { py: string; kind: Kind; decl?: ComponentDecl; perTask?: boolean } {
+    let basePy: string;
+    let made: Expr;
+    let decl: ComponentDecl | undefined;
+    let owns = false;
+    if (e.base.kind === "NameExpr") {
+      const base = env.get(e.base.name.name);
+      if (!base || base.kind !== "instance" || base.perTask || !base.made)
+        return this.fail(e.base.span, "an adapter on a base that is not an instance");
+      basePy = base.py;
+      made = base.made;
+      decl = base.decl;
+    } else if (this.isConstruction(e.base, env) && e.base.kind !== "PerTaskExpr") {
+      const base = this.construct(e.base, env, perTask);
+      if (base.kind !== "instance") return this.fail(e.base.span, "an adapter on a list");
+      basePy = base.py;
+      made = e.base;
+      decl = base.decl;
+      owns = true;
+    } else return this.fail(e.base.span, "an adapter on this base");
+    let a = e.adapter;
+    const byTask = a.kind === "PerTaskExpr";
+    if (a.kind === "PerTaskExpr") a = a.operand;
+    if (byTask && !this.taskSet)
+      return this.fail(e.adapter.span, "`per task` in a component without a task input");
     const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
     const g = callee ? this.e.global(this.file, callee) : undefined;
     if (
@@ -736,16 +759,18 @@ class ComponentEmitter {
       a.args,
     );
     if (bound.has("targets")) return this.fail(a.span, "LoRA with `targets`");
-    const fin = this.portDim(base.made, env, "in");
-    const fout = this.portDim(base.made, env, "out");
+    const fin = this.portDim(made, env, "in");
+    const fout = this.portDim(made, env, "out");
     if (fin === undefined || fout === undefined)
       return this.fail(e.base.span, "a LoRA base whose sizes are not known here");
-    const args = [base.py, fin, fout];
+    const args = [basePy, fin, fout];
     for (const p of g.decl.params) {
       const v = bound.get(p.name.name);
       if (v) args.push(`${p.name.name}=${this.argValue(v, p.type, env, perTask)}`);
     }
-    return { py: `LoRA(${args.join(", ")})`, kind: "instance", decl: base.decl };
+    if (owns) args.push("owns_base=True");
+    if (byTask) args.push(`tasks=${this.taskSet}`);
+    return { py: `LoRA(${args.join(", ")})`, kind: "instance", decl, perTask: byTask };
   }
 
   /** An argument to a constructor: enum members as strings, per-task records by task. */

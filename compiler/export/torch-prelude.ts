@@ -122,21 +122,47 @@ class PerTask(nn.ModuleDict):
 
 class LoRA(nn.Module):
     """base(x) + (alpha / r)·(x·Aᵀ)·Bᵀ, unmerged, with PEFT's names: lora_A.weight [r, in],
-    lora_B.weight [out, r]. The base is shared, not owned: its weights keep the name of the
-    binding that made it (so several LoRA experts can sit on one frozen base)."""
+    lora_B.weight [out, r]. A base bound elsewhere is shared, not owned: its weights keep the
+    name of the binding that made it (several LoRA experts sit on one frozen base). A base
+    made with the LoRA (owns_base) has its weights beside it: q.weight, q.lora_A.weight.
+    With tasks, each task has its own pair (q.<task>.lora_A.weight) and an example runs its
+    task's; task id -1 (no task) gets the base alone."""
 
-    def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0):
+    def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0,
+                 owns_base=False, tasks=None):
         super().__init__()
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
+        if owns_base:
+            for n, p in base._parameters.items():
+                self.register_parameter(n, p)
+            for n, m in base._modules.items():
+                self.add_module(n, m)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        self.lora_A = nn.Linear(in_features, r, bias=False)
-        self.lora_B = nn.Linear(r, out_features, bias=False)
-        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
-        nn.init.zeros_(self.lora_B.weight)
+        self.tasks = tuple(tasks) if tasks is not None else None
+        for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
+            owner.lora_A = nn.Linear(in_features, r, bias=False)
+            owner.lora_B = nn.Linear(r, out_features, bias=False)
+            nn.init.kaiming_uniform_(owner.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(owner.lora_B.weight)
         self.lora_dropout = nn.Dropout(dropout)
 
-    def forward(self, x):
-        return self.base(x) + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+    def _pair(self, task):
+        m = nn.Module()
+        self.add_module(task, m)
+        return m
+
+    def forward(self, x, task=None):
+        y = self.base(x)
+        if self.tasks is None:
+            return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
+        for t, name in enumerate(self.tasks):
+            rows = (task == t).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            pair = getattr(self, name)
+            delta = pair.lora_B(pair.lora_A(self.lora_dropout(x.index_select(0, rows))))
+            y = y.index_add(0, rows, delta * self.scaling)
+        return y
 
 
 # ----------------------------------------------------------------------------- routing

@@ -38,6 +38,8 @@ export interface TorchCase {
   dims: Record<string, number>;
   /** Exclusive upper bound of each i32 input's values (default 4); task inputs use their set. */
   ids?: Record<string, number>;
+  /** Task inputs include -1 (no task) beside the tasks' ids. */
+  noTask?: boolean;
   /** Scale of the random weights (default 0.5). */
   scale?: number;
 }
@@ -184,7 +186,8 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
           ];
         const set = model.tasks.find((t) => t.set === port.type.taskSet);
         const hi = set ? set.members.length : (c.ids?.[port.name] ?? 4);
-        const data = Int32Array.from({ length: n }, () => Math.floor(rand() * hi));
+        const lo = set && c.noTask ? -1 : 0;
+        const data = Int32Array.from({ length: n }, () => lo + Math.floor(rand() * (hi - lo)));
         return [port.name, { dtype: "I32" as const, shape, data }];
       }),
     );

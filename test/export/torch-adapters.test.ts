@@ -1,0 +1,22 @@
+// Adapters in the PyTorch export, in mixed-task batches with examples of no task (-1): per-task
+// LoRAs on a base made with them or bound elsewhere, a LoRA on a whole FFN, per-task
+// bottlenecks of per-task sizes; against the reference interpreter.
+import { type TorchCase, describeTorchCases } from "./torch-harness.js";
+
+const file = "test/export/fixtures/adapters.moe";
+const CASES: TorchCase[] = (
+  [
+    { name: "TaskLoras", file, model: "TaskLoras", dims: { B: 8, T: 3 }, noTask: true },
+    { name: "InlineLora", file, model: "InlineLora", dims: { B: 5 } },
+    {
+      name: "SharedBaseTaskLoras",
+      file,
+      model: "SharedBaseTaskLoras",
+      dims: { B: 8, T: 2 },
+      noTask: true,
+    },
+    { name: "TaskBottlenecks", file, model: "TaskBottlenecks", dims: { B: 8, T: 2 }, noTask: true },
+  ] as TorchCase[]
+).map((c) => ({ ...c, scale: 1.0 }));
+
+describeTorchCases("moec export --format torch: adapters", CASES);
