@@ -23,6 +23,7 @@ import type {
 import type { ResolvedProgram } from "../check/resolve-names.js";
 import { LineMap } from "../diagnostics.js";
 import { dimValue } from "../check/dims.js";
+import { snakeCase } from "../check/evaluator.js";
 import type { Value } from "../check/values.js";
 import { TORCH_PRELUDE } from "./torch-prelude.js";
 
@@ -301,6 +302,10 @@ class ComponentEmitter {
   private readonly usedNames = new Set<string>();
   /** Python names of compile-time values the constructor computes (kept only where used). */
   private readonly initScalars = new Set<string>();
+  /** Where the statement being translated puts instances (for ones made inside expressions). */
+  private cur: { init: Node[]; owner: string } = { init: [], owner: "self" };
+  /** Instances constructed and applied in one expression, counted per owner and type. */
+  private readonly anonymous = new Map<string, number>();
   private taskSet: string | undefined;
   private loopDepth = 0;
 
@@ -479,6 +484,7 @@ class ComponentEmitter {
     owner = "self",
   ): void {
     for (const s of stmts) {
+      this.cur = { init, owner };
       switch (s.kind) {
         case "PortDecl":
           break;
@@ -618,7 +624,8 @@ class ComponentEmitter {
     return stmts.some(
       (s) =>
         s.kind === "WeightDecl" ||
-        (s.kind === "Binding" && this.isConstruction(s.value, env)) ||
+        (s.kind === "Binding" &&
+          (this.isConstruction(s.value, env) || appliesConstruction(s.value))) ||
         (s.kind === "IfStmt" &&
           (this.makesMembers(s.then, env) || this.makesMembers(s.else ?? [], env))) ||
         (s.kind === "RepeatStmt" && this.makesMembers(s.body, env)),
@@ -966,7 +973,7 @@ class ComponentEmitter {
     const g = this.e.global(this.file, id.name);
     if (g?.kind === "const")
       return {
-        py: `(${this.expr(g.decl.value, new Map(), g.decl.type).py})`,
+        py: wrap(this.expr(g.decl.value, new Map(), g.decl.type).py),
         kind: this.expr(g.decl.value, new Map(), g.decl.type).kind,
       };
     if (g?.kind === "tasks") return { py: this.e.useTaskSet(this.file, id.name), kind: "taskset" };
@@ -989,8 +996,22 @@ class ComponentEmitter {
     )
       return this.builtin(callee.name.name, e, env);
     if (this.isConstruction(e, env))
-      return this.fail(e.span, "an instance constructed and applied in one expression");
-    const f = this.expr(callee, env);
+      return this.fail(e.span, "an instance constructed here and not bound to a name");
+    let f: { py: string; kind: Kind; decl?: ComponentDecl };
+    if (this.isConstruction(callee, env)) {
+      // `LayerNorm(d)(x)`: an instance named after its type and position, as moec names it.
+      const made = this.construct(callee, env);
+      if (made.kind !== "instance" || made.perTask)
+        return this.fail(callee.span, "this construction applied in one expression");
+      const { init, owner } = this.cur;
+      const type = snakeCase(made.decl?.name.name ?? "module");
+      const key = `${owner}|${type}`;
+      const n = this.anonymous.get(key) ?? 0;
+      this.anonymous.set(key, n + 1);
+      const py = `${owner}.${type}_${n}`;
+      init.push(`${py} = ${made.py}`);
+      f = { py, kind: "instance", decl: made.decl };
+    } else f = this.expr(callee, env);
     if (f.kind !== "instance") return this.fail(e.span, "this call");
     const args = e.args.map((a) => {
       if (a.name) this.fail(a.span, "a named argument to an instance");
@@ -1129,6 +1150,15 @@ function wrap(py: string): string {
     else if (depth === 0 && !/[\w.]/.test(c)) return `(${py})`;
   }
   return py;
+}
+
+/** Whether an expression constructs an instance and applies it at once (`LayerNorm(d)(x)`). */
+function appliesConstruction(node: unknown): boolean {
+  if (Array.isArray(node)) return node.some(appliesConstruction);
+  if (node === null || typeof node !== "object") return false;
+  const o = node as Record<string, unknown>;
+  if (o.kind === "CallExpr" && (o.callee as { kind: string }).kind === "CallExpr") return true;
+  return Object.entries(o).some(([k, v]) => k !== "span" && appliesConstruction(v));
 }
 
 /** Names bound to instances or weights anywhere in a body (they are attributes). */

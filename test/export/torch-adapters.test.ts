@@ -1,6 +1,8 @@
 // Adapters in the PyTorch export, in mixed-task batches with examples of no task (-1): per-task
 // LoRAs on a base made with them or bound elsewhere, a LoRA on a whole FFN, per-task
-// bottlenecks of per-task sizes; against the reference interpreter.
+// bottlenecks of per-task sizes; and the language constructs of fixtures/layers.moe (instances
+// made and applied in one expression, constants, else, records of outputs); against the
+// reference interpreter.
 import { type TorchCase, describeTorchCases } from "./torch-harness.js";
 
 const file = "test/export/fixtures/adapters.moe";
@@ -15,8 +17,21 @@ const CASES: TorchCase[] = (
       dims: { B: 8, T: 2 },
       noTask: true,
     },
+    {
+      name: "InlineLayers",
+      file: "test/export/fixtures/layers.moe",
+      model: "Inline",
+      dims: { B: 5 },
+    },
+    {
+      name: "InlineLayersGated",
+      file: "test/export/fixtures/layers.moe",
+      model: "Inline",
+      set: ["gated=true", "layers=3"],
+      dims: { B: 5 },
+    },
     { name: "TaskBottlenecks", file, model: "TaskBottlenecks", dims: { B: 8, T: 2 }, noTask: true },
   ] as TorchCase[]
 ).map((c) => ({ ...c, scale: 1.0 }));
 
-describeTorchCases("moec export --format torch: adapters", CASES);
+describeTorchCases("moec export --format torch: adapters and layers", CASES);

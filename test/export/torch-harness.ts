@@ -194,7 +194,7 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
     writeSafetensorsFile(path.join(dir, "inputs.safetensors"), inputs);
     const files = await exportTorch(
       file,
-      { format: "torch", model: c.model, set: c.set },
+      { model: c.model, set: c.set },
       () => path.join(dir, "model.py"),
       (m) => ({ source: c.file, model: m, version: MOEC_VERSION }),
     );
