@@ -51,6 +51,7 @@ type Kind =
   | "record"
   | "taskset"
   | "outputs"
+  | "tensors"
   | "unknown";
 
 /** What a moe name means at one point of a component body, and its Python spelling. */
@@ -211,6 +212,38 @@ export class TorchEmitter {
   emit(input: TorchExportInput): string {
     const { model, overrides } = input;
     const name = this.classFor(model.decl, model.file, overrides);
+    // The file's train programs that train this model: a class each (loss + optimizer), or
+    // a comment saying why one is not exported.
+    const skipped: string[] = [];
+    for (const item of this.program.scopes.get(model.file)?.module.ast.items ?? []) {
+      if (item.kind !== "TrainDecl" || !constructs(item.body, model.decl.name.name)) continue;
+      const before = this.classText.length;
+      const known = new Set(this.classes.keys());
+      try {
+        const pseudo: ComponentDecl = {
+          kind: "ComponentDecl",
+          form: "block",
+          doc: item.doc,
+          name: item.name,
+          params: item.params,
+          body: item.body,
+          span: item.span,
+        };
+        let cls = pyName(item.name.name);
+        while ([...this.classes.values()].includes(cls) || PRELUDE_ROUTERS.has(cls)) cls += "_";
+        this.classes.set(pseudo, cls);
+        this.classText.push(
+          new ComponentEmitter(this, pseudo, model.file, cls, overrides, true).emit(),
+        );
+      } catch (e) {
+        if (!(e instanceof TorchExportError)) throw e;
+        this.classText.length = before;
+        for (const k of [...this.classes.keys()]) if (!known.has(k)) this.classes.delete(k);
+        skipped.push(
+          `# train ${item.name.name}: not exported (${e.message.replace(/^.*?:(\d+):\d+: /, "line $1: ")})`,
+        );
+      }
+    }
     const lines = [
       `"""${input.header.join("\n")}`,
       "",
@@ -236,6 +269,7 @@ export class TorchEmitter {
     );
     lines.push("");
     for (const c of this.classText) lines.push("", c);
+    if (skipped.length) lines.push("", ...skipped);
     return lines.join("\n").replace(/\n{3,}(?=class )/g, "\n\n\n") + "\n";
   }
 
@@ -302,6 +336,8 @@ class ComponentEmitter {
   private readonly usedNames = new Set<string>();
   /** Python names of compile-time values the constructor computes (kept only where used). */
   private readonly initScalars = new Set<string>();
+  /** Weights read with `take` (lookup tables: no weight decay in training). */
+  private readonly tables = new Set<string>();
   /** Where the statement being translated puts instances (for ones made inside expressions). */
   private cur: { init: Node[]; owner: string } = { init: [], owner: "self" };
   /** Instances constructed and applied in one expression, counted per owner and type. */
@@ -315,6 +351,8 @@ class ComponentEmitter {
     private readonly file: string,
     private readonly className: string,
     private readonly overrides: ReadonlyMap<string, Value> | undefined,
+    /** A train program: forward returns the loss; the optimizer is its configuration. */
+    private readonly train = false,
   ) {
     collectMembers(decl.body, this.members);
     collectNames(decl.body, this.usedNames);
@@ -393,10 +431,12 @@ class ComponentEmitter {
     }
     // The constructor's parameters the forward reads, bound once at its top.
     this.body(d.body, env, fwdEnv);
-    const ret =
-      outputs.length === 1
+    const ret = this.train
+      ? "loss + router_losses(self)"
+      : outputs.length === 1
         ? (fwdEnv.get(outputs[0]!.name.name)?.py ?? pyName(outputs[0]!.name.name))
         : `{${outputs.map((o) => `${JSON.stringify(o.name.name)}: ${fwdEnv.get(o.name.name)?.py ?? pyName(o.name.name)}`).join(", ")}}`;
+    if (this.train && !fwdEnv.has("loss")) this.fail(d.name.span, "a train program without `loss`");
     for (const o of outputs)
       if (!fwdEnv.has(o.name.name))
         this.fail(o.span, `output \`${o.name.name}\` that is never bound`);
@@ -405,6 +445,11 @@ class ComponentEmitter {
     out.push(`class ${this.className}(nn.Module):`);
     const doc = d.doc ?? "";
     if (doc) out.push(`    """${doc.replace(/"""/g, '\\"\\"\\"').replace(/\n/g, "\n    ")}"""`, "");
+    if (this.tables.size)
+      out.push(
+        `    tables = (${[...this.tables].map((t) => JSON.stringify(t)).join(", ")},)  # read with take: no weight decay`,
+        "",
+      );
     out.push(`    def __init__(self${sig.length ? ", " : ""}${sig.join(", ")}):`);
     out.push("        super().__init__()");
     for (const l of setDefaults) out.push(`        ${l}`);
@@ -437,6 +482,14 @@ class ComponentEmitter {
     for (const l of usedDims) out.push(`        ${l}`);
     out.push(...fwdLines);
     out.push(`        return ${ret}`);
+    if (this.train)
+      out.push(
+        "",
+        "    def configure_optimizer(self):",
+        '        """AdamW as the program configures it (weight decay on matrices that are not lookup',
+        '        tables); clip the gradient norm to self.optimizer_config["max_norm"] before each step."""',
+        "        return adamw(self, **self.optimizer_config)",
+      );
     return out.join("\n") + "\n";
   }
 
@@ -507,6 +560,10 @@ class ComponentEmitter {
         }
         case "Binding": {
           const name = s.target.name;
+          if (this.train && name === "optimizer") {
+            init.push(`self.optimizer_config = ${this.optimizerConfig(s.value, initEnv)}`);
+            break;
+          }
           if (this.isConstruction(s.value, initEnv)) {
             const py = `${owner}.${pyName(name)}`;
             const made = this.construct(s.value, initEnv);
@@ -523,7 +580,7 @@ class ComponentEmitter {
           if (prior && prior.kind === "instance")
             this.fail(s.span, `rebinding instance \`${name}\``);
           fwdEnv.set(name, { py, kind: v.kind, decl: v.decl });
-          if (v.kind !== "tensor" && v.kind !== "outputs") {
+          if (v.kind !== "tensor" && v.kind !== "outputs" && v.kind !== "tensors") {
             // Compile-time values (sizes) are needed by the constructor too.
             const iv = this.expr(s.value, initEnv);
             init.push(`${py} = ${iv.py}`);
@@ -581,6 +638,28 @@ class ComponentEmitter {
         }
       }
     }
+  }
+
+  /** `AdamW(lr: ..., ...)` as the keyword arguments of configure_optimizer. */
+  private optimizerConfig(e: Expr, env: Map<string, Binding>): string {
+    if (e.kind !== "CallExpr" || e.callee.kind !== "NameExpr" || e.callee.name.name !== "AdamW")
+      return this.fail(e.span, "an optimizer other than AdamW");
+    const g = this.e.global(this.file, "AdamW");
+    if (g?.kind !== "component") return this.fail(e.span, "this optimizer");
+    const bound = bindArgs(
+      g.decl.params.map((p) => ({ name: p.name.name })),
+      e.args,
+    );
+    const value = (n: string) => {
+      const v = bound.get(n);
+      const p = g.decl.params.find((x) => x.name.name === n)!;
+      const d = v ?? p.default;
+      return d ? this.expr(d, env, p.type).py : "None";
+    };
+    const groups = bound.get("groups");
+    if (groups && !(groups.kind === "ListExpr" && groups.elements.length === 0))
+      return this.fail(groups.span, "AdamW parameter groups");
+    return `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")})`;
   }
 
   /** The loop variable over a repeat's instances: `blocks` → `block`, not a name in use. */
@@ -947,8 +1026,10 @@ class ComponentEmitter {
       }
       case "ListExpr": {
         const el = type?.kind === "ListType" ? type.element : undefined;
-        const items = e.elements.map((x) => this.expr(x, env, el).py);
-        return { py: `[${items.join(", ")}]`, kind: "list" };
+        const items = e.elements.map((x) => this.expr(x, env, el));
+        const py = `[${items.map((i) => i.py).join(", ")}]`;
+        // A list of tensors is computed in forward only, as a tensor is.
+        return { py, kind: items.some((i) => i.kind === "tensor") ? "tensors" : "list" };
       }
       case "RecordExpr": {
         const fields = e.fields.map(
@@ -1045,6 +1126,9 @@ class ComponentEmitter {
       positions: ["x"],
       task_ids: ["x"],
       num_tasks: ["tasks"],
+      cross_entropy: ["logits", "labels", "ignore_index", "label_smoothing"],
+      mse: ["a", "b"],
+      distill: ["student", "teachers", "temperature", "weights", "labels"],
     };
     const unary = ELEMENTWISE[name];
     const params = unary || name === "gelu_tanh" ? ["x"] : names[name];
@@ -1114,6 +1198,7 @@ class ComponentEmitter {
       case "concat":
         return t(`torch.cat(${x.py}, ${axis("-1")})`);
       case "take":
+        if (/^self\.\w+$/.test(x.py)) this.tables.add(x.py.slice(5));
         return t(`take(${x.py}, ${arg("ids")!.py})`);
       case "select":
         return t(`${wrap(x.py)}.select(${arg("axis")!.py}, ${arg("index")!.py})`);
@@ -1125,6 +1210,21 @@ class ComponentEmitter {
         return t(x.py);
       case "num_tasks":
         return { py: `len(${x.py})`, kind: "int" };
+      case "cross_entropy": {
+        const extra = ["ignore_index", "label_smoothing"].flatMap((n) =>
+          bound.has(n) ? [`${n}=${arg(n)!.py}`] : [],
+        );
+        return t(`cross_entropy(${[x.py, arg("labels")!.py, ...extra].join(", ")})`);
+      }
+      case "distill": {
+        if (bound.has("labels")) return this.fail(e.span, "`distill` with labels");
+        const extra = ["temperature", "weights"].flatMap((n) =>
+          bound.has(n) ? [`${n}=${arg(n)!.py}`] : [],
+        );
+        return t(`distill(${[x.py, arg("teachers")!.py, ...extra].join(", ")})`);
+      }
+      case "mse":
+        return t(`((${x.py} - ${arg("b")!.py}) ** 2).mean()`);
     }
     return this.fail(e.span, `the builtin \`${name}\``);
   }
@@ -1150,6 +1250,17 @@ function wrap(py: string): string {
     else if (depth === 0 && !/[\w.]/.test(c)) return `(${py})`;
   }
   return py;
+}
+
+/** Whether a train program's body constructs the component `name` (`net = Model(...)`). */
+function constructs(node: unknown, name: string): boolean {
+  if (Array.isArray(node)) return node.some((n) => constructs(n, name));
+  if (node === null || typeof node !== "object") return false;
+  const o = node as Record<string, unknown>;
+  const callee = o.callee as { kind: string; name?: Ident } | undefined;
+  if (o.kind === "CallExpr" && callee?.kind === "NameExpr" && callee.name?.name === name)
+    return true;
+  return Object.entries(o).some(([k, v]) => k !== "span" && constructs(v, name));
 }
 
 /** Whether an expression constructs an instance and applies it at once (`LayerNorm(d)(x)`). */

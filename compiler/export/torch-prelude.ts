@@ -95,6 +95,76 @@ def positions(ids):
     return torch.arange(ids.shape[-1], dtype=torch.int32, device=ids.device).expand(ids.shape)
 
 
+# ----------------------------------------------------------------------------- training
+
+
+def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
+    """Mean over the positions whose label is not ignore_index of (1 - e)·(-log p_y) +
+    e·mean_j(-log p_j); 0 when every position is ignored (docs/training.md)."""
+    C = logits.shape[-1]
+    logp = torch.log_softmax(logits.reshape(-1, C), -1)
+    y = labels.reshape(-1).long()
+    keep = y != ignore_index
+    inside = keep & (y >= 0) & (y < C)
+    nll = -logp.gather(1, y.clamp(0, C - 1).unsqueeze(1)).squeeze(1) * inside
+    per = (1 - label_smoothing) * nll + label_smoothing * (-logp.mean(-1))
+    count = keep.sum()
+    return (per * keep).sum() / count.clamp(min=1)
+
+
+def distill(student, teachers, temperature=1.0, weights=None):
+    """τ²·KL(Σ_k w_k·softmax(t_k/τ) ‖ softmax(s/τ)), summed over classes, averaged over the
+    rows of the flattened [N, C] view (weights: uniform when not given)."""
+    C = student.shape[-1]
+    if weights is None:
+        weights = [1.0 / len(teachers)] * len(teachers)
+    p = sum(w * torch.softmax(t.reshape(-1, C) / temperature, -1) for w, t in zip(weights, teachers))
+    logq = torch.log_softmax(student.reshape(-1, C) / temperature, -1)
+    return temperature**2 * F.kl_div(logq, p, reduction="batchmean")
+
+
+def router_losses(model):
+    """Each trainable MoE layer's auxiliary losses from its last forward, weighted by its
+    router's balance and z_loss, summed: what a train program adds to its loss."""
+    total = 0.0
+    for m in model.modules():
+        if not isinstance(m, MoE) or not m.aux:
+            continue
+        params = list(m.router.parameters())
+        if not params or not all(p.requires_grad for p in params):
+            continue
+        total = total + getattr(m.router, "balance", 0.0) * m.aux["balance"]
+        total = total + getattr(m.router, "z_loss", 0.0) * m.aux["z"]
+    return total
+
+
+def adamw(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_norm=0.0):
+    """torch.optim.AdamW over the trainable parameters: weight decay on matrices (rank >= 2)
+    that are not lookup tables (a class's tables, nn.Embedding), none on the rest."""
+    tables = set()
+    for m in model.modules():
+        names = ("weight",) if isinstance(m, nn.Embedding) else getattr(type(m), "tables", ())
+        tables.update(id(m._parameters[n]) for n in names if m._parameters.get(n) is not None)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trainable if p.dim() >= 2 and id(p) not in tables]
+    rest = [p for p in trainable if not (p.dim() >= 2 and id(p) not in tables)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+    opt.max_norm = max_norm
+    return opt
+
+
+def train_step(model, optimizer, **inputs):
+    """One step: the loss, its gradients, clip_grad_norm_ (max_norm > 0), AdamW. The loss."""
+    optimizer.zero_grad()
+    loss = model(**inputs)
+    loss.backward()
+    if optimizer.max_norm > 0:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optimizer.max_norm)
+    optimizer.step()
+    return loss
+
+
 # ----------------------------------------------------------------------------- per task
 
 
