@@ -155,10 +155,18 @@ def adamw(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_n
 
 
 def train_step(model, optimizer, **inputs):
-    """One step: the loss, its gradients, clip_grad_norm_ (max_norm > 0), AdamW. The loss."""
+    """One step as moec train takes it: the loss, its gradients, clip_grad_norm_ (max_norm > 0),
+    AdamW. Returns the loss."""
     optimizer.zero_grad()
     loss = model(**inputs)
     loss.backward()
+    # Experts and per-task instances no row was routed to reach the loss in moec's graph with
+    # a zero gradient (weight decay and the moments still step); sparse dispatch gave them none.
+    for m in model.modules():
+        if isinstance(m, (MoE, PerTask)) or (isinstance(m, LoRA) and m.tasks is not None):
+            for p in m.parameters():
+                if p.requires_grad and p.grad is None:
+                    p.grad = torch.zeros_like(p)
     if optimizer.max_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optimizer.max_norm)
     optimizer.step()

@@ -1,7 +1,8 @@
 // `train` programs in the PyTorch export: one step of the exported program (its loss, the
 // routers' auxiliary losses, clip_grad_norm_ and AdamW as the program configures them) against
-// one step of moec's train-step graph run in the float64 reference interpreter, on the same
-// weights and batch: the loss and every parameter after the step, relative L2 < 1e-4.
+// one step of moec's train-step graph run in the float64 reference interpreter (distill,
+// cross_entropy, frozen teachers, MoE balance losses), on the same
+// weights and batch: the loss and every parameter after the step, relative L2 < 1e-6.
 import { spawnSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as os from "node:os";
@@ -58,6 +59,15 @@ const CASES: TrainCase[] = [
     set: ["d=16", "heads=2", "hidden=24", "experts=4", "vocab=12"],
     dims: { B: 2, T: 3 },
     ids: { tokens: 12, targets: 12 },
+  },
+  {
+    name: "road-distill",
+    file: "examples/road-distill.moe",
+    program: "Distill",
+    model: "Student",
+    set: ["d=16", "heads=2", "vocab=12"],
+    dims: { B: 3, T: 4 },
+    ids: { tokens: 12, nli_labels: 3, qa_start: 4 },
   },
 ];
 
@@ -177,14 +187,17 @@ describe.skipIf(!found.python)("moec export --format torch: train programs", () 
       for (const p of train.params) {
         const want = updated.has(p.name) ? outputs.get(`update:${p.name}`)!.data : undefined;
         if (!want) continue;
-        worst = Math.max(worst, relL2(after.read(p.name).data, want));
+        const rel = relL2(after.read(p.name).data, want);
+        if (rel > 1e-6) console.log(`  ${p.name}: ${rel.toExponential(3)}`);
+        worst = Math.max(worst, rel);
       }
       console.log(
         `${c.name}: loss rel ${loss.toExponential(2)}, worst parameter rel L2 ${worst.toExponential(2)} (${updated.size} updated)`,
       );
       expect(loss).toBeLessThan(1e-5);
       expect(updated.size).toBeGreaterThan(0);
-      expect(worst).toBeLessThan(1e-4);
+      // The issue asks for 1e-4; float64 on both sides gives float32 rounding (~4e-8).
+      expect(worst).toBeLessThan(1e-6);
     });
     fs.rmSync(work, { recursive: true, force: true });
   }, 600_000);
