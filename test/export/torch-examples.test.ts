@@ -157,6 +157,14 @@ const CASES: TorchCase[] = [
     set: ["discrete=true"],
     dims: { B: 16 },
   },
+  // Free dims stay free: the same classes at other batch and sequence sizes.
+  { name: "tiny-transformer-b3-t7", file: "examples/tiny-transformer.moe", dims: { B: 3, T: 7 } },
+  {
+    name: "task-moe-b5-t2",
+    file: "examples/task-moe.moe",
+    set: ["layers=2", "d=16", "vocab=12"],
+    dims: { B: 5, T: 2 },
+  },
 ];
 
 describeTorchCases("moec export --format torch: examples", CASES);
