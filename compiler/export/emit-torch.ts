@@ -84,7 +84,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE".split(
+  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -844,7 +844,19 @@ class ComponentEmitter {
       g.decl.params.map((p) => ({ name: p.name.name })),
       a.args,
     );
-    if (bound.has("targets")) return this.fail(a.span, "LoRA with `targets`");
+    if (bound.has("targets")) {
+      // PEFT's target_modules: the LoRAs go on the matching layers inside a base made here.
+      if (!owns || byTask) return this.fail(a.span, "LoRA with `targets` on this base");
+      const args = [basePy];
+      for (const p of g.decl.params) {
+        const v = bound.get(p.name.name);
+        if (v)
+          args.push(
+            `${p.name.name === "targets" ? "targets" : p.name.name}=${this.argValue(v, p.type, env, perTask)}`,
+          );
+      }
+      return { py: `lora_targets(${args.join(", ")})`, kind: "instance", decl };
+    }
     const fin = this.portDim(made, env, "in");
     const fout = this.portDim(made, env, "out");
     if (fin === undefined || fout === undefined)

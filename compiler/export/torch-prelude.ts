@@ -243,6 +243,30 @@ class LoRA(nn.Module):
         return y
 
 
+def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
+    """LoRA on every layer inside base whose path ends with one of the patterns ("*" is any
+    one name), as PEFT's target_modules: each becomes a LoRA owning it, its weights beside
+    the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
+
+    def matches(path):
+        parts = path.split(".")
+        for pattern in targets:
+            ps = pattern.split(".")
+            if len(ps) <= len(parts) and all(p in ("*", q) for p, q in zip(ps, parts[-len(ps):])):
+                return True
+        return False
+
+    for path, module in list(base.named_modules()):
+        if not path or not matches(path):
+            continue
+        if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
+            raise ValueError(f"LoRA target {path}: the exported module puts LoRA on Linear layers only")
+        parent, _, name = path.rpartition(".")
+        owner = base.get_submodule(parent) if parent else base
+        setattr(owner, name, LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True))
+    return base
+
+
 # ----------------------------------------------------------------------------- routing
 
 

@@ -1,5 +1,6 @@
 // Adapters in the PyTorch export, in mixed-task batches with examples of no task (-1): per-task
-// LoRAs on a base made with them or bound elsewhere, a LoRA on a whole FFN, per-task
+// LoRAs on a base made with them or bound elsewhere, a LoRA on a whole FFN, LoRAs placed by
+// `targets` (PEFT's target_modules), per-task
 // bottlenecks of per-task sizes; and the language constructs of fixtures/layers.moe (instances
 // made and applied in one expression, constants, else, records of outputs); against the
 // reference interpreter.
@@ -16,6 +17,12 @@ const CASES: TorchCase[] = (
       model: "SharedBaseTaskLoras",
       dims: { B: 8, T: 2 },
       noTask: true,
+    },
+    {
+      name: "Targets",
+      file: "test/export/fixtures/targets.moe",
+      model: "Targeted",
+      dims: { B: 2, T: 3 },
     },
     {
       name: "InlineLayers",

@@ -64,7 +64,7 @@ describe("moec export --format torch", () => {
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
-      /unsupported\.moe:8:25: LoRA with `targets` cannot be exported to PyTorch yet/,
+      /unsupported\.moe:10:20: LoRA with `targets` on this base cannot be exported to PyTorch yet/,
     );
     expect(fs.readdirSync(dir)).toEqual([]);
     fs.rmSync(dir, { recursive: true });
