@@ -84,7 +84,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE Adapted LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -833,6 +833,12 @@ class ComponentEmitter {
       return this.fail(e.adapter.span, "`per task` in a component without a task input");
     const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
     const g = callee ? this.e.global(this.file, callee) : undefined;
+    if (g?.kind === "component" && g.decl.form !== "primitive" && !byTask) {
+      // A module adapter applies to the base's output: adapter(base(x)).
+      if (owns) return this.fail(e.base.span, `${callee} attached to a base made with it`);
+      const adapter = this.construct(a, env, perTask);
+      return { py: `Adapted(${basePy}, ${adapter.py})`, kind: "instance", decl: adapter.decl };
+    }
     if (
       g?.kind !== "component" ||
       g.decl.form !== "primitive" ||

@@ -243,6 +243,24 @@ class LoRA(nn.Module):
         return y
 
 
+class Adapted(nn.Module):
+    """base with a module adapter (a Bottleneck, ...): adapter(base(x)). The base is shared
+    (its weights keep the name of the binding that made it); the adapter's weights are this
+    module's (tuned.down.weight)."""
+
+    def __init__(self, base, adapter):
+        super().__init__()
+        self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
+        self.__dict__["adapter"] = adapter
+        for n, p in adapter._parameters.items():
+            self.register_parameter(n, p)
+        for n, m in adapter._modules.items():
+            self.add_module(n, m)
+
+    def forward(self, x):
+        return self.adapter(self.base(x))
+
+
 def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
     """LoRA on every layer inside base whose path ends with one of the patterns ("*" is any
     one name), as PEFT's target_modules: each becomes a LoRA owning it, its weights beside

@@ -18,6 +18,7 @@ const CASES: TorchCase[] = (
       dims: { B: 8, T: 2 },
       noTask: true,
     },
+    { name: "BottleneckOnBase", file, model: "BottleneckOnBase", dims: { B: 4 } },
     {
       name: "Targets",
       file: "test/export/fixtures/targets.moe",
