@@ -84,12 +84,17 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE Adapted LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE WithAdapter LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
 
 const pyName = (name: string): string => (RESERVED.has(name) ? `${name}_` : name);
+
+/** The prelude's own top-level names (classes, functions): a class never takes one. */
+const PRELUDE_NAMES = new Set(
+  [...TORCH_PRELUDE.matchAll(/^(?:class|def) (\w+)|^(\w+) = /gm)].map((m) => m[1] ?? m[2]!),
+);
 
 /** A tree of output lines: blocks (`if`, `for`) that end up empty are dropped when rendered. */
 type Node = string | { head: string; body: Node[]; else?: Node[] };
@@ -230,7 +235,7 @@ export class TorchEmitter {
           span: item.span,
         };
         let cls = pyName(item.name.name);
-        while ([...this.classes.values()].includes(cls) || PRELUDE_ROUTERS.has(cls)) cls += "_";
+        while ([...this.classes.values()].includes(cls) || PRELUDE_NAMES.has(cls)) cls += "_";
         this.classes.set(pseudo, cls);
         this.classText.push(
           new ComponentEmitter(this, pseudo, model.file, cls, overrides, true).emit(),
@@ -321,7 +326,7 @@ export class TorchEmitter {
     if (known) return known;
     if (decl.form === "primitive") this.fail(file, decl.span, `the primitive ${decl.name.name}`);
     let name = pyName(decl.name.name);
-    while ([...this.classes.values()].includes(name) || PRELUDE_ROUTERS.has(name)) name += "_";
+    while ([...this.classes.values()].includes(name) || PRELUDE_NAMES.has(name)) name += "_";
     this.classes.set(decl, name);
     this.classText.push(new ComponentEmitter(this, decl, file, name, overrides).emit());
     return name;
@@ -837,7 +842,7 @@ class ComponentEmitter {
       // A module adapter applies to the base's output: adapter(base(x)).
       if (owns) return this.fail(e.base.span, `${callee} attached to a base made with it`);
       const adapter = this.construct(a, env, perTask);
-      return { py: `Adapted(${basePy}, ${adapter.py})`, kind: "instance", decl: adapter.decl };
+      return { py: `WithAdapter(${basePy}, ${adapter.py})`, kind: "instance", decl: adapter.decl };
     }
     if (
       g?.kind !== "component" ||

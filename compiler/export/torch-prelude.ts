@@ -243,7 +243,7 @@ class LoRA(nn.Module):
         return y
 
 
-class Adapted(nn.Module):
+class WithAdapter(nn.Module):
     """base with a module adapter (a Bottleneck, ...): adapter(base(x)). The base is shared
     (its weights keep the name of the binding that made it); the adapter's weights are this
     module's (tuned.down.weight)."""
