@@ -1,3 +1,4 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI is compiled to dist/ by `npm run build` (run by `npm ci` via `prepare`).
-import "../dist/cli/main.js";
+// dist/cli/launch.js runs device commands in a child whose stderr it filters (cli/launch.ts).
+import "../dist/cli/launch.js";

@@ -8,48 +8,13 @@ import * as path from "node:path";
 import { writeFileAtomic } from "../runtime/atomic-write.js";
 import { exportOnnx } from "./export-onnx.js";
 import { exportTorch } from "./export-torch.js";
-import type { ModelOptions } from "./model-options.js";
+import {
+  type ExportHeader,
+  type ExportOptions,
+  type ExportFormat,
+  MOEC_VERSION,
+} from "./export-format.js";
 import { CliError, EXIT_USAGE, checkOutputFile, displayPath, mapWriteErrors } from "./report.js";
-
-/** The version written into every exported file's header. */
-export const MOEC_VERSION = "0.1.0";
-
-export interface ExportOptions extends ModelOptions {
-  format?: string;
-  output?: string;
-  /** ONNX only: the weight options of `moec run`. */
-  weights?: string;
-  weightsMap?: string;
-  adapter?: string;
-  initMissing?: boolean;
-  allowNonfinite?: boolean;
-  seed?: string;
-}
-
-/** What every exported file says about where it came from. */
-export interface ExportHeader {
-  /** The source file as the user named it. */
-  source: string;
-  model: string;
-  version: string;
-}
-
-/** One file an export writes: the main file first, then any beside it (ONNX external data). */
-export interface ExportedFile {
-  path: string;
-  data: Uint8Array | string;
-}
-
-/**
- * A format: from the source file and the options to the files to write. `output` is the
- * checked main file's path; `header` is filled in once the format knows the model's name.
- */
-export type ExportFormat = (
-  file: string,
-  options: ExportOptions,
-  output: (model: string) => string,
-  header: (model: string) => ExportHeader,
-) => Promise<ExportedFile[]>;
 
 export const EXPORT_FORMATS: ReadonlyMap<string, { extension: string; run: ExportFormat }> =
   new Map([
@@ -76,7 +41,9 @@ export async function runExport(file: string, options: ExportOptions): Promise<n
     version: MOEC_VERSION,
   });
   const files = await format.run(file, options, output, header);
-  for (const f of files) mapWriteErrors(`-o ${f.path}`, () => writeFileAtomic(f.path, f.data));
+  // The files beside the main one first: a model file never names data that is not there.
+  for (const f of [...files].reverse())
+    mapWriteErrors(`-o ${f.path}`, () => writeFileAtomic(f.path, f.data));
   process.stderr.write(`wrote ${files.map((f) => displayPath(f.path)).join(", ")}\n`);
   return 0;
 }

@@ -8,19 +8,11 @@ import { selectModel } from "../compiler/check/elaborate-model.js";
 import { TorchEmitter, TorchExportError } from "../compiler/export/emit-torch.js";
 import { analyze, elaborate, nodeFileSystem } from "../compiler/pipeline.js";
 import { resolveInputFiles } from "./check-command.js";
+import type { ExportFormat } from "./export-format.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, displayPath, printDiagnostics } from "./report.js";
 
-/**
- * The torch format (an `ExportFormat` of export-command.ts, written out so this file does not
- * import the command that imports it: no import cycle).
- */
-export const exportTorch = async (
-  file: string,
-  options: { model?: string; set?: string[] },
-  output: (model: string) => string,
-  header: (model: string) => { source: string; model: string; version: string },
-): Promise<{ path: string; data: string }[]> => {
+export const exportTorch: ExportFormat = async (file, options, output, header) => {
   const [entry] = resolveInputFiles([file]);
   const overrides = new Map((options.set ?? []).map(parseOverride));
   const analysis = analyze([entry!], nodeFileSystem());

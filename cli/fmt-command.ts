@@ -15,6 +15,7 @@ import { formatSource, FormatterError } from "../compiler/format/format-source.j
 import { writeFileAtomic } from "../runtime/atomic-write.js";
 import { resolveInputFiles } from "./check-command.js";
 import {
+  stderrColor,
   CliError,
   EXIT_DEVICE,
   EXIT_OK,
@@ -107,7 +108,7 @@ function format(text: string, file: string): { formatted: string } | { failed: O
 function printDiagnostics(diagnostics: readonly Diagnostic[], file: string, text: string): void {
   const shown = displayPath(file);
   const rendered = renderDiagnostics(withDisplayPaths(diagnostics), new Map([[shown, text]]), {
-    color: process.stderr.isTTY === true && !process.env["NO_COLOR"],
+    color: stderrColor(),
   });
   const errors = diagnostics.filter((d) => d.severity === "error").length;
   process.stderr.write(

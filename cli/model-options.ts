@@ -72,7 +72,7 @@ export function parseDims(specs: readonly string[] = []): Map<string, number> {
  * Sizes that record which names lowering asks for: those are the model's free dims, so a
  * `--dim` never asked for names a dimension the model does not have.
  */
-class AskedDims extends Map<string, number> {
+export class AskedDims extends Map<string, number> {
   readonly asked = new Set<string>();
   override get(name: string): number | undefined {
     this.asked.add(name);
@@ -81,7 +81,7 @@ class AskedDims extends Map<string, number> {
 }
 
 /** A usage error for `--dim` names lowering never asked for (`given` are the user's). */
-function checkDimsUsed(dims: AskedDims, given: ReadonlySet<string>, what: string): void {
+export function checkDimsUsed(dims: AskedDims, given: ReadonlySet<string>, what: string): void {
   const unused = [...given].filter((d) => !dims.asked.has(d));
   if (unused.length === 0) return;
   const free = [...dims.asked].sort();
@@ -105,8 +105,23 @@ export function lowerFromSource(
   options: ModelOptions,
 ): { analysis: Analysis; lowered: LoweredModel; entry: string } {
   const { analysis, entry } = analyzeEntry(file);
-  const overrides = new Map((options.set ?? []).map(parseOverride));
   const dims = new AskedDims(parseDims(options.dim));
+  const lowered = lowerAnalyzed(analysis, entry, options, dims);
+  checkDimsUsed(dims, new Set(dims.keys()), `model ${lowered.name}`);
+  return { analysis, lowered, entry: entry };
+}
+
+/**
+ * Lowers one model of an analysed file at `dims` (a map that may compute sizes as they are
+ * asked for: `moec export` probes the free dims with it). Errors as lowerFromSource.
+ */
+export function lowerAnalyzed(
+  analysis: Analysis,
+  entry: string,
+  options: ModelOptions,
+  dims: ReadonlyMap<string, number>,
+): LoweredModel {
+  const overrides = new Map((options.set ?? []).map(parseOverride));
   const result = lower(analysis, entry, options.model, overrides, dims, {
     routingStats: options.routing === true,
     pinGroups: parsePins(options.pinGroups),
@@ -125,8 +140,7 @@ export function lowerFromSource(
       : "it has no Grouped MoE layer";
     throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
-  checkDimsUsed(dims, new Set(dims.keys()), `model ${result.model.name}`);
-  return { analysis, lowered: result.model, entry: entry };
+  return result.model;
 }
 
 /**

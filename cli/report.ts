@@ -21,6 +21,19 @@ export const EXIT_DEVICE = 3;
 export const EXIT_INTERNAL = 3;
 
 /** An error to show as one line (no stack unless --verbose), with its exit code. */
+/**
+ * Whether stderr is a terminal a person watches: a TTY (under cli/launch.ts, the launcher's),
+ * TERM not dumb, not CI.
+ */
+export function stderrIsInteractive(): boolean {
+  return process.stderr.isTTY === true && process.env.TERM !== "dumb" && !("CI" in process.env);
+}
+
+/** Whether to colour what goes to stderr. */
+export function stderrColor(): boolean {
+  return stderrIsInteractive() && !process.env.NO_COLOR;
+}
+
 export class CliError extends Error {
   constructor(
     message: string,
@@ -60,7 +73,7 @@ export function printDiagnostics(diagnostics: readonly Diagnostic[], analysis: A
   printedDiagnostics.push(...diagnosticsJson(diagnostics, analysis));
   const sources = new Map([...sourcesOf(analysis)].map(([f, t]) => [displayPath(f), t]));
   const text = renderDiagnostics(withDisplayPaths(diagnostics), sources, {
-    color: process.stderr.isTTY === true && !process.env.NO_COLOR,
+    color: stderrColor(),
   });
   process.stderr.write(text + "\n");
 }

@@ -30,6 +30,7 @@ import {
   throwIfBundleFault,
 } from "./bundle.js";
 import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
+import { compileProgress } from "./progress.js";
 import {
   CliError,
   EXIT_DEVICE,
@@ -64,17 +65,73 @@ export interface RunResult {
   device?: string;
   dims: Record<string, number>;
   outputs: Map<string, TypedTensor>;
-  /** Milliseconds: the first forward call (pipelines, uploads) and a steady-state one. */
-  timings: { firstMs: number; steadyMs?: number };
+  /**
+   * Milliseconds: compiling the kernels (GPU only), the first forward call (uploads) and a
+   * steady-state one.
+   */
+  timings: { compileMs?: number; firstMs: number; steadyMs?: number };
+  /** GPU only: distinct kernels compiled and the devices that compiled them in parallel. */
+  compiled?: { kernels: number; workers: number };
   kernels?: { name: string; ms: number }[];
   memory?: { peakBytes: number; tensorBytes: number };
 }
 
-function parseSeed(seed: string | undefined): number {
+export function parseSeed(seed: string | undefined): number {
   if (seed === undefined) return 0;
   if (!/^\d+$/.test(seed))
     throw new CliError(`--seed expects a non-negative integer, found "${seed}"`, EXIT_USAGE);
   return Number(seed);
+}
+
+/** The weight options of `moec run` (and `moec export`): --weights, --weights-map, --adapter. */
+export type WeightOptions = Pick<RunOptions, "weights" | "weightsMap" | "adapter">;
+
+/**
+ * The checkpoint the weight options name for `graph`'s parameters: read, renamed by its weight
+ * map, narrowed to this model's instance of a training checkpoint, combined with a PEFT
+ * adapter (`loras` undefined: a bundle, which takes none). Undefined: seeded weights.
+ */
+export function openRunWeights(
+  graph: IrGraph,
+  loras: { path: string; r: number; alpha: number }[] | undefined,
+  options: WeightOptions,
+): SafetensorsFile | undefined {
+  let weightsFile = openTensors(options.weights, "--weights");
+  const paths = paramSpecs(graph).map((p) => p.path);
+  const map = options.weightsMap === undefined ? undefined : WEIGHT_MAPS.get(options.weightsMap);
+  if (options.weightsMap !== undefined) {
+    if (!map) {
+      throw new CliError(
+        `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
+        EXIT_USAGE,
+      );
+    }
+    if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
+  }
+  if (weightsFile && !map) {
+    // A moec train checkpoint: the parameters under the binding of this model's instance.
+    const trained = trainedInstance(weightsFile, paths);
+    if (trained) {
+      weightsFile = trained.file;
+      process.stderr.write(
+        `reading the parameters under \`${trained.binding}.\` of ${displayPath(options.weights!)} (a training checkpoint)\n`,
+      );
+    }
+  }
+  try {
+    if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
+    if (options.adapter !== undefined) {
+      if (!weightsFile)
+        throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
+      if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
+      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
+      weightsFile = combineCheckpoints([weightsFile, adapter]);
+    }
+  } catch (err) {
+    if (err instanceof WeightsError) throw new CliError(err.message);
+    throw err;
+  }
+  return weightsFile;
 }
 
 export async function executeRun(target: string, options: RunOptions): Promise<RunResult> {
@@ -122,41 +179,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     const { lowered } = lowerFromSource(target, { ...options, routing });
     ({ graph, inputs, name, dims, loras } = lowered);
   }
-  let weightsFile = openTensors(options.weights, "--weights");
-  const paths = paramSpecs(graph).map((p) => p.path);
-  const map = options.weightsMap === undefined ? undefined : WEIGHT_MAPS.get(options.weightsMap);
-  if (options.weightsMap !== undefined) {
-    if (!map) {
-      throw new CliError(
-        `unknown --weights-map "${options.weightsMap}"; maps: ${[...WEIGHT_MAPS.keys()].join(", ")}`,
-        EXIT_USAGE,
-      );
-    }
-    if (!weightsFile) throw new CliError("--weights-map needs --weights FILE", EXIT_USAGE);
-  }
-  if (weightsFile && !map) {
-    // A moec train checkpoint: the parameters under the binding of this model's instance.
-    const trained = trainedInstance(weightsFile, paths);
-    if (trained) {
-      weightsFile = trained.file;
-      process.stderr.write(
-        `reading the parameters under \`${trained.binding}.\` of ${displayPath(options.weights!)} (a training checkpoint)\n`,
-      );
-    }
-  }
-  try {
-    if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
-    if (options.adapter !== undefined) {
-      if (!weightsFile)
-        throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
-      if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
-      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
-      weightsFile = combineCheckpoints([weightsFile, adapter]);
-    }
-  } catch (err) {
-    if (err instanceof WeightsError) throw new CliError(err.message);
-    throw err;
-  }
+  const weightsFile = openRunWeights(graph, loras, options);
   const inputsFile = openTensors(options.inputs, "--inputs");
   // Weights and inputs are made only after every size is checked: generating or reading
   // gigabytes, then failing on a limit, costs the user minutes for a one-line error.
@@ -195,12 +218,14 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   const { DeviceError } = await import("../runtime/device.js");
   // Outputs are read back into host arrays as well.
   const outputBytes = graph.outputs.reduce((a, o) => a + 4 * numel(graph.nodes[o.node]!.shape), 0);
+  const progress = compileProgress(options.json);
   try {
     const result = await runOnGpu(graph, () => prepare(outputBytes), {
       stats: options.stats === true,
       tune: options.tune === true,
       ...(bundled ? { bundled } : {}),
       log: (line: string) => process.stderr.write(`moec: ${line}\n`),
+      ...(progress ? { onCompileProgress: progress.update } : {}),
     });
     return { model: name, backend, dims: dimsRecord, ...result };
   } catch (err) {
@@ -209,6 +234,8 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
     if (err instanceof LimitError) throw new CliError(err.message, EXIT_USER_ERROR);
     if (err instanceof DeviceError) throw new CliError(err.message, EXIT_DEVICE);
     throw err;
+  } finally {
+    progress?.stop();
   }
 }
 
@@ -330,6 +357,7 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
           dims: result.dims,
           outputs,
           timings: result.timings,
+          ...(result.compiled ? { compiled: result.compiled } : {}),
           ...(result.kernels ? { kernels: result.kernels } : {}),
           ...(result.memory ? { memory: result.memory } : {}),
           ...(options.stats && summaries.length > 0
@@ -358,6 +386,12 @@ export async function runRun(target: string, options: RunOptions): Promise<numbe
   lines.push(
     `  time ${t.steadyMs !== undefined ? `${t.steadyMs.toFixed(2)} ms per call (first call ${t.firstMs.toFixed(1)} ms)` : `${t.firstMs.toFixed(1)} ms`}`,
   );
+  if (t.compileMs !== undefined && result.compiled) {
+    const { kernels, workers } = result.compiled;
+    lines.push(
+      `  kernels: ${kernels} compiled in ${(t.compileMs / 1000).toFixed(2)} s${workers > 1 ? ` on ${workers} devices` : ""}`,
+    );
+  }
   if (result.memory) {
     const mib = (b: number) => `${(b / 2 ** 20).toFixed(2)} MiB`;
     lines.push(

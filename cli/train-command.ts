@@ -27,7 +27,9 @@ import type { LrSchedule } from "../runtime/train/schedule.js";
 import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
 import { analyzeEntry, lowerTrainProgram, openTensors, parseDims } from "./model-options.js";
+import { compileProgress } from "./progress.js";
 import {
+  stderrIsInteractive,
   CliError,
   EXIT_DEVICE,
   EXIT_USAGE,
@@ -307,7 +309,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
         if (err instanceof DataError) throw new CliError(`--eval-data: ${err.message}`);
         throw err;
       }
-      const exe = await Executor.create(ctx, evalProgram);
+      const exe = await Executor.create(ctx, evalProgram, { compile: {} });
       evalExecutor = exe;
       // The mean loss over every whole batch of the file, in file order, and each
       // cross_entropy's accuracy from its correct and counted positions summed over them.
@@ -361,7 +363,7 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       );
     if (!o.json) process.stderr.write(header.join("\n") + "\n");
 
-    const tty = process.stderr.isTTY === true;
+    const tty = stderrIsInteractive();
     const progress = o.json
       ? { write: (t: string) => process.stdout.write(t), mode: "json" as const }
       : tty
@@ -372,8 +374,10 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
             every: Math.max(1, Math.round(steps / 20)),
           };
     let result;
+    const compiling = compileProgress(o.json);
     try {
       result = await runTraining(ctx, {
+        compile: compiling ? { onProgress: compiling.update } : {},
         runDir,
         program,
         data,
@@ -410,6 +414,8 @@ export async function executeTrain(file: string, o: TrainOptions): Promise<Train
       }
       if (err instanceof CheckpointError) throw new CliError(err.message);
       throw err;
+    } finally {
+      compiling?.stop();
     }
     return {
       program: train.name,

@@ -28,6 +28,10 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
       cache: defaultCacheDir(),
       matmul: { nn: tuning.matmul.nn.name, nt: tuning.matmul.nt.name },
       largeMatmul: { nn: tuning.largeMatmul.nn.name, nt: tuning.largeMatmul.nt.name },
+      smallMatmul: {
+        nn: (tuning.smallMatmul ?? tuning.matmul).nn.name,
+        nt: (tuning.smallMatmul ?? tuning.matmul).nt.name,
+      },
       elementwise: elementwiseName(tuning),
     };
     if (options.json) process.stdout.write(JSON.stringify(result, null, 2) + "\n");
@@ -36,6 +40,7 @@ export async function runTune(options: { force?: boolean; json?: boolean }): Pro
         `${result.cached ? "already tuned" : "tuned"} ${result.adapter}\n` +
           `  matmul x·w: ${result.matmul.nn}\n  matmul x·wᵀ: ${result.matmul.nt}\n` +
           `  large matmul x·w: ${result.largeMatmul.nn}\n  large matmul x·wᵀ: ${result.largeMatmul.nt}\n` +
+          `  small matmul x·w: ${result.smallMatmul.nn}\n  small matmul x·wᵀ: ${result.smallMatmul.nt}\n` +
           `  elementwise kernels (threads × items): ${result.elementwise}\n` +
           `  cache: ${result.cache}${result.cached ? " (moec tune --force measures again)" : ""}\n`,
       );

@@ -245,6 +245,7 @@ function isTuning(v: unknown): v is Tuning {
   return (
     choice(v.matmul) &&
     choice(v.largeMatmul) &&
+    (v.smallMatmul === undefined || choice(v.smallMatmul)) &&
     shape &&
     (v.adapter === undefined || typeof v.adapter === "string")
   );

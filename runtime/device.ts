@@ -91,6 +91,7 @@ export class GpuContext {
   #adapter: GPUAdapter | null;
   #device: GPUDevice | null;
   #closing: Promise<void> | null = null;
+  readonly #siblings = new Set<GPUDevice>();
 
   readonly info: AdapterInfoSummary;
   /** Backend Dawn was asked to use ("vulkan", "metal", "d3d12", ...). */
@@ -176,6 +177,10 @@ export class GpuContext {
     if (this.#closing) return this.#closing;
     const device = this.#device;
     this.#closing = (async () => {
+      for (const sibling of [...this.#siblings]) {
+        sibling.destroy();
+        await sibling.lost;
+      }
       if (device) {
         device.destroy();
         await device.lost;
@@ -188,6 +193,25 @@ export class GpuContext {
       this.#gpu = null;
     })();
     return this.#closing;
+  }
+
+  /**
+   * A second device on the same physical adapter, with this device's limits and features: a
+   * software driver compiles a shader at its first dispatch, on the device's one queue thread,
+   * so kernels are compiled in parallel by dispatching them on siblings (runtime/compile-kernels.ts).
+   * The caller destroys it; close() destroys any left.
+   */
+  async openSibling(): Promise<GPUDevice> {
+    const adapter = await this.gpu.requestAdapter();
+    if (!adapter) throw new DeviceError("no-adapter", NO_ADAPTER_MESSAGE);
+    const device = await adapter.requestDevice({
+      label: "moec sibling",
+      requiredFeatures: this.features as GPUFeatureName[],
+      requiredLimits: { ...this.limits },
+    });
+    this.#siblings.add(device);
+    void device.lost.then(() => this.#siblings.delete(device));
+    return device;
   }
 
   #live<T>(value: T | null): T {

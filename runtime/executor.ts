@@ -20,21 +20,11 @@
  */
 import type { CompiledProgram, ProgramTensor } from "../compiler/kernels/compile-graph.js";
 import type { EmittedKernel } from "../compiler/kernels/emit-wgsl.js";
+import { type CompileOptions, type CompileReport, compileKernels } from "./compile-kernels.js";
 import type { GpuContext } from "./device.js";
 import { CompletionPacer } from "./gpu-wait.js";
 
 export type TensorData = Float32Array | Int32Array;
-
-export class ShaderError extends Error {
-  override readonly name = "ShaderError";
-  constructor(
-    message: string,
-    /** Each error as { line, col, message }. */
-    readonly messages: { line: number; col: number; message: string }[],
-  ) {
-    super(message);
-  }
-}
 
 export interface KernelStats {
   name: string;
@@ -49,77 +39,11 @@ export interface KernelStats {
 export interface ExecutorOptions {
   /** Time every kernel (slower: one pass, or one submit, per kernel). */
   timing?: boolean;
-}
-
-const pipelineCache = new WeakMap<GPUDevice, Map<string, Promise<GPUComputePipeline>>>();
-
-/**
- * Compiles one kernel into a compute pipeline, reporting WGSL errors with line:col. Cached per
- * device by WGSL text and binding layout.
- */
-export function createKernelPipeline(
-  device: GPUDevice,
-  kernel: Pick<EmittedKernel, "name" | "wgsl" | "entryPoint" | "bindings">,
-): Promise<GPUComputePipeline> {
-  let cache = pipelineCache.get(device);
-  if (!cache) pipelineCache.set(device, (cache = new Map()));
-  const layoutKey = kernel.bindings.map((b) => `${b.binding}:${b.access}`).join(",");
-  const key = `${layoutKey}\n${kernel.entryPoint}\n${kernel.wgsl}`;
-  let p = cache.get(key);
-  if (!p) {
-    p = compilePipeline(device, kernel);
-    cache.set(key, p);
-    // A failed compile must not poison the cache for a fixed retry.
-    p.catch(() => cache.delete(key));
-  }
-  return p;
-}
-
-async function compilePipeline(
-  device: GPUDevice,
-  kernel: Pick<EmittedKernel, "name" | "wgsl" | "entryPoint" | "bindings">,
-): Promise<GPUComputePipeline> {
-  device.pushErrorScope("validation");
-  const module = device.createShaderModule({ label: kernel.name, code: kernel.wgsl });
-  const info = await module.getCompilationInfo();
-  const scopeError = await device.popErrorScope();
-  const errors = info.messages.filter((m) => m.type === "error");
-  if (errors.length > 0 || scopeError) {
-    const source = kernel.wgsl.split("\n");
-    const messages = errors.map((m) => ({ line: m.lineNum, col: m.linePos, message: m.message }));
-    const first = messages[0];
-    const text = first
-      ? `${kernel.name}:${first.line}:${first.col}: ${first.message.split("\n")[0]}` +
-        (source[first.line - 1] !== undefined ? `\n    ${source[first.line - 1]!.trim()}` : "") +
-        (messages.length > 1 ? `\n(and ${messages.length - 1} more)` : "")
-      : `${kernel.name}: ${scopeError!.message}`;
-    throw new ShaderError(`WGSL error in ${text}`, messages);
-  }
-  const layout = device.createBindGroupLayout({
-    label: kernel.name,
-    entries: kernel.bindings.map((b) => ({
-      binding: b.binding,
-      visibility: GPUShaderStage.COMPUTE,
-      buffer: { type: b.access === "read" ? "read-only-storage" : "storage" },
-    })),
-  });
-  device.pushErrorScope("validation");
-  try {
-    return await device.createComputePipelineAsync({
-      label: kernel.name,
-      layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-      compute: { module, entryPoint: kernel.entryPoint },
-    });
-  } catch (e) {
-    throw new ShaderError(
-      `pipeline creation failed for ${kernel.name}: ${e instanceof Error ? e.message : String(e)}`,
-      [],
-    );
-  } finally {
-    const err = await device.popErrorScope();
-    if (err)
-      throw new ShaderError(`pipeline creation failed for ${kernel.name}: ${err.message}`, []);
-  }
+  /**
+   * Compile every kernel in create(), in parallel, with progress (runtime/compile-kernels.ts).
+   * Without it a software driver compiles each kernel at its first dispatch.
+   */
+  compile?: CompileOptions;
 }
 
 /** One kernel ready to dispatch. */
@@ -133,6 +57,7 @@ export interface PreparedKernel {
 export interface AllocatedProgram {
   buffers: GPUBuffer[];
   kernels: PreparedKernel[];
+  compiled: CompileReport;
 }
 
 /**
@@ -142,9 +67,10 @@ export interface AllocatedProgram {
 export async function allocateProgram(
   ctx: GpuContext,
   program: Pick<CompiledProgram, "kernels" | "buffers">,
+  compile: CompileOptions = { warm: false },
 ): Promise<AllocatedProgram> {
   const device = ctx.device;
-  const pipelines = await Promise.all(program.kernels.map((k) => createKernelPipeline(device, k)));
+  const { pipelines, report } = await compileKernels(ctx, program.kernels, compile);
   device.pushErrorScope("validation");
   device.pushErrorScope("out-of-memory");
   const buffers = program.buffers.map((b) =>
@@ -172,7 +98,7 @@ export async function allocateProgram(
     for (const b of buffers) b.destroy();
     throw new Error(`could not allocate the program's buffers: ${(oom ?? invalid)!.message}`);
   }
-  return { buffers, kernels };
+  return { buffers, kernels, compiled: report };
 }
 
 export class Executor {
@@ -202,6 +128,8 @@ export class Executor {
     program: CompiledProgram,
     buffers: GPUBuffer[],
     kernels: PreparedKernel[],
+    /** How compiling the kernels went (see ExecutorOptions.compile). */
+    readonly compiled: CompileReport,
     options: ExecutorOptions,
   ) {
     this.#ctx = ctx;
@@ -221,8 +149,8 @@ export class Executor {
     program: CompiledProgram,
     options: ExecutorOptions = {},
   ): Promise<Executor> {
-    const { buffers, kernels } = await allocateProgram(ctx, program);
-    return new Executor(ctx, program, buffers, kernels, options);
+    const { buffers, kernels, compiled } = await allocateProgram(ctx, program, options.compile);
+    return new Executor(ctx, program, buffers, kernels, compiled, options);
   }
 
   get program(): CompiledProgram {

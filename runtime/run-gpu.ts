@@ -22,7 +22,10 @@ type RunnableProgram = Pick<
 export interface GpuRunResult {
   device: string;
   outputs: Map<string, TypedTensor>;
-  timings: { firstMs: number; steadyMs?: number };
+  /** Milliseconds: compiling the kernels, the first forward call and a steady-state one. */
+  timings: { compileMs: number; firstMs: number; steadyMs?: number };
+  /** Distinct kernels compiled and the devices that compiled them. */
+  compiled: { kernels: number; workers: number };
   kernels?: { name: string; ms: number }[];
   memory: { peakBytes: number; tensorBytes: number };
 }
@@ -46,6 +49,8 @@ export async function runOnGpu(
     tune?: boolean;
     bundled?: RunnableProgram;
     log?: (line: string) => void;
+    /** Called as kernels compile (runtime/compile-kernels.ts): `done` of `total`. */
+    onCompileProgress?: (done: number, total: number) => void;
   },
 ): Promise<GpuRunResult> {
   const ctx = await openDevice();
@@ -67,7 +72,11 @@ export async function runOnGpu(
     }
     const { weights, inputs } = prepare();
     // The executor reads only the runnable parts of a program.
-    exe = await Executor.create(ctx, program as CompiledProgram, { timing: options.stats });
+    const compile = options.onCompileProgress ? { onProgress: options.onCompileProgress } : {};
+    exe = await Executor.create(ctx, program as CompiledProgram, {
+      timing: options.stats,
+      compile,
+    });
     const params = new Map<string, TensorData>();
     for (const [name, t] of weights) params.set(name, t.data as TensorData);
     exe.setParams(params);
@@ -88,7 +97,8 @@ export async function runOnGpu(
     const result: GpuRunResult = {
       device: adapterSummary(ctx),
       outputs,
-      timings: { firstMs, steadyMs },
+      timings: { compileMs: exe.compiled.ms, firstMs, steadyMs },
+      compiled: { kernels: exe.compiled.kernels, workers: exe.compiled.workers },
       memory: { peakBytes: program.memory.peakBytes, tensorBytes: program.memory.totalBytes },
     };
     if (options.stats) result.kernels = exe.stats().map((k) => ({ name: k.name, ms: k.lastMs }));

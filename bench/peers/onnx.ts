@@ -1,9 +1,10 @@
 /**
  * Peer: onnxruntime-node on its CPU execution provider (MLAS kernels). The graphs are built in
- * code with ./onnx-proto.ts (no .onnx files, no converter); weights are initializers, so ORT can
- * pre-pack them, as it would for an exported model. Graph optimizations are left at ORT's
- * default ("all"). Threads: ORT's default intra-op pool (one thread per physical core) unless
- * `threads` is given.
+ * code with the project's ONNX writer, compiler/export/onnx-graph.ts (on the onnx-proto package;
+ * `moec export --format onnx` writes with it too): no .onnx files, no converter. Weights are
+ * initializers, so ORT can pre-pack them, as it would for an exported model. Graph
+ * optimizations are left at ORT's default ("all"). Threads: ORT's default intra-op pool (one
+ * thread per physical core) unless `threads` is given.
  *
  * Install note: onnxruntime-node's postinstall downloads GPU providers; .npmrc sets
  * `onnxruntime-node-install=skip` (and npm's allowScripts does not list it). The CPU binaries
@@ -11,7 +12,7 @@
  */
 import type * as Ort from "onnxruntime-node";
 
-import { attr, DataType, OnnxGraph } from "./onnx-proto.js";
+import { attr, DataType, OnnxGraph } from "../../compiler/export/onnx-graph.js";
 import {
   checkMatmul,
   checkMoe,
@@ -112,7 +113,7 @@ export async function openOrtPeer(opts: OrtPeerOptions = {}): Promise<OrtPeer> {
       b: new ort.Tensor("float32", mc.b, [mc.k, mc.n]),
     };
     const { ms, minMs, opts, check } = await timeGraph(
-      g.toModel({ opset: OPSET }),
+      g.toModel({ opset: OPSET, producerName: "moec-bench" }),
       feeds,
       run,
       (y) => checkMatmul(y, mc),
@@ -246,7 +247,7 @@ export function transformerGraph(tc: TransformerCase): Uint8Array {
   const up = gelu(g, linear(g, ln2, tc.w1, tc.b1, d, 4 * d));
   g.node("Add", [h!, linear(g, up, tc.w2, tc.b2, 4 * d, d)], {}, ["y"]);
   g.output("y", DataType.FLOAT, [B, T, d]);
-  return g.toModel({ opset: OPSET });
+  return g.toModel({ opset: OPSET, producerName: "moec-bench" });
 }
 
 /** Router → softmax → TopK → (renormalized) gates [T, k] and expert ids [T, k]. */
@@ -320,7 +321,7 @@ export function moeSparseGraph(mc: MoeCase): Uint8Array {
   const [perToken] = g.node("Reshape", [slots!, g.ints("tkd", [T, topk, d])]);
   g.node("ReduceSum", [perToken!, one], { keepdims: attr.i(0) }, ["y"]);
   g.output("y", DataType.FLOAT, [T, d]);
-  return g.toModel({ opset: OPSET });
+  return g.toModel({ opset: OPSET, producerName: "moec-bench" });
 }
 
 /** Labelled comparison only: every expert on every token, weighted by a masked gate. */
@@ -350,5 +351,5 @@ export function moeDenseMaskedGraph(mc: MoeCase): Uint8Array {
   }
   g.node("Identity", [acc!], {}, ["y"]);
   g.output("y", DataType.FLOAT, [T, d]);
-  return g.toModel({ opset: OPSET });
+  return g.toModel({ opset: OPSET, producerName: "moec-bench" });
 }

@@ -22,6 +22,7 @@
  */
 import type { CompiledProgram, ProgramTensor } from "../../compiler/kernels/compile-graph.js";
 import type { GpuContext } from "../device.js";
+import type { CompileOptions } from "../compile-kernels.js";
 import { type PreparedKernel, type TensorData, allocateProgram } from "../executor.js";
 import { CompletionPacer } from "../gpu-wait.js";
 
@@ -137,12 +138,12 @@ export class TrainExecutor {
   static async create(
     ctx: GpuContext,
     program: CompiledProgram,
-    options: { inFlight?: number } = {},
+    options: { inFlight?: number; compile?: CompileOptions } = {},
   ): Promise<TrainExecutor> {
     const inFlight = options.inFlight ?? 2;
     if (!Number.isInteger(inFlight) || inFlight < 1)
       throw new Error(`steps in flight must be a positive integer, got ${inFlight}`);
-    const { buffers, kernels } = await allocateProgram(ctx, program);
+    const { buffers, kernels } = await allocateProgram(ctx, program, options.compile);
     try {
       return new TrainExecutor(ctx, program, buffers, kernels, inFlight);
     } catch (e) {

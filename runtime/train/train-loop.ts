@@ -5,6 +5,7 @@
  * flight), log its scalars to metrics.jsonl and the progress line as they arrive, and write a
  * checkpoint every `checkpointEvery` steps and at the end.
  */
+import type { CompileOptions } from "../compile-kernels.js";
 import { mkdirSync } from "node:fs";
 import path from "node:path";
 
@@ -79,6 +80,8 @@ export interface TrainRunOptions {
   progress?: { write: (text: string) => void; mode: ProgressMode; every?: number };
   warn?: (line: string) => void;
   inFlight?: number;
+  /** How the step's kernels compile before step 1 (progress; runtime/compile-kernels.ts). */
+  compile?: CompileOptions;
   /**
    * Evaluates the parameters at each checkpoint (for instance a forward program on held-out
    * data): a loss, or a loss with accuracies. The loss is recorded as the checkpoint's
@@ -163,7 +166,10 @@ export async function runTraining(ctx: GpuContext, o: TrainRunOptions): Promise<
   const log = new MetricsLog(path.join(o.runDir, "metrics.jsonl"), resumed ? step : 0);
   let exe: TrainExecutor;
   try {
-    exe = await TrainExecutor.create(ctx, o.program, { inFlight: o.inFlight ?? 2 });
+    exe = await TrainExecutor.create(ctx, o.program, {
+      inFlight: o.inFlight ?? 2,
+      ...(o.compile ? { compile: o.compile } : {}),
+    });
   } catch (e) {
     log.close();
     throw e;

@@ -211,6 +211,39 @@ describe("planBuffers", () => {
   });
 });
 
+describe("matmul tiers", () => {
+  const tierOf = (m: number, k: number, n: number, tuning = DEFAULT_TUNING) => {
+    const g = graph((b) =>
+      b.output("y", b.matmul(b.input("a", "f32", [m, k]), b.input("b", "f32", [k, n]))),
+    );
+    return compileGraph(g, WEBGPU_DEFAULT_LIMITS, tuning).plan.launches[0]!.matmul!.name;
+  };
+
+  it("small matmuls take the variant that compiles fast, large ones the big block", () => {
+    // 2·16·64·512 = 2^20 flops: small; one more row is not.
+    expect(tierOf(16, 64, 512)).toBe(DEFAULT_TUNING.smallMatmul!.nn.name);
+    expect(tierOf(17, 64, 512)).toBe(DEFAULT_TUNING.matmul.nn.name);
+    expect(tierOf(256, 512, 512)).toBe(DEFAULT_TUNING.largeMatmul.nn.name);
+    expect(DEFAULT_TUNING.smallMatmul!.nn.name).not.toBe(DEFAULT_TUNING.matmul.nn.name);
+  });
+
+  it("a tuning without a small tier (an older autotune cache) uses its middle tier", () => {
+    const { smallMatmul: _, ...older } = DEFAULT_TUNING;
+    expect(tierOf(16, 64, 512, older)).toBe(DEFAULT_TUNING.matmul.nn.name);
+  });
+
+  it("withMatmulVariant puts one variant in every tier", () => {
+    const v = matmulVariant("reg4x4-cols-8x8");
+    const one = withMatmulVariant(DEFAULT_TUNING, v);
+    for (const [m, k, n] of [
+      [16, 64, 64],
+      [64, 128, 64],
+      [256, 512, 512],
+    ] as const)
+      expect(tierOf(m, k, n, one)).toBe(v.name);
+  });
+});
+
 describe("emitWgsl", () => {
   it("bakes shapes into the text and uses vec4 loads where the layout allows", () => {
     const g = graph((b) =>

@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { formatDim } from "../../compiler/check/dims.js";
 import { analyze, elaborate, nodeFileSystem, reportParams } from "../../compiler/pipeline.js";
 import { exportTorch } from "../../cli/export-torch.js";
-import { MOEC_VERSION } from "../../cli/export-command.js";
+import { MOEC_VERSION } from "../../cli/export-format.js";
 import { parseOverride } from "../../cli/params-command.js";
 import {
   type TensorToWrite,
@@ -198,7 +198,9 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
       () => path.join(dir, "model.py"),
       (m) => ({ source: c.file, model: m, version: MOEC_VERSION }),
     );
-    fs.writeFileSync(files[0]!.path, files[0]!.data);
+    const text = files[0]!.data;
+    if (typeof text !== "string") throw new Error("the torch format writes one text file");
+    fs.writeFileSync(files[0]!.path, text);
     prepared.push({
       c,
       dir,

@@ -166,7 +166,9 @@ describe.skipIf(!found.python)("moec export --format torch: train programs", () 
         () => path.join(dir, "model.py"),
         (m) => ({ source: c.file, model: m, version: "test" }),
       );
-      fs.writeFileSync(path.join(dir, "model.py"), files[0]!.data);
+      const text = files[0]!.data;
+      if (typeof text !== "string") throw new Error("the torch format writes one text file");
+      fs.writeFileSync(path.join(dir, "model.py"), text);
       expected.push({ c, dir, train, outputs, updated: new Set(step.updated) });
     }
     const spec = path.join(work, "cases.json");

@@ -17,7 +17,8 @@ import {
   benchMatmul,
   loadTuning,
 } from "../../runtime/autotune.js";
-import { Executor, ShaderError, createKernelPipeline } from "../../runtime/executor.js";
+import { ShaderError, createKernelPipeline } from "../../runtime/compile-kernels.js";
+import { Executor } from "../../runtime/executor.js";
 import { interpret } from "../../runtime/reference/interpret.js";
 import { checkGraph, randomLeaves, relL2, useDevice } from "./gpu-harness.js";
 

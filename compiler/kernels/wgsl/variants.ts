@@ -46,6 +46,13 @@ export interface Tuning {
    */
   largeMatmul: MatmulChoice;
   /**
+   * The variants for small matmuls (`isSmallMatmul`; absent: `matmul`). These run in about the
+   * time of their launch whatever the variant, so what counts is the first compile: on
+   * lavapipe LLVM takes ~2.7 s of CPU for a 16×16 register block and ~0.4 s for a 2×4 one, for
+   * every distinct matmul of a model (the README's GPT-2 has six).
+   */
+  smallMatmul?: MatmulChoice;
+  /**
    * Invocations per workgroup of elementwise (map), reduce and one-invocation-per-row kernels
    * (attention, top-k, scans).
    */
@@ -166,6 +173,7 @@ export const DEFAULT_TUNING: Tuning = {
     nn: matmulVariant("vreg32x32-cols-8x1"),
     nt: matmulVariant("vreg32x32-cols-8x1"),
   },
+  smallMatmul: { nn: matmulVariant("reg2x4-cols-16x8"), nt: matmulVariant("reg2x4-cols-16x8") },
   // One 8-lane SIMD chunk per workgroup (lavapipe's vector width on AVX2 and AVX-512 hosts).
   mapThreads: 8,
   mapItems: 64,
@@ -197,7 +205,8 @@ export const LARGE_MATMUL_VARIANTS: readonly MatmulVariant[] = [
 
 /** One variant for every matmul, whatever its size (benchmarks and tests of one variant). */
 export function withMatmulVariant(tuning: Tuning, v: MatmulVariant): Tuning {
-  return { ...tuning, matmul: { nn: v, nt: v }, largeMatmul: { nn: v, nt: v } };
+  const all = { nn: v, nt: v };
+  return { ...tuning, matmul: all, largeMatmul: all, smallMatmul: all };
 }
 
 /**
@@ -209,7 +218,15 @@ export function isLargeMatmul(batch: number, m: number, n: number, k: number): b
   return 2 * batch * m * n * k >= 2 ** 27 && m >= 64 && n >= 128;
 }
 
-/** The variants `tuning` has for a batch of m×k by k×n matmuls: its large tier or the other. */
+/**
+ * Whether a matmul is small enough for `Tuning.smallMatmul`: at most 2^20 flops (2·batch·m·n·k),
+ * e.g. a d=64 projection of 16 tokens to 512 outputs, where a launch costs as much as the work.
+ */
+export function isSmallMatmul(batch: number, m: number, n: number, k: number): boolean {
+  return 2 * batch * m * n * k <= 2 ** 20;
+}
+
+/** The variants `tuning` has for a batch of m×k by k×n matmuls: its small, large or middle tier. */
 export function matmulTier(
   tuning: Tuning,
   batch: number,
@@ -217,7 +234,9 @@ export function matmulTier(
   n: number,
   k: number,
 ): MatmulChoice {
-  return isLargeMatmul(batch, m, n, k) ? tuning.largeMatmul : tuning.matmul;
+  if (isLargeMatmul(batch, m, n, k)) return tuning.largeMatmul;
+  if (tuning.smallMatmul && isSmallMatmul(batch, m, n, k)) return tuning.smallMatmul;
+  return tuning.matmul;
 }
 
 /** expert_matmul_wgrad: each invocation computes a WGRAD_BLOCK² block of the gradient. */
