@@ -76,6 +76,17 @@ const PRELUDE_ROUTERS = new Set([
   "Grouped",
   "TokenMix",
 ]);
+const PYTHON_KEYWORDS = new Set(
+  "False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield".split(
+    " ",
+  ),
+);
+/** nn.Module's own attributes: a submodule or parameter of that name would be shadowed. */
+const MODULE_ATTRIBUTES = new Set(
+  "training forward type float double half bfloat16 train eval parameters named_parameters buffers named_buffers children named_children modules named_modules apply cuda cpu to zero_grad state_dict load_state_dict register_buffer register_parameter register_module add_module get_submodule get_parameter requires_grad_ extra_repr share_memory dump_patches call_super_init".split(
+    " ",
+  ),
+);
 /** Names the prelude and the imports take: a moe name equal to one is renamed. */
 const RESERVED = new Set([
   ..."False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield".split(
@@ -556,7 +567,7 @@ class ComponentEmitter {
           const dtype = s.type.name.name;
           if (dtype !== "f32") this.fail(s.span, `a ${dtype} weight`);
           const shape = dims.join(", ");
-          const py = `${owner}.${pyName(s.name.name)}`;
+          const py = `${owner}.${this.attr(s.name)}`;
           init.push(`${py} = nn.Parameter(${this.initializer(s.init, shape, initEnv)})`);
           const b: Binding = { py, kind: "tensor" };
           initEnv.set(s.name.name, b);
@@ -570,7 +581,7 @@ class ComponentEmitter {
             break;
           }
           if (this.isConstruction(s.value, initEnv)) {
-            const py = `${owner}.${pyName(name)}`;
+            const py = `${owner}.${this.attr(s.target)}`;
             const made = this.construct(s.value, initEnv);
             init.push(`${py} = ${made.py}`);
             const b: Binding = { ...made, py, made: s.value };
@@ -628,7 +639,7 @@ class ComponentEmitter {
             fwd.push({ head: `for _ in range(${count}):`, body: fBody });
           } else {
             const item = this.loopVar(label);
-            const list = `${owner}.${pyName(label)}`;
+            const list = `${owner}.${s.label ? this.attr(s.label) : label}`;
             iBody.push(`${item} = nn.Module()`);
             this.body(s.body, ie, fe, iBody, fBody, item);
             iBody.push(`${list}.append(${item})`);
@@ -665,6 +676,19 @@ class ComponentEmitter {
     if (groups && !(groups.kind === "ListExpr" && groups.elements.length === 0))
       return this.fail(groups.span, "AdamW parameter groups");
     return `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")})`;
+  }
+
+  /**
+   * A member's attribute name: the moe name itself, since it is the state_dict() key. A name
+   * Python or nn.Module takes (`lambda`, `type`, `eval`) cannot be one: an error, not a rename.
+   */
+  private attr(id: Ident): string {
+    if (MODULE_ATTRIBUTES.has(id.name) || PYTHON_KEYWORDS.has(id.name))
+      return this.fail(
+        id.span,
+        `a member named \`${id.name}\` (a Python keyword or nn.Module attribute)`,
+      );
+    return id.name;
   }
 
   /** The loop variable over a repeat's instances: `blocks` → `block`, not a name in use. */
@@ -1016,7 +1040,7 @@ class ComponentEmitter {
             (s) => s.kind === "WeightDecl" && s.name.name === e.member.name,
           );
           return {
-            py: `${obj.py}.${pyName(e.member.name)}`,
+            py: `${obj.py}.${this.attr(e.member)}`,
             kind: isWeight ? "tensor" : "instance",
           };
         }

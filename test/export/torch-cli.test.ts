@@ -55,6 +55,8 @@ describe("moec export --format torch", () => {
     const r = moec([
       "export",
       "test/export/fixtures/unsupported.moe",
+      "--model",
+      "Targeted",
       "--format",
       "torch",
       "-o",
@@ -65,6 +67,28 @@ describe("moec export --format torch", () => {
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
       /unsupported\.moe:10:20: LoRA with `targets` on this base cannot be exported to PyTorch yet/,
+    );
+    expect(fs.readdirSync(dir)).toEqual([]);
+    fs.rmSync(dir, { recursive: true });
+  });
+
+  it("refuses a member Python or nn.Module would shadow, rather than renaming its weights", () => {
+    const dir = tmp();
+    const out = path.join(dir, "model.py");
+    const r = moec([
+      "export",
+      "test/export/fixtures/unsupported.moe",
+      "--model",
+      "Shadowed",
+      "--format",
+      "torch",
+      "-o",
+      out,
+    ]);
+    expect(r.code).toBe(1);
+    expect(r.stderr.trim().split("\n")).toHaveLength(1);
+    expect(r.stderr).toMatch(
+      /unsupported\.moe:18:3: a member named `eval` \(a Python keyword or nn\.Module attribute\)/,
     );
     expect(fs.readdirSync(dir)).toEqual([]);
     fs.rmSync(dir, { recursive: true });
