@@ -1,0 +1,206 @@
+// `train` programs in the PyTorch export: one step of the exported program (its loss, the
+// routers' auxiliary losses, clip_grad_norm_ and AdamW as the program configures them) against
+// one step of moec's train-step graph run in the float64 reference interpreter (distill,
+// cross_entropy, frozen teachers, MoE balance losses), on the same
+// weights and batch: the loss and every parameter after the step, relative L2 < 1e-6.
+import { spawnSync } from "node:child_process";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import { describe, expect, it } from "vitest";
+import { exportTorch } from "../../cli/export-torch.js";
+import { parseOverride } from "../../cli/params-command.js";
+import { ADAMW_STEP_INPUT } from "../../compiler/library/optim/adamw.js";
+import { NOISE_KEY_INPUT } from "../../compiler/lower/lower-train.js";
+import { analyze, assembleTrain, lowerTrain, nodeFileSystem } from "../../compiler/pipeline.js";
+import type { HostTensor } from "../../compiler/ir/float64.js";
+import { interpret } from "../../runtime/reference/interpret.js";
+import {
+  type TensorToWrite,
+  readSafetensorsFile,
+  writeSafetensorsFile,
+} from "../../runtime/safetensors.js";
+import { prng } from "../prng.js";
+import { root } from "../cli/moec-cli.js";
+import { findTorchPython } from "./torch-harness.js";
+
+interface TrainCase {
+  name: string;
+  file: string;
+  program: string;
+  model?: string;
+  set?: string[];
+  dims: Record<string, number>;
+  /** Exclusive bound of each integer input (labels, token ids). */
+  ids: Record<string, number>;
+}
+
+const CASES: TrainCase[] = [
+  {
+    name: "tiny-transformer",
+    file: "examples/tiny-transformer.moe",
+    program: "Label",
+    set: ["d=16", "heads=2"],
+    dims: { B: 2, T: 4 },
+    ids: { label: 10 },
+  },
+  {
+    name: "task-moe",
+    file: "examples/task-moe.moe",
+    program: "Translate",
+    set: ["d=16", "vocab=12"],
+    dims: { B: 3, T: 4 },
+    ids: { tokens: 12, targets: 12 },
+  },
+  {
+    name: "mixtral",
+    file: "examples/mixtral.moe",
+    program: "LM",
+    set: ["d=16", "heads=2", "hidden=24", "experts=4", "vocab=12"],
+    dims: { B: 2, T: 3 },
+    ids: { tokens: 12, targets: 12 },
+  },
+  {
+    name: "road-distill",
+    file: "examples/road-distill.moe",
+    program: "Distill",
+    model: "Student",
+    set: ["d=16", "heads=2", "vocab=12"],
+    dims: { B: 3, T: 4 },
+    ids: { tokens: 12, nli_labels: 3, qa_start: 4 },
+  },
+];
+
+const PY = String.raw`
+import importlib.util, json, sys
+import torch
+cases = json.load(open(sys.argv[1]))
+out = []
+for c in cases:
+    spec = importlib.util.spec_from_file_location("m_" + c["name"].replace("-", "_"), c["dir"] + "/model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    program = getattr(mod, c["program"])()
+    keys = sorted(program.state_dict().keys())
+    program.load_state_dict(mod.load_file(c["dir"] + "/weights.safetensors"))
+    program.double()
+    inputs = {k: (v.double() if v.is_floating_point() else v) for k, v in mod.load_file(c["dir"] + "/inputs.safetensors").items()}
+    opt = program.configure_optimizer()
+    loss = mod.train_step(program, opt, **inputs)
+    state = {k: v.float().contiguous() for k, v in program.state_dict().items()}
+    state["__loss__"] = loss.detach().float().reshape(1)
+    mod.save_file(state, c["dir"] + "/after.safetensors")
+    out.append({"name": c["name"], "keys": keys})
+print(json.dumps(out))
+`;
+
+function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let num = 0;
+  let den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i]! - b[i]!) ** 2;
+    den += b[i]! ** 2;
+  }
+  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
+}
+
+const found = findTorchPython();
+if (!found.python) console.warn(`skipping the PyTorch train export tests: ${found.why}`);
+
+describe.skipIf(!found.python)("moec export --format torch: train programs", () => {
+  it("one AdamW step in PyTorch matches moec's train step in the reference", async () => {
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), "moec-torch-train-"));
+    const expected = [];
+    for (const c of CASES) {
+      const dir = path.join(work, c.name);
+      fs.mkdirSync(dir);
+      const file = path.join(root, c.file);
+      const overrides = new Map((c.set ?? []).map(parseOverride));
+      const analysis = analyze([file], nodeFileSystem());
+      const lowered = lowerTrain(
+        analysis,
+        file,
+        c.program,
+        overrides,
+        new Map(Object.entries(c.dims)),
+      );
+      if ("error" in lowered || !lowered.train) throw new Error(`${c.name}: cannot lower`);
+      const train = lowered.train;
+      const step = assembleTrain(train);
+      if ("error" in step) throw new Error(step.error);
+      const rand = prng(c.name.length * 104729 + 3);
+      const leaves = new Map<string, HostTensor>();
+      const weights = new Map<string, TensorToWrite>();
+      const size = (s: number[]) => s.reduce((a, b) => a * b, 1);
+      for (const p of train.params) {
+        const data = Float32Array.from({ length: size(p.shape) }, () => (rand() * 2 - 1) * 0.5);
+        weights.set(p.name, { dtype: "F32", shape: p.shape, data });
+        leaves.set(p.name, { shape: p.shape, data: Float64Array.from(data) });
+      }
+      for (const n of step.graph.nodes)
+        if (n.op === "param" && !leaves.has(n.name))
+          leaves.set(n.name, { shape: n.shape, data: new Float64Array(size(n.shape)) }); // moments
+      const inputs = new Map<string, TensorToWrite>();
+      for (const i of train.inputs) {
+        const n = size(i.shape);
+        const hi = i.tasks?.length ?? c.ids[i.name];
+        const data =
+          i.dtype === "f32"
+            ? Float32Array.from({ length: n }, () => rand() * 2 - 1)
+            : Int32Array.from({ length: n }, () => Math.floor(rand() * hi!));
+        inputs.set(i.name, { dtype: i.dtype === "f32" ? "F32" : "I32", shape: i.shape, data });
+        leaves.set(i.name, { shape: i.shape, data: Float64Array.from(data) });
+      }
+      const { lr, beta1, beta2 } = train.optimizer;
+      leaves.set(ADAMW_STEP_INPUT, {
+        shape: [3],
+        data: Float64Array.from([lr, 1 - beta1, 1 - beta2]),
+      });
+      leaves.set(NOISE_KEY_INPUT, { shape: [1], data: new Float64Array(1) });
+      const { outputs } = interpret(step.graph, leaves);
+      writeSafetensorsFile(path.join(dir, "weights.safetensors"), weights);
+      writeSafetensorsFile(path.join(dir, "inputs.safetensors"), inputs);
+      const files = await exportTorch(
+        file,
+        { model: c.model, set: c.set },
+        () => path.join(dir, "model.py"),
+        (m) => ({ source: c.file, model: m, version: "test" }),
+      );
+      const text = files[0]!.data;
+      if (typeof text !== "string") throw new Error("the torch format writes one text file");
+      fs.writeFileSync(path.join(dir, "model.py"), text);
+      expected.push({ c, dir, train, outputs, updated: new Set(step.updated) });
+    }
+    const spec = path.join(work, "cases.json");
+    fs.writeFileSync(
+      spec,
+      JSON.stringify(expected.map((e) => ({ name: e.c.name, program: e.c.program, dir: e.dir }))),
+    );
+    const py = spawnSync(found.python!, ["-c", PY, spec], { encoding: "utf8", timeout: 600_000 });
+    expect(py.stderr).not.toMatch(/Traceback/);
+    expect(py.status).toBe(0);
+    const keys = JSON.parse(py.stdout) as { name: string; keys: string[] }[];
+    expected.forEach(({ c, dir, train, outputs, updated }, i) => {
+      // The program's state_dict() is `moec params --program`'s (names under its bindings).
+      expect(keys[i]!.keys).toEqual(train.params.map((p) => p.name).sort());
+      const after = readSafetensorsFile(path.join(dir, "after.safetensors"));
+      const loss = relL2(after.read("__loss__").data, outputs.get("loss")!.data);
+      let worst = 0;
+      for (const p of train.params) {
+        const want = updated.has(p.name) ? outputs.get(`update:${p.name}`)!.data : undefined;
+        if (!want) continue;
+        const rel = relL2(after.read(p.name).data, want);
+        if (rel > 1e-6) console.log(`  ${p.name}: ${rel.toExponential(3)}`);
+        worst = Math.max(worst, rel);
+      }
+      console.log(
+        `${c.name}: loss rel ${loss.toExponential(2)}, worst parameter rel L2 ${worst.toExponential(2)} (${updated.size} updated)`,
+      );
+      expect(loss).toBeLessThan(1e-5);
+      expect(updated.size).toBeGreaterThan(0);
+      // The issue asks for 1e-4; float64 on both sides gives float32 rounding (~4e-8).
+      expect(worst).toBeLessThan(1e-6);
+    });
+    fs.rmSync(work, { recursive: true, force: true });
+  }, 600_000);
+});
