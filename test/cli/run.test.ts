@@ -10,19 +10,10 @@ import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safeten
 import { weightsToSafetensors } from "../../runtime/weights.js";
 import { spawnSync } from "node:child_process";
 import { moec, moecNodeArgs, root } from "./moec-cli.js";
+import { relL2 } from "../rel-l2.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-run-"));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num / Math.max(den, 1e-30));
-}
 
 /** Runs `args` on the GPU through the CLI and compares every output with the reference. */
 async function expectGpuMatchesReference(name: string, file: string, args: string[]) {

@@ -10,6 +10,8 @@ import type { ExportOptions } from "../../cli/export-format.js";
 import { lowerFromSource } from "../../cli/model-options.js";
 import { prepareInputs, runReference } from "../../runtime/run-model.js";
 import type { TypedTensor } from "../../runtime/weights.js";
+import { relL2 } from "../rel-l2.js";
+export { relL2 };
 
 const ort: typeof Ort = await import("onnxruntime-node");
 
@@ -50,16 +52,6 @@ export async function session(model: Uint8Array | string): Promise<Ort.Inference
   return typeof model === "string"
     ? ort.InferenceSession.create(model, opts)
     : ort.InferenceSession.create(model, opts);
-}
-
-export function relL2(got: ArrayLike<number>, want: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < want.length; i++) {
-    num += (got[i]! - want[i]!) ** 2;
-    den += want[i]! ** 2;
-  }
-  return den === 0 ? Math.sqrt(num) : Math.sqrt(num / den);
 }
 
 /**

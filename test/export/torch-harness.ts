@@ -18,6 +18,7 @@ import {
 } from "../../runtime/safetensors.js";
 import { prng } from "../prng.js";
 import { moecAsync, root } from "../cli/moec-cli.js";
+import { relL2 } from "../rel-l2.js";
 
 /** A Python that imports torch (Debian's python3-torch is /usr/bin/python3), or why none. */
 export function findTorchPython(): { python?: string; why: string } {
@@ -105,16 +106,6 @@ for c in cases:
     results.append(r)
 print(json.dumps(results))
 `;
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
-}
 
 function runArgs(c: TorchCase, dir: string, weights: string, out: string): string[] {
   return [

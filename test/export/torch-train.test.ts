@@ -23,6 +23,7 @@ import {
 import { prng } from "../prng.js";
 import { root } from "../cli/moec-cli.js";
 import { findTorchPython } from "./torch-harness.js";
+import { relL2 } from "../rel-l2.js";
 
 interface TrainCase {
   name: string;
@@ -93,16 +94,6 @@ for c in cases:
     out.append({"name": c["name"], "keys": keys})
 print(json.dumps(out))
 `;
-
-function relL2(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num += (a[i]! - b[i]!) ** 2;
-    den += b[i]! ** 2;
-  }
-  return Math.sqrt(num) / Math.max(Math.sqrt(den), 1e-30);
-}
 
 const found = findTorchPython();
 if (!found.python) console.warn(`skipping the PyTorch train export tests: ${found.why}`);
