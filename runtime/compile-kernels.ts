@@ -132,6 +132,9 @@ export interface CompileReport {
   ms: number;
 }
 
+/** How long the queue must still hold work before a sibling device is opened for it. */
+const SIBLING_DELAY_MS = 150;
+
 /** Kernels already warmed on a device: a later program that shares them does not redo them. */
 const warmed = new WeakMap<GPUDevice, Set<string>>();
 
@@ -188,6 +191,10 @@ export async function compileKernels(
     }
   };
   const helpers = Array.from({ length: workers - 1 }, async () => {
+    // With the shaders in Mesa's cache the queue empties in milliseconds: a sibling (which
+    // costs a device) is opened only for work still waiting after a moment.
+    await new Promise((resolve) => setTimeout(resolve, SIBLING_DELAY_MS));
+    if (queue.length === 0) return;
     // A sibling that cannot be opened leaves its share to the others.
     const sibling = await ctx.openSibling().catch(() => undefined);
     if (!sibling) return;
