@@ -8,6 +8,7 @@
  * graphs are compared); a size that does not follow them is an error asking for --dim.
  */
 import * as path from "node:path";
+import { LineMap } from "../compiler/diagnostics.js";
 import { NotSymbolicError, SymbolicSizes } from "../compiler/export/onnx-dims.js";
 import { ONNX_OPSET, UnmappableOpError, buildOnnxModel } from "../compiler/export/onnx-model.js";
 import type { IrGraph } from "../compiler/ir/graph.js";
@@ -183,8 +184,8 @@ function locate(graph: IrGraph, node: number, analysis: Analysis): string | unde
   const origin = graph.origins?.[node];
   const text = origin && sourcesOf(analysis).get(origin.file);
   if (!origin || text === undefined) return undefined;
-  const before = text.slice(0, origin.start).split("\n");
-  return `${displayPath(origin.file)}:${before.length}:${before.at(-1)!.length + 1}`;
+  const { line, column } = new LineMap(text).lineColumn(origin.start);
+  return `${displayPath(origin.file)}:${line}:${column}`;
 }
 
 function notSymbolic(dims: readonly string[], why: string): CliError {

@@ -1,22 +1,23 @@
 /**
  * Progress on a terminal while kernels compile ("compiling kernels 7/23") or `moec tune`
- * measures ("tuning kernels 5/31"), drawn by ora on stderr. Nothing when stderr is not an interactive terminal, in CI, or with --json; and
- * nothing for a compile that ends within SHOW_AFTER_MS (kernels already in the driver's cache).
+ * measures ("tuning kernels 5/31"), drawn by ora on stderr. Nothing when stderr is not an
+ * interactive terminal, in CI, or with --json; and nothing for work that ends within
+ * SHOW_AFTER_MS (kernels already in the driver's cache).
  */
 import ora, { type Ora } from "ora";
 import { stderrIsInteractive } from "./report.js";
 
 const SHOW_AFTER_MS = 300;
 
-export interface CompileProgress {
-  /** Done of total (kernels: runtime/compile-kernels.ts's onProgress). */
+export interface CounterProgress {
+  /** `done` of `total` (for kernels: runtime/compile-kernels.ts's onProgress). */
   update: (done: number, total: number) => void;
   /** Clears the spinner (idempotent; call it on errors too). */
   stop: () => void;
 }
 
 /** A spinner for compiling kernels, or undefined where none is drawn. */
-export function compileProgress(json: boolean | undefined): CompileProgress | undefined {
+export function compileProgress(json: boolean | undefined): CounterProgress | undefined {
   return counterSpinner("compiling kernels", json);
 }
 
@@ -24,7 +25,7 @@ export function compileProgress(json: boolean | undefined): CompileProgress | un
 export function counterSpinner(
   label: string,
   json: boolean | undefined,
-): CompileProgress | undefined {
+): CounterProgress | undefined {
   if (json || !stderrIsInteractive()) return undefined;
   let spinner: Ora | undefined;
   let timer: NodeJS.Timeout | undefined;

@@ -20,7 +20,6 @@ export const EXIT_DEVICE = 3;
 /** moec's own bug ("please report it"): never for a problem in the user's files or options. */
 export const EXIT_INTERNAL = 3;
 
-/** An error to show as one line (no stack unless --verbose), with its exit code. */
 /**
  * Whether stderr is a terminal a person watches: a TTY (under cli/launch.ts, the launcher's),
  * TERM not dumb, not CI.
@@ -34,6 +33,7 @@ export function stderrColor(): boolean {
   return stderrIsInteractive() && !process.env.NO_COLOR;
 }
 
+/** An error to show as one line (no stack unless --verbose), with its exit code. */
 export class CliError extends Error {
   constructor(
     message: string,

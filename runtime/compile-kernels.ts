@@ -156,7 +156,10 @@ export async function compileKernels(
   const t0 = performance.now();
   const device = ctx.device;
   const distinct = new Map<string, Kernel>();
-  for (const k of kernels) if (!distinct.has(pipelineKey(k))) distinct.set(pipelineKey(k), k);
+  for (const k of kernels) {
+    const key = pipelineKey(k);
+    if (!distinct.has(key)) distinct.set(key, k);
+  }
   const total = distinct.size;
   let done = 0;
   const tick = () => options.onProgress?.(++done, total);

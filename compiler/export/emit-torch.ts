@@ -10,6 +10,7 @@
  * Pure: no device, no file system. A construct it cannot translate throws TorchExportError
  * naming it and where it is written, never a module that computes something else.
  */
+import { bindArgs as matchArgs } from "../check/bind-args.js";
 import type {
   Arg,
   ComponentDecl,
@@ -192,15 +193,14 @@ function kindOfType(
   }
 }
 
-/** Positional and named arguments matched to a declaration's parameters. */
+/**
+ * Positional and named arguments matched to a declaration's parameters, as the checker matched
+ * them (check/bind-args.ts; the program checked clean, so there is nothing to report).
+ */
 function bindArgs(params: readonly { name: string }[], args: readonly Arg[]): Map<string, Expr> {
-  const out = new Map<string, Expr>();
-  let i = 0;
-  for (const a of args) {
-    if (a.name) out.set(a.name.name, a.value);
-    else if (i < params.length) out.set(params[i++]!.name, a.value);
-  }
-  return out;
+  const shapes = params.map((p) => ({ name: p.name, required: false }));
+  const bound = matchArgs("", shapes, args, { start: 0, end: 0 }, "", []);
+  return new Map([...bound].map(([name, arg]) => [name, arg.value]));
 }
 
 const ELEMENTWISE: Record<string, [tensor: string, scalar: string]> = {

@@ -1,60 +1,26 @@
-// Every router and adapter family (docs/routing.md; the same small models as
-// test/compiler/ir/differentiate-families.test.ts) exported to ONNX and run by onnxruntime-node
+// Every router and adapter family (docs/routing.md; the small models of test/family-models.ts,
+// which the gradient checks use too) exported to ONNX and run by onnxruntime-node
 // against the reference interpreter on the same weights and inputs: relative L2 < 1e-5, at two
 // sizes of each dim left symbolic. Task ids are a mixed batch with a task-less example (-1).
 import * as path from "node:path";
 import { describe, expect, it } from "vitest";
 import { compareAt, exportTo, scratchDir, session, writeModel } from "./onnx-harness.js";
+import {
+  experts,
+  groupedModel,
+  loraModel,
+  moeModel,
+  motModel,
+  taskModel,
+} from "../family-models.js";
 
 const dir = scratchDir();
-
-const experts = (n: number, d = 4, h = 3) => `[FFN(${d}, ${h}, act: gelu); ${n}]`;
-
-const moeModel = (router: string, more = "", E = 4) => `import std.nn { FFN }
-import std.route { MoE, TopK, ExpertChoice, Soft }
-model M() { in x: f32[N, 4]  out y: f32[N, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)}${more})
-  y = moe(x) }`;
-
-const taskModel = (router: string, E = 4) => `import std.nn { FFN }
-import std.route { MoE, TaskRoute, TaskMap, TopK }
-tasks Lang { a, b, c }
-model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)})
-  y = moe(x, task) }`;
-
-const groupedModel = (router: string, groups: string) => `import std.nn { FFN, Linear }
-import std.adapt { LoRA }
-import std.route { MoE, Grouped }
-model M() { in x: f32[N, 4]  out y: f32[N, 4]
-  ${groups.includes("base") ? "base = Linear(4, 4)" : ""}
-  moe = MoE(router: ${router}, experts: ${groups})
-  y = moe(x) }`;
-
-const motModel = (router: string, E = 3) => `import std.nn { FFN }
-import std.route { MoE, TokenMix }
-model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)})
-  y = moe(x) }`;
 
 const hashModel = `import std.nn { FFN }
 import std.route { MoE, Hash }
 model M() { in x: f32[B, T, 4]  in tokens: i32[B, T]  out y: f32[B, T, 4]
   moe = MoE(router: Hash(seed: 2), experts: ${experts(4)})
   y = moe(x, tokens) }`;
-
-const loraModel = `import std.nn { Linear, FFN }
-import std.adapt { LoRA }
-block Pair(d: Dim) { in x: f32[..., d]  out y: f32[..., d]
-  q = Linear(d, d)
-  v = Linear(d, d, bias: false)
-  y = v(q(x)) }
-model M() { in x: f32[N, 4]  out y: f32[N, 3]
-  q = Linear(4, 3) with LoRA(r: 2, alpha: 6.0)
-  k = Linear(4, 4, bias: false) with LoRA(r: 3)
-  f = FFN(4, 5, act: gelu) with LoRA(r: 2)
-  pair = frozen Pair(4) with LoRA(r: 2, alpha: 4.0, targets: ["q"])
-  y = q(pair(k(x)) + f(x)) }`;
 
 const bottleneckModel = `import std.adapt { Bottleneck }
 model M() { in x: f32[B, T, 6]  out y: f32[B, T, 6]

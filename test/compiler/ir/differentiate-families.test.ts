@@ -22,6 +22,14 @@ import { analyze, lowerTrain, nodeFileSystem } from "../../../compiler/pipeline.
 import { type HostTensor, interpret } from "../../../runtime/reference/interpret.js";
 import { lowerFile, values } from "../routing-fixtures.js";
 import { checkGradients, topkMargin, withTrainableInputs } from "./gradient-check.js";
+import {
+  experts,
+  groupedModel,
+  loraModel,
+  moeModel,
+  motModel,
+  taskModel,
+} from "../../family-models.js";
 
 const file = path.join(import.meta.dirname, "../../../examples/__families__.moe");
 
@@ -154,14 +162,6 @@ function checkFamily(c: FamilyCase) {
   return { m, graph, seed: seed!, leaves, result };
 }
 
-const experts = (n: number, d = 4, h = 3) => `[FFN(${d}, ${h}, act: gelu); ${n}]`;
-
-const moeModel = (router: string, more = "", E = 4) => `import std.nn { FFN }
-import std.route { MoE, TopK, ExpertChoice, Soft }
-model M() { in x: f32[N, 4]  out y: f32[N, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)}${more})
-  y = moe(x) }`;
-
 describe("top-k token choice", () => {
   for (const k of [1, 2])
     for (const renormalize of [true, false])
@@ -216,13 +216,6 @@ describe("expert choice", () => {
   }
 });
 
-const taskModel = (router: string, E = 4) => `import std.nn { FFN }
-import std.route { MoE, TaskRoute, TaskMap, TopK }
-tasks Lang { a, b, c }
-model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)})
-  y = moe(x, task) }`;
-
 describe("task routing", () => {
   // A mixed batch: every task, and one example without a task (routed as task 0).
   const task = [2, 0, -1, 1];
@@ -268,14 +261,6 @@ describe("task routing", () => {
   });
 });
 
-const groupedModel = (router: string, groups: string) => `import std.nn { FFN, Linear }
-import std.adapt { LoRA }
-import std.route { MoE, Grouped }
-model M() { in x: f32[N, 4]  out y: f32[N, 4]
-  ${groups.includes("base") ? "base = Linear(4, 4)" : ""}
-  moe = MoE(router: ${router}, experts: ${groups})
-  y = moe(x) }`;
-
 describe("grouped two-level routing", () => {
   for (const router of [
     "Grouped()",
@@ -310,12 +295,6 @@ describe("grouped two-level routing", () => {
     expect(trainableNames(graph).filter((n) => n.includes("lora_")).length).toBe(8);
   });
 });
-
-const motModel = (router: string, E = 3) => `import std.nn { FFN }
-import std.route { MoE, TokenMix }
-model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]
-  moe = MoE(router: ${router}, experts: ${experts(E)})
-  y = moe(x) }`;
 
 describe("mixture of tokens", () => {
   for (const router of [
@@ -376,19 +355,6 @@ model M() { in x: f32[B, T, 4]  in tokens: i32[B, T]  out y: f32[B, T, 4]
     expect(trainableNames(graph).filter((n) => n.includes("router"))).toEqual([]);
   });
 });
-
-const loraModel = `import std.nn { Linear, FFN }
-import std.adapt { LoRA }
-block Pair(d: Dim) { in x: f32[..., d]  out y: f32[..., d]
-  q = Linear(d, d)
-  v = Linear(d, d, bias: false)
-  y = v(q(x)) }
-model M() { in x: f32[N, 4]  out y: f32[N, 3]
-  q = Linear(4, 3) with LoRA(r: 2, alpha: 6.0)
-  k = Linear(4, 4, bias: false) with LoRA(r: 3)
-  f = FFN(4, 5, act: gelu) with LoRA(r: 2)
-  pair = frozen Pair(4) with LoRA(r: 2, alpha: 4.0, targets: ["q"])
-  y = q(pair(k(x)) + f(x)) }`;
 
 describe("adapters", () => {
   it("LoRA merged and unmerged: the same gradients; a frozen targeted base gets none", () => {
