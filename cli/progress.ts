@@ -4,7 +4,7 @@
  * interactive terminal, in CI, or with --json; and nothing for work that ends within
  * SHOW_AFTER_MS (kernels already in the driver's cache).
  */
-import ora, { type Ora } from "ora";
+import type { Ora } from "ora";
 import { stderrIsInteractive } from "./report.js";
 
 const SHOW_AFTER_MS = 300;
@@ -43,8 +43,12 @@ export function counterSpinner(
       if (spinner) spinner.text = text;
       else
         timer ??= setTimeout(() => {
-          spinner = ora({ text, stream: process.stderr, isEnabled: true, discardStdin: false });
-          spinner.start();
+          // Loaded only when drawn: every moec command imports this file, few draw.
+          void import("ora").then(({ default: ora }) => {
+            if (timer === undefined) return; // stopped meanwhile
+            spinner = ora({ text, stream: process.stderr, isEnabled: true, discardStdin: false });
+            spinner.start();
+          });
         }, SHOW_AFTER_MS);
     },
     stop,
