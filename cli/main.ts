@@ -7,7 +7,6 @@ import { runCheck } from "./check-command.js";
 import { type CompileOptions, runCompile } from "./compile-command.js";
 import { SHELLS, type Shell, completionScript } from "./completion-command.js";
 import type { DataGenOptions } from "./data-command.js";
-import { runExport } from "./export-command.js";
 import { type ExportOptions, MOEC_VERSION } from "./export-format.js";
 import { collect } from "./model-options.js";
 import { type RunOptions, runRun } from "./run-command.js";
@@ -204,6 +203,7 @@ program
   .option("--allow-nonfinite", "onnx: load weights that hold NaN or infinities")
   .option("--seed <n>", "onnx: seed of the initialisation when no --weights is given", "0")
   .action(async (file: string, opts: ExportOptions) => {
+    const { runExport } = await import("./export-command.js");
     process.exitCode = await runExport(file, opts);
   });
 
