@@ -785,6 +785,8 @@ export const OPS: { readonly [K in IrOpName]: OpRow<K> } = {
     reference(n, [x], out) {
       const f = UNARY_FUNCTION_ROWS[n.fn].reference;
       for (let i = 0; i < out.length; i++) out[i] = f(x!.data[i]!);
+      // As the kernel does: an i32 function without an i32 form is computed in f32, truncated.
+      if (n.dtype === "i32") for (let i = 0; i < out.length; i++) out[i] = Math.trunc(out[i]!);
     },
     fusion: MAP_INLINE,
     wgsl(n, [x], env) {

@@ -229,6 +229,10 @@ describe("elementwise map template", () => {
         b.output("iota", b.iota(x));
         b.output("int_ops", b.binary("add", b.binary("mul", i, b.iota(x)), b.constant(3, "i32")));
         b.output("back", b.binary("mul", b.cast(b.iota(x), "f32"), x));
+        // A function with no i32 form runs in f32 and truncates, in the kernel and the
+        // reference (sqrt: exact at the perfect squares, where truncation could amplify f32's
+        // rounding into a whole unit).
+        b.output("int_sqrt", b.unary("sqrt", b.unary("abs", i)));
       }),
       { specs: { x: { lo: -50, hi: 50 } } },
     );
