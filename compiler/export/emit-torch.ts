@@ -82,12 +82,29 @@ const PYTHON_KEYWORDS = new Set(
     " ",
   ),
 );
-/** nn.Module's own attributes: a submodule or parameter of that name would be shadowed. */
+/**
+ * nn.Module's own attributes (torch 1.13 to 2.x): a submodule or parameter of that name would
+ * shadow one, so it takes another attribute name and keeps its name in state_dict().
+ */
 const MODULE_ATTRIBUTES = new Set(
-  "training forward type float double half bfloat16 train eval parameters named_parameters buffers named_buffers children named_children modules named_modules apply cuda cpu to zero_grad state_dict load_state_dict register_buffer register_parameter register_module add_module get_submodule get_parameter requires_grad_ extra_repr share_memory dump_patches call_super_init".split(
+  "T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters register_backward_hook register_buffer register_forward_hook register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train training type xpu zero_grad".split(
     " ",
   ),
 );
+
+/**
+ * The attribute a member named `name` is kept under: the name itself, or, for a name Python
+ * or nn.Module takes, the name with underscores appended past every member of the component
+ * (`eval` → `eval_`); `keep_names` (the prelude) keeps the moec name in state_dict().
+ */
+function memberAttr(name: string, members: ReadonlySet<string>): string {
+  if (!MODULE_ATTRIBUTES.has(name) && !PYTHON_KEYWORDS.has(name) && !name.startsWith("_"))
+    return name;
+  let py = `${name}_`;
+  while (members.has(py)) py += "_";
+  return py;
+}
+
 /** Names the prelude and the imports take: a moe name equal to one is renamed. */
 const RESERVED = new Set([
   ..."False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield".split(
@@ -96,7 +113,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE WithAdapter LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file keep_names PerTask Router MoE WithAdapter LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -349,6 +366,8 @@ class ComponentEmitter {
   private readonly init: Node[] = [];
   private readonly fwd: Node[] = [];
   private readonly members = new Set<string>();
+  /** Members given Python-safe attribute names, by owner: attribute → moec name. */
+  private readonly renames = new Map<string, Map<string, string>>();
   private readonly usedNames = new Set<string>();
   /** Python names of compile-time values the constructor computes (kept only where used). */
   private readonly initScalars = new Set<string>();
@@ -381,7 +400,7 @@ class ComponentEmitter {
   /** The attribute a constructor parameter is kept under (not one a weight or child takes). */
   private configAttr(p: ParamDecl, kind: Kind): string {
     const n = pyName(p.name.name);
-    if (!this.members.has(p.name.name) && !["training", "forward"].includes(n)) return n;
+    if (!this.members.has(p.name.name) && !MODULE_ATTRIBUTES.has(n)) return n;
     return kind === "bool" ? `use_${n}` : `${n}_arg`;
   }
 
@@ -482,6 +501,7 @@ class ComponentEmitter {
         return initLines.some((o, j) => j > i && uses(o.replace(/^\s*\w+ = /, ""), m[1]!));
       }),
     );
+    for (const l of this.keepNames("self")) out.push(`        ${l}`);
     out.push("");
     out.push(`    def forward(self${inputs.map((p) => `, ${pyName(p.name.name)}`).join("")}):`);
     const fwdLines: string[] = [];
@@ -642,6 +662,7 @@ class ComponentEmitter {
             const list = `${owner}.${s.label ? this.attr(s.label) : label}`;
             iBody.push(`${item} = nn.Module()`);
             this.body(s.body, ie, fe, iBody, fBody, item);
+            iBody.push(...this.keepNames(item));
             iBody.push(`${list}.append(${item})`);
             init.push(`${list} = nn.ModuleList()`);
             init.push({ head: `for _ in range(${count}):`, body: iBody });
@@ -679,16 +700,25 @@ class ComponentEmitter {
   }
 
   /**
-   * A member's attribute name: the moe name itself, since it is the state_dict() key. A name
-   * Python or nn.Module takes (`lambda`, `type`, `eval`) cannot be one: an error, not a rename.
+   * A member's attribute name on `owner` (self, or a repeat's per-iteration module): the moe
+   * name, since it is the state_dict() key, or a Python-safe name recorded for `keep_names`.
    */
-  private attr(id: Ident): string {
-    if (MODULE_ATTRIBUTES.has(id.name) || PYTHON_KEYWORDS.has(id.name))
-      return this.fail(
-        id.span,
-        `a member named \`${id.name}\` (a Python keyword or nn.Module attribute)`,
-      );
-    return id.name;
+  private attr(id: Ident, owner = this.cur.owner): string {
+    const py = memberAttr(id.name, this.members);
+    if (py !== id.name) {
+      let renames = this.renames.get(owner);
+      if (!renames) this.renames.set(owner, (renames = new Map()));
+      renames.set(py, id.name);
+    }
+    return py;
+  }
+
+  /** `keep_names(owner, ...)` for the members of `owner` given Python-safe names, if any. */
+  private keepNames(owner: string): string[] {
+    const renames = this.renames.get(owner);
+    if (!renames?.size) return [];
+    const args = [...renames].map(([py, moe]) => `${py}=${JSON.stringify(moe)}`);
+    return [`keep_names(${owner}, ${args.join(", ")})  # state_dict() keys keep moec's names`];
   }
 
   /** The loop variable over a repeat's instances: `blocks` → `block`, not a name in use. */
@@ -1040,7 +1070,7 @@ class ComponentEmitter {
             (s) => s.kind === "WeightDecl" && s.name.name === e.member.name,
           );
           return {
-            py: `${obj.py}.${this.attr(e.member)}`,
+            py: `${obj.py}.${decl ? memberAttr(e.member.name, membersOf(decl)) : e.member.name}`,
             kind: isWeight ? "tensor" : "instance",
           };
         }
@@ -1317,6 +1347,13 @@ function appliesConstruction(node: unknown): boolean {
   const o = node as Record<string, unknown>;
   if (o.kind === "CallExpr" && (o.callee as { kind: string }).kind === "CallExpr") return true;
   return Object.entries(o).some(([k, v]) => k !== "span" && appliesConstruction(v));
+}
+
+/** The members of a component (names bound to instances or weights: its attributes). */
+function membersOf(decl: ComponentDecl): Set<string> {
+  const out = new Set<string>();
+  collectMembers(decl.body, out);
+  return out;
 }
 
 /** Names bound to instances or weights anywhere in a body (they are attributes). */

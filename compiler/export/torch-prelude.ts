@@ -61,6 +61,38 @@ except ImportError:
             f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
+# ----------------------------------------------------------------------------- names
+
+
+def keep_names(module, **renames):
+    """Members whose moec name Python or nn.Module takes (eval, type, lambda) live under another
+    attribute (eval_); state_dict() and load_state_dict() still use the moec name, so the keys
+    are moec's. renames: attribute -> moec name."""
+    names = module.__dict__.setdefault("_moec_names", {})
+    if not names:
+        module._register_state_dict_hook(_names_to_moec)
+        module._register_load_state_dict_pre_hook(lambda state, prefix, *_: _names_from_moec(module, state, prefix))
+    names.update(renames)
+
+
+def _rename_keys(state, prefix, names):
+    items = list(state.items())
+    state.clear()
+    for k, v in items:
+        if k.startswith(prefix):
+            head, dot, rest = k[len(prefix):].partition(".")
+            k = prefix + names.get(head, head) + dot + rest
+        state[k] = v
+
+
+def _names_to_moec(module, state, prefix, local_metadata):
+    _rename_keys(state, prefix, module._moec_names)
+
+
+def _names_from_moec(module, state, prefix):
+    _rename_keys(state, prefix, {moe: py for py, moe in module._moec_names.items()})
+
+
 # ----------------------------------------------------------------------------- builtins
 
 
@@ -215,6 +247,8 @@ class LoRA(nn.Module):
                 self.register_parameter(n, p)
             for n, m in base._modules.items():
                 self.add_module(n, m)
+            if base.__dict__.get("_moec_names"):
+                keep_names(self, **base._moec_names)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.tasks = tuple(tasks) if tasks is not None else None
         for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
@@ -256,6 +290,8 @@ class WithAdapter(nn.Module):
             self.register_parameter(n, p)
         for n, m in adapter._modules.items():
             self.add_module(n, m)
+        if adapter.__dict__.get("_moec_names"):
+            keep_names(self, **adapter._moec_names)
 
     def forward(self, x):
         return self.adapter(self.base(x))
