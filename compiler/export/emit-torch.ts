@@ -113,7 +113,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file keep_names PerTask Router MoE WithAdapter LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file keep_names PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -867,12 +867,12 @@ class ComponentEmitter {
     perTask?: string,
   ): { py: string; kind: Kind; decl?: ComponentDecl; perTask?: boolean } {
     let basePy: string;
-    let made: Expr;
+    let made: Expr | undefined;
     let decl: ComponentDecl | undefined;
     let owns = false;
     if (e.base.kind === "NameExpr") {
       const base = env.get(e.base.name.name);
-      if (!base || base.kind !== "instance" || base.perTask || !base.made)
+      if (!base || base.kind !== "instance" || base.perTask)
         return this.fail(e.base.span, "an adapter on a base that is not an instance");
       basePy = base.py;
       made = base.made;
@@ -893,10 +893,11 @@ class ComponentEmitter {
     const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
     const g = callee ? this.e.global(this.file, callee) : undefined;
     if (g?.kind === "component" && g.decl.form !== "primitive" && !byTask) {
-      // A module adapter applies to the base's output: adapter(base(x)).
-      if (owns) return this.fail(e.base.span, `${callee} attached to a base made with it`);
+      // A module adapter applies to the base's output: adapter(base(x)). A base made here
+      // has its weights beside the adapter's (tuned.weight, tuned.down.weight), as moec names them.
       const adapter = this.construct(a, env, perTask);
-      return { py: `WithAdapter(${basePy}, ${adapter.py})`, kind: "instance", decl: adapter.decl };
+      const args = [basePy, adapter.py, ...(owns ? ["owns_base=True"] : [])];
+      return { py: `WithAdapter(${args.join(", ")})`, kind: "instance", decl };
     }
     if (
       g?.kind !== "component" ||
@@ -910,8 +911,9 @@ class ComponentEmitter {
       a.args,
     );
     if (bound.has("targets")) {
-      // PEFT's target_modules: the LoRAs go on the matching layers inside a base made here.
-      if (!owns || byTask) return this.fail(a.span, "LoRA with `targets` on this base");
+      // PEFT's target_modules: the LoRAs go on the matching layers inside the base, which a
+      // base made here owns; a shared base gets them only when applied through this binding.
+      if (byTask) return this.fail(a.span, "LoRA with `targets` and `per task`");
       const args = [basePy];
       for (const p of g.decl.params) {
         const v = bound.get(p.name.name);
@@ -920,10 +922,12 @@ class ComponentEmitter {
             `${p.name.name === "targets" ? "targets" : p.name.name}=${this.argValue(v, p.type, env, perTask)}`,
           );
       }
-      return { py: `lora_targets(${args.join(", ")})`, kind: "instance", decl };
+      const fn = owns ? "lora_targets" : "TargetedLoRA";
+      return { py: `${fn}(${args.join(", ")})`, kind: "instance", decl };
     }
-    const fin = this.portDim(made, env, "in");
-    const fout = this.portDim(made, env, "out");
+    // A base passed in as a `Module` parameter has no sizes here: LoRA reads them off it.
+    const fin = made ? this.portDim(made, env, "in") : "None";
+    const fout = made ? this.portDim(made, env, "out") : "None";
     if (fin === undefined || fout === undefined)
       return this.fail(e.base.span, "a LoRA base whose sizes are not known here");
     const args = [basePy, fin, fout];

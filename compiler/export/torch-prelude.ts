@@ -241,6 +241,10 @@ class LoRA(nn.Module):
     def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0,
                  owns_base=False, tasks=None):
         super().__init__()
+        if in_features is None or out_features is None:  # a base handed in: its own sizes
+            if not (hasattr(base, "in_features") and hasattr(base, "out_features")):
+                raise ValueError(f"LoRA on a {type(base).__name__} handed in: its sizes are unknown (Linear layers only)")
+            in_features, out_features = base.in_features, base.out_features
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         if owns_base:
             for n, p in base._parameters.items():
@@ -278,29 +282,30 @@ class LoRA(nn.Module):
 
 
 class WithAdapter(nn.Module):
-    """base with a module adapter (a Bottleneck, ...): adapter(base(x)). The base is shared
-    (its weights keep the name of the binding that made it); the adapter's weights are this
+    """base with a module adapter (a Bottleneck, ...): adapter(base(x)). A base bound elsewhere
+    is shared (its weights keep the name of the binding that made it); one made with the
+    adapter (owns_base) has its weights beside the adapter's. The adapter's weights are this
     module's (tuned.down.weight)."""
 
-    def __init__(self, base, adapter):
+    def __init__(self, base, adapter, owns_base=False):
         super().__init__()
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         self.__dict__["adapter"] = adapter
-        for n, p in adapter._parameters.items():
-            self.register_parameter(n, p)
-        for n, m in adapter._modules.items():
-            self.add_module(n, m)
-        if adapter.__dict__.get("_moec_names"):
-            keep_names(self, **adapter._moec_names)
+        for part in [base, adapter] if owns_base else [adapter]:
+            for n, p in part._parameters.items():
+                self.register_parameter(n, p)
+            for n, m in part._modules.items():
+                self.add_module(n, m)
+            if part.__dict__.get("_moec_names"):
+                keep_names(self, **part._moec_names)
 
     def forward(self, x):
         return self.adapter(self.base(x))
 
 
-def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
-    """LoRA on every layer inside base whose path ends with one of the patterns ("*" is any
-    one name), as PEFT's target_modules: each becomes a LoRA owning it, its weights beside
-    the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
+def _lora_targets(base, targets):
+    """The layers inside base whose moec path (below base) ends with one of the patterns ("*"
+    is any one name), as PEFT's target_modules: (path, owner, attribute, layer) each."""
 
     def matches(path):
         parts = path.split(".")
@@ -310,15 +315,61 @@ def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
                 return True
         return False
 
-    for path, module in list(base.named_modules()):
-        if not path or not matches(path):
+    def walk(module, prefix):
+        names = module.__dict__.get("_moec_names", {})
+        for attr, child in module._modules.items():
+            if child is None:
+                continue
+            path = prefix + names.get(attr, attr)
+            yield path, module, attr, child
+            yield from walk(child, path + ".")
+
+    found = []
+    for path, owner, attr, module in walk(base, ""):
+        if not matches(path):
             continue
         if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
             raise ValueError(f"LoRA target {path}: the exported module puts LoRA on Linear layers only")
-        parent, _, name = path.rpartition(".")
-        owner = base.get_submodule(parent) if parent else base
-        setattr(owner, name, LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True))
+        found.append((path, owner, attr, module))
+    return found
+
+
+def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
+    """LoRA on every layer inside base (made with it) that a target names: each becomes a LoRA
+    owning it, its weights beside the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
+    for path, owner, attr, module in _lora_targets(base, targets):
+        setattr(owner, attr, LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True))
     return base
+
+
+class TargetedLoRA(nn.Module):
+    """LoRA with targets on a base bound elsewhere: the pairs sit in the base's targeted layers
+    (ffn.up.lora_A.weight, as moec names them) and act only while the base runs through this
+    module; the base applied by its own name stays the base. No weights of its own."""
+
+    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0):
+        super().__init__()
+        self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
+        self.scaling, self.active = alpha / r, False
+        self.lora_dropout = nn.Dropout(dropout)
+        for path, owner, attr, module in _lora_targets(base, targets):
+            module.lora_A = nn.Linear(module.in_features, r, bias=False)
+            module.lora_B = nn.Linear(r, module.out_features, bias=False)
+            nn.init.kaiming_uniform_(module.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(module.lora_B.weight)
+            module.register_forward_hook(self._delta)
+
+    def _delta(self, module, args, y):
+        if self.active:
+            return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * self.scaling
+        return None
+
+    def forward(self, *args):
+        self.active = True
+        try:
+            return self.base(*args)
+        finally:
+            self.active = False
 
 
 # ----------------------------------------------------------------------------- routing

@@ -1,6 +1,7 @@
 // Constructs the PyTorch export once refused, each against the float64 reference interpreter
 // with state_dict() keys equal to `moec params`: members named as Python keywords or
-// nn.Module attributes (fixtures/names.moe).
+// nn.Module attributes (fixtures/names.moe); adapters attached with `with` to a base bound
+// elsewhere, made in the same expression or handed in as a `Module` (fixtures/with.moe).
 import { type TorchCase, describeTorchCases } from "./torch-harness.js";
 
 const CASES: TorchCase[] = [
@@ -10,6 +11,15 @@ const CASES: TorchCase[] = [
     model: "Keywords",
     dims: { B: 4 },
   },
+  ...["SharedTargets", "InlineModuleAdapter", "AppliedAdapters", "HandedIn"].map(
+    (model): TorchCase => ({
+      name: `with-${model}`,
+      file: "test/export/fixtures/with.moe",
+      model,
+      dims: { B: 5 },
+      scale: 1.0,
+    }),
+  ),
 ];
 
 describeTorchCases("moec export --format torch: constructs", CASES);
