@@ -220,6 +220,16 @@ function bindArgs(params: readonly { name: string }[], args: readonly Arg[]): Ma
   return new Map([...bound].map(([name, arg]) => [name, arg.value]));
 }
 
+/** The torch dtype of each dtype a weight may have (check/values.ts's DTYPES). */
+const TORCH_DTYPES: Record<string, string> = {
+  f32: "torch.float32",
+  f16: "torch.float16",
+  bf16: "torch.bfloat16",
+  i32: "torch.int32",
+  i64: "torch.int64",
+  bool: "torch.bool",
+};
+
 const ELEMENTWISE: Record<string, [tensor: string, scalar: string]> = {
   relu: ["F.relu", "max(0.0, %)"],
   gelu: ["F.gelu", ""],
@@ -584,11 +594,15 @@ class ComponentEmitter {
             if (x.kind === "Ellipsis") this.fail(x.span, "a weight with `...` dims");
             return this.expr(x, initEnv).py;
           });
-          const dtype = s.type.name.name;
-          if (dtype !== "f32") this.fail(s.span, `a ${dtype} weight`);
+          const dtype = TORCH_DTYPES[s.type.name.name];
+          if (!dtype) return this.fail(s.span, `a ${s.type.name.name} weight`);
           const shape = dims.join(", ");
           const py = `${owner}.${this.attr(s.name)}`;
-          init.push(`${py} = nn.Parameter(${this.initializer(s.init, shape, initEnv)})`);
+          let value = this.initializer(s.init, shape, initEnv);
+          if (dtype !== "torch.float32") value = `(${value}).to(${dtype})`;
+          // Only floating-point tensors take gradients: an integer or bool weight is data.
+          const floating = ["torch.float32", "torch.float16", "torch.bfloat16"].includes(dtype);
+          init.push(`${py} = nn.Parameter(${value}${floating ? "" : ", requires_grad=False"})`);
           const b: Binding = { py, kind: "tensor" };
           initEnv.set(s.name.name, b);
           fwdEnv.set(s.name.name, b);

@@ -318,6 +318,21 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
     );
   });
 
+  it("integer weights lower as i32 like integer inputs (i64 included)", () => {
+    const m = lowerInline(
+      `model M() { in x: i64[N, 4]  out y: i64[N, 4]  out z: i32[4]  param a: i64[4] = ones
+  param b: i32[4]
+  y = x + a
+  z = b * 2 }`,
+      { N: 2 },
+    );
+    const dtypes = m.graph.nodes.flatMap((n) => (n.op === "param" ? [[n.name, n.dtype]] : []));
+    expect(dtypes).toEqual([
+      ["a", "i32"],
+      ["b", "i32"],
+    ]);
+  });
+
   it("LoRA targets on a base bound elsewhere: the base's names; the base alone has no LoRA", () => {
     const m = lowerInline(
       `import std.nn { FFN }
