@@ -38,6 +38,10 @@ export interface TorchExportInput {
   overrides: ReadonlyMap<string, Value>;
   /** The header's lines (source file, model, moec version). */
   header: string[];
+  /** `--merge-adapters`: LoRAs on Linear layers run as one matmul by the merged weight. */
+  mergeAdapters?: boolean;
+  /** `--pin-groups`, resolved: the fixed group weights of Grouped MoE layers, by layer path. */
+  pins?: ReadonlyMap<string, readonly number[]>;
 }
 
 type Kind =
@@ -113,7 +117,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file keep_names PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file keep_names submodule PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -249,11 +253,19 @@ export class TorchEmitter {
   private readonly taskSets = new Map<string, string[]>();
   private readonly lineMaps = new Map<string, LineMap>();
 
+  /** The options of the export that change how instances are made (see TorchExportInput). */
+  mergeAdapters = false;
+  private model: ComponentDecl | undefined;
+  private pins: ReadonlyMap<string, readonly number[]> = new Map();
+
   constructor(private readonly program: ResolvedProgram) {}
 
   /** The whole module's text. */
   emit(input: TorchExportInput): string {
     const { model, overrides } = input;
+    this.mergeAdapters = input.mergeAdapters === true;
+    this.model = model.decl;
+    this.pins = input.pins ?? new Map();
     const name = this.classFor(model.decl, model.file, overrides);
     // The file's train programs that train this model: a class each (loss + optimizer), or
     // a comment saying why one is not exported.
@@ -314,6 +326,18 @@ export class TorchEmitter {
     for (const c of this.classText) lines.push("", c);
     if (skipped.length) lines.push("", ...skipped);
     return lines.join("\n").replace(/\n{3,}(?=class )/g, "\n\n\n") + "\n";
+  }
+
+  /** Lines the model's constructor ends with: `--pin-groups` fixing its layers' group weights. */
+  modelInit(decl: ComponentDecl): string[] {
+    if (decl !== this.model || this.pins.size === 0) return [];
+    return [
+      "# moec export --pin-groups: these layers' group weights are fixed",
+      ...[...this.pins].map(
+        ([layer, w]) =>
+          `submodule(self, ${JSON.stringify(layer)}).router.pin = [${w.map(pyFloat).join(", ")}]`,
+      ),
+    ];
   }
 
   fail(file: string, span: Span, what: string): never {
@@ -512,6 +536,7 @@ class ComponentEmitter {
       }),
     );
     for (const l of this.keepNames("self")) out.push(`        ${l}`);
+    if (!this.train) for (const l of this.e.modelInit(d)) out.push(`        ${l}`);
     out.push("");
     out.push(`    def forward(self${inputs.map((p) => `, ${pyName(p.name.name)}`).join("")}):`);
     const fwdLines: string[] = [];
@@ -936,6 +961,7 @@ class ComponentEmitter {
             `${p.name.name === "targets" ? "targets" : p.name.name}=${this.argValue(v, p.type, env, perTask)}`,
           );
       }
+      if (this.e.mergeAdapters) args.push("merge=True");
       const fn = owns ? "lora_targets" : "TargetedLoRA";
       return { py: `${fn}(${args.join(", ")})`, kind: "instance", decl };
     }
@@ -951,6 +977,8 @@ class ComponentEmitter {
     }
     if (owns) args.push("owns_base=True");
     if (byTask) args.push(`tasks=${this.taskSet}`);
+    // moec merges a LoRA into a Linear base; a per-task LoRA stays a delta per task.
+    else if (this.e.mergeAdapters) args.push("merge=True");
     return { py: `LoRA(${args.join(", ")})`, kind: "instance", decl, perTask: byTask };
   }
 

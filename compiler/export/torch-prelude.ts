@@ -75,6 +75,14 @@ def keep_names(module, **renames):
     names.update(renames)
 
 
+def submodule(module, path):
+    """The submodule at a moec path (state_dict()'s names, renamed attributes included)."""
+    for name in path.split("."):
+        attrs = {moe: py for py, moe in module.__dict__.get("_moec_names", {}).items()}
+        module = getattr(module, attrs.get(name, name))
+    return module
+
+
 def _rename_keys(state, prefix, names):
     items = list(state.items())
     state.clear()
@@ -239,8 +247,9 @@ class LoRA(nn.Module):
     task's; task id -1 (no task) gets the base alone."""
 
     def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0,
-                 owns_base=False, tasks=None):
+                 owns_base=False, tasks=None, merge=False):
         super().__init__()
+        self.merge = merge  # moec export --merge-adapters: one matmul by W + (alpha / r)·B·A
         if in_features is None or out_features is None:  # a base handed in: its own sizes
             if not (hasattr(base, "in_features") and hasattr(base, "out_features")):
                 raise ValueError(f"LoRA on a {type(base).__name__} handed in: its sizes are unknown (Linear layers only)")
@@ -268,6 +277,8 @@ class LoRA(nn.Module):
         return m
 
     def forward(self, x, task=None):
+        if self.merge and self.tasks is None and _is_linear(self.base):
+            return _merged_linear(self.base, self.lora_A, self.lora_B, self.scaling, x)
         y = self.base(x)
         if self.tasks is None:
             return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
@@ -279,6 +290,18 @@ class LoRA(nn.Module):
             delta = pair.lora_B(pair.lora_A(self.lora_dropout(x.index_select(0, rows))))
             y = y.index_add(0, rows, delta * self.scaling)
         return y
+
+
+def _is_linear(module):
+    """Whether a layer is y = x·Wᵀ (+ b), the base moec --merge-adapters merges a LoRA into."""
+    return hasattr(module, "in_features") and isinstance(module._parameters.get("weight"), torch.Tensor)
+
+
+def _merged_linear(base, lora_A, lora_B, scaling, x):
+    """x·(W + scaling·B·A)ᵀ (+ b): a LoRA merged into its Linear base."""
+    y = x @ (base.weight + (lora_B.weight @ lora_A.weight) * scaling).t()
+    bias = base._parameters.get("bias")
+    return y if bias is None else y + bias
 
 
 class WithAdapter(nn.Module):
@@ -334,11 +357,12 @@ def _lora_targets(base, targets):
     return found
 
 
-def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
+def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
     """LoRA on every layer inside base (made with it) that a target names: each becomes a LoRA
     owning it, its weights beside the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
     for path, owner, attr, module in _lora_targets(base, targets):
-        setattr(owner, attr, LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True))
+        lora = LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True, merge=merge)
+        setattr(owner, attr, lora)
     return base
 
 
@@ -347,10 +371,10 @@ class TargetedLoRA(nn.Module):
     (ffn.up.lora_A.weight, as moec names them) and act only while the base runs through this
     module; the base applied by its own name stays the base. No weights of its own."""
 
-    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0):
+    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
         super().__init__()
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
-        self.scaling, self.active = alpha / r, False
+        self.scaling, self.active, self.merge = alpha / r, False, merge
         self.lora_dropout = nn.Dropout(dropout)
         for path, owner, attr, module in _lora_targets(base, targets):
             module.lora_A = nn.Linear(module.in_features, r, bias=False)
@@ -360,9 +384,11 @@ class TargetedLoRA(nn.Module):
             module.register_forward_hook(self._delta)
 
     def _delta(self, module, args, y):
-        if self.active:
-            return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * self.scaling
-        return None
+        if not self.active:
+            return None
+        if self.merge:
+            return _merged_linear(module, module.lora_A, module.lora_B, self.scaling, args[0])
+        return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * self.scaling
 
     def forward(self, *args):
         self.active = True

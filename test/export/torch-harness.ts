@@ -55,6 +55,9 @@ export interface TorchCase {
   noTask?: boolean;
   /** Scale of the random weights (default 0.5). */
   scale?: number;
+  /** `--merge-adapters` and `--pin-groups`, given to the export and to `moec run` alike. */
+  mergeAdapters?: boolean;
+  pinGroups?: string[];
 }
 
 export interface TorchResult {
@@ -133,6 +136,8 @@ function runArgs(c: TorchCase, dir: string, weights: string, out: string): strin
     "reference",
     ...(c.model ? ["--model", c.model] : []),
     ...(c.set ?? []).flatMap((s) => ["--set", s]),
+    ...(c.mergeAdapters ? ["--merge-adapters"] : []),
+    ...(c.pinGroups ?? []).flatMap((p) => ["--pin-groups", p]),
     ...Object.entries(c.dims).flatMap(([k, v]) => ["--dim", `${k}=${v}`]),
     "--weights",
     path.join(dir, weights),
@@ -208,7 +213,7 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
     writeSafetensorsFile(path.join(dir, "inputs.safetensors"), inputs);
     const files = await exportTorch(
       file,
-      { model: c.model, set: c.set },
+      { model: c.model, set: c.set, mergeAdapters: c.mergeAdapters, pinGroups: c.pinGroups },
       () => path.join(dir, "model.py"),
       (m) => ({ source: c.file, model: m, version: MOEC_VERSION }),
     );
