@@ -117,7 +117,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file keep_names submodule PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file keep_names submodule adopt modules PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -400,6 +400,9 @@ class ComponentEmitter {
   private readonly init: Node[] = [];
   private readonly fwd: Node[] = [];
   private readonly members = new Set<string>();
+  /** Names bound to instances more than once (see the Binding case), and bindings so far. */
+  private readonly rebound: Set<string>;
+  private readonly reboundCount = new Map<string, number>();
   /** Members given Python-safe attribute names, by owner: attribute → moec name. */
   private readonly renames = new Map<string, Map<string, string>>();
   private readonly usedNames = new Set<string>();
@@ -425,6 +428,7 @@ class ComponentEmitter {
   ) {
     collectMembers(decl.body, this.members);
     collectNames(decl.body, this.usedNames);
+    this.rebound = boundTwice(decl.body);
   }
 
   private fail(span: Span, what: string): never {
@@ -639,10 +643,33 @@ class ComponentEmitter {
             init.push(`self.optimizer_config = ${this.optimizerConfig(s.value, initEnv)}`);
             break;
           }
+          const shared = frozenName(s.value, initEnv);
+          if (shared) {
+            // `t = frozen base`: base itself is frozen (moec marks its weights so), t is base.
+            init.push(`${shared.py}.requires_grad_(False)`);
+            initEnv.set(name, shared);
+            fwdEnv.set(name, shared);
+            break;
+          }
           if (this.isConstruction(s.value, initEnv)) {
-            const py = `${owner}.${this.attr(s.target)}`;
+            const attr = `${owner}.${this.attr(s.target)}`;
             const made = this.construct(s.value, initEnv);
-            init.push(`${py} = ${made.py}`);
+            // A list of instances is an nn.ModuleList, so its weights are registered.
+            const value = made.kind === "list" ? `modules(${made.py})` : made.py;
+            let py = attr;
+            if (this.rebound.has(name)) {
+              // A name bound to several instances: moec keeps all their weights under the
+              // name, so one empty module there registers each one's; forward calls each
+              // instance (kept unregistered, in __dict__) where its binding is in force.
+              const key = `${owner}|${name}`;
+              const n = this.reboundCount.get(key) ?? 0;
+              this.reboundCount.set(key, n + 1);
+              if (n === 0) init.push(`${attr} = nn.Module()  # every instance bound to ${name}`);
+              let hidden = `${attr.slice(owner.length + 1)}_${n}`;
+              while (this.members.has(hidden)) hidden += "_";
+              init.push(`${owner}.__dict__[${JSON.stringify(hidden)}] = adopt(${attr}, ${value})`);
+              py = `${owner}.${hidden}`;
+            } else init.push(`${py} = ${value}`);
             const b: Binding = { ...made, py, made: s.value };
             initEnv.set(name, b);
             fwdEnv.set(name, b);
@@ -1015,22 +1042,34 @@ class ComponentEmitter {
     const router = bound.get("router");
     const experts = bound.get("experts");
     if (!router || !experts) return this.fail(e.span, "an MoE without router or experts");
-    if (!this.isConstruction(router, env))
-      return this.fail(router.span, "a router bound elsewhere");
-    const routerCall = router.kind === "FrozenExpr" ? router.operand : router;
+    // A part bound to a name elsewhere (`r = TopK(2)`, `es = [FFN(d, d); 4]`) keeps its
+    // weights under that name: the layer is handed it without owning it.
+    const boundParts: string[] = [];
+    const part = (name: string, x: Expr): { py: string; kind: Kind; made: Expr } => {
+      const b = x.kind === "NameExpr" ? env.get(x.name.name) : undefined;
+      if (b?.made && (b.kind === "instance" || b.kind === "list") && !b.perTask) {
+        boundParts.push(name);
+        return { py: b.py, kind: b.kind, made: b.made };
+      }
+      if (!this.isConstruction(x, env)) return this.fail(x.span, `this MoE ${name}`);
+      return { ...this.construct(x, env, perTask), made: x };
+    };
+    const routerPart = part("router", router);
+    const routerCall =
+      routerPart.made.kind === "FrozenExpr" ? routerPart.made.operand : routerPart.made;
     const routerName =
       routerCall.kind === "CallExpr" && routerCall.callee.kind === "NameExpr"
         ? routerCall.callee.name.name
         : "?";
     if (!PRELUDE_ROUTERS.has(routerName)) return this.fail(router.span, `the ${routerName} router`);
-    const expertList = this.construct(experts, env, perTask);
+    const expertList = part("experts", experts);
     if (expertList.kind !== "list") return this.fail(experts.span, "experts that are not a list");
-    const parts = [`router=${this.construct(router, env, perTask).py}`, `experts=${expertList.py}`];
+    const parts = [`router=${routerPart.py}`, `experts=${expertList.py}`];
     const shared = bound.get("shared");
-    if (shared) parts.push(`shared=${this.construct(shared, env, perTask).py}`);
+    if (shared) parts.push(`shared=${part("shared", shared).py}`);
     const firstOf = (x: Expr | undefined): Expr | undefined =>
       x?.kind === "RepeatListExpr" ? x.element : x?.kind === "ListExpr" ? x.elements[0] : x;
-    let first = firstOf(experts);
+    let first = firstOf(expertList.made);
     if (first && (first.kind === "RepeatListExpr" || first.kind === "ListExpr")) {
       if (routerName !== "Grouped")
         return this.fail(experts.span, `groups of experts (a list of lists) under ${routerName}`);
@@ -1042,6 +1081,10 @@ class ComponentEmitter {
       return this.fail(experts.span, "experts whose input size is not known here");
     parts.push(`d=${d}`);
     if (this.taskSet) parts.push(`tasks=${this.taskSet}`);
+    if (boundParts.length)
+      parts.push(
+        `bound=(${boundParts.map((p) => JSON.stringify(p)).join(", ")}${boundParts.length === 1 ? "," : ""})`,
+      );
     void calleeFile;
     // One argument a line: a layer's router and experts read as a table.
     return { py: `MoE(\n    ${parts.join(",\n    ")},\n)`, kind: "instance", decl: callee };
@@ -1205,7 +1248,7 @@ class ComponentEmitter {
     if (this.isConstruction(callee, env)) {
       // `LayerNorm(d)(x)`: an instance named after its type and position, as moec names it.
       const made = this.construct(callee, env);
-      if (made.kind !== "instance" || made.perTask)
+      if (made.kind !== "instance")
         return this.fail(callee.span, "this construction applied in one expression");
       const { init, owner } = this.cur;
       const type = snakeCase(made.decl?.name.name ?? "module");
@@ -1384,6 +1427,41 @@ function constructs(node: unknown, name: string): boolean {
   if (o.kind === "CallExpr" && callee?.kind === "NameExpr" && callee.name?.name === name)
     return true;
   return Object.entries(o).some(([k, v]) => k !== "span" && constructs(v, name));
+}
+
+/**
+ * Names a body binds more than once to a construction (a call of a component, `frozen`,
+ * `per task`, `with`, a list of them), in one block of statements or its branches and loops.
+ */
+function boundTwice(stmts: readonly Stmt[]): Set<string> {
+  const makes = (e: Expr): boolean =>
+    (e.kind === "CallExpr" && e.callee.kind === "NameExpr") ||
+    ((e.kind === "FrozenExpr" || e.kind === "PerTaskExpr") && makes(e.operand)) ||
+    e.kind === "WithExpr" ||
+    e.kind === "RepeatListExpr" ||
+    (e.kind === "ListExpr" && e.elements.length > 0 && e.elements.every(makes));
+  // Bindings per name along one path through the body: one branch of an `if` or the other.
+  const count = (body: readonly Stmt[], counts: Map<string, number>): Map<string, number> => {
+    for (const s of body) {
+      if (s.kind === "Binding" && makes(s.value))
+        counts.set(s.target.name, (counts.get(s.target.name) ?? 0) + 1);
+      else if (s.kind === "IfStmt") {
+        const a = count(s.then, new Map(counts));
+        const b = count(s.else ?? [], new Map(counts));
+        for (const k of new Set([...a.keys(), ...b.keys()]))
+          counts.set(k, Math.max(a.get(k) ?? 0, b.get(k) ?? 0));
+      } else if (s.kind === "RepeatStmt") count(s.body, counts);
+    }
+    return counts;
+  };
+  return new Set([...count(stmts, new Map())].filter(([, n]) => n > 1).map(([k]) => k));
+}
+
+/** `frozen name` of an instance bound elsewhere: that binding. */
+function frozenName(e: Expr, env: Map<string, Binding>): Binding | undefined {
+  if (e.kind !== "FrozenExpr" || e.operand.kind !== "NameExpr") return undefined;
+  const b = env.get(e.operand.name.name);
+  return b?.kind === "instance" ? b : undefined;
 }
 
 /** Whether an expression constructs an instance and applies it at once (`LayerNorm(d)(x)`). */

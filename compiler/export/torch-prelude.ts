@@ -304,6 +304,23 @@ def _merged_linear(base, lora_A, lora_B, scaling, x):
     return y if bias is None else y + bias
 
 
+def modules(items):
+    """A list of instances (lists of lists for groups of experts) as nested nn.ModuleLists."""
+    return nn.ModuleList(modules(i) if isinstance(i, (list, tuple)) else i for i in items)
+
+
+def adopt(owner, part):
+    """Registers part's weights and layers on owner too, so owner's state_dict() names them
+    (moec keeps a name's weights under it when the name is bound again). Returns part."""
+    for n, p in part._parameters.items():
+        owner.register_parameter(n, p)
+    for n, m in part._modules.items():
+        owner.add_module(n, m)
+    if part.__dict__.get("_moec_names"):
+        keep_names(owner, **part._moec_names)
+    return part
+
+
 class WithAdapter(nn.Module):
     """base with a module adapter (a Bottleneck, ...): adapter(base(x)). A base bound elsewhere
     is shared (its weights keep the name of the binding that made it); one made with the
@@ -315,12 +332,7 @@ class WithAdapter(nn.Module):
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         self.__dict__["adapter"] = adapter
         for part in [base, adapter] if owns_base else [adapter]:
-            for n, p in part._parameters.items():
-                self.register_parameter(n, p)
-            for n, m in part._modules.items():
-                self.add_module(n, m)
-            if part.__dict__.get("_moec_names"):
-                keep_names(self, **part._moec_names)
+            adopt(self, part)
 
     def forward(self, x):
         return self.adapter(self.base(x))
@@ -630,18 +642,25 @@ class MoE(nn.Module):
     """A mixture-of-experts layer: router, experts (an nn.ModuleList) and shared experts that
     see every token. Its last auxiliary losses (balance, z) are in self.aux after forward."""
 
-    def __init__(self, router, experts, shared=(), d=None, tasks=()):
+    def __init__(self, router, experts, shared=(), d=None, tasks=(), bound=()):
         super().__init__()
-        grouped = len(experts) > 0 and isinstance(experts[0], (list, tuple))
-        if grouped:  # groups of experts: experts.<group>.<expert>
-            self.experts = nn.ModuleList(nn.ModuleList(g) for g in experts)
-            self.leaves = [e for g in self.experts for e in g]
+        grouped = len(experts) > 0 and isinstance(experts[0], (list, tuple, nn.ModuleList))
+        # Parts bound to names elsewhere (bound: "router", "experts", "shared") keep their
+        # weights under those names, so this layer holds them without registering them again.
+        def own(name, module):
+            if name in bound:
+                self.__dict__[name] = module  # held, not registered: no second state_dict() copy
+            else:
+                setattr(self, name, module)
+
+        if grouped:
+            own("experts", nn.ModuleList(nn.ModuleList(g) for g in experts))
         else:
-            self.experts = nn.ModuleList(experts)
-            self.leaves = list(self.experts)
+            own("experts", nn.ModuleList(experts))
+        self.leaves = [e for g in self.experts for e in g] if grouped else list(self.experts)
         if shared:
-            self.shared = nn.ModuleList(shared)
-        self.router = router
+            own("shared", nn.ModuleList(shared))
+        own("router", router)
         if grouped:
             router.build(d, len(self.leaves), tuple(tasks), [len(g) for g in experts])
         else:
