@@ -4,13 +4,50 @@
  * accepts is exported. A construct with no PyTorch translation is one line, exit 1.
  */
 import { hasErrors } from "../compiler/diagnostics.js";
-import { selectModel } from "../compiler/check/elaborate-model.js";
+import { type ElaboratedModel, selectModel } from "../compiler/check/elaborate-model.js";
 import { TorchEmitter, TorchExportError } from "../compiler/export/emit-torch.js";
 import { analyze, elaborate, nodeFileSystem } from "../compiler/pipeline.js";
 import { resolveInputFiles } from "./check-command.js";
 import type { ExportFormat } from "./export-format.js";
+import { parsePins } from "./model-options.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, displayPath, printDiagnostics } from "./report.js";
+
+/**
+ * `--pin-groups LAYER=w1,...` against the model's Grouped MoE layers, as lowering checks them
+ * for `moec run`: a pin names a layer or a prefix of layers' paths, and gives one weight per
+ * group. The weights of each pinned layer, by its path (the first pin that names it).
+ */
+function resolvePins(
+  specs: readonly string[] | undefined,
+  model: ElaboratedModel,
+): Map<string, number[]> {
+  const layers = model.moes
+    .filter((m) => m.router === "Grouped")
+    .map((m) => ({
+      path: m.path,
+      // Experts are `<layer>.experts.<group>.<expert>`: the groups are the distinct <group>s.
+      groups: new Set(m.experts.map((e) => e.slice(m.path.length + 1).split(".")[1])).size,
+    }));
+  const out = new Map<string, number[]>();
+  for (const [key, weights] of parsePins(specs)) {
+    const hit = layers.filter((l) => l.path === key || l.path.startsWith(`${key}.`));
+    if (hit.length === 0) {
+      const known = layers.length
+        ? `its Grouped MoE layers: ${layers.map((l) => l.path).join(", ")}`
+        : "it has no Grouped MoE layer";
+      throw new CliError(`--pin-groups ${key}: no such layer in the model (${known})`);
+    }
+    for (const l of hit) {
+      if (l.groups !== weights.length)
+        throw new CliError(
+          `--pin-groups ${key}: the layer ${l.path} has ${l.groups} groups, ${weights.length} weights given`,
+        );
+      if (!out.has(l.path)) out.set(l.path, weights);
+    }
+  }
+  return out;
+}
 
 export const exportTorch: ExportFormat = async (file, options, output, header) => {
   const [entry] = resolveInputFiles([file]);
@@ -27,6 +64,7 @@ export const exportTorch: ExportFormat = async (file, options, output, header) =
     printDiagnostics(result.diagnostics, analysis);
     throw new CliError(`${displayPath(entry!)} has errors; nothing exported`);
   }
+  const pins = resolvePins(options.pinGroups, result.model);
   const chosen = selectModel(analysis.program, entry!, options.model);
   if (typeof chosen === "string") throw new CliError(chosen);
   const name = chosen.decl.name.name;
@@ -38,6 +76,8 @@ export const exportTorch: ExportFormat = async (file, options, output, header) =
       program: analysis.program,
       model: chosen,
       overrides,
+      mergeAdapters: options.mergeAdapters === true,
+      pins,
       header: [
         `${h.model}: exported from ${h.source} by moec ${h.version} (moec export --format torch).`,
       ],

@@ -23,6 +23,21 @@ import {
   fsProblem,
 } from "./report.js";
 
+/**
+ * Options that change how a model is built, shared by compile, run and export: defined once
+ * here (a fresh Option per command, as commander keeps parsed state on it).
+ */
+const mergeAdaptersOption = () =>
+  new Option(
+    "--merge-adapters",
+    "merge LoRA adapters on Linear layers into the base weights (computed once per weights)",
+  );
+const pinGroupsOption = () =>
+  new Option(
+    "--pin-groups <layer=w1,w2,...>",
+    "fix the group weights of a Grouped MoE layer, e.g. blocks.2=0.7,0.3,0 (repeatable)",
+  ).argParser(collect);
+
 const program = new Command();
 program
   .name("moec")
@@ -126,10 +141,7 @@ program
   )
   .option("--set <name=value>", "override a model parameter (repeatable)", collect)
   .option("--emit <stage>", "print one stage instead: ast, ir, wgsl or plan")
-  .option(
-    "--merge-adapters",
-    "merge LoRA adapters on Linear layers into the base weights (computed once per weights)",
-  )
+  .addOption(mergeAdaptersOption())
   .action((file: string, opts: CompileOptions) => {
     process.exitCode = runCompile(file, opts);
   });
@@ -167,15 +179,8 @@ program
     "--stats",
     "time every kernel, and report each MoE layer's routing (tokens per expert, dropped, losses, entropy, group weights)",
   )
-  .option(
-    "--merge-adapters",
-    "merge LoRA adapters on Linear layers into the base weights (computed once per weights)",
-  )
-  .option(
-    "--pin-groups <layer=w1,w2,...>",
-    "fix the group weights of a Grouped MoE layer, e.g. blocks.2=0.7,0.3,0 (repeatable)",
-    collect,
-  )
+  .addOption(mergeAdaptersOption())
+  .addOption(pinGroupsOption())
   .option(
     "--trace-routing <file>",
     "write each token's experts and weights per MoE layer to a safetensors file",
@@ -202,6 +207,8 @@ program
   .option("--init-missing", "onnx: initialise parameters --weights lacks (as moec run)")
   .option("--allow-nonfinite", "onnx: load weights that hold NaN or infinities")
   .option("--seed <n>", "onnx: seed of the initialisation when no --weights is given", "0")
+  .addOption(mergeAdaptersOption())
+  .addOption(pinGroupsOption())
   .action(async (file: string, opts: ExportOptions) => {
     const { runExport } = await import("./export-command.js");
     process.exitCode = await runExport(file, opts);

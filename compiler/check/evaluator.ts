@@ -1958,7 +1958,9 @@ export class Evaluator {
       id: this.nextId++,
       span: e.span,
       file: frame.file,
-      path,
+      // The base's own layers, adapted: lowering names their weights and matches the targets
+      // under the base's path, as elaboration does (a base bound elsewhere keeps its name).
+      path: b.path ?? path,
       targeted: { adapter, patterns },
     };
     if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };

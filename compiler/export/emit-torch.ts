@@ -38,6 +38,10 @@ export interface TorchExportInput {
   overrides: ReadonlyMap<string, Value>;
   /** The header's lines (source file, model, moec version). */
   header: string[];
+  /** `--merge-adapters`: LoRAs on Linear layers run as one matmul by the merged weight. */
+  mergeAdapters?: boolean;
+  /** `--pin-groups`, resolved: the fixed group weights of Grouped MoE layers, by layer path. */
+  pins?: ReadonlyMap<string, readonly number[]>;
 }
 
 type Kind =
@@ -82,12 +86,29 @@ const PYTHON_KEYWORDS = new Set(
     " ",
   ),
 );
-/** nn.Module's own attributes: a submodule or parameter of that name would be shadowed. */
+/**
+ * nn.Module's own attributes (torch 1.13 to 2.x): a submodule or parameter of that name would
+ * shadow one, so it takes another attribute name and keeps its name in state_dict().
+ */
 const MODULE_ATTRIBUTES = new Set(
-  "training forward type float double half bfloat16 train eval parameters named_parameters buffers named_buffers children named_children modules named_modules apply cuda cpu to zero_grad state_dict load_state_dict register_buffer register_parameter register_module add_module get_submodule get_parameter requires_grad_ extra_repr share_memory dump_patches call_super_init".split(
+  "T_destination add_module apply bfloat16 buffers call_super_init children compile cpu cuda double dump_patches eval extra_repr float forward get_buffer get_extra_state get_parameter get_submodule half ipu load_state_dict modules mtia named_buffers named_children named_modules named_parameters parameters register_backward_hook register_buffer register_forward_hook register_forward_pre_hook register_full_backward_hook register_full_backward_pre_hook register_load_state_dict_post_hook register_load_state_dict_pre_hook register_module register_parameter register_state_dict_post_hook register_state_dict_pre_hook requires_grad_ set_extra_state set_submodule share_memory state_dict to to_empty train training type xpu zero_grad".split(
     " ",
   ),
 );
+
+/**
+ * The attribute a member named `name` is kept under: the name itself, or, for a name Python
+ * or nn.Module takes, the name with underscores appended past every member of the component
+ * (`eval` → `eval_`); `keep_names` (the prelude) keeps the moec name in state_dict().
+ */
+function memberAttr(name: string, members: ReadonlySet<string>): string {
+  if (!MODULE_ATTRIBUTES.has(name) && !PYTHON_KEYWORDS.has(name) && !name.startsWith("_"))
+    return name;
+  let py = `${name}_`;
+  while (members.has(py)) py += "_";
+  return py;
+}
+
 /** Names the prelude and the imports take: a moe name equal to one is renamed. */
 const RESERVED = new Set([
   ..."False None True and as assert async await break class continue def del elif else except finally for from global if import in is lambda nonlocal not or pass raise return try while with yield".split(
@@ -96,7 +117,7 @@ const RESERVED = new Set([
   ..."self torch nn F math json struct super len range min max abs sum list dict tuple int float bool str print isinstance type object".split(
     " ",
   ),
-  ..."activation variance take causal_mask positions load_file save_file PerTask Router MoE WithAdapter LoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
+  ..."activation variance take causal_mask positions load_file save_file keep_names submodule adopt modules PerTask Router MoE WithAdapter LoRA TargetedLoRA lora_targets cross_entropy distill router_losses adamw train_step".split(
     " ",
   ),
 ]);
@@ -203,6 +224,16 @@ function bindArgs(params: readonly { name: string }[], args: readonly Arg[]): Ma
   return new Map([...bound].map(([name, arg]) => [name, arg.value]));
 }
 
+/** The torch dtype of each dtype a weight may have (check/values.ts's DTYPES). */
+const TORCH_DTYPES: Record<string, string> = {
+  f32: "torch.float32",
+  f16: "torch.float16",
+  bf16: "torch.bfloat16",
+  i32: "torch.int32",
+  i64: "torch.int64",
+  bool: "torch.bool",
+};
+
 const ELEMENTWISE: Record<string, [tensor: string, scalar: string]> = {
   relu: ["F.relu", "max(0.0, %)"],
   gelu: ["F.gelu", ""],
@@ -222,11 +253,19 @@ export class TorchEmitter {
   private readonly taskSets = new Map<string, string[]>();
   private readonly lineMaps = new Map<string, LineMap>();
 
+  /** The options of the export that change how instances are made (see TorchExportInput). */
+  mergeAdapters = false;
+  private model: ComponentDecl | undefined;
+  private pins: ReadonlyMap<string, readonly number[]> = new Map();
+
   constructor(private readonly program: ResolvedProgram) {}
 
   /** The whole module's text. */
   emit(input: TorchExportInput): string {
     const { model, overrides } = input;
+    this.mergeAdapters = input.mergeAdapters === true;
+    this.model = model.decl;
+    this.pins = input.pins ?? new Map();
     const name = this.classFor(model.decl, model.file, overrides);
     // The file's train programs that train this model: a class each (loss + optimizer), or
     // a comment saying why one is not exported.
@@ -289,6 +328,18 @@ export class TorchEmitter {
     return lines.join("\n").replace(/\n{3,}(?=class )/g, "\n\n\n") + "\n";
   }
 
+  /** Lines the model's constructor ends with: `--pin-groups` fixing its layers' group weights. */
+  modelInit(decl: ComponentDecl): string[] {
+    if (decl !== this.model || this.pins.size === 0) return [];
+    return [
+      "# moec export --pin-groups: these layers' group weights are fixed",
+      ...[...this.pins].map(
+        ([layer, w]) =>
+          `submodule(self, ${JSON.stringify(layer)}).router.pin = [${w.map(pyFloat).join(", ")}]`,
+      ),
+    ];
+  }
+
   fail(file: string, span: Span, what: string): never {
     let map = this.lineMaps.get(file);
     const text = this.program.scopes.get(file)?.module.text;
@@ -349,6 +400,11 @@ class ComponentEmitter {
   private readonly init: Node[] = [];
   private readonly fwd: Node[] = [];
   private readonly members = new Set<string>();
+  /** Names bound to instances more than once (see the Binding case), and bindings so far. */
+  private readonly rebound: Set<string>;
+  private readonly reboundCount = new Map<string, number>();
+  /** Members given Python-safe attribute names, by owner: attribute → moec name. */
+  private readonly renames = new Map<string, Map<string, string>>();
   private readonly usedNames = new Set<string>();
   /** Python names of compile-time values the constructor computes (kept only where used). */
   private readonly initScalars = new Set<string>();
@@ -372,6 +428,7 @@ class ComponentEmitter {
   ) {
     collectMembers(decl.body, this.members);
     collectNames(decl.body, this.usedNames);
+    this.rebound = boundTwice(decl.body);
   }
 
   private fail(span: Span, what: string): never {
@@ -381,7 +438,7 @@ class ComponentEmitter {
   /** The attribute a constructor parameter is kept under (not one a weight or child takes). */
   private configAttr(p: ParamDecl, kind: Kind): string {
     const n = pyName(p.name.name);
-    if (!this.members.has(p.name.name) && !["training", "forward"].includes(n)) return n;
+    if (!this.members.has(p.name.name) && !MODULE_ATTRIBUTES.has(n)) return n;
     return kind === "bool" ? `use_${n}` : `${n}_arg`;
   }
 
@@ -482,6 +539,8 @@ class ComponentEmitter {
         return initLines.some((o, j) => j > i && uses(o.replace(/^\s*\w+ = /, ""), m[1]!));
       }),
     );
+    for (const l of this.keepNames("self")) out.push(`        ${l}`);
+    if (!this.train) for (const l of this.e.modelInit(d)) out.push(`        ${l}`);
     out.push("");
     out.push(`    def forward(self${inputs.map((p) => `, ${pyName(p.name.name)}`).join("")}):`);
     const fwdLines: string[] = [];
@@ -564,11 +623,15 @@ class ComponentEmitter {
             if (x.kind === "Ellipsis") this.fail(x.span, "a weight with `...` dims");
             return this.expr(x, initEnv).py;
           });
-          const dtype = s.type.name.name;
-          if (dtype !== "f32") this.fail(s.span, `a ${dtype} weight`);
+          const dtype = TORCH_DTYPES[s.type.name.name];
+          if (!dtype) return this.fail(s.span, `a ${s.type.name.name} weight`);
           const shape = dims.join(", ");
           const py = `${owner}.${this.attr(s.name)}`;
-          init.push(`${py} = nn.Parameter(${this.initializer(s.init, shape, initEnv)})`);
+          let value = this.initializer(s.init, shape, initEnv);
+          if (dtype !== "torch.float32") value = `(${value}).to(${dtype})`;
+          // Only floating-point tensors take gradients: an integer or bool weight is data.
+          const floating = ["torch.float32", "torch.float16", "torch.bfloat16"].includes(dtype);
+          init.push(`${py} = nn.Parameter(${value}${floating ? "" : ", requires_grad=False"})`);
           const b: Binding = { py, kind: "tensor" };
           initEnv.set(s.name.name, b);
           fwdEnv.set(s.name.name, b);
@@ -580,10 +643,33 @@ class ComponentEmitter {
             init.push(`self.optimizer_config = ${this.optimizerConfig(s.value, initEnv)}`);
             break;
           }
+          const shared = frozenName(s.value, initEnv);
+          if (shared) {
+            // `t = frozen base`: base itself is frozen (moec marks its weights so), t is base.
+            init.push(`${shared.py}.requires_grad_(False)`);
+            initEnv.set(name, shared);
+            fwdEnv.set(name, shared);
+            break;
+          }
           if (this.isConstruction(s.value, initEnv)) {
-            const py = `${owner}.${this.attr(s.target)}`;
+            const attr = `${owner}.${this.attr(s.target)}`;
             const made = this.construct(s.value, initEnv);
-            init.push(`${py} = ${made.py}`);
+            // A list of instances is an nn.ModuleList, so its weights are registered.
+            const value = made.kind === "list" ? `modules(${made.py})` : made.py;
+            let py = attr;
+            if (this.rebound.has(name)) {
+              // A name bound to several instances: moec keeps all their weights under the
+              // name, so one empty module there registers each one's; forward calls each
+              // instance (kept unregistered, in __dict__) where its binding is in force.
+              const key = `${owner}|${name}`;
+              const n = this.reboundCount.get(key) ?? 0;
+              this.reboundCount.set(key, n + 1);
+              if (n === 0) init.push(`${attr} = nn.Module()  # every instance bound to ${name}`);
+              let hidden = `${attr.slice(owner.length + 1)}_${n}`;
+              while (this.members.has(hidden)) hidden += "_";
+              init.push(`${owner}.__dict__[${JSON.stringify(hidden)}] = adopt(${attr}, ${value})`);
+              py = `${owner}.${hidden}`;
+            } else init.push(`${py} = ${value}`);
             const b: Binding = { ...made, py, made: s.value };
             initEnv.set(name, b);
             fwdEnv.set(name, b);
@@ -642,6 +728,7 @@ class ComponentEmitter {
             const list = `${owner}.${s.label ? this.attr(s.label) : label}`;
             iBody.push(`${item} = nn.Module()`);
             this.body(s.body, ie, fe, iBody, fBody, item);
+            iBody.push(...this.keepNames(item));
             iBody.push(`${list}.append(${item})`);
             init.push(`${list} = nn.ModuleList()`);
             init.push({ head: `for _ in range(${count}):`, body: iBody });
@@ -679,16 +766,25 @@ class ComponentEmitter {
   }
 
   /**
-   * A member's attribute name: the moe name itself, since it is the state_dict() key. A name
-   * Python or nn.Module takes (`lambda`, `type`, `eval`) cannot be one: an error, not a rename.
+   * A member's attribute name on `owner` (self, or a repeat's per-iteration module): the moe
+   * name, since it is the state_dict() key, or a Python-safe name recorded for `keep_names`.
    */
-  private attr(id: Ident): string {
-    if (MODULE_ATTRIBUTES.has(id.name) || PYTHON_KEYWORDS.has(id.name))
-      return this.fail(
-        id.span,
-        `a member named \`${id.name}\` (a Python keyword or nn.Module attribute)`,
-      );
-    return id.name;
+  private attr(id: Ident, owner = this.cur.owner): string {
+    const py = memberAttr(id.name, this.members);
+    if (py !== id.name) {
+      let renames = this.renames.get(owner);
+      if (!renames) this.renames.set(owner, (renames = new Map()));
+      renames.set(py, id.name);
+    }
+    return py;
+  }
+
+  /** `keep_names(owner, ...)` for the members of `owner` given Python-safe names, if any. */
+  private keepNames(owner: string): string[] {
+    const renames = this.renames.get(owner);
+    if (!renames?.size) return [];
+    const args = [...renames].map(([py, moe]) => `${py}=${JSON.stringify(moe)}`);
+    return [`keep_names(${owner}, ${args.join(", ")})  # state_dict() keys keep moec's names`];
   }
 
   /** The loop variable over a repeat's instances: `blocks` → `block`, not a name in use. */
@@ -837,12 +933,12 @@ class ComponentEmitter {
     perTask?: string,
   ): { py: string; kind: Kind; decl?: ComponentDecl; perTask?: boolean } {
     let basePy: string;
-    let made: Expr;
+    let made: Expr | undefined;
     let decl: ComponentDecl | undefined;
     let owns = false;
     if (e.base.kind === "NameExpr") {
       const base = env.get(e.base.name.name);
-      if (!base || base.kind !== "instance" || base.perTask || !base.made)
+      if (!base || base.kind !== "instance" || base.perTask)
         return this.fail(e.base.span, "an adapter on a base that is not an instance");
       basePy = base.py;
       made = base.made;
@@ -863,10 +959,11 @@ class ComponentEmitter {
     const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
     const g = callee ? this.e.global(this.file, callee) : undefined;
     if (g?.kind === "component" && g.decl.form !== "primitive" && !byTask) {
-      // A module adapter applies to the base's output: adapter(base(x)).
-      if (owns) return this.fail(e.base.span, `${callee} attached to a base made with it`);
+      // A module adapter applies to the base's output: adapter(base(x)). A base made here
+      // has its weights beside the adapter's (tuned.weight, tuned.down.weight), as moec names them.
       const adapter = this.construct(a, env, perTask);
-      return { py: `WithAdapter(${basePy}, ${adapter.py})`, kind: "instance", decl: adapter.decl };
+      const args = [basePy, adapter.py, ...(owns ? ["owns_base=True"] : [])];
+      return { py: `WithAdapter(${args.join(", ")})`, kind: "instance", decl };
     }
     if (
       g?.kind !== "component" ||
@@ -880,8 +977,9 @@ class ComponentEmitter {
       a.args,
     );
     if (bound.has("targets")) {
-      // PEFT's target_modules: the LoRAs go on the matching layers inside a base made here.
-      if (!owns || byTask) return this.fail(a.span, "LoRA with `targets` on this base");
+      // PEFT's target_modules: the LoRAs go on the matching layers inside the base, which a
+      // base made here owns; a shared base gets them only when applied through this binding.
+      if (byTask) return this.fail(a.span, "LoRA with `targets` and `per task`");
       const args = [basePy];
       for (const p of g.decl.params) {
         const v = bound.get(p.name.name);
@@ -890,10 +988,13 @@ class ComponentEmitter {
             `${p.name.name === "targets" ? "targets" : p.name.name}=${this.argValue(v, p.type, env, perTask)}`,
           );
       }
-      return { py: `lora_targets(${args.join(", ")})`, kind: "instance", decl };
+      if (this.e.mergeAdapters) args.push("merge=True");
+      const fn = owns ? "lora_targets" : "TargetedLoRA";
+      return { py: `${fn}(${args.join(", ")})`, kind: "instance", decl };
     }
-    const fin = this.portDim(made, env, "in");
-    const fout = this.portDim(made, env, "out");
+    // A base passed in as a `Module` parameter has no sizes here: LoRA reads them off it.
+    const fin = made ? this.portDim(made, env, "in") : "None";
+    const fout = made ? this.portDim(made, env, "out") : "None";
     if (fin === undefined || fout === undefined)
       return this.fail(e.base.span, "a LoRA base whose sizes are not known here");
     const args = [basePy, fin, fout];
@@ -903,6 +1004,8 @@ class ComponentEmitter {
     }
     if (owns) args.push("owns_base=True");
     if (byTask) args.push(`tasks=${this.taskSet}`);
+    // moec merges a LoRA into a Linear base; a per-task LoRA stays a delta per task.
+    else if (this.e.mergeAdapters) args.push("merge=True");
     return { py: `LoRA(${args.join(", ")})`, kind: "instance", decl, perTask: byTask };
   }
 
@@ -939,22 +1042,34 @@ class ComponentEmitter {
     const router = bound.get("router");
     const experts = bound.get("experts");
     if (!router || !experts) return this.fail(e.span, "an MoE without router or experts");
-    if (!this.isConstruction(router, env))
-      return this.fail(router.span, "a router bound elsewhere");
-    const routerCall = router.kind === "FrozenExpr" ? router.operand : router;
+    // A part bound to a name elsewhere (`r = TopK(2)`, `es = [FFN(d, d); 4]`) keeps its
+    // weights under that name: the layer is handed it without owning it.
+    const boundParts: string[] = [];
+    const part = (name: string, x: Expr): { py: string; kind: Kind; made: Expr } => {
+      const b = x.kind === "NameExpr" ? env.get(x.name.name) : undefined;
+      if (b?.made && (b.kind === "instance" || b.kind === "list") && !b.perTask) {
+        boundParts.push(name);
+        return { py: b.py, kind: b.kind, made: b.made };
+      }
+      if (!this.isConstruction(x, env)) return this.fail(x.span, `this MoE ${name}`);
+      return { ...this.construct(x, env, perTask), made: x };
+    };
+    const routerPart = part("router", router);
+    const routerCall =
+      routerPart.made.kind === "FrozenExpr" ? routerPart.made.operand : routerPart.made;
     const routerName =
       routerCall.kind === "CallExpr" && routerCall.callee.kind === "NameExpr"
         ? routerCall.callee.name.name
         : "?";
     if (!PRELUDE_ROUTERS.has(routerName)) return this.fail(router.span, `the ${routerName} router`);
-    const expertList = this.construct(experts, env, perTask);
+    const expertList = part("experts", experts);
     if (expertList.kind !== "list") return this.fail(experts.span, "experts that are not a list");
-    const parts = [`router=${this.construct(router, env, perTask).py}`, `experts=${expertList.py}`];
+    const parts = [`router=${routerPart.py}`, `experts=${expertList.py}`];
     const shared = bound.get("shared");
-    if (shared) parts.push(`shared=${this.construct(shared, env, perTask).py}`);
+    if (shared) parts.push(`shared=${part("shared", shared).py}`);
     const firstOf = (x: Expr | undefined): Expr | undefined =>
       x?.kind === "RepeatListExpr" ? x.element : x?.kind === "ListExpr" ? x.elements[0] : x;
-    let first = firstOf(experts);
+    let first = firstOf(expertList.made);
     if (first && (first.kind === "RepeatListExpr" || first.kind === "ListExpr")) {
       if (routerName !== "Grouped")
         return this.fail(experts.span, `groups of experts (a list of lists) under ${routerName}`);
@@ -966,6 +1081,10 @@ class ComponentEmitter {
       return this.fail(experts.span, "experts whose input size is not known here");
     parts.push(`d=${d}`);
     if (this.taskSet) parts.push(`tasks=${this.taskSet}`);
+    if (boundParts.length)
+      parts.push(
+        `bound=(${boundParts.map((p) => JSON.stringify(p)).join(", ")}${boundParts.length === 1 ? "," : ""})`,
+      );
     void calleeFile;
     // One argument a line: a layer's router and experts read as a table.
     return { py: `MoE(\n    ${parts.join(",\n    ")},\n)`, kind: "instance", decl: callee };
@@ -1040,7 +1159,7 @@ class ComponentEmitter {
             (s) => s.kind === "WeightDecl" && s.name.name === e.member.name,
           );
           return {
-            py: `${obj.py}.${this.attr(e.member)}`,
+            py: `${obj.py}.${decl ? memberAttr(e.member.name, membersOf(decl)) : e.member.name}`,
             kind: isWeight ? "tensor" : "instance",
           };
         }
@@ -1129,7 +1248,7 @@ class ComponentEmitter {
     if (this.isConstruction(callee, env)) {
       // `LayerNorm(d)(x)`: an instance named after its type and position, as moec names it.
       const made = this.construct(callee, env);
-      if (made.kind !== "instance" || made.perTask)
+      if (made.kind !== "instance")
         return this.fail(callee.span, "this construction applied in one expression");
       const { init, owner } = this.cur;
       const type = snakeCase(made.decl?.name.name ?? "module");
@@ -1310,6 +1429,41 @@ function constructs(node: unknown, name: string): boolean {
   return Object.entries(o).some(([k, v]) => k !== "span" && constructs(v, name));
 }
 
+/**
+ * Names a body binds more than once to a construction (a call of a component, `frozen`,
+ * `per task`, `with`, a list of them), in one block of statements or its branches and loops.
+ */
+function boundTwice(stmts: readonly Stmt[]): Set<string> {
+  const makes = (e: Expr): boolean =>
+    (e.kind === "CallExpr" && e.callee.kind === "NameExpr") ||
+    ((e.kind === "FrozenExpr" || e.kind === "PerTaskExpr") && makes(e.operand)) ||
+    e.kind === "WithExpr" ||
+    e.kind === "RepeatListExpr" ||
+    (e.kind === "ListExpr" && e.elements.length > 0 && e.elements.every(makes));
+  // Bindings per name along one path through the body: one branch of an `if` or the other.
+  const count = (body: readonly Stmt[], counts: Map<string, number>): Map<string, number> => {
+    for (const s of body) {
+      if (s.kind === "Binding" && makes(s.value))
+        counts.set(s.target.name, (counts.get(s.target.name) ?? 0) + 1);
+      else if (s.kind === "IfStmt") {
+        const a = count(s.then, new Map(counts));
+        const b = count(s.else ?? [], new Map(counts));
+        for (const k of new Set([...a.keys(), ...b.keys()]))
+          counts.set(k, Math.max(a.get(k) ?? 0, b.get(k) ?? 0));
+      } else if (s.kind === "RepeatStmt") count(s.body, counts);
+    }
+    return counts;
+  };
+  return new Set([...count(stmts, new Map())].filter(([, n]) => n > 1).map(([k]) => k));
+}
+
+/** `frozen name` of an instance bound elsewhere: that binding. */
+function frozenName(e: Expr, env: Map<string, Binding>): Binding | undefined {
+  if (e.kind !== "FrozenExpr" || e.operand.kind !== "NameExpr") return undefined;
+  const b = env.get(e.operand.name.name);
+  return b?.kind === "instance" ? b : undefined;
+}
+
 /** Whether an expression constructs an instance and applies it at once (`LayerNorm(d)(x)`). */
 function appliesConstruction(node: unknown): boolean {
   if (Array.isArray(node)) return node.some(appliesConstruction);
@@ -1317,6 +1471,13 @@ function appliesConstruction(node: unknown): boolean {
   const o = node as Record<string, unknown>;
   if (o.kind === "CallExpr" && (o.callee as { kind: string }).kind === "CallExpr") return true;
   return Object.entries(o).some(([k, v]) => k !== "span" && appliesConstruction(v));
+}
+
+/** The members of a component (names bound to instances or weights: its attributes). */
+function membersOf(decl: ComponentDecl): Set<string> {
+  const out = new Set<string>();
+  collectMembers(decl.body, out);
+  return out;
 }
 
 /** Names bound to instances or weights anywhere in a body (they are attributes). */

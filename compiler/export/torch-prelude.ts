@@ -61,6 +61,46 @@ except ImportError:
             f.write(struct.pack("<Q", len(text)) + text + b"".join(chunks))
 
 
+# ----------------------------------------------------------------------------- names
+
+
+def keep_names(module, **renames):
+    """Members whose moec name Python or nn.Module takes (eval, type, lambda) live under another
+    attribute (eval_); state_dict() and load_state_dict() still use the moec name, so the keys
+    are moec's. renames: attribute -> moec name."""
+    names = module.__dict__.setdefault("_moec_names", {})
+    if not names:
+        module._register_state_dict_hook(_names_to_moec)
+        module._register_load_state_dict_pre_hook(lambda state, prefix, *_: _names_from_moec(module, state, prefix))
+    names.update(renames)
+
+
+def submodule(module, path):
+    """The submodule at a moec path (state_dict()'s names, renamed attributes included)."""
+    for name in path.split("."):
+        attrs = {moe: py for py, moe in module.__dict__.get("_moec_names", {}).items()}
+        module = getattr(module, attrs.get(name, name))
+    return module
+
+
+def _rename_keys(state, prefix, names):
+    items = list(state.items())
+    state.clear()
+    for k, v in items:
+        if k.startswith(prefix):
+            head, dot, rest = k[len(prefix):].partition(".")
+            k = prefix + names.get(head, head) + dot + rest
+        state[k] = v
+
+
+def _names_to_moec(module, state, prefix, local_metadata):
+    _rename_keys(state, prefix, module._moec_names)
+
+
+def _names_from_moec(module, state, prefix):
+    _rename_keys(state, prefix, {moe: py for py, moe in module._moec_names.items()})
+
+
 # ----------------------------------------------------------------------------- builtins
 
 
@@ -207,14 +247,21 @@ class LoRA(nn.Module):
     task's; task id -1 (no task) gets the base alone."""
 
     def __init__(self, base, in_features, out_features, r=8, alpha=8.0, dropout=0.0,
-                 owns_base=False, tasks=None):
+                 owns_base=False, tasks=None, merge=False):
         super().__init__()
+        self.merge = merge  # moec export --merge-adapters: one matmul by W + (alpha / r)·B·A
+        if in_features is None or out_features is None:  # a base handed in: its own sizes
+            if not (hasattr(base, "in_features") and hasattr(base, "out_features")):
+                raise ValueError(f"LoRA on a {type(base).__name__} handed in: its sizes are unknown (Linear layers only)")
+            in_features, out_features = base.in_features, base.out_features
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         if owns_base:
             for n, p in base._parameters.items():
                 self.register_parameter(n, p)
             for n, m in base._modules.items():
                 self.add_module(n, m)
+            if base.__dict__.get("_moec_names"):
+                keep_names(self, **base._moec_names)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.tasks = tuple(tasks) if tasks is not None else None
         for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
@@ -230,6 +277,8 @@ class LoRA(nn.Module):
         return m
 
     def forward(self, x, task=None):
+        if self.merge and self.tasks is None and _is_linear(self.base):
+            return _merged_linear(self.base, self.lora_A, self.lora_B, self.scaling, x)
         y = self.base(x)
         if self.tasks is None:
             return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
@@ -243,28 +292,55 @@ class LoRA(nn.Module):
         return y
 
 
+def _is_linear(module):
+    """Whether a layer is y = x·Wᵀ (+ b), the base moec --merge-adapters merges a LoRA into."""
+    return hasattr(module, "in_features") and isinstance(module._parameters.get("weight"), torch.Tensor)
+
+
+def _merged_linear(base, lora_A, lora_B, scaling, x):
+    """x·(W + scaling·B·A)ᵀ (+ b): a LoRA merged into its Linear base."""
+    y = x @ (base.weight + (lora_B.weight @ lora_A.weight) * scaling).t()
+    bias = base._parameters.get("bias")
+    return y if bias is None else y + bias
+
+
+def modules(items):
+    """A list of instances (lists of lists for groups of experts) as nested nn.ModuleLists."""
+    return nn.ModuleList(modules(i) if isinstance(i, (list, tuple)) else i for i in items)
+
+
+def adopt(owner, part):
+    """Registers part's weights and layers on owner too, so owner's state_dict() names them
+    (moec keeps a name's weights under it when the name is bound again). Returns part."""
+    for n, p in part._parameters.items():
+        owner.register_parameter(n, p)
+    for n, m in part._modules.items():
+        owner.add_module(n, m)
+    if part.__dict__.get("_moec_names"):
+        keep_names(owner, **part._moec_names)
+    return part
+
+
 class WithAdapter(nn.Module):
-    """base with a module adapter (a Bottleneck, ...): adapter(base(x)). The base is shared
-    (its weights keep the name of the binding that made it); the adapter's weights are this
+    """base with a module adapter (a Bottleneck, ...): adapter(base(x)). A base bound elsewhere
+    is shared (its weights keep the name of the binding that made it); one made with the
+    adapter (owns_base) has its weights beside the adapter's. The adapter's weights are this
     module's (tuned.down.weight)."""
 
-    def __init__(self, base, adapter):
+    def __init__(self, base, adapter, owns_base=False):
         super().__init__()
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         self.__dict__["adapter"] = adapter
-        for n, p in adapter._parameters.items():
-            self.register_parameter(n, p)
-        for n, m in adapter._modules.items():
-            self.add_module(n, m)
+        for part in [base, adapter] if owns_base else [adapter]:
+            adopt(self, part)
 
     def forward(self, x):
         return self.adapter(self.base(x))
 
 
-def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
-    """LoRA on every layer inside base whose path ends with one of the patterns ("*" is any
-    one name), as PEFT's target_modules: each becomes a LoRA owning it, its weights beside
-    the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
+def _lora_targets(base, targets):
+    """The layers inside base whose moec path (below base) ends with one of the patterns ("*"
+    is any one name), as PEFT's target_modules: (path, owner, attribute, layer) each."""
 
     def matches(path):
         parts = path.split(".")
@@ -274,15 +350,64 @@ def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0):
                 return True
         return False
 
-    for path, module in list(base.named_modules()):
-        if not path or not matches(path):
+    def walk(module, prefix):
+        names = module.__dict__.get("_moec_names", {})
+        for attr, child in module._modules.items():
+            if child is None:
+                continue
+            path = prefix + names.get(attr, attr)
+            yield path, module, attr, child
+            yield from walk(child, path + ".")
+
+    found = []
+    for path, owner, attr, module in walk(base, ""):
+        if not matches(path):
             continue
         if not (hasattr(module, "in_features") and hasattr(module, "out_features")):
             raise ValueError(f"LoRA target {path}: the exported module puts LoRA on Linear layers only")
-        parent, _, name = path.rpartition(".")
-        owner = base.get_submodule(parent) if parent else base
-        setattr(owner, name, LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True))
+        found.append((path, owner, attr, module))
+    return found
+
+
+def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
+    """LoRA on every layer inside base (made with it) that a target names: each becomes a LoRA
+    owning it, its weights beside the LoRA's (attn.q.weight, attn.q.lora_A.weight). Returns base."""
+    for path, owner, attr, module in _lora_targets(base, targets):
+        lora = LoRA(module, module.in_features, module.out_features, r, alpha, dropout, owns_base=True, merge=merge)
+        setattr(owner, attr, lora)
     return base
+
+
+class TargetedLoRA(nn.Module):
+    """LoRA with targets on a base bound elsewhere: the pairs sit in the base's targeted layers
+    (ffn.up.lora_A.weight, as moec names them) and act only while the base runs through this
+    module; the base applied by its own name stays the base. No weights of its own."""
+
+    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
+        super().__init__()
+        self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
+        self.scaling, self.active, self.merge = alpha / r, False, merge
+        self.lora_dropout = nn.Dropout(dropout)
+        for path, owner, attr, module in _lora_targets(base, targets):
+            module.lora_A = nn.Linear(module.in_features, r, bias=False)
+            module.lora_B = nn.Linear(r, module.out_features, bias=False)
+            nn.init.kaiming_uniform_(module.lora_A.weight, a=math.sqrt(5))
+            nn.init.zeros_(module.lora_B.weight)
+            module.register_forward_hook(self._delta)
+
+    def _delta(self, module, args, y):
+        if not self.active:
+            return None
+        if self.merge:
+            return _merged_linear(module, module.lora_A, module.lora_B, self.scaling, args[0])
+        return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * self.scaling
+
+    def forward(self, *args):
+        self.active = True
+        try:
+            return self.base(*args)
+        finally:
+            self.active = False
 
 
 # ----------------------------------------------------------------------------- routing
@@ -517,18 +642,25 @@ class MoE(nn.Module):
     """A mixture-of-experts layer: router, experts (an nn.ModuleList) and shared experts that
     see every token. Its last auxiliary losses (balance, z) are in self.aux after forward."""
 
-    def __init__(self, router, experts, shared=(), d=None, tasks=()):
+    def __init__(self, router, experts, shared=(), d=None, tasks=(), bound=()):
         super().__init__()
-        grouped = len(experts) > 0 and isinstance(experts[0], (list, tuple))
-        if grouped:  # groups of experts: experts.<group>.<expert>
-            self.experts = nn.ModuleList(nn.ModuleList(g) for g in experts)
-            self.leaves = [e for g in self.experts for e in g]
+        grouped = len(experts) > 0 and isinstance(experts[0], (list, tuple, nn.ModuleList))
+        # Parts bound to names elsewhere (bound: "router", "experts", "shared") keep their
+        # weights under those names, so this layer holds them without registering them again.
+        def own(name, module):
+            if name in bound:
+                self.__dict__[name] = module  # held, not registered: no second state_dict() copy
+            else:
+                setattr(self, name, module)
+
+        if grouped:
+            own("experts", nn.ModuleList(nn.ModuleList(g) for g in experts))
         else:
-            self.experts = nn.ModuleList(experts)
-            self.leaves = list(self.experts)
+            own("experts", nn.ModuleList(experts))
+        self.leaves = [e for g in self.experts for e in g] if grouped else list(self.experts)
         if shared:
-            self.shared = nn.ModuleList(shared)
-        self.router = router
+            own("shared", nn.ModuleList(shared))
+        own("router", router)
         if grouped:
             router.build(d, len(self.leaves), tuple(tasks), [len(g) for g in experts])
         else:

@@ -202,7 +202,9 @@ export class Lowering implements LoweringHooks {
       shape,
       trainable,
       init ?? "normal(0.02)",
-      t.dtype === "i32" ? "i32" : "f32",
+      // As inputs lower: every integer dtype is i32 in the IR (an i64 weight added to an
+      // i64 input was an f32 beside an i32, and its safetensors had to be F32).
+      t.dtype === "i32" || t.dtype === "i64" ? "i32" : "f32",
     );
   }
 

@@ -318,6 +318,56 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
     );
   });
 
+  it("integer weights lower as i32 like integer inputs (i64 included)", () => {
+    const m = lowerInline(
+      `model M() { in x: i64[N, 4]  out y: i64[N, 4]  out z: i32[4]  param a: i64[4] = ones
+  param b: i32[4]
+  y = x + a
+  z = b * 2 }`,
+      { N: 2 },
+    );
+    const dtypes = m.graph.nodes.flatMap((n) => (n.op === "param" ? [[n.name, n.dtype]] : []));
+    expect(dtypes).toEqual([
+      ["a", "i32"],
+      ["b", "i32"],
+    ]);
+  });
+
+  it("LoRA targets on a base bound elsewhere: the base's names; the base alone has no LoRA", () => {
+    const m = lowerInline(
+      `import std.nn { FFN }
+import std.adapt { LoRA }
+model M() { in x: f32[N, 4]  out y: f32[N, 4]  out z: f32[N, 4]
+  ffn = FFN(4, 6)
+  tuned = ffn with LoRA(r: 2, targets: ["up"])
+  y = tuned(x)
+  z = ffn(x) }`,
+      { N: 3 },
+    );
+    const names = m.graph.nodes.flatMap((n) => (n.op === "param" ? [n.name] : [])).sort();
+    // As `moec params` names them: the LoRA sits on ffn.up, and nothing is named tuned.*.
+    expect(names).toEqual([
+      "ffn.down.bias",
+      "ffn.down.weight",
+      "ffn.up.bias",
+      "ffn.up.lora_A.weight",
+      "ffn.up.lora_B.weight",
+      "ffn.up.weight",
+    ]);
+    const l = leaves(m);
+    const run = () => interpret(m.graph, l).outputs;
+    const before = run();
+    const diff = (a: ArrayLike<number>, b: ArrayLike<number>) =>
+      Math.max(...Array.from(a, (v, i) => Math.abs(v - b[i]!)));
+    expect(diff(before.get("y")!.data, before.get("z")!.data)).toBeGreaterThan(1e-3);
+    // With lora_B zero the adapted base is the base: y = z.
+    const b = l.get("ffn.up.lora_B.weight")!;
+    l.set("ffn.up.lora_B.weight", { shape: b.shape, data: new Float64Array(b.data.length) });
+    const after = run();
+    expectClose(after.get("y")!.data, after.get("z")!.data);
+    expectClose(after.get("z")!.data, before.get("z")!.data);
+  });
+
   it("--merge-adapters: LoRA on a Linear folds into the weight; both forms agree", () => {
     const source = `import std.nn { Linear, FFN }
 import std.adapt { LoRA }

@@ -71,26 +71,4 @@ describe("moec export --format torch", () => {
     expect(fs.readdirSync(dir)).toEqual([]);
     fs.rmSync(dir, { recursive: true });
   });
-
-  it("refuses a member Python or nn.Module would shadow, rather than renaming its weights", () => {
-    const dir = tmp();
-    const out = path.join(dir, "model.py");
-    const r = moec([
-      "export",
-      "test/export/fixtures/unsupported.moe",
-      "--model",
-      "Shadowed",
-      "--format",
-      "torch",
-      "-o",
-      out,
-    ]);
-    expect(r.code).toBe(1);
-    expect(r.stderr.trim().split("\n")).toHaveLength(1);
-    expect(r.stderr).toMatch(
-      /unsupported\.moe:18:3: a member named `eval` \(a Python keyword or nn\.Module attribute\)/,
-    );
-    expect(fs.readdirSync(dir)).toEqual([]);
-    fs.rmSync(dir, { recursive: true });
-  });
 });

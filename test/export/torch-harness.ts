@@ -12,6 +12,7 @@ import { exportTorch } from "../../cli/export-torch.js";
 import { MOEC_VERSION } from "../../cli/export-format.js";
 import { parseOverride } from "../../cli/params-command.js";
 import {
+  type SafetensorsDtype,
   type TensorToWrite,
   readSafetensorsFile,
   writeSafetensorsFile,
@@ -29,6 +30,17 @@ export function findTorchPython(): { python?: string; why: string } {
   return { why: "no python3 that imports torch (scripts/setup.sh installs python3-torch)" };
 }
 
+/** A moec dtype's safetensors name (task ids are i32). */
+const SAFETENSORS_DTYPES: Record<string, SafetensorsDtype> = {
+  f32: "F32",
+  f16: "F16",
+  bf16: "BF16",
+  i32: "I32",
+  i64: "I64",
+  bool: "BOOL",
+  task: "I32",
+};
+
 export interface TorchCase {
   /** Unique label (also the work folder's name). */
   name: string;
@@ -43,6 +55,9 @@ export interface TorchCase {
   noTask?: boolean;
   /** Scale of the random weights (default 0.5). */
   scale?: number;
+  /** `--merge-adapters` and `--pin-groups`, given to the export and to `moec run` alike. */
+  mergeAdapters?: boolean;
+  pinGroups?: string[];
 }
 
 export interface TorchResult {
@@ -64,6 +79,8 @@ const PY_SCRIPT = String.raw`
 import importlib.util, json, sys, traceback
 import torch
 torch.manual_seed(0)
+TORCH_DTYPES = {"f32": "torch.float32", "f16": "torch.float16", "bf16": "torch.bfloat16",
+                "i32": "torch.int32", "i64": "torch.int64", "bool": "torch.bool"}
 cases = json.load(open(sys.argv[1]))
 results = []
 for c in cases:
@@ -74,7 +91,8 @@ for c in cases:
         spec.loader.exec_module(mod)
         model = getattr(mod, c["cls"])()
         got = {k: [list(v.shape), str(v.dtype)] for k, v in model.state_dict().items()}
-        want = {p["name"]: [p["shape"], "torch.float32"] for p in c["params"]}
+        dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+        want = {p["name"]: [p["shape"], TORCH_DTYPES[p["dtype"]]] for p in c["params"]}
         r["keysMatch"] = got == want
         if got != want:
             r["keysDiff"] = json.dumps({"extra": sorted(set(got) - set(want))[:5], "missing": sorted(set(want) - set(got))[:5],
@@ -91,15 +109,18 @@ for c in cases:
                     if isinstance(m, mod.MoE) and m.aux}
         for k, v in out.items():
             e = ref[k].double()
-            r["relL2"][k] = float((v - e).norm() / max(e.norm(), 1e-30))
-        # Round trip: change every weight in torch, save, and let moec run the saved file.
+            r["relL2"][k] = float((v.double() - e).norm() / max(e.norm(), 1e-30))
+        # Round trip: change every floating weight in torch (rounded to its own dtype, as the
+        # saved file holds it), save, and let moec run the saved file.
         with torch.no_grad():
-            for p in model.parameters():
-                p.mul_(1.25).add_(0.01)
+            for k, v in model.state_dict().items():
+                if v.is_floating_point():
+                    v.mul_(1.25).add_(0.01)
+                    v.copy_(v.to(dtypes[k]))
             out2 = model(**inputs)
         if not isinstance(out2, dict):
             out2 = {c["outputs"][0]: out2}
-        mod.save_file({k: v.float().contiguous() for k, v in model.state_dict().items()}, c["dir"] + "/roundtrip.safetensors")
+        mod.save_file({k: v.to(dtypes[k]).contiguous() for k, v in model.state_dict().items()}, c["dir"] + "/roundtrip.safetensors")
         mod.save_file({k: v.float().contiguous() for k, v in out2.items()}, c["dir"] + "/torch-out.safetensors")
     except Exception:
         r["error"] = traceback.format_exc()[-2000:]
@@ -115,6 +136,8 @@ function runArgs(c: TorchCase, dir: string, weights: string, out: string): strin
     "reference",
     ...(c.model ? ["--model", c.model] : []),
     ...(c.set ?? []).flatMap((s) => ["--set", s]),
+    ...(c.mergeAdapters ? ["--merge-adapters"] : []),
+    ...(c.pinGroups ?? []).flatMap((p) => ["--pin-groups", p]),
     ...Object.entries(c.dims).flatMap(([k, v]) => ["--dim", `${k}=${v}`]),
     "--weights",
     path.join(dir, weights),
@@ -134,7 +157,7 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
     c: TorchCase;
     dir: string;
     cls: string;
-    params: { name: string; shape: number[] }[];
+    params: { name: string; shape: number[]; dtype: string }[];
     outputs: string[];
   }[] = [];
   for (const c of cases) {
@@ -152,8 +175,16 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
     const weights = new Map(
       params.map((p) => {
         const n = p.shape.reduce((a, b) => a * b, 1);
-        const data = Float32Array.from({ length: n }, () => (rand() * 2 - 1) * scale);
-        return [p.name, { dtype: "F32" as const, shape: p.shape, data }];
+        const dtype = SAFETENSORS_DTYPES[p.dtype]!;
+        // Integer weights: small values; bool: 0 or 1; floating: uniform in ±scale.
+        const data = Float64Array.from({ length: n }, () =>
+          dtype === "BOOL"
+            ? Number(rand() < 0.5)
+            : dtype === "I32" || dtype === "I64"
+              ? Math.floor(rand() * 7) - 3
+              : (rand() * 2 - 1) * scale,
+        );
+        return [p.name, { dtype, shape: p.shape, data }];
       }),
     );
     writeSafetensorsFile(path.join(dir, "weights.safetensors"), weights);
@@ -166,26 +197,23 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
           return v;
         });
         const n = shape.reduce((a, b) => a * b, 1);
-        if (port.type.dtype === "f32")
+        const dtype = SAFETENSORS_DTYPES[port.type.dtype] ?? "I32";
+        if (dtype === "F32" || dtype === "F16" || dtype === "BF16")
           return [
             port.name,
-            {
-              dtype: "F32" as const,
-              shape,
-              data: Float32Array.from({ length: n }, () => rand() * 2 - 1),
-            },
+            { dtype, shape, data: Float64Array.from({ length: n }, () => rand() * 2 - 1) },
           ];
         const set = model.tasks.find((t) => t.set === port.type.taskSet);
         const hi = set ? set.members.length : (c.ids?.[port.name] ?? 4);
         const lo = set && c.noTask ? -1 : 0;
         const data = Int32Array.from({ length: n }, () => lo + Math.floor(rand() * (hi - lo)));
-        return [port.name, { dtype: "I32" as const, shape, data }];
+        return [port.name, { dtype, shape, data }];
       }),
     );
     writeSafetensorsFile(path.join(dir, "inputs.safetensors"), inputs);
     const files = await exportTorch(
       file,
-      { model: c.model, set: c.set },
+      { model: c.model, set: c.set, mergeAdapters: c.mergeAdapters, pinGroups: c.pinGroups },
       () => path.join(dir, "model.py"),
       (m) => ({ source: c.file, model: m, version: MOEC_VERSION }),
     );
@@ -196,7 +224,7 @@ export async function runTorchCases(python: string, cases: TorchCase[]): Promise
       c,
       dir,
       cls: model.name,
-      params: params.map((p) => ({ name: p.name, shape: p.shape })),
+      params: params.map((p) => ({ name: p.name, shape: p.shape, dtype: p.dtype })),
       outputs: (model.root?.outputs ?? []).map((o) => o.name),
     });
   }
