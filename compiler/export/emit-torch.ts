@@ -502,8 +502,10 @@ class ComponentEmitter {
       out.push(
         "",
         "    def configure_optimizer(self):",
-        '        """AdamW as the program configures it (weight decay on matrices that are not lookup',
-        '        tables); clip the gradient norm to self.optimizer_config["max_norm"] before each step."""',
+        '        """AdamW as the program configures it: weight decay on matrices that are not lookup',
+        "        tables, its parameter groups as torch param groups (train_step keeps the rows a group",
+        '        does not train); clip the gradient norm to self.optimizer_config["max_norm"] before',
+        '        each step."""',
         "        return adamw(self, **self.optimizer_config)",
       );
     return out.join("\n") + "\n";
@@ -672,10 +674,38 @@ class ComponentEmitter {
       const d = v ?? p.default;
       return d ? this.expr(d, env, p.type).py : "None";
     };
-    const groups = bound.get("groups");
-    if (groups && !(groups.kind === "ListExpr" && groups.elements.length === 0))
-      return this.fail(groups.span, "AdamW parameter groups");
-    return `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")})`;
+    const groups = this.paramGroups(bound.get("groups"), env);
+    const config = `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")}`;
+    if (groups.length === 0) return `${config})`;
+    return `${config}, groups=[\n${groups.map((g) => `    ${g},\n`).join("")}])`;
+  }
+
+  /**
+   * AdamW's `groups: [Group(...), ...]` as std.optim's Group in dicts, one per group, with
+   * the arguments written (the prelude's adamw() applies Group's defaults and resolves the
+   * patterns against the module's parameter names, as the train lowering does).
+   */
+  private paramGroups(e: Expr | undefined, env: Map<string, Binding>): string[] {
+    if (e === undefined) return [];
+    if (e.kind !== "ListExpr")
+      return this.fail(e.span, "AdamW groups that are not a list of Group(...)");
+    return e.elements.map((item) => {
+      const g =
+        item.kind === "CallExpr" && item.callee.kind === "NameExpr"
+          ? this.e.global(this.file, item.callee.name.name)
+          : undefined;
+      if (item.kind !== "CallExpr" || g?.kind !== "component" || g.decl.name.name !== "Group")
+        return this.fail(item.span, "a parameter group that is not written as Group(...)");
+      const bound = bindArgs(
+        g.decl.params.map((p) => ({ name: p.name.name })),
+        item.args,
+      );
+      const fields = g.decl.params.flatMap((p) => {
+        const v = bound.get(p.name.name);
+        return v ? [`${p.name.name}=${this.expr(v, env, p.type).py}`] : [];
+      });
+      return `dict(${fields.join(", ")})`;
+    });
   }
 
   /**
@@ -1264,8 +1294,7 @@ class ComponentEmitter {
         return t(`cross_entropy(${[x.py, arg("labels")!.py, ...extra].join(", ")})`);
       }
       case "distill": {
-        if (bound.has("labels")) return this.fail(e.span, "`distill` with labels");
-        const extra = ["temperature", "weights"].flatMap((n) =>
+        const extra = ["temperature", "weights", "labels"].flatMap((n) =>
           bound.has(n) ? [`${n}=${arg(n)!.py}`] : [],
         );
         return t(`distill(${[x.py, arg("teachers")!.py, ...extra].join(", ")})`);
