@@ -228,11 +228,18 @@ export class TorchEmitter {
   emit(input: TorchExportInput): string {
     const { model, overrides } = input;
     const name = this.classFor(model.decl, model.file, overrides);
-    // The file's train programs that train this model: a class each (loss + optimizer), or
-    // a comment saying why one is not exported.
+    // The file's train programs that train this model, or no model of the file (they train
+    // its blocks, as gpt2.moe's LM): a class each (loss + optimizer), or a comment saying why
+    // one is not exported.
     const skipped: string[] = [];
-    for (const item of this.program.scopes.get(model.file)?.module.ast.items ?? []) {
-      if (item.kind !== "TrainDecl" || !constructs(item.body, model.decl.name.name)) continue;
+    const items = this.program.scopes.get(model.file)?.module.ast.items ?? [];
+    const models = items.flatMap((i) =>
+      i.kind === "ComponentDecl" && i.form === "model" ? [i.name.name] : [],
+    );
+    for (const item of items) {
+      if (item.kind !== "TrainDecl") continue;
+      const trained = models.filter((m) => constructs(item.body, m));
+      if (trained.length > 0 && !trained.includes(model.decl.name.name)) continue;
       const before = this.classText.length;
       const known = new Set(this.classes.keys());
       try {

@@ -16,6 +16,8 @@ import { parseOverride } from "../../cli/params-command.js";
 import { ADAMW_STEP_INPUT } from "../../compiler/library/optim/adamw.js";
 import { NOISE_KEY_INPUT } from "../../compiler/lower/lower-train.js";
 import { analyze, assembleTrain, lowerTrain, nodeFileSystem } from "../../compiler/pipeline.js";
+import { listModels } from "../../compiler/check/elaborate-model.js";
+import { listTrainPrograms } from "../../compiler/lower/lower-train.js";
 import type { HostTensor } from "../../compiler/ir/float64.js";
 import { interpret } from "../../runtime/reference/interpret.js";
 import {
@@ -109,6 +111,16 @@ const CASES: TrainCase[] = [
     set: ["d=16", "heads=2", "vocab=12"],
     dims: { B: 3, T: 4 },
     ids: { tokens: 12, nli_labels: 3, qa_start: 4 },
+  },
+  {
+    // A program that trains a block (GPT2), no model: exported with each model of its file.
+    name: "gpt2",
+    file: "examples/gpt2.moe",
+    program: "LM",
+    model: "GPT2Mini",
+    set: ["layers=1", "d=16", "heads=2", "vocab=12"],
+    dims: { B: 2, T: 4 },
+    ids: { tokens: 12, targets: 12 },
   },
   {
     // lr_scale 10 on the adapters, and only the new task tokens' rows of the (tied) embedding.
@@ -318,4 +330,41 @@ describe.skipIf(!found.python)("moec export --format torch: train programs", () 
     });
     fs.rmSync(work, { recursive: true, force: true });
   }, 600_000);
+});
+
+describe("moec export --format torch: every shipped train program", () => {
+  const files = ["examples", "examples/repro"].flatMap((d) =>
+    fs
+      .readdirSync(path.join(root, d))
+      .filter((f) => f.endsWith(".moe"))
+      .map((f) => `${d}/${f}`),
+  );
+
+  it.each(files)("%s: each model's module exports its train programs", async (rel) => {
+    const file = path.join(root, rel);
+    const analysis = analyze([file], nodeFileSystem());
+    const models = listModels(analysis.program, [file]).map((m) => m.decl.name.name);
+    const programs = listTrainPrograms(analysis.program, file).map((t) => t.decl.name.name);
+    expect(models.length).toBeGreaterThan(0);
+    const classes = new Set<string>();
+    for (const model of models) {
+      const [out] = await exportTorch(
+        file,
+        { model },
+        () => "/dev/null",
+        (m) => ({ source: rel, model: m, version: "test" }),
+      );
+      const text = out!.data as string;
+      expect(text.match(/^# train .*not exported.*$/m)?.[0], `${rel} --model ${model}`).toBe(
+        undefined,
+      );
+      for (const m of text.matchAll(/^class (\w+)\(nn\.Module\):/gm)) classes.add(m[1]!);
+    }
+    // A program is a class of the module of some model it trains (renamed only with a `_`).
+    for (const p of programs)
+      expect(
+        [...classes].some((c) => c.replace(/_+$/, "") === p),
+        `${rel}: ${p}`,
+      ).toBe(true);
+  });
 });
