@@ -78,6 +78,28 @@ train Fit(lr: Float = 1e-2) {
 }
 `;
 
+/** distill with per-example teacher weights, a tensor [B, K] the program computes. */
+const WEIGHTED_SOURCE = `import std.nn { Linear }
+import std.optim { AdamW }
+
+model Net(d: Dim = 6, classes: Int = 5) {
+  in x: f32[B, d]
+  out logits: f32[B, classes]
+  fc = Linear(d, classes)
+  logits = fc(x)
+}
+
+train Mix() {
+  in x: f32[B, 6]
+  in trust: f32[B, 2]
+  net = Net()
+  t1 = frozen Net()
+  t2 = frozen Net()
+  loss = distill(net(x), [t1(x), t2(x)], temperature: 2.0, weights: softmax(3.0 * trust))
+  optimizer = AdamW(lr: 1e-2)
+}
+`;
+
 const CASES: TrainCase[] = [
   {
     name: "tiny-transformer",
@@ -149,6 +171,14 @@ const CASES: TrainCase[] = [
     dims: { B: 5 },
     ids: { label: 4 },
     ignored: ["label"],
+  },
+  {
+    name: "distill-weighted",
+    file: "weighted.moe",
+    source: WEIGHTED_SOURCE,
+    program: "Mix",
+    dims: { B: 4 },
+    ids: {},
   },
   {
     name: "groups",
