@@ -589,6 +589,14 @@ class ComponentEmitter {
             init.push(`self.optimizer_config = ${this.optimizerConfig(s.value, initEnv)}`);
             break;
           }
+          const group = this.train ? this.paramGroup(s.value, initEnv) : undefined;
+          if (group !== undefined) {
+            // A parameter group bound by name: a dict the optimizer's groups list names.
+            const py = pyName(name);
+            init.push(`${py} = ${group}`);
+            initEnv.set(name, { py, kind: "record" });
+            break;
+          }
           if (this.isConstruction(s.value, initEnv)) {
             const py = `${owner}.${this.attr(s.target)}`;
             const made = this.construct(s.value, initEnv);
@@ -697,22 +705,30 @@ class ComponentEmitter {
     if (e.kind !== "ListExpr")
       return this.fail(e.span, "AdamW groups that are not a list of Group(...)");
     return e.elements.map((item) => {
-      const g =
-        item.kind === "CallExpr" && item.callee.kind === "NameExpr"
-          ? this.e.global(this.file, item.callee.name.name)
-          : undefined;
-      if (item.kind !== "CallExpr" || g?.kind !== "component" || g.decl.name.name !== "Group")
-        return this.fail(item.span, "a parameter group that is not written as Group(...)");
-      const bound = bindArgs(
-        g.decl.params.map((p) => ({ name: p.name.name })),
-        item.args,
+      const named = item.kind === "NameExpr" ? env.get(item.name.name) : undefined;
+      if (named?.kind === "record") return named.py;
+      return (
+        this.paramGroup(item, env) ??
+        this.fail(item.span, "a parameter group that is not written as Group(...)")
       );
-      const fields = g.decl.params.flatMap((p) => {
-        const v = bound.get(p.name.name);
-        return v ? [`${p.name.name}=${this.expr(v, env, p.type).py}`] : [];
-      });
-      return `dict(${fields.join(", ")})`;
     });
+  }
+
+  /** `Group(...)` as a dict of the arguments written; undefined for another expression. */
+  private paramGroup(e: Expr, env: Map<string, Binding>): string | undefined {
+    if (e.kind !== "CallExpr" || e.callee.kind !== "NameExpr") return undefined;
+    const g = this.e.global(this.file, e.callee.name.name);
+    if (g?.kind !== "component" || g.decl.form !== "primitive" || g.decl.name.name !== "Group")
+      return undefined;
+    const bound = bindArgs(
+      g.decl.params.map((p) => ({ name: p.name.name })),
+      e.args,
+    );
+    const fields = g.decl.params.flatMap((p) => {
+      const v = bound.get(p.name.name);
+      return v ? [`${p.name.name}=${this.expr(v, env, p.type).py}`] : [];
+    });
+    return `dict(${fields.join(", ")})`;
   }
 
   /**

@@ -49,7 +49,7 @@ interface TrainCase {
 /**
  * AdamW groups beyond the shipped examples': decay forced off on a matrix and on for a bias
  * and a lookup table, rows of a table with weight decay (which train_step must undo on the
- * other rows), and a parameter no group names (the defaults).
+ * other rows), a group bound to a name, and parameters no group names (the defaults).
  */
 const GROUPS_SOURCE = `import std.nn { Embedding, Linear, LayerNorm }
 import std.optim { AdamW, Group }
@@ -70,10 +70,11 @@ train Fit(lr: Float = 1e-2) {
   in labels: i32[B, T]
   net = Net()
   loss = cross_entropy(net(tokens), labels)
+  table = Group(params: ["embed.weight"], rows: [9, 2, 3, 2], decay: on, lr_scale: 0.5)
   optimizer = AdamW(lr: lr, weight_decay: 0.1, max_norm: 0.5, groups: [
     Group(params: ["hidden.weight"], decay: off, lr_scale: 3.0),
     Group(params: ["head.bias", "pos.weight"], decay: on),
-    Group(params: ["embed.weight"], rows: [9, 2, 3, 2], decay: on, lr_scale: 0.5),
+    table,
   ])
 }
 `;
