@@ -267,11 +267,18 @@ export class TorchEmitter {
     this.model = model.decl;
     this.pins = input.pins ?? new Map();
     const name = this.classFor(model.decl, model.file, overrides);
-    // The file's train programs that train this model: a class each (loss + optimizer), or
-    // a comment saying why one is not exported.
+    // The file's train programs that train this model, or no model of the file (they train
+    // its blocks, as gpt2.moe's LM): a class each (loss + optimizer), or a comment saying why
+    // one is not exported.
     const skipped: string[] = [];
-    for (const item of this.program.scopes.get(model.file)?.module.ast.items ?? []) {
-      if (item.kind !== "TrainDecl" || !constructs(item.body, model.decl.name.name)) continue;
+    const items = this.program.scopes.get(model.file)?.module.ast.items ?? [];
+    const models = items.flatMap((i) =>
+      i.kind === "ComponentDecl" && i.form === "model" ? [i.name.name] : [],
+    );
+    for (const item of items) {
+      if (item.kind !== "TrainDecl") continue;
+      const trained = models.filter((m) => constructs(item.body, m));
+      if (trained.length > 0 && !trained.includes(model.decl.name.name)) continue;
       const before = this.classText.length;
       const known = new Set(this.classes.keys());
       try {
@@ -561,8 +568,10 @@ class ComponentEmitter {
       out.push(
         "",
         "    def configure_optimizer(self):",
-        '        """AdamW as the program configures it (weight decay on matrices that are not lookup',
-        '        tables); clip the gradient norm to self.optimizer_config["max_norm"] before each step."""',
+        '        """AdamW as the program configures it: weight decay on matrices that are not lookup',
+        "        tables, its parameter groups as torch param groups (train_step keeps the rows a group",
+        '        does not train); clip the gradient norm to self.optimizer_config["max_norm"] before',
+        '        each step."""',
         "        return adamw(self, **self.optimizer_config)",
       );
     return out.join("\n") + "\n";
@@ -649,6 +658,14 @@ class ComponentEmitter {
             init.push(`${shared.py}.requires_grad_(False)`);
             initEnv.set(name, shared);
             fwdEnv.set(name, shared);
+            break;
+          }
+          const group = this.train ? this.paramGroup(s.value, initEnv) : undefined;
+          if (group !== undefined) {
+            // A parameter group bound by name: a dict the optimizer's groups list names.
+            const py = pyName(name);
+            init.push(`${py} = ${group}`);
+            initEnv.set(name, { py, kind: "record" });
             break;
           }
           if (this.isConstruction(s.value, initEnv)) {
@@ -759,10 +776,46 @@ class ComponentEmitter {
       const d = v ?? p.default;
       return d ? this.expr(d, env, p.type).py : "None";
     };
-    const groups = bound.get("groups");
-    if (groups && !(groups.kind === "ListExpr" && groups.elements.length === 0))
-      return this.fail(groups.span, "AdamW parameter groups");
-    return `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")})`;
+    const groups = this.paramGroups(bound.get("groups"), env);
+    const config = `dict(lr=${value("lr")}, betas=(${value("beta1")}, ${value("beta2")}), eps=${value("eps")}, weight_decay=${value("weight_decay")}, max_norm=${value("max_norm")}`;
+    if (groups.length === 0) return `${config})`;
+    return `${config}, groups=[\n${groups.map((g) => `    ${g},\n`).join("")}])`;
+  }
+
+  /**
+   * AdamW's `groups: [Group(...), ...]` as std.optim's Group in dicts, one per group, with
+   * the arguments written (the prelude's adamw() applies Group's defaults and resolves the
+   * patterns against the module's parameter names, as the train lowering does).
+   */
+  private paramGroups(e: Expr | undefined, env: Map<string, Binding>): string[] {
+    if (e === undefined) return [];
+    if (e.kind !== "ListExpr")
+      return this.fail(e.span, "AdamW groups that are not a list of Group(...)");
+    return e.elements.map((item) => {
+      const named = item.kind === "NameExpr" ? env.get(item.name.name) : undefined;
+      if (named?.kind === "record") return named.py;
+      return (
+        this.paramGroup(item, env) ??
+        this.fail(item.span, "a parameter group that is not written as Group(...)")
+      );
+    });
+  }
+
+  /** `Group(...)` as a dict of the arguments written; undefined for another expression. */
+  private paramGroup(e: Expr, env: Map<string, Binding>): string | undefined {
+    if (e.kind !== "CallExpr" || e.callee.kind !== "NameExpr") return undefined;
+    const g = this.e.global(this.file, e.callee.name.name);
+    if (g?.kind !== "component" || g.decl.form !== "primitive" || g.decl.name.name !== "Group")
+      return undefined;
+    const bound = bindArgs(
+      g.decl.params.map((p) => ({ name: p.name.name })),
+      e.args,
+    );
+    const fields = g.decl.params.flatMap((p) => {
+      const v = bound.get(p.name.name);
+      return v ? [`${p.name.name}=${this.expr(v, env, p.type).py}`] : [];
+    });
+    return `dict(${fields.join(", ")})`;
   }
 
   /**
@@ -1383,8 +1436,7 @@ class ComponentEmitter {
         return t(`cross_entropy(${[x.py, arg("labels")!.py, ...extra].join(", ")})`);
       }
       case "distill": {
-        if (bound.has("labels")) return this.fail(e.span, "`distill` with labels");
-        const extra = ["temperature", "weights"].flatMap((n) =>
+        const extra = ["temperature", "weights", "labels"].flatMap((n) =>
           bound.has(n) ? [`${n}=${arg(n)!.py}`] : [],
         );
         return t(`distill(${[x.py, arg("teachers")!.py, ...extra].join(", ")})`);

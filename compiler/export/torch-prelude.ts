@@ -152,15 +152,39 @@ def cross_entropy(logits, labels, ignore_index=-100, label_smoothing=0.0):
     return (per * keep).sum() / count.clamp(min=1)
 
 
-def distill(student, teachers, temperature=1.0, weights=None):
+def distill(student, teachers, temperature=1.0, weights=None, labels=None):
     """τ²·KL(Σ_k w_k·softmax(t_k/τ) ‖ softmax(s/τ)), summed over classes, averaged over the
-    rows of the flattened [N, C] view (weights: uniform when not given)."""
+    rows of the flattened [N, C] view. weights: uniform when not given, a list (one per
+    teacher), or a tensor [..., K] (one row per example); labels: CA-MKD's confidence-aware
+    weights instead (_confidence_weights)."""
     C = student.shape[-1]
-    if weights is None:
-        weights = [1.0 / len(teachers)] * len(teachers)
-    p = sum(w * torch.softmax(t.reshape(-1, C) / temperature, -1) for w, t in zip(weights, teachers))
+    ts = [t.reshape(-1, C) for t in teachers]
+    if labels is not None:
+        weights = _confidence_weights(ts, labels)
+    elif weights is None:
+        weights = [1.0 / len(ts)] * len(ts)
+    if torch.is_tensor(weights):
+        # Per example: column k weighs teacher k on each row.
+        weights = weights.reshape(-1, len(ts)).unbind(-1)
+        weights = [w.unsqueeze(-1) for w in weights]
+    p = sum(w * torch.softmax(t / temperature, -1) for w, t in zip(weights, ts))
     logq = torch.log_softmax(student.reshape(-1, C) / temperature, -1)
     return temperature**2 * F.kl_div(logq, p, reduction="batchmean")
+
+
+def _confidence_weights(teachers, labels):
+    """CA-MKD (Zhang et al. 2022), per example: with L_k teacher k's cross-entropy on the label
+    (temperature 1), w_k = (1 - softmax_k(L)) / (K - 1), so a teacher that predicts the label
+    better weighs more; a label outside [0, C) weighs the teachers equally. [N, K]."""
+    K = len(teachers)
+    N, C = teachers[0].shape
+    if K == 1:
+        return teachers[0].new_ones(N, 1)
+    y = labels.reshape(-1, 1).long()
+    hit = (y >= 0) & (y < C)
+    losses = torch.stack([-torch.log_softmax(t, -1).gather(1, y.clamp(0, C - 1)).squeeze(1) for t in teachers], -1)
+    losses = losses * hit  # L_k = 0 for every teacher: equal weights
+    return (1 - torch.softmax(losses, -1)) / (K - 1)
 
 
 def router_losses(model):
@@ -178,20 +202,54 @@ def router_losses(model):
     return total
 
 
-def adamw(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_norm=0.0):
+def adamw(model, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, max_norm=0.0, groups=()):
     """torch.optim.AdamW over the trainable parameters: weight decay on matrices (rank >= 2)
-    that are not lookup tables (a class's tables, nn.Embedding), none on the rest."""
+    that are not lookup tables (a class's tables, nn.Embedding), none on the rest. groups are
+    std.optim's Group as dicts: the trainable parameters whose dotted path ends with one of
+    params ("*" is any one name) train at lr_scale times lr, with decay "auto" (the split
+    above), "on" or "off", and, given rows, only those rows (train_step keeps the others)."""
     tables = set()
     for m in model.modules():
         names = ("weight",) if isinstance(m, nn.Embedding) else getattr(type(m), "tables", ())
         tables.update(id(m._parameters[n]) for n in names if m._parameters.get(n) is not None)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in trainable if p.dim() >= 2 and id(p) not in tables]
-    rest = [p for p in trainable if not (p.dim() >= 2 and id(p) not in tables)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=lr, betas=betas, eps=eps)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    settings = {}  # parameter name -> its group's index and the group
+    for i, g in enumerate(groups):
+        for pattern in g["params"]:
+            hits = [n for n, _ in model.named_parameters() if _path_matches(n, pattern)]
+            if not hits:
+                raise ValueError(f"parameter group {i + 1}: pattern {pattern!r} matches no parameter")
+            hits = [n for n, p in trainable if n in hits]
+            if not hits:
+                raise ValueError(f"parameter group {i + 1}: pattern {pattern!r} matches only frozen parameters")
+            for n in hits:
+                if settings.get(n, (i,))[0] != i:
+                    raise ValueError(f"parameter {n} is in parameter groups {settings[n][0] + 1} and {i + 1}")
+                settings[n] = (i, g)
+    param_groups = {}  # (group index or -1, decay) -> torch param group, in a stable order
+    for n, p in trainable:
+        i, g = settings.get(n, (-1, {}))
+        decay = {"on": True, "off": False}.get(g.get("decay", "auto"), p.dim() >= 2 and id(p) not in tables)
+        key = (i, decay)
+        if key not in param_groups:
+            param_groups[key] = {"params": [], "lr": lr * g.get("lr_scale", 1.0),
+                                 "weight_decay": weight_decay if decay else 0.0}
+            rows = sorted(set(g.get("rows", ())))
+            if rows:
+                param_groups[key]["rows"] = rows
+        rows = param_groups[key].get("rows", ())
+        if rows and (p.dim() == 0 or rows[-1] >= p.shape[0]):
+            raise ValueError(f"parameter group {i + 1}: rows {rows} are not all rows of {n} {list(p.shape)}")
+        param_groups[key]["params"].append(p)
+    opt = torch.optim.AdamW(list(param_groups.values()), lr=lr, betas=betas, eps=eps)
     opt.max_norm = max_norm
     return opt
+
+
+def _path_matches(path, pattern):
+    """Whether the dotted path ends with the pattern's names ("*" is any one name)."""
+    names, want = path.split("."), pattern.split(".")
+    return len(want) <= len(names) and all(w in ("*", n) for w, n in zip(want, names[-len(want):]))
 
 
 def train_step(model, optimizer, **inputs):
@@ -207,9 +265,25 @@ def train_step(model, optimizer, **inputs):
             for p in m.parameters():
                 if p.requires_grad and p.grad is None:
                     p.grad = torch.zeros_like(p)
+    # A group's rows are the only rows that train: the others get a zero gradient before the
+    # clipping (so no Adam moments and no step), and weight decay would still move them, so
+    # they are put back after the step, bit for bit.
+    idle = []
+    for group in optimizer.param_groups:
+        for p in group["params"] if "rows" in group else ():
+            if p.grad is None:
+                continue
+            rest = torch.ones(p.shape[0], dtype=torch.bool, device=p.device)
+            rest[group["rows"]] = False
+            p.grad[rest] = 0
+            if group["weight_decay"] != 0:
+                idle.append((p, rest, p.detach()[rest].clone()))
     if optimizer.max_norm > 0:
         torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], optimizer.max_norm)
     optimizer.step()
+    with torch.no_grad():
+        for p, rest, before in idle:
+            p[rest] = before
     return loss
 
 
