@@ -56,7 +56,7 @@ describe("moec export --format torch", () => {
       "export",
       "test/export/fixtures/unsupported.moe",
       "--model",
-      "Targeted",
+      "Rebound",
       "--format",
       "torch",
       "-o",
@@ -66,7 +66,7 @@ describe("moec export --format torch", () => {
     const lines = r.stderr.trim().split("\n");
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatch(
-      /unsupported\.moe:10:20: LoRA with `targets` on this base cannot be exported to PyTorch yet/,
+      /unsupported\.moe:11:3: rebinding instance `f` cannot be exported to PyTorch yet/,
     );
     expect(fs.readdirSync(dir)).toEqual([]);
     fs.rmSync(dir, { recursive: true });
