@@ -29,8 +29,11 @@ export function checkProgram(
       });
     }
   }
+  // An error stops the evaluation of the expression it is in, so names used there were never
+  // looked up: a file with errors gets no unused-import warnings, which would be false ones.
+  const withErrors = new Set(diagnostics.filter((d) => d.severity === "error").map((d) => d.file));
   for (const scope of program.scopes.values()) {
-    if (scope.module.isStdlib) continue;
+    if (scope.module.isStdlib || withErrors.has(scope.module.file)) continue;
     for (const [name, ident] of scope.imported) {
       diagnostics.push({
         code: "W0503",

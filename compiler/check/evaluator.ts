@@ -1714,6 +1714,12 @@ export class Evaluator {
           frame.file,
           operand.span,
           "`per task` applies to a construction, like `per task Bottleneck(d, r: 32)`",
+          {
+            hint:
+              operand.kind === "WithExpr"
+                ? "put `per task` on the adapter: `base with per task LoRA(r: 8)` gives each task its own adapter on one shared base"
+                : "write `per task` before the call that builds the layer",
+          },
         );
       }
       return UNKNOWN;
