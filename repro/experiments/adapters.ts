@@ -2,19 +2,22 @@
  * Reproduction, per-task residual adapters (arXiv 2004.03829, a versatile generative LM):
  * a small decoder pretrained on copy, reverse, sort and shift (task tokens), then four new
  * tasks (reverse∘shift, descending sort, dedupe, a cipher) learnt by (a) full fine-tuning,
- * (b) per-task bottleneck adapters after each block (each with its own LayerNorm, 2.36% of
- * the model per task) training only the adapters and the new task-token rows at 10× the
- * learning rate, (c) the new task-token rows only (also at 10×), (d) nothing (frozen).
+ * (b) per-task bottleneck adapters (each with its own LayerNorm, 2.81% of the model per task)
+ * training only the adapters and the new task-token rows at 10× the learning rate, (c) the
+ * new task-token rows only (also at 10×), (d) nothing (frozen).
  * Exact match (every answer token right) on held-out sequences, from `moec run` logits.
  *
  * Pass: (b) within 2 points of (a) on the mean over seeds, (b) ≥ (c) + 10 points, and the
  * adapters' mixed-task batch equal to per-task runs (`moec run --task NAME` on each task's
  * rows) on the first seed (a check of kernels, not of training).
  *
- * Sizes shrunk to the budget: vocab 8, length 6, 500 pretraining and 250 tuning steps of
- * batch 64. Measured so (3 seeds): full 65.9%, adapters 57.8%, task rows 0.4%, frozen 0.6%:
- * FAIL on the 2-point gap, which comes from sort_desc (58% vs 19%); at 400 tuning steps the
- * gap widens (74.2% vs 59.8%; sort_desc 81% vs 27%): see docs/reproductions.md.
+ * Departure from the issue (in the title, adapters.moe and docs/reproductions.md): besides
+ * one adapter after each block, one on the embedding output before block 0. After the blocks
+ * alone the adapters reached 58% against full fine-tuning's 66% (descending sort 19% against
+ * 58%): they cannot change what the frozen first attention sees.
+ *
+ * Sizes shrunk to the budget: vocab 8, length 6, 1000 pretraining and 250 tuning steps of
+ * batch 64; full fine-tuning at 3e-3, the best of 1e-3, 2e-3, 3e-3, 5e-3 on seed 0.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -64,9 +67,9 @@ const SAME = 1e-5;
 export const adapters: Experiment = {
   name: "adapters",
   title:
-    "Per-task residual adapters (2004.03829): adapters within 2 points of full fine-tuning, ≥ 10 above the task embedding alone",
+    "Per-task residual adapters (2004.03829): adapters within 2 points of full fine-tuning, ≥ 10 above the task embedding alone (departure: an adapter on the embedding output too)",
   async run(ctx) {
-    const preSteps = ctx.quick ? 10 : 500;
+    const preSteps = ctx.quick ? 10 : 1000;
     const steps = ctx.quick ? 10 : 250;
     // Seeds and, within a seed, the arms after pretraining are independent: they run together
     // as job slots allow (harness.ts), and the results are read back in seed order.
