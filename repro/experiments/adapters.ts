@@ -7,9 +7,11 @@
  * new task-token rows only (also at 10×), (d) nothing (frozen).
  * Exact match (every answer token right) on held-out sequences, from `moec run` logits.
  *
- * Pass: (b) within 2 points of (a) on the mean over seeds, (b) ≥ (c) + 10 points, and the
- * adapters' mixed-task batch equal to per-task runs (`moec run --task NAME` on each task's
- * rows) on the first seed (a check of kernels, not of training).
+ * Pass: (b) at most 2 points under (a) and (b) ≥ (c) + 10 points, on the mean over seeds and
+ * in every seed, and the adapters' mixed-task batch equal to per-task runs (`moec run --task
+ * NAME` on each task's rows) on the first seed (a check of kernels, not of training). "Within
+ * 2 points" is read one-sided: adapters above full fine-tuning do not fail the claim (that
+ * they lose little against it).
  *
  * Departure from the issue (in the title, adapters.moe and docs/reproductions.md): besides
  * one adapter after each block, one on the embedding output before block 0. After the blocks
@@ -93,18 +95,32 @@ export const adapters: Experiment = {
 
     const [full, adapter, embedding] = ARMS.map((_, i) => mean(exact(i)));
     const failures: string[] = [];
-    if (full! - adapter! > GAP_TO_FULL)
-      failures.push(
-        `adapters ${pct(adapter!)} more than 2 points under full fine-tuning ${pct(full!)}`,
-      );
-    if (adapter! - embedding! < OVER_EMBEDDING)
-      failures.push(`adapters ${pct(adapter!)} < task embedding ${pct(embedding!)} + 10 points`);
+    // The mean first, then each seed (labelled), as the direction must hold in every seed.
+    const runs = [
+      { who: "means", full: full!, adapter: adapter!, embedding: embedding! },
+      ...ctx.seeds.map((seed, k) => ({
+        who: `seed ${seed}`,
+        full: exact(0)[k]!,
+        adapter: exact(1)[k]!,
+        embedding: exact(2)[k]!,
+      })),
+    ];
+    for (const r of runs) {
+      if (r.full - r.adapter > GAP_TO_FULL)
+        failures.push(
+          `${r.who}: adapters ${pct(r.adapter)} more than 2 points under full fine-tuning ${pct(r.full)}`,
+        );
+      if (r.adapter - r.embedding < OVER_EMBEDDING)
+        failures.push(
+          `${r.who}: adapters ${pct(r.adapter)} < task embedding ${pct(r.embedding)} + 10 points`,
+        );
+    }
     const worst = Math.max(...same);
     if (!(worst <= SAME)) failures.push(`mixed-task batch differs from per-task runs by ${worst}`);
     return failures.length === 0
       ? {
           pass: true,
-          because: `means: adapters ${pct(adapter!)} vs full ${pct(full!)} (within 2 points), vs task embedding ${pct(embedding!)} (≥ 10 above); mixed batch = per-task runs (max |Δ| ${worst.toExponential(1)})`,
+          because: `means: adapters ${pct(adapter!)} vs full ${pct(full!)} (at most 2 points under, in every seed), vs task embedding ${pct(embedding!)} (≥ 10 above, in every seed); mixed batch = per-task runs (max |Δ| ${worst.toExponential(1)})`,
         }
       : { pass: false, because: failures.join("; ") };
   },
