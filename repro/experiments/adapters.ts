@@ -2,19 +2,24 @@
  * Reproduction, per-task residual adapters (arXiv 2004.03829, a versatile generative LM):
  * a small decoder pretrained on copy, reverse, sort and shift (task tokens), then four new
  * tasks (reverse∘shift, descending sort, dedupe, a cipher) learnt by (a) full fine-tuning,
- * (b) per-task bottleneck adapters after each block (each with its own LayerNorm, 2.36% of
- * the model per task) training only the adapters and the new task-token rows at 10× the
- * learning rate, (c) the new task-token rows only (also at 10×), (d) nothing (frozen).
+ * (b) per-task bottleneck adapters (each with its own LayerNorm, 2.81% of the model per task)
+ * training only the adapters and the new task-token rows at 10× the learning rate, (c) the
+ * new task-token rows only (also at 10×), (d) nothing (frozen).
  * Exact match (every answer token right) on held-out sequences, from `moec run` logits.
  *
- * Pass: (b) within 2 points of (a) on the mean over seeds, (b) ≥ (c) + 10 points, and the
- * adapters' mixed-task batch equal to per-task runs (`moec run --task NAME` on each task's
- * rows) on the first seed (a check of kernels, not of training).
+ * Pass: (b) at most 2 points under (a) and (b) ≥ (c) + 10 points, on the mean over seeds and
+ * in every seed, and the adapters' mixed-task batch equal to per-task runs (`moec run --task
+ * NAME` on each task's rows) on the first seed (a check of kernels, not of training). "Within
+ * 2 points" is read one-sided: adapters above full fine-tuning do not fail the claim (that
+ * they lose little against it).
  *
- * Sizes shrunk to the budget: vocab 8, length 6, 500 pretraining and 250 tuning steps of
- * batch 64. Measured so (3 seeds): full 65.9%, adapters 57.8%, task rows 0.4%, frozen 0.6%:
- * FAIL on the 2-point gap, which comes from sort_desc (58% vs 19%); at 400 tuning steps the
- * gap widens (74.2% vs 59.8%; sort_desc 81% vs 27%): see docs/reproductions.md.
+ * Departure from the issue (in the title, adapters.moe and docs/reproductions.md): besides
+ * one adapter after each block, one on the embedding output before block 0. After the blocks
+ * alone the adapters reached 58% against full fine-tuning's 66% (descending sort 19% against
+ * 58%): they cannot change what the frozen first attention sees.
+ *
+ * Sizes shrunk to the budget: vocab 8, length 6, 1000 pretraining and 250 tuning steps of
+ * batch 64; full fine-tuning at 3e-3, the best of 1e-3, 2e-3, 3e-3, 5e-3 on seed 0.
  */
 import * as fs from "node:fs";
 import * as path from "node:path";
@@ -64,9 +69,9 @@ const SAME = 1e-5;
 export const adapters: Experiment = {
   name: "adapters",
   title:
-    "Per-task residual adapters (2004.03829): adapters within 2 points of full fine-tuning, ≥ 10 above the task embedding alone",
+    "Per-task residual adapters (2004.03829): adapters within 2 points of full fine-tuning, ≥ 10 above the task embedding alone (departure: an adapter on the embedding output too)",
   async run(ctx) {
-    const preSteps = ctx.quick ? 10 : 500;
+    const preSteps = ctx.quick ? 10 : 1000;
     const steps = ctx.quick ? 10 : 250;
     // Seeds and, within a seed, the arms after pretraining are independent: they run together
     // as job slots allow (harness.ts), and the results are read back in seed order.
@@ -90,18 +95,32 @@ export const adapters: Experiment = {
 
     const [full, adapter, embedding] = ARMS.map((_, i) => mean(exact(i)));
     const failures: string[] = [];
-    if (full! - adapter! > GAP_TO_FULL)
-      failures.push(
-        `adapters ${pct(adapter!)} more than 2 points under full fine-tuning ${pct(full!)}`,
-      );
-    if (adapter! - embedding! < OVER_EMBEDDING)
-      failures.push(`adapters ${pct(adapter!)} < task embedding ${pct(embedding!)} + 10 points`);
+    // The mean first, then each seed (labelled), as the direction must hold in every seed.
+    const runs = [
+      { who: "means", full: full!, adapter: adapter!, embedding: embedding! },
+      ...ctx.seeds.map((seed, k) => ({
+        who: `seed ${seed}`,
+        full: exact(0)[k]!,
+        adapter: exact(1)[k]!,
+        embedding: exact(2)[k]!,
+      })),
+    ];
+    for (const r of runs) {
+      if (r.full - r.adapter > GAP_TO_FULL)
+        failures.push(
+          `${r.who}: adapters ${pct(r.adapter)} more than 2 points under full fine-tuning ${pct(r.full)}`,
+        );
+      if (r.adapter - r.embedding < OVER_EMBEDDING)
+        failures.push(
+          `${r.who}: adapters ${pct(r.adapter)} < task embedding ${pct(r.embedding)} + 10 points`,
+        );
+    }
     const worst = Math.max(...same);
     if (!(worst <= SAME)) failures.push(`mixed-task batch differs from per-task runs by ${worst}`);
     return failures.length === 0
       ? {
           pass: true,
-          because: `means: adapters ${pct(adapter!)} vs full ${pct(full!)} (within 2 points), vs task embedding ${pct(embedding!)} (≥ 10 above); mixed batch = per-task runs (max |Δ| ${worst.toExponential(1)})`,
+          because: `means: adapters ${pct(adapter!)} vs full ${pct(full!)} (at most 2 points under, in every seed), vs task embedding ${pct(embedding!)} (≥ 10 above, in every seed); mixed batch = per-task runs (max |Δ| ${worst.toExponential(1)})`,
         }
       : { pass: false, because: failures.join("; ") };
   },
