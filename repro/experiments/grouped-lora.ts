@@ -3,12 +3,15 @@
  * grouped router (softmax over groups × softmax within the group) trained alone on the
  * mixture (examples/repro/grouped-lora.moe). A decoder (d = 64, 2 layers, 4 heads, learned
  * positions) is pretrained on copy and reverse, then frozen; one LoRA expert per new task on
- * that task alone; 2 groups × 2 tasks: {cipher:1, cipher:2} and {sort, shift}. Departing from
- * the issue's r = 4 (measured, docs/reproductions.md): an expert is a rank-8 LoRA on both FFN
- * projections, and its run also tunes its task's token row (the task prompt every position
- * sees); at r = 4 on the up projection alone each LoRA stayed near 45%. Sequences of 8 symbols, length 6 (`moec data gen sequences`, a task token first);
- * token accuracy over the answer positions of held-out examples (the last fifth of one data
- * file of all six tasks; the rest trains).
+ * that task alone; 2 groups × 2 tasks grouped by function: two ciphers (symbol maps) and two
+ * sorts (rearrangements), {cipher:1, cipher:2} and {sort, sort_desc}. Departures from the
+ * issue (measured, docs/reproductions.md): an expert is a rank-8 LoRA on both FFN projections,
+ * not r = 4, and its run also tunes its task's token row (the task prompt every position
+ * sees), since at r = 4 on the up projection alone each LoRA stayed near 45%; the second group
+ * is {sort, sort_desc}, not the issue's example {sort, shift}, because shift is a symbol map
+ * like the ciphers and the router grouped it with them. Sequences of 8 symbols, length 6
+ * (`moec data gen sequences`, a task token first); token accuracy over the answer positions
+ * of held-out examples (the last fifth of one data file of all six tasks; the rest trains).
  *
  * Arms, per new task: the frozen base; the task's own LoRA (Solo, its own task); the uniform
  * average of the four LoRAs (Fused with zero gates: every weight 1/4); the fused model (the
@@ -47,9 +50,12 @@ import {
 
 const FILE = path.join(ROOT, "examples", "repro", "grouped-lora.moe");
 /** The data file's tasks, in task-id order: two to pretrain on, four new ones. */
-const TASKS = ["copy", "reverse", "cipher:1", "cipher:2", "sort", "shift"] as const;
+const TASKS = ["copy", "reverse", "cipher:1", "cipher:2", "sort", "sort_desc"] as const;
 const PRETRAIN_TASKS = [0, 1];
-/** The new tasks' ids by group: expert (g, e) of Fused is the LoRA of GROUPS[g][e]. */
+/**
+ * The new tasks' ids by group, by function (two symbol maps, two rearrangements): expert
+ * (g, e) of Fused is the LoRA of GROUPS[g][e].
+ */
 const GROUPS = [
   [2, 3],
   [4, 5],
@@ -61,9 +67,17 @@ const LAYERS = ["blocks.0.experts.moe", "blocks.1.experts.moe"];
 const IGNORE = -100;
 const VOCAB = 8;
 const LENGTH = 6;
-const PRETRAIN_STEPS = 300;
-const ADAPT_STEPS = 200;
+// Pretraining's loss is flat from step ~160 and the ciphers' LoRAs from ~60 (every seed);
+// the sorts' LoRAs improve slowly after 100 (capacity: they need attention by content).
+const PRETRAIN_STEPS = 200;
+const ADAPT_STEPS = 100;
 const ROUTE_STEPS = 400;
+// The router's gradient is noisy at batch 64 (which expert helps differs token by token): on
+// seed 0, 400 steps of batch 64 fused the ciphers at 82 / 94%, 800 steps at 87 / 95%, 400 steps
+// of batch 256 at 98 / 99% (their own LoRAs: 100%). Batch 256 takes the 3 seeds from 7.9 to
+// 16.7 minutes, over the 10-minute budget, so the shipped run keeps 64 (docs/reproductions.md
+// has both runs).
+const ROUTE_BATCH = 64;
 /** The share of a task's examples whose argmax group must be the task's family. */
 const FAMILY_SHARE = 0.9;
 
@@ -72,7 +86,7 @@ type Tensor = TensorToWrite;
 export const groupedLora: Experiment = {
   name: "grouped-lora",
   title:
-    "AT-MoE (2410.10896): per-task LoRAs fused by a grouped router keep ≥ 95% of each LoRA; pinned groups; routing by family (experts: LoRA r = 8 on both FFN projections + the task's token row, not the issue's r = 4)",
+    "AT-MoE (2410.10896): per-task LoRAs fused by a grouped router keep ≥ 95% of each LoRA; pinned groups; routing by family (departures: experts are LoRA r = 8 on both FFN projections + the task's token row, not r = 4; groups {cipher:1, cipher:2} and {sort, sort_desc}, not {sort, shift})",
   async run(ctx) {
     const s = ctx.quick
       ? { pre: 10, adapt: 5, route: 5, count: 2400 } // ≥ 64 held-out examples a task
@@ -215,7 +229,7 @@ async function runSeed(
     program: "Route",
     data: split.train(NEW_TASKS, "mixture"),
     steps: s.route,
-    batch: 64,
+    batch: ROUTE_BATCH,
     seed,
     weights: [init],
   });
