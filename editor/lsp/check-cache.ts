@@ -57,7 +57,7 @@ export class CheckCache {
     // Results are valid only in the surroundings they were computed in.
     if (!sameSignatures) this.bodies = new Map();
     if (scope && sameSignatures && this.otherModules !== undefined) {
-      const found = this.incremental(program, scope, entry);
+      const found = this.incremental(program, scope, entry, diagnostics);
       if (found) {
         diagnostics.push(...found, ...this.otherModules);
         this.stats.incremental++;
@@ -113,6 +113,7 @@ export class CheckCache {
     program: ResolvedProgram,
     scope: ModuleScope,
     entry: string,
+    earlier: readonly Diagnostic[] = [],
   ): Diagnostic[] | undefined {
     const text = scope.module.text;
     const allImported = new Map(scope.imported);
@@ -143,8 +144,10 @@ export class CheckCache {
       out.push(...r.diagnostics);
       for (const n of r.usedImports) used.add(n);
     }
-    // As checkProgram: imported names no body used, in import order.
-    if (!scope.module.isStdlib) {
+    // As checkProgram: imported names no body used, in import order, unless the file has an
+    // error (from an earlier phase or a body), which may have hidden a use.
+    const hasError = [...earlier, ...out].some((d) => d.severity === "error" && d.file === entry);
+    if (!scope.module.isStdlib && !hasError) {
       for (const [name, ident] of allImported) {
         if (used.has(name)) continue;
         out.push({
