@@ -330,12 +330,7 @@ class LoRA(nn.Module):
             in_features, out_features = base.in_features, base.out_features
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         if owns_base:
-            for n, p in base._parameters.items():
-                self.register_parameter(n, p)
-            for n, m in base._modules.items():
-                self.add_module(n, m)
-            if base.__dict__.get("_moec_names"):
-                keep_names(self, **base._moec_names)
+            adopt(self, base)
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.tasks = tuple(tasks) if tasks is not None else None
         for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
