@@ -6,46 +6,32 @@
 import { hasErrors } from "../compiler/diagnostics.js";
 import { type ElaboratedModel, selectModel } from "../compiler/check/elaborate-model.js";
 import { TorchEmitter, TorchExportError } from "../compiler/export/emit-torch.js";
+import { PinMatcher } from "../compiler/lower/pin-groups.js";
 import { analyze, elaborate, nodeFileSystem } from "../compiler/pipeline.js";
 import { resolveInputFiles } from "./check-command.js";
 import type { ExportFormat } from "./export-format.js";
-import { parsePins } from "./model-options.js";
+import { parsePins, throwPinProblems } from "./model-options.js";
 import { parseOverride } from "./params-command.js";
 import { CliError, displayPath, printDiagnostics } from "./report.js";
 
 /**
- * `--pin-groups LAYER=w1,...` against the model's Grouped MoE layers, as lowering checks them
- * for `moec run`: a pin names a layer or a prefix of layers' paths, and gives one weight per
- * group. The weights of each pinned layer, by its path (the first pin that names it).
+ * `--pin-groups` against the model's Grouped MoE layers, matched and reported as lowering
+ * does for `moec run`: the weights of each pinned layer, by its path.
  */
 function resolvePins(
   specs: readonly string[] | undefined,
   model: ElaboratedModel,
 ): Map<string, number[]> {
-  const layers = model.moes
-    .filter((m) => m.router === "Grouped")
-    .map((m) => ({
-      path: m.path,
-      // Experts are `<layer>.experts.<group>.<expert>`: the groups are the distinct <group>s.
-      groups: new Set(m.experts.map((e) => e.slice(m.path.length + 1).split(".")[1])).size,
-    }));
+  const matcher = new PinMatcher(parsePins(specs));
   const out = new Map<string, number[]>();
-  for (const [key, weights] of parsePins(specs)) {
-    const hit = layers.filter((l) => l.path === key || l.path.startsWith(`${key}.`));
-    if (hit.length === 0) {
-      const known = layers.length
-        ? `its Grouped MoE layers: ${layers.map((l) => l.path).join(", ")}`
-        : "it has no Grouped MoE layer";
-      throw new CliError(`--pin-groups ${key}: no such layer in the model (${known})`);
-    }
-    for (const l of hit) {
-      if (l.groups !== weights.length)
-        throw new CliError(
-          `--pin-groups ${key}: the layer ${l.path} has ${l.groups} groups, ${weights.length} weights given`,
-        );
-      if (!out.has(l.path)) out.set(l.path, weights);
-    }
+  for (const m of model.moes) {
+    if (m.router !== "Grouped") continue;
+    // Experts are `<layer>.experts.<group>.<expert>`: the groups are the distinct <group>s.
+    const groups = new Set(m.experts.map((e) => e.slice(m.path.length + 1).split(".")[1])).size;
+    const weights = matcher.weightsFor(m.path, groups);
+    if (weights) out.set(m.path, weights);
   }
+  throwPinProblems(matcher.report());
   return out;
 }
 

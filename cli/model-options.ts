@@ -5,6 +5,7 @@
 import { hasErrors } from "../compiler/diagnostics.js";
 import type { LoweredModel } from "../compiler/lower/lower-model.js";
 import type { LoweredTrain } from "../compiler/lower/lower-train.js";
+import type { PinReport } from "../compiler/lower/pin-groups.js";
 import { type Analysis, analyze, lower, lowerTrain, nodeFileSystem } from "../compiler/pipeline.js";
 import * as fs from "node:fs";
 import { type SafetensorsFile, WeightsError, readSafetensorsFile } from "../runtime/safetensors.js";
@@ -132,15 +133,19 @@ export function lowerAnalyzed(
     printDiagnostics(result.diagnostics, analysis);
     throw new CliError(`cannot lower ${displayPath(entry)}; see above`);
   }
-  const pins = result.model.pins;
-  if (pins?.problems.length) throw new CliError(pins.problems[0]!);
-  if (pins?.unused.length) {
+  if (result.model.pins) throwPinProblems(result.model.pins);
+  return result.model;
+}
+
+/** `--pin-groups` that did not apply (a weight count off, a layer not found): one line. */
+export function throwPinProblems(pins: PinReport): void {
+  if (pins.problems.length) throw new CliError(pins.problems[0]!);
+  if (pins.unused.length) {
     const layers = pins.groupedLayers.length
       ? `its Grouped MoE layers: ${pins.groupedLayers.join(", ")}`
       : "it has no Grouped MoE layer";
     throw new CliError(`--pin-groups ${pins.unused[0]}: no such layer in the model (${layers})`);
   }
-  return result.model;
 }
 
 /**

@@ -312,6 +312,14 @@ class PerTask(nn.ModuleDict):
 # ----------------------------------------------------------------------------- adapters
 
 
+def _add_lora_pair(owner, in_features, out_features, r):
+    """owner.lora_A [r, in] and owner.lora_B [out, r] as PEFT initialises them (B zero)."""
+    owner.lora_A = nn.Linear(in_features, r, bias=False)
+    owner.lora_B = nn.Linear(r, out_features, bias=False)
+    nn.init.kaiming_uniform_(owner.lora_A.weight, a=math.sqrt(5))
+    nn.init.zeros_(owner.lora_B.weight)
+
+
 class LoRA(nn.Module):
     """base(x) + (alpha / r)·(x·Aᵀ)·Bᵀ, unmerged, with PEFT's names: lora_A.weight [r, in],
     lora_B.weight [out, r]. A base bound elsewhere is shared, not owned: its weights keep the
@@ -334,10 +342,7 @@ class LoRA(nn.Module):
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.tasks = tuple(tasks) if tasks is not None else None
         for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
-            owner.lora_A = nn.Linear(in_features, r, bias=False)
-            owner.lora_B = nn.Linear(r, out_features, bias=False)
-            nn.init.kaiming_uniform_(owner.lora_A.weight, a=math.sqrt(5))
-            nn.init.zeros_(owner.lora_B.weight)
+            _add_lora_pair(owner, in_features, out_features, r)
         self.lora_dropout = nn.Dropout(dropout)
 
     def _pair(self, task):
@@ -458,10 +463,7 @@ class TargetedLoRA(nn.Module):
         self.scaling, self.active, self.merge = alpha / r, False, merge
         self.lora_dropout = nn.Dropout(dropout)
         for path, owner, attr, module in _lora_targets(base, targets):
-            module.lora_A = nn.Linear(module.in_features, r, bias=False)
-            module.lora_B = nn.Linear(r, module.out_features, bias=False)
-            nn.init.kaiming_uniform_(module.lora_A.weight, a=math.sqrt(5))
-            nn.init.zeros_(module.lora_B.weight)
+            _add_lora_pair(module, module.in_features, module.out_features, r)
             module.register_forward_hook(self._delta)
 
     def _delta(self, module, args, y):

@@ -11,6 +11,7 @@ import { type Diagnostic, type DiagnosticCode, diagnostic } from "../diagnostics
 import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "../check/dims.js";
 import { Evaluator } from "../check/evaluator.js";
 import { Inliner } from "./inliner.js";
+import { PinMatcher, type PinReport } from "./pin-groups.js";
 import type { LoweredLibrary, LoweringHooks } from "./lowering-hooks.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { IrBuilder } from "../ir/builder.js";
@@ -65,7 +66,7 @@ export interface LoweredModel {
   /** Every LoRA in the model: its path (parameters at `<path>.lora_A.weight`), rank, alpha. */
   loras: { path: string; r: number; alpha: number }[];
   /** With LowerOptions.pinGroups: what did not apply (for the command line to report). */
-  pins?: { problems: string[]; unused: string[]; groupedLayers: string[] };
+  pins?: PinReport;
 }
 
 const BINARY: Record<string, BinaryOp> = { "+": "add", "-": "sub", "*": "mul", "/": "div" };
@@ -86,29 +87,17 @@ export class Lowering implements LoweringHooks {
     private readonly modelFile: string,
     private readonly modelSpan: Span,
     readonly routingStats: boolean,
-    private readonly pins: ReadonlyMap<string, readonly number[]> = new Map(),
+    pins: ReadonlyMap<string, readonly number[]> = new Map(),
     readonly mergeAdapters = false,
-  ) {}
+  ) {
+    this.pinMatcher = new PinMatcher(pins);
+  }
 
-  /** Pins that matched a layer, grouped layers seen, and pins that did not fit their layer. */
-  readonly usedPins = new Set<string>();
-  readonly groupedLayers: string[] = [];
-  readonly pinProblems: string[] = [];
+  /** `--pin-groups` against the Grouped layers as they are lowered. */
+  readonly pinMatcher: PinMatcher;
 
   pinnedGroups(layer: string, groups: number): number[] | undefined {
-    this.groupedLayers.push(layer);
-    for (const [key, weights] of this.pins) {
-      if (layer !== key && !layer.startsWith(`${key}.`)) continue;
-      this.usedPins.add(key);
-      if (weights.length !== groups) {
-        this.pinProblems.push(
-          `--pin-groups ${key}: the layer ${layer} has ${groups} groups, ${weights.length} weights given`,
-        );
-        return undefined;
-      }
-      return [...weights];
-    }
-    return undefined;
+    return this.pinMatcher.weightsFor(layer, groups);
   }
 
   /** Every LoRA lowered, by path. */
@@ -393,12 +382,6 @@ export function lowerModel(
     dims: lowering.usedDims,
     loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
   };
-  if (options.pinGroups && options.pinGroups.size > 0) {
-    lowered.pins = {
-      problems: lowering.pinProblems,
-      unused: [...options.pinGroups.keys()].filter((k) => !lowering.usedPins.has(k)),
-      groupedLayers: lowering.groupedLayers,
-    };
-  }
+  if (options.pinGroups && options.pinGroups.size > 0) lowered.pins = lowering.pinMatcher.report();
   return lowered;
 }
