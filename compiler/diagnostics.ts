@@ -58,7 +58,7 @@ export const DIAGNOSTIC_CODES = {
   E0410: "training program incomplete",
   E0411: "router needs the token ids",
   E0412: "parameter group does not fit the parameters",
-  E0413: "per-task adapter with targets",
+  // E0413 (per-task LoRA with targets, refused) is retired: such LoRAs are supported.
   // E06xx: lowering to the back end
   E0601: "not supported by the back end yet",
   // W05xx: warnings

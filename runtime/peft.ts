@@ -294,6 +294,8 @@ export interface TrainedLora {
   path: string;
   r: number;
   alpha: number;
+  /** One task's LoRA of a `per task` set: `path` ends with `.<task>`. */
+  task?: string;
 }
 
 /**
@@ -303,24 +305,35 @@ export interface TrainedLora {
  * `adapter_model.safetensors` keyed `base_model.model.<module>.lora_A.weight`, the module path
  * relative to that instance, so `moec run --adapter` and PEFT's `PeftModel.from_pretrained`
  * load it onto the base model. Mixed ranks go in PEFT's `rank_pattern` / `alpha_pattern`.
+ * `per task` LoRAs make one adapter per task, `adapter-<task>/` (`adapter-<binding>-<task>/`),
+ * their modules named without the task (PEFT's named adapters: `load_adapter(dir, task)`).
  */
 export function peftAdapterFiles(
   params: ReadonlyMap<string, { shape: readonly number[]; data: Float32Array | Int32Array }>,
   loras: readonly TrainedLora[],
 ): Map<string, Uint8Array | string> {
-  const byBinding = new Map<string, TrainedLora[]>();
+  // One adapter per binding, and per task for a `per task` set's LoRAs; modules relative to the
+  // binding, without the task's name.
+  const adapters = new Map<string, { binding: string; task?: string; list: TrainedLora[] }>();
   for (const l of loras) {
     const dot = l.path.indexOf(".");
     if (dot < 0) continue;
     const binding = l.path.slice(0, dot);
-    byBinding.set(binding, [...(byBinding.get(binding) ?? []), l]);
+    const key = l.task === undefined ? binding : `${binding}-${l.task}`;
+    const entry = adapters.get(key) ?? { binding, ...(l.task ? { task: l.task } : {}), list: [] };
+    entry.list.push(l);
+    adapters.set(key, entry);
   }
+  const bindings = new Set([...adapters.values()].map((a) => a.binding));
+  const moduleOf = (l: TrainedLora, binding: string) =>
+    l.path.slice(binding.length + 1, l.task === undefined ? undefined : -(l.task.length + 1));
   const files = new Map<string, Uint8Array | string>();
-  for (const [binding, list] of byBinding) {
-    const dir = byBinding.size === 1 ? "adapter" : `adapter-${binding}`;
+  for (const { binding, task, list } of adapters.values()) {
+    const name = [...(bindings.size > 1 ? [binding] : []), ...(task ? [task] : [])].join("-");
+    const dir = name ? `adapter-${name}` : "adapter";
     const tensors = new Map<string, TensorToWrite>();
     for (const l of list) {
-      const module = l.path.slice(binding.length + 1);
+      const module = moduleOf(l, binding);
       for (const ab of ["lora_A", "lora_B"]) {
         const t = params.get(`${l.path}.${ab}.weight`);
         if (!t) continue;
@@ -335,18 +348,23 @@ export function peftAdapterFiles(
     if (tensors.size === 0) continue;
     const [first] = list;
     const rankPattern = Object.fromEntries(
-      list.filter((l) => l.r !== first!.r).map((l) => [l.path.slice(binding.length + 1), l.r]),
+      list.filter((l) => l.r !== first!.r).map((l) => [moduleOf(l, binding), l.r]),
     );
     const alphaPattern = Object.fromEntries(
-      list
-        .filter((l) => l.alpha !== first!.alpha)
-        .map((l) => [l.path.slice(binding.length + 1), l.alpha]),
+      list.filter((l) => l.alpha !== first!.alpha).map((l) => [moduleOf(l, binding), l.alpha]),
     );
     const config = {
       peft_type: "LORA",
       r: first!.r,
       lora_alpha: first!.alpha,
-      target_modules: [...new Set(list.map((l) => l.path.slice(l.path.lastIndexOf(".") + 1)))],
+      target_modules: [
+        ...new Set(
+          list.map((l) => {
+            const module = moduleOf(l, binding);
+            return module.slice(module.lastIndexOf(".") + 1);
+          }),
+        ),
+      ],
       rank_pattern: rankPattern,
       alpha_pattern: alphaPattern,
       bias: "none",

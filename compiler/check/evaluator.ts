@@ -1851,20 +1851,6 @@ export class Evaluator {
     const adapter = adapterValue.inst;
     const b = base.inst;
     const targets = adapter.role === "adapter" ? stringList(adapter.args.get("targets")) : [];
-    if (targets.length > 0 && adapter.perTask !== undefined) {
-      // Lowering would need the task ids inside the base's body; refused rather than silently
-      // building one shared adapter of the first task's options.
-      this.report(
-        "E0413",
-        frame.file,
-        e.adapter.span,
-        `\`per task\` ${adapter.component} with \`targets\` is not supported yet`,
-        {
-          hint: `attach \`per task ${adapter.component}(...)\` to each targeted layer where it is built, or drop \`per task\` for one shared adapter`,
-        },
-      );
-      return UNKNOWN;
-    }
     if (targets.length > 0) return this.attachTargeted(b, adapter, targets, e, frame, path);
     if (b.inputs.length !== 1 || b.outputs.length !== 1) {
       this.report(
@@ -1969,6 +1955,9 @@ export class Evaluator {
       path: b.path ?? path,
       targeted: { adapter, patterns },
     };
+    // `with per task LoRA(targets: ...)`: applied with the task ids as a last argument, which
+    // lowering hands down to the targeted layers (each token gets its own task's LoRA).
+    if (adapter.perTask !== undefined) wrapped.perTask = adapter.perTask;
     if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };
     const rule = this.library.rules.get(adapter.component);
     const hits = new Map(patterns.map((p) => [p, 0]));
@@ -1980,9 +1969,18 @@ export class Evaluator {
       if (pattern === undefined) continue;
       seen.add(inner.path);
       hits.set(pattern, hits.get(pattern)! + 1);
-      const placed = { ...adapter, path: inner.path };
-      const one: Instance = { ...inner, weights: new Map(inner.weights) };
-      rule?.attach?.(this.primitiveContext(frame, e.span, placed), placed, inner, one);
+      // Each task's LoRA sits under the layer by the task's name (`attn.q.en_de.lora_A`), as
+      // `Linear(d, d) with per task LoRA(...)` puts it under its binding.
+      const placements = adapter.perTaskInstances
+        ? [...adapter.perTaskInstances].map(([task, own]) => ({
+            placed: { ...own, path: `${inner.path}.${task}` },
+            at: { ...frame, task },
+          }))
+        : [{ placed: { ...adapter, path: inner.path }, at: frame }];
+      for (const { placed, at } of placements) {
+        const one: Instance = { ...inner, weights: new Map(inner.weights) };
+        rule?.attach?.(this.primitiveContext(at, e.span, placed), placed, inner, one);
+      }
     }
     for (const [pattern, n] of hits) {
       if (n > 0) continue;

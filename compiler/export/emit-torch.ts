@@ -1032,7 +1032,6 @@ class ComponentEmitter {
     if (bound.has("targets")) {
       // PEFT's target_modules: the LoRAs go on the matching layers inside the base, which a
       // base made here owns; a shared base gets them only when applied through this binding.
-      if (byTask) return this.fail(a.span, "LoRA with `targets` and `per task`");
       const args = [basePy];
       for (const p of g.decl.params) {
         const v = bound.get(p.name.name);
@@ -1040,6 +1039,12 @@ class ComponentEmitter {
           args.push(
             `${p.name.name === "targets" ? "targets" : p.name.name}=${this.argValue(v, p.type, env, perTask)}`,
           );
+      }
+      if (byTask) {
+        // Each task's pairs in each targeted layer; the task ids come last when it is applied.
+        args.push(`tasks=${this.taskSet}`);
+        if (owns) args.push("owns_base=True");
+        return { py: `TargetedLoRA(${args.join(", ")})`, kind: "instance", decl, perTask: true };
       }
       if (this.e.mergeAdapters) args.push("merge=True");
       const fn = owns ? "lora_targets" : "TargetedLoRA";

@@ -312,12 +312,40 @@ class PerTask(nn.ModuleDict):
 # ----------------------------------------------------------------------------- adapters
 
 
-def _add_lora_pair(owner, in_features, out_features, r):
-    """owner.lora_A [r, in] and owner.lora_B [out, r] as PEFT initialises them (B zero)."""
+def _add_lora_pair(owner, in_features, out_features, r, alpha):
+    """owner.lora_A [r, in] and owner.lora_B [out, r] as PEFT initialises them (B zero), and
+    owner.scaling = alpha / r."""
     owner.lora_A = nn.Linear(in_features, r, bias=False)
     owner.lora_B = nn.Linear(r, out_features, bias=False)
     nn.init.kaiming_uniform_(owner.lora_A.weight, a=math.sqrt(5))
     nn.init.zeros_(owner.lora_B.weight)
+    owner.scaling = alpha / r
+
+
+def _of_task(value, task):
+    """A per-task option's value for one task (a dict by task name), or the one shared value."""
+    return value[task] if isinstance(value, dict) else value
+
+
+def _task_pairs(module, tasks, in_features, out_features, r, alpha):
+    """One LoRA pair per task under module, by task name (q.<task>.lora_A.weight)."""
+    for t in tasks:
+        pair = nn.Module()
+        module.add_module(t, pair)
+        _add_lora_pair(pair, in_features, out_features, _of_task(r, t), _of_task(alpha, t))
+
+
+def _per_task_delta(module, tasks, task, x, y, dropout):
+    """y plus each example's own task's LoRA update (rows by the leading axis); task id -1 (no
+    task) keeps y."""
+    for t, name in enumerate(tasks):
+        rows = (task == t).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        pair = getattr(module, name)
+        delta = pair.lora_B(pair.lora_A(dropout(x.index_select(0, rows))))
+        y = y.index_add(0, rows, delta * pair.scaling)
+    return y
 
 
 class LoRA(nn.Module):
@@ -339,16 +367,12 @@ class LoRA(nn.Module):
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
         if owns_base:
             adopt(self, base)
-        self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.tasks = tuple(tasks) if tasks is not None else None
-        for owner in [self] if tasks is None else [self._pair(t) for t in tasks]:
-            _add_lora_pair(owner, in_features, out_features, r)
+        if tasks is None:
+            _add_lora_pair(self, in_features, out_features, r, alpha)
+        else:  # ranks and alphas may differ per task (dicts by task name)
+            _task_pairs(self, self.tasks, in_features, out_features, r, alpha)
         self.lora_dropout = nn.Dropout(dropout)
-
-    def _pair(self, task):
-        m = nn.Module()
-        self.add_module(task, m)
-        return m
 
     def forward(self, x, task=None):
         if self.merge and self.tasks is None and _is_linear(self.base):
@@ -356,14 +380,7 @@ class LoRA(nn.Module):
         y = self.base(x)
         if self.tasks is None:
             return y + self.lora_B(self.lora_A(self.lora_dropout(x))) * self.scaling
-        for t, name in enumerate(self.tasks):
-            rows = (task == t).nonzero().squeeze(1)
-            if rows.numel() == 0:
-                continue
-            pair = getattr(self, name)
-            delta = pair.lora_B(pair.lora_A(self.lora_dropout(x.index_select(0, rows))))
-            y = y.index_add(0, rows, delta * self.scaling)
-        return y
+        return _per_task_delta(self, self.tasks, task, x, y, self.lora_dropout)
 
 
 def _is_linear(module):
@@ -455,30 +472,44 @@ def lora_targets(base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
 class TargetedLoRA(nn.Module):
     """LoRA with targets on a base bound elsewhere: the pairs sit in the base's targeted layers
     (ffn.up.lora_A.weight, as moec names them) and act only while the base runs through this
-    module; the base applied by its own name stays the base. No weights of its own."""
+    module; the base applied by its own name stays the base. No weights of its own, unless it
+    owns a base made with it (owns_base: the base's weights are then this module's). With
+    tasks, each targeted layer has one pair per task (ffn.up.<task>.lora_A.weight), the module
+    takes the task ids last, and each example gets its own task's update (-1: none)."""
 
-    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0, merge=False):
+    def __init__(self, base, targets, r=8, alpha=8.0, dropout=0.0, merge=False, tasks=None,
+                 owns_base=False):
         super().__init__()
         self.__dict__["base"] = base  # not a submodule: no second copy in state_dict()
-        self.scaling, self.active, self.merge = alpha / r, False, merge
+        if owns_base:
+            adopt(self, base)
+        self.active, self.merge, self.task = False, merge, None
+        self.tasks = tuple(tasks) if tasks is not None else None
         self.lora_dropout = nn.Dropout(dropout)
         for path, owner, attr, module in _lora_targets(base, targets):
-            _add_lora_pair(module, module.in_features, module.out_features, r)
+            if tasks is None:
+                _add_lora_pair(module, module.in_features, module.out_features, r, alpha)
+            else:
+                _task_pairs(module, self.tasks, module.in_features, module.out_features, r, alpha)
             module.register_forward_hook(self._delta)
 
     def _delta(self, module, args, y):
         if not self.active:
             return None
+        if self.tasks is not None:
+            return _per_task_delta(module, self.tasks, self.task, args[0], y, self.lora_dropout)
         if self.merge:
-            return _merged_linear(module, module.lora_A, module.lora_B, self.scaling, args[0])
-        return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * self.scaling
+            return _merged_linear(module, module.lora_A, module.lora_B, module.scaling, args[0])
+        return y + module.lora_B(module.lora_A(self.lora_dropout(args[0]))) * module.scaling
 
     def forward(self, *args):
+        if self.tasks is not None:
+            *args, self.task = args
         self.active = True
         try:
             return self.base(*args)
         finally:
-            self.active = False
+            self.active, self.task = False, None
 
 
 # ----------------------------------------------------------------------------- routing

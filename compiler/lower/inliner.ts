@@ -7,6 +7,7 @@
  */
 import type { Expr, Span } from "../../grammar/ast.js";
 import type { BuiltinArg } from "../check/builtins.js";
+import type { PrimitiveContext } from "../check/primitive-rule.js";
 import { dimConst } from "../check/dims.js";
 import {
   type EvaluationHooks,
@@ -19,6 +20,16 @@ import type { IrBuilder } from "../ir/builder.js";
 import type { IrOrigin } from "../ir/graph.js";
 import type { LoweredPrimitiveRule, LoweringHooks } from "./lowering-hooks.js";
 import { rowAlign, stackExperts } from "./stack-experts.js";
+
+/** An adapter with `targets` in force while its base's body is inlined. */
+interface TargetRule {
+  /** The base's path: targets match the layers' paths below it. */
+  root: string;
+  adapter: Instance;
+  patterns: string[];
+  /** `with per task LoRA(targets: ...)`: the task ids the base was applied with. */
+  taskIds?: number;
+}
 
 /** Applies instances by inlining them into the IR being built (see the file comment). */
 export class Inliner implements EvaluationHooks {
@@ -80,7 +91,38 @@ export class Inliner implements EvaluationHooks {
   }
 
   /** Targeted adapters in force while their base's body is inlined (outermost first). */
-  private readonly targetRules: { root: string; adapter: Instance; patterns: string[] }[] = [];
+  private readonly targetRules: TargetRule[] = [];
+
+  /**
+   * A targeted layer under `with per task LoRA(targets: ...)`: its output y plus each token's
+   * own task's update, segmented as for `base with per task LoRA` (the adapters' parameters
+   * under the layer by task: `<layer>.<task>.lora_A.weight`).
+   */
+  private targetPerTask(
+    target: TargetRule,
+    inst: Instance,
+    x: Extract<Value, { k: "tensor" }>,
+    y: Extract<Value, { k: "tensor" }>,
+    span: Span,
+    frame: Frame,
+  ): Value {
+    const byTask = target.adapter.perTaskInstances;
+    const rule = this.rules.get(target.adapter.component);
+    if (!byTask || !rule?.lowerDelta) {
+      this.lowering.unsupported(frame.file, span, `per-task ${target.adapter.component} targets`);
+      return UNKNOWN;
+    }
+    const updates = [...byTask].map(([task, own]) => {
+      const placed = { ...own, path: `${inst.path}.${task}` };
+      const one: Instance = { ...inst, weights: new Map(inst.weights) };
+      const ctx = this.evaluator.primitiveContext({ ...frame, task }, span, placed);
+      rule.attach?.(ctx, placed, inst, one);
+      return { ctx, one };
+    });
+    // A problem is reported at the adapter (the user's `per task LoRA(...)`), not in the base.
+    const at = { file: target.adapter.file, span: target.adapter.span };
+    return this.addPerTaskDeltas(rule, updates, x.node!, y, target.taskIds!, at);
+  }
 
   /**
    * Evaluates the instance's body with its inputs bound to the argument tensors, with the
@@ -88,9 +130,23 @@ export class Inliner implements EvaluationHooks {
    */
   private applyAt(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     if (inst.targeted) {
-      this.targetRules.push({ root: inst.path ?? "", ...inst.targeted });
+      // `with per task LoRA(targets: ...)`: the last argument is the task ids, for the targets.
+      let inputs = values;
+      let taskIds: number | undefined;
+      if (inst.perTask !== undefined) {
+        const ids = values.at(-1)?.value;
+        if (ids?.k !== "tensor" || ids.node === undefined) return UNKNOWN;
+        taskIds = ids.node;
+        inputs = values.slice(0, -1);
+      }
+      this.targetRules.push({ root: inst.path ?? "", ...inst.targeted, taskIds });
       try {
-        return this.apply({ ...inst, targeted: undefined }, values, span, frame);
+        return this.apply(
+          { ...inst, targeted: undefined, perTask: undefined },
+          inputs,
+          span,
+          frame,
+        );
       } finally {
         this.targetRules.pop();
       }
@@ -103,6 +159,7 @@ export class Inliner implements EvaluationHooks {
       return this.inlineApplyOwn(inst, values, span, frame);
     const y = this.inlineApplyOwn(inst, values, span, frame);
     if (y.k !== "tensor" || y.node === undefined) return y;
+    if (target.taskIds !== undefined) return this.targetPerTask(target, inst, x, y, span, frame);
     const rule = this.rules.get(target.adapter.component);
     const placed = { ...target.adapter, path: inst.path };
     const wrapped: Instance = { ...inst, weights: new Map(inst.weights) };
@@ -291,27 +348,51 @@ export class Inliner implements EvaluationHooks {
     span: Span,
     frame: Frame,
   ): Value {
-    const ir = this.lowering.builder;
     const y = this.apply(base, inputs, span, frame);
     const x = inputs[0]?.value;
     if (y.k !== "tensor" || y.node === undefined || x?.k !== "tensor" || x.node === undefined)
       return UNKNOWN;
-    const tokens = taskRows(ir, x.node, taskIds);
-    if (!tokens) return UNKNOWN;
+    const updates = [...byTask.values()].map((one) => ({
+      ctx: this.evaluator.primitiveContext(frame, span, one.wrapOf!.adapter),
+      one,
+    }));
+    const rule = this.rules.get(updates[0]!.one.wrapOf!.adapter.component)!;
+    return this.addPerTaskDeltas(rule, updates, x.node, y, taskIds, { file: frame.file, span });
+  }
+
+  /**
+   * y plus each token's own task's additive update (`updates` in task-id order), segmented:
+   * tokens grouped by task, one expert_matmul per adapter matrix for all tasks (SGMV). Task id
+   * -1 ("no task") keeps y. Problems are reported at `at`.
+   */
+  private addPerTaskDeltas(
+    rule: LoweredPrimitiveRule,
+    updates: { ctx: PrimitiveContext; one: Instance }[],
+    x: number,
+    y: Extract<Value, { k: "tensor" }>,
+    taskIds: number,
+    at: { file: string; span: Span },
+  ): Value {
+    const ir = this.lowering.builder;
+    const tokens = taskRows(ir, x, taskIds);
+    if (!tokens) {
+      // Task ids are per example: the layer's input must lead with the batch (not MoE rows).
+      this.lowering.unsupported(
+        at.file,
+        at.span,
+        "a per-task adapter on a layer whose input does not lead with the batch (such as an MoE expert's)",
+      );
+      return UNKNOWN;
+    }
     const { rows, ids, N } = tokens;
     const deltas: number[] = [];
-    for (const one of byTask.values()) {
-      const adapter = one.wrapOf!.adapter;
-      const d = this.rules.get(adapter.component)!.lowerDelta!(
-        this.evaluator.primitiveContext(frame, span, adapter),
-        this.lowering,
-        one,
-        rows,
-      );
+    for (const { ctx, one } of updates) {
+      const d = rule.lowerDelta!(ctx, this.lowering, one, rows);
       if (d === undefined) return UNKNOWN;
       deltas.push(d);
     }
-    const order = ir.groupRows(ids, byTask.size, rowAlign(N, byTask.size));
+    const tasks = updates.length;
+    const order = ir.groupRows(ids, tasks, rowAlign(N, tasks));
     const stacked = stackExperts(ir, rows, deltas, ids, order);
     let delta: number;
     if (!("error" in stacked)) delta = stacked.node;
@@ -327,7 +408,7 @@ export class Inliner implements EvaluationHooks {
         )
         .reduce((a, b) => ir.binary("add", a, b));
     }
-    const out = ir.binary("add", y.node, ir.reshape(delta, ir.shape(y.node)));
+    const out = ir.binary("add", y.node!, ir.reshape(delta, ir.shape(y.node!)));
     return { k: "tensor", t: y.t, node: out };
   }
 }

@@ -63,8 +63,11 @@ export interface LoweredModel {
   inputs: LoweredInput[];
   /** Free dims and their sizes (B, T, ...). */
   dims: Map<string, number>;
-  /** Every LoRA in the model: its path (parameters at `<path>.lora_A.weight`), rank, alpha. */
-  loras: { path: string; r: number; alpha: number }[];
+  /**
+   * Every LoRA in the model: its path (parameters at `<path>.lora_A.weight`), rank, alpha, and
+   * its task for one task's LoRA of a `per task` set.
+   */
+  loras: { path: string; r: number; alpha: number; task?: string }[];
   /** With LowerOptions.pinGroups: what did not apply (for the command line to report). */
   pins?: PinReport;
 }
@@ -101,10 +104,10 @@ export class Lowering implements LoweringHooks {
   }
 
   /** Every LoRA lowered, by path. */
-  readonly loras = new Map<string, { r: number; alpha: number }>();
+  readonly loras = new Map<string, { r: number; alpha: number; task?: string }>();
 
-  noteLora(path: string, r: number, alpha: number): void {
-    this.loras.set(path, { r, alpha });
+  noteLora(path: string, r: number, alpha: number, task?: string): void {
+    this.loras.set(path, task === undefined ? { r, alpha } : { r, alpha, task });
   }
 
   /**

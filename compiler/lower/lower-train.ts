@@ -122,8 +122,11 @@ export interface LoweredTrain {
   /** Where the program binds `optimizer`: what the update's nodes are named after. */
   optimizerOrigin?: IrOrigin;
   params: TrainParam[];
-  /** The LoRA adapters placed (module paths under the program's bindings), rank and alpha. */
-  loras: { path: string; r: number; alpha: number }[];
+  /**
+   * The LoRA adapters placed (module paths under the program's bindings), rank, alpha, and the
+   * task of one task's LoRA of a `per task` set.
+   */
+  loras: { path: string; r: number; alpha: number; task?: string }[];
 }
 
 /** Output name of the loss term bound to `name` in the program body. */

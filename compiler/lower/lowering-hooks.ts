@@ -36,8 +36,11 @@ export interface LoweringHooks {
   readonly routingStats: boolean;
   /** Whether LoRA adapters on Linear bases are merged into the base weight. */
   readonly mergeAdapters: boolean;
-  /** Records a LoRA placed at `path` with its rank and alpha (checked against PEFT configs). */
-  noteLora(path: string, r: number, alpha: number): void;
+  /**
+   * Records a LoRA placed at `path` with its rank and alpha (checked against PEFT configs), and
+   * its task for one task's LoRA of a `per task` set (`path` then ends with the task's name).
+   */
+  noteLora(path: string, r: number, alpha: number, task?: string): void;
   /** Records one routing output of the MoE layer at `layer` (a parameter path). */
   routing(layer: string, name: string, node: number): void;
   /**

@@ -76,10 +76,12 @@ _moec_completion; printf '%s\\n' "\${COMPREPLY[@]}"`;
     expect(complete("moec", "run", "--dim", "B=2", "--st")).toEqual(["--stats"]);
     expect(complete("moec", "run", "--seed", "")).toEqual([]);
     // Arguments: .moe files for check, any file for a value that is one.
-    expect(complete("moec", "check", "examples/gpt2")).toEqual([
-      "examples/gpt2-adapters.moe",
-      "examples/gpt2.moe",
-    ]);
+    const gpt2Files = fs
+      .readdirSync(path.join(root, "examples"))
+      .filter((f) => f.startsWith("gpt2") && f.endsWith(".moe"))
+      .map((f) => `examples/${f}`);
+    expect(gpt2Files.length).toBeGreaterThan(1);
+    expect(complete("moec", "check", "examples/gpt2").sort()).toEqual(gpt2Files.sort());
     expect(complete("moec", "run", "--weights", "examples/gpt2.")).toEqual(["examples/gpt2.moe"]);
   });
 

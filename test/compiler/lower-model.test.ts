@@ -318,6 +318,76 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
     );
   });
 
+  it("per task LoRA targets: each task's adapters placed by path equal ones written in place", () => {
+    const pair = (q: string, o: string, task: string) => `block Pair(d: Dim) {
+  in x: f32[N, d]${task}
+  out y: f32[N, d]
+  q = ${q}
+  o = ${o}
+  y = o(relu(q(x${task ? ", task" : ""})))
+}`;
+    const header = `import std.nn { Linear }
+import std.adapt { LoRA }
+tasks Lang { a, b, c }`;
+    const targeted = `${header}
+${pair("Linear(d, d)", "Linear(d, d)", "")}
+model M() { in x: f32[N, 4]  in task: Lang[N]  out y: f32[N, 4]
+  first = frozen Pair(4) with per task LoRA(r: { a: 2, b: 3, c: 1 }, alpha: 4.0, targets: ["q"])
+  y = first(x, task) }`;
+    const explicit = `${header}
+${pair("Linear(d, d) with per task LoRA(r: { a: 2, b: 3, c: 1 }, alpha: 4.0)", "Linear(d, d)", "\n  in task: Lang[N]")}
+model M() { in x: f32[N, 4]  in task: Lang[N]  out y: f32[N, 4]
+  first = Pair(4)
+  y = first(x, task) }`;
+    const a = lowerFile(targeted, path.join(examples, "__task_targets_a__.moe"), { N: 5 });
+    const b = lowerFile(explicit, path.join(examples, "__task_targets_b__.moe"), { N: 5 });
+    expect(a.diagnostics).toEqual([]);
+    expect(b.diagnostics).toEqual([]);
+    const params = (m: LoweredModel) =>
+      m.graph.nodes.flatMap((n) => (n.op === "param" ? [[n.name, n.trainable]] : [])).sort();
+    const lora = (m: LoweredModel) => params(m).filter(([n]) => String(n).includes("lora"));
+    expect(lora(a.lowered!)).toEqual(lora(b.lowered!));
+    expect(lora(a.lowered!).map(([n]) => n)).toEqual(
+      ["a", "b", "c"].flatMap((t) => [`first.q.${t}.lora_A.weight`, `first.q.${t}.lora_B.weight`]),
+    );
+    // The base stays frozen, each task's LoRA trains.
+    expect(params(a.lowered!).filter(([, trainable]) => trainable)).toEqual(lora(a.lowered!));
+    const l = leaves(a.lowered!);
+    // Every task, and an example with no task (-1), which keeps the base alone.
+    l.set("task", { shape: [5], data: Float64Array.from([2, 0, -1, 1, 0]) });
+    const y = interpret(a.lowered!.graph, l).outputs.get("y")!.data;
+    expectClose(y, interpret(b.lowered!.graph, l).outputs.get("y")!.data);
+    const base = new Map(l);
+    for (const [n, t] of l)
+      if (n.includes("lora_B")) base.set(n, { ...t, data: t.data.map(() => 0) });
+    const plain = interpret(a.lowered!.graph, base).outputs.get("y")!.data;
+    // Only the task-less example (row 2) is the base's output.
+    for (let i = 0; i < 5; i++) {
+      const row = (v: ArrayLike<number>) => Array.from(v).slice(i * 4, i * 4 + 4);
+      if (i === 2) expect(row(y)).toEqual(row(plain));
+      else expect(row(y)).not.toEqual(row(plain));
+    }
+  });
+
+  it("per task LoRA targets inside MoE experts: E0601 at the adapter, not in the base", () => {
+    const source = `import std.nn { FFN }
+import std.route { MoE, TopK }
+import std.adapt { LoRA }
+tasks Lang { en, fr }
+block Layer(d: Dim) { in x: f32[B, T, d]  out y: f32[B, T, d]
+  moe = MoE(router: TopK(1), experts: [FFN(d, 8); 2])
+  y = moe(x) }
+model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
+  layer = frozen Layer(4) with per task LoRA(r: 2, targets: ["up"])
+  y = layer(x, task) }`;
+    const file = path.join(examples, "__task_targets_moe__.moe");
+    const { diagnostics } = lowerFile(source, file, { B: 2, T: 3 });
+    expect(
+      diagnostics.map((d) => [d.code, d.file, source.slice(d.span.start, d.span.end)]),
+    ).toEqual([["E0601", file, 'LoRA(r: 2, targets: ["up"])']]);
+    expect(diagnostics[0]!.message).toMatch(/does not lead with the batch/);
+  });
+
   it("integer weights lower as i32 like integer inputs (i64 included)", () => {
     const m = lowerInline(
       `model M() { in x: i64[N, 4]  out y: i64[N, 4]  out z: i32[4]  param a: i64[4] = ones

@@ -31,6 +31,10 @@ model M() { in x: f32[B, T, 6]  out y: f32[B, T, 6]
 const perTaskModel = (adapter: string) => `import std.nn { Linear }
 import std.adapt { Bottleneck, LoRA }
 tasks Lang { a, b, c }
+block Pair(d: Dim) { in x: f32[..., d]  out y: f32[..., d]
+  q = Linear(d, d)
+  o = Linear(d, d)
+  y = o(gelu(q(x))) }
 model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
   head = Linear(4, 4)
   ${adapter}
@@ -161,6 +165,10 @@ const FAMILIES: Family[] = [
     ],
     ["per task Bottleneck, one width", "adapter = per task Bottleneck(4, r: 2)"],
     ["per task LoRA", "adapter = Linear(4, 4) with per task LoRA(r: 2, alpha: 4.0)"],
+    [
+      "per task LoRA with targets, per-task ranks",
+      'adapter = frozen Pair(4) with per task LoRA(r: { a: 2, b: 3, c: 1 }, targets: ["q", "o"])',
+    ],
   ].map(([name, adapter]) => ({ name: name!, source: perTaskModel(adapter!), sizes: BT2 })),
 ];
 

@@ -39,6 +39,42 @@ describe("PEFT adapter configs", () => {
     expect(peftModuleScale(config, "blocks.1.attn.q")).toMatchObject({ r: 2, scale: 4 });
   });
 
+  it("per-task LoRAs export as one named adapter per task, modules without the task", () => {
+    const params = new Map<string, { shape: number[]; data: Float32Array }>();
+    const loras = ["en", "fr"].flatMap((task, i) =>
+      ["q", "v"].map((m) => {
+        const r = i + 2;
+        const at = `net.blocks.0.attn.${m}.${task}`;
+        params.set(`${at}.lora_A.weight`, {
+          shape: [r, 8],
+          data: new Float32Array(r * 8).fill(i + 1),
+        });
+        params.set(`${at}.lora_B.weight`, { shape: [8, r], data: new Float32Array(8 * r) });
+        return { path: at, r, alpha: 8, task };
+      }),
+    );
+    const files = peftAdapterFiles(params, loras);
+    expect([...files.keys()].sort()).toEqual([
+      "adapter-en/adapter_config.json",
+      "adapter-en/adapter_model.safetensors",
+      "adapter-fr/adapter_config.json",
+      "adapter-fr/adapter_model.safetensors",
+    ]);
+    const dir = path.join(tmp, "per-task");
+    writeFiles(dir, files);
+    for (const [task, r, fill] of [
+      ["en", 2, 1],
+      ["fr", 3, 2],
+    ] as const) {
+      const { config, file } = readPeftAdapter(path.join(dir, `adapter-${task}`));
+      expect(config.targets).toEqual(["q", "v"]);
+      expect(peftModuleScale(config, "blocks.0.attn.v")).toEqual({ r, alpha: 8, scale: 8 / r });
+      const a = file.read("blocks.0.attn.q.lora_A.weight");
+      expect(a.shape).toEqual([r, 8]);
+      expect(Array.from(a.data).every((x) => x === fill)).toBe(true);
+    }
+  });
+
   it("matches pattern keys as PEFT does: anchored at the end, after a dot or at the start", () => {
     const config = {
       r: 8,

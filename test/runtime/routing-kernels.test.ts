@@ -214,6 +214,29 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 20]
   });
 
   it.each([
+    ["one rank", "2", { B: 5, T: 3 }],
+    ["ranks per task", "{ a: 3, b: 1, c: 2 }", { B: 7, T: 1 }],
+  ] as const)("per-task LoRA targets inside a block, %s", async (_, r, dims) => {
+    const src = `import std.nn { Linear }
+import std.adapt { LoRA }
+tasks Lang { a, b, c }
+block Pair(d: Dim) { in x: f32[..., d]  out y: f32[..., d]
+  q = Linear(d, 20)
+  o = Linear(20, d)
+  y = o(gelu(q(x))) }
+model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
+  pair = frozen Pair(12) with per task LoRA(r: ${r}, alpha: 8.0, targets: ["q", "o"])
+  y = pair(x, task) }`;
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
+    const r2 = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)));
+    if ("error" in r2 || !r2.model) throw new Error(JSON.stringify(r2));
+    expect(r2.diagnostics).toEqual([]);
+    // Segmented: one expert_matmul per LoRA matrix of each target, for all tasks.
+    expect(r2.model.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(4);
+    await expectMatches(r2.model.graph, { task: { ints: 3 } });
+  });
+
+  it.each([
     ["Hash()", 4, { B: 3, T: 7 }],
     ["Hash(seed: 5)", 9, { B: 1, T: 7 }], // more experts than tokens
     ["Hash(seed: 2)", 3, { B: 2, T: 33 }],

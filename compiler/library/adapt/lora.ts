@@ -151,7 +151,7 @@ function loraFactors(
     "zeros",
   );
   if (A === undefined || B === undefined) return undefined;
-  lowering.noteLora(path, r, alpha);
+  lowering.noteLora(path, r, alpha, adapter.task);
   return { A, B, scale: alpha / r };
 }
 
