@@ -14,7 +14,8 @@ export interface ExportOptions extends ModelOptions {
   /** ONNX only: the weight options of `moec run`. */
   weights?: string;
   weightsMap?: string;
-  adapter?: string;
+  /** `[task=]dir`, repeatable (one per task for `per task` LoRAs). */
+  adapter?: string[];
   initMissing?: boolean;
   allowNonfinite?: boolean;
   seed?: string;

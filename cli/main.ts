@@ -157,8 +157,9 @@ program
     "read --weights in another layout: hf-gpt2 (Hugging Face GPT-2), hf-mixtral (Mixtral)",
   )
   .option(
-    "--adapter <dir>",
-    "load a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over --weights",
+    "--adapter <[task=]dir>",
+    "load a PEFT LoRA adapter (adapter_config.json, adapter_model.safetensors) over --weights; TASK=DIR for a task's `per task` LoRAs (repeatable)",
+    collect,
   )
   .option(
     "--init-missing",
@@ -203,7 +204,11 @@ program
   .option("--dim <name=size>", "onnx: size of a free dimension (default: kept symbolic)", collect)
   .option("--weights <file>", "onnx: parameters from a safetensors file (default: seeded as run)")
   .option("--weights-map <name>", "onnx: read --weights through a weight map (as moec run)")
-  .option("--adapter <dir>", "onnx: a PEFT LoRA adapter on top of --weights (as moec run)")
+  .option(
+    "--adapter <[task=]dir>",
+    "onnx: a PEFT LoRA adapter on top of --weights, TASK=DIR per task (as moec run)",
+    collect,
+  )
   .option("--init-missing", "onnx: initialise parameters --weights lacks (as moec run)")
   .option("--allow-nonfinite", "onnx: load weights that hold NaN or infinities")
   .option("--seed <n>", "onnx: seed of the initialisation when no --weights is given", "0")

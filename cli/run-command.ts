@@ -19,7 +19,7 @@ import {
   numel,
   runReference,
 } from "../runtime/run-model.js";
-import { loadPeftAdapter } from "../runtime/peft.js";
+import { type ModelLora, loadPeftAdapter } from "../runtime/peft.js";
 import { WEIGHT_MAPS, combineCheckpoints, trainedInstance } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
@@ -44,7 +44,8 @@ import {
 export interface RunOptions extends ModelOptions {
   weights?: string;
   weightsMap?: string;
-  adapter?: string;
+  /** `[task=]dir`, repeatable (one per task for `per task` LoRAs). */
+  adapter?: string[];
   initMissing?: boolean;
   /** Load weights, adapters and inputs holding NaN or infinities. */
   allowNonfinite?: boolean;
@@ -93,7 +94,7 @@ export type WeightOptions = Pick<RunOptions, "weights" | "weightsMap" | "adapter
  */
 export function openRunWeights(
   graph: IrGraph,
-  loras: { path: string; r: number; alpha: number }[] | undefined,
+  loras: ModelLora[] | undefined,
   options: WeightOptions,
 ): SafetensorsFile | undefined {
   let weightsFile = openTensors(options.weights, "--weights");
@@ -120,18 +121,63 @@ export function openRunWeights(
   }
   try {
     if (map && weightsFile) weightsFile = map.apply(weightsFile, paths);
-    if (options.adapter !== undefined) {
+    const adapters = options.adapter ?? [];
+    if (adapters.length > 0) {
       if (!weightsFile)
         throw new CliError("--adapter needs --weights (the base model's checkpoint)", EXIT_USAGE);
       if (!loras) throw new CliError("--adapter needs a .moe source, not a bundle", EXIT_USAGE);
-      const adapter = loadPeftAdapter(options.adapter, loras, paths, map);
-      weightsFile = combineCheckpoints([weightsFile, adapter]);
+      const files = adapterSets(adapters, loras).map(({ task, dir }) =>
+        loadPeftAdapter(dir, loras, paths, map, task),
+      );
+      weightsFile = combineCheckpoints([weightsFile, ...files]);
     }
   } catch (err) {
     if (err instanceof WeightsError) throw new CliError(err.message);
     throw err;
   }
   return weightsFile;
+}
+
+/**
+ * Which adapter feeds which of the model's LoRAs: a plain `--adapter DIR` its LoRAs that
+ * belong to no task, `--adapter TASK=DIR` that task's `per task` LoRAs; each set exactly once.
+ */
+function adapterSets(
+  specs: readonly string[],
+  loras: readonly { task?: string }[],
+): { task?: string; dir: string }[] {
+  const tasks = [...new Set(loras.flatMap((l) => (l.task === undefined ? [] : [l.task])))];
+  const shared = loras.some((l) => l.task === undefined);
+  const sets = specs.map((spec) => {
+    const m = /^([A-Za-z_]\w*)=(.+)$/.exec(spec);
+    return m && !fs.existsSync(spec) ? { task: m[1]!, dir: m[2]! } : { dir: spec };
+  });
+  const seen = new Set<string | undefined>();
+  for (const { task } of sets) {
+    if (task !== undefined && !tasks.includes(task))
+      throw new CliError(
+        `--adapter ${task}=...: the model has no \`per task\` LoRAs of a task ${task}${tasks.length ? ` (its tasks: ${tasks.join(", ")})` : ""}`,
+        EXIT_USAGE,
+      );
+    if (task === undefined && !shared && tasks.length > 0)
+      throw new CliError(
+        `the model's LoRAs are \`per task\` (${tasks.join(", ")}): give each task's adapter as --adapter TASK=DIR`,
+        EXIT_USAGE,
+      );
+    if (seen.has(task))
+      throw new CliError(
+        task === undefined ? "--adapter DIR given twice" : `--adapter ${task}=... given twice`,
+        EXIT_USAGE,
+      );
+    seen.add(task);
+  }
+  const missing = [...(shared ? [undefined] : []), ...tasks].filter((t) => !seen.has(t));
+  if (missing.length > 0)
+    throw new CliError(
+      `the model's LoRAs ${missing.map((t) => (t === undefined ? "of no task" : `of task ${t}`)).join(", ")} have no adapter: ${missing.map((t) => (t === undefined ? "--adapter DIR" : `--adapter ${t}=DIR`)).join(", ")}`,
+      EXIT_USAGE,
+    );
+  return sets;
 }
 
 export async function executeRun(target: string, options: RunOptions): Promise<RunResult> {
@@ -148,7 +194,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let name: string;
   let dims: Map<string, number>;
   let bundled: RunnableProgram | undefined;
-  let loras: { path: string; r: number; alpha: number }[] | undefined;
+  let loras: ModelLora[] | undefined;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
     const bundle = readDamaged(target, () => readBundle(target));
     if (options.dim?.length || options.set?.length || options.model) {

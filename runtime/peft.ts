@@ -216,11 +216,15 @@ function checkAdapterTensors(dir: string, config: PeftConfig, file: SafetensorsF
         );
 }
 
-/** A LoRA the model places: its module path, rank and alpha (scale alpha / r). */
+/**
+ * A LoRA the model places: its module path, rank and alpha (scale alpha / r), and its task for
+ * one task's LoRA of a `per task` set (its path then ends with `.<task>`).
+ */
 export interface ModelLora {
   path: string;
   r: number;
   alpha: number;
+  task?: string;
 }
 
 /**
@@ -229,16 +233,23 @@ export interface ModelLora {
  * the model has a LoRA on, and feeds every LoRA the model has (its matrices are never
  * initialised, whatever `--init-missing` says), each at the scale PEFT would use there
  * (rank_pattern, alpha_pattern, use_rslora). Problems are WeightsErrors naming both sides.
+ * With `task`, the adapter is that task's of the model's `per task` LoRAs: a plain PEFT LoRA
+ * whose module `attn.q` feeds the model's `attn.q.<task>`; without, the model's other LoRAs.
  */
 export function loadPeftAdapter(
   dir: string,
-  loras: readonly ModelLora[],
+  allLoras: readonly ModelLora[],
   paths: readonly string[],
   map: { apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile } | undefined,
+  task?: string,
 ): SafetensorsFile {
   const { config, file } = readPeftAdapter(dir);
   const configFile = path.join(dir, "adapter_config.json");
-  const adapter = map ? map.apply(file, paths) : file;
+  const loras = allLoras.filter((l) => l.task === task);
+  // A task's LoRA at `<module>.<task>`: its parameter paths as the adapter names them.
+  const untasked = (p: string) => (task === undefined ? p : p.replace(`.${task}.lora_`, ".lora_"));
+  const mapped = map ? map.apply(file, paths.map(untasked)) : file;
+  const adapter = task === undefined ? mapped : withTaskNames(mapped, task);
   const targets = config.targets.length
     ? `its target_modules: ${config.targets.join(", ")}`
     : "no target_modules";
@@ -283,6 +294,11 @@ export function loadPeftAdapter(
     }
   }
   return adapter;
+}
+
+/** The file with `<module>.lora_A.weight` read as `<module>.<task>.lora_A.weight`. */
+function withTaskNames(file: SafetensorsFile, task: string): SafetensorsFile {
+  return renameCheckpoint(file, (n) => n.replace(/\.(lora_[AB]\.weight)$/, `.${task}.$1`));
 }
 
 function fmtScale(x: number): string {

@@ -529,6 +529,189 @@ train Tune() {
     },
   );
 
+  it(
+    "per-task LoRAs placed by targets train into one PEFT adapter per task, which load back by task",
+    { timeout: 240_000 },
+    () => {
+      const src = path.join(tmp, "task-tune.moe");
+      fs.writeFileSync(
+        src,
+        `import std.nn { Embedding, Linear }
+import std.adapt { LoRA }
+import std.optim { AdamW }
+tasks Lang { a, b }
+block Body(d: Dim) {
+  in x: f32[B, T, d]
+  out y: f32[B, T, d]
+  proj = Linear(d, d)
+  head = Linear(d, d)
+  y = head(relu(proj(x)))
+}
+model Tagger() {
+  in tokens: i32[B, T]
+  in task: Lang[B]
+  out logits: f32[B, T, 16]
+  embed = frozen Embedding(16, 8)
+  body = frozen Body(8) with per task LoRA(r: { a: 2, b: 3 }, alpha: 4.0, targets: ["proj", "head"])
+  out_proj = frozen Linear(8, 16)
+  logits = out_proj(body(embed(tokens), task))
+}
+train Tune() {
+  in tokens: i32[B, T]
+  in task: Lang[B]
+  in targets: i32[B, T]
+  net = Tagger()
+  loss = cross_entropy(net(tokens, task), targets)
+  optimizer = AdamW(lr: 0.05)
+}
+`,
+      );
+      const data = path.join(tmp, "task-seq.safetensors");
+      const seq = readSafetensorsFile(sequences);
+      const rows = seq.info("tokens").shape[0]!;
+      writeSafetensorsFile(
+        data,
+        new Map([
+          ...["tokens", "targets"].map((n) => {
+            const t = seq.read(n);
+            return [n, { dtype: "I32", shape: [...t.shape], data: t.data as Int32Array }] as const;
+          }),
+          [
+            "task",
+            {
+              dtype: "I32",
+              shape: [rows],
+              data: Int32Array.from({ length: rows }, (_, i) => i % 2),
+            },
+          ],
+        ]),
+      );
+      const out = path.join(tmp, "task-tune-run");
+      const r = moec(["train", src, "--data", data, "--batch", "8", "--steps", "20", "--out", out]);
+      expect(r.code, r.stderr).toBe(0);
+      const ckpt = path.join(out, "ckpt-20");
+      expect(
+        fs
+          .readdirSync(ckpt)
+          .filter((f) => f.startsWith("adapter"))
+          .sort(),
+      ).toEqual(["adapter-a", "adapter-b"]);
+      for (const [task, r] of [
+        ["a", 2],
+        ["b", 3],
+      ] as const) {
+        const config = JSON.parse(
+          fs.readFileSync(path.join(ckpt, `adapter-${task}`, "adapter_config.json"), "utf8"),
+        );
+        expect(config).toMatchObject({ r, lora_alpha: 4, rank_pattern: {} });
+        expect(config.target_modules.sort()).toEqual(["head", "proj"]);
+      }
+      const model = readSafetensorsFile(path.join(ckpt, "model.safetensors"));
+      const base = path.join(tmp, "task-tune-base.safetensors");
+      writeSafetensorsFile(
+        base,
+        new Map(
+          model
+            .names()
+            .filter((n) => !n.includes(".lora_"))
+            .map((n) => {
+              const t = model.read(n);
+              return [
+                n.replace(/^net\./, ""),
+                { dtype: "F32", shape: [...t.shape], data: t.data as Float32Array },
+              ];
+            }),
+        ),
+      );
+      // Inputs with both tasks and an example of no task.
+      const inputs = path.join(tmp, "task-tune-inputs.safetensors");
+      writeSafetensorsFile(
+        inputs,
+        new Map([
+          [
+            "tokens",
+            {
+              dtype: "I32",
+              shape: [3, 4],
+              data: Int32Array.from([1, 5, 9, 2, 7, 3, 3, 8, 0, 4, 11, 6]),
+            },
+          ],
+          ["task", { dtype: "I32", shape: [3], data: Int32Array.from([1, -1, 0]) }],
+        ]),
+      );
+      const run = (weights: string[], to: string) => {
+        const o = path.join(tmp, to);
+        const res = moec([
+          "run",
+          src,
+          "--inputs",
+          inputs,
+          "--dim",
+          "B=3",
+          "--dim",
+          "T=4",
+          ...weights,
+          "-o",
+          o,
+        ]);
+        return { res, logits: () => readSafetensorsFile(o).read("logits").data as Float32Array };
+      };
+      const whole = run(
+        ["--weights", path.join(ckpt, "model.safetensors")],
+        "tt-whole.safetensors",
+      );
+      expect(whole.res.code, whole.res.stderr).toBe(0);
+      const adapters = ["a", "b"].flatMap((t) => [
+        "--adapter",
+        `${t}=${path.join(ckpt, `adapter-${t}`)}`,
+      ]);
+      const peft = run(["--weights", base, ...adapters], "tt-peft.safetensors");
+      expect(peft.res.code, peft.res.stderr).toBe(0);
+      const maxDiff = (a: Float32Array, b: Float32Array) =>
+        a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+      expect(maxDiff(whole.logits(), peft.logits())).toBeLessThan(1e-5);
+      // The base alone (LoRA B zero-initialised): the examples of a task differ, the one of no
+      // task (row 1) is the same.
+      const plain = run(["--weights", base, "--init-missing"], "tt-plain.safetensors");
+      expect(plain.res.code, plain.res.stderr).toBe(0);
+      const row = (v: Float32Array, i: number) => v.subarray(i * 4 * 16, (i + 1) * 4 * 16);
+      for (const i of [0, 2])
+        expect(maxDiff(row(peft.logits(), i), row(plain.logits(), i))).toBeGreaterThan(1e-3);
+      expect(maxDiff(row(peft.logits(), 1), row(plain.logits(), 1))).toBeLessThan(1e-6);
+      // Swapping the tasks' adapters changes the tasks' examples (ranks differ: refused).
+      const swapped = run(
+        [
+          "--weights",
+          base,
+          "--adapter",
+          `a=${path.join(ckpt, "adapter-b")}`,
+          "--adapter",
+          `b=${path.join(ckpt, "adapter-a")}`,
+        ],
+        "tt-swapped.safetensors",
+      );
+      expect(swapped.res.code).toBe(1);
+      expect(swapped.res.stderr).toMatch(/r 3, lora_alpha 4 .* the model's LoRA there has r 2/);
+      // A plain --adapter, a task left out, a task the model has not: one line, exit 2.
+      for (const [args, message] of [
+        [
+          ["--adapter", path.join(ckpt, "adapter-a")],
+          /LoRAs are `per task` \(a, b\): give each task's adapter as --adapter TASK=DIR/,
+        ],
+        [adapters.slice(0, 2), /LoRAs of task b have no adapter: --adapter b=DIR/],
+        [
+          [...adapters, "--adapter", `c=${path.join(ckpt, "adapter-a")}`],
+          /no `per task` LoRAs of a task c \(its tasks: a, b\)/,
+        ],
+      ] as const) {
+        const bad = run(["--weights", base, ...args], "tt-bad.safetensors");
+        expect(bad.res.code, bad.res.stderr).toBe(2);
+        expect(bad.res.stderr).toMatch(message);
+        expect(bad.res.stderr.trim().split("\n")).toHaveLength(1);
+      }
+    },
+  );
+
   // Four runs in child processes: give them time on a loaded two-core machine.
   it(
     "dropout and router jitter replay per step: a resumed run ends on the same bytes",

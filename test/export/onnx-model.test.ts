@@ -171,7 +171,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 3]
       base,
       weightsToSafetensors(new Map([...all].filter(([n]) => !n.includes(".lora_")))),
     );
-    const options = { weights: base, adapter: path.join(adapterDir, "adapter") };
+    const options = { weights: base, adapter: [path.join(adapterDir, "adapter")] };
     const e = exportTo(file, path.join(dir, "lora.onnx"), options);
     expect([...e.weights.get("q.lora_B.weight")!.data]).toEqual([
       ...lora.get("net.q.lora_B.weight")!.data,

@@ -218,7 +218,11 @@ model Tuned() {
         weights: mergedFile,
         weightsMap: "hf-gpt2",
       });
-      const got = await executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: adapterDir });
+      const got = await executeRun(source, {
+        ...base,
+        weightsMap: "hf-gpt2",
+        adapter: [adapterDir],
+      });
       const a = got.outputs.get("logits")!.data;
       const b = want.outputs.get("logits")!.data;
       let num = 0;
@@ -239,7 +243,7 @@ model Tuned() {
 
     it("names each mismatch: scale, untargeted module, shape, missing config", async () => {
       const run = (dir: string) =>
-        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir });
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: [dir] });
       await expect(run(writeAdapter("alpha", peft, { ...config, lora_alpha: 16 }))).rejects.toThrow(
         /adapter_config.json has r 4, lora_alpha 16 for gpt\.h\.0\.layer\.attn\.q \(PEFT module transformer\.h\.0\.attn\.c_attn\): scale 4; the model's LoRA there has r 4, alpha 8: scale 2/,
       );
@@ -252,7 +256,7 @@ model Tuned() {
       const noO = source.replace(".moe", "-no-o.moe");
       fs.writeFileSync(noO, fs.readFileSync(source, "utf8").replace(', "attn.o"', ""));
       await expect(
-        executeRun(noO, { ...base, weightsMap: "hf-gpt2", adapter: adapterDir }),
+        executeRun(noO, { ...base, weightsMap: "hf-gpt2", adapter: [adapterDir] }),
       ).rejects.toThrow(/the model has no LoRA on: gpt\.h\.0\.layer\.attn\.o\.lora_A\.weight/);
       const wrong = new Map(peft);
       wrong.set(
@@ -269,7 +273,7 @@ model Tuned() {
 
     it("honours alpha_pattern, rank_pattern and use_rslora as PEFT computes the scale", async () => {
       const run = (dir: string, extra: object = {}) =>
-        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, ...extra });
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: [dir], ...extra });
       const logits = async (dir: string) => (await run(dir)).outputs.get("logits")!.data;
       const want = await logits(adapterDir);
       // A regular expression over module names gives every module alpha 8: scale 8 / 4 = 2.
@@ -307,7 +311,7 @@ model Tuned() {
 
     it("never initialises an adapter's own weights, even with --init-missing", async () => {
       const run = (dir: string) =>
-        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, initMissing: true });
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: [dir], initMissing: true });
       const noB = new Map([...peft].filter(([k]) => !k.endsWith("h.1.mlp.c_fc.lora_B.weight")));
       await expect(run(writeAdapter("no-b", noB, config))).rejects.toThrow(
         /module transformer\.h\.1\.mlp\.c_fc has lora_A but no lora_B; an adapter's own weights are never initialised/,
@@ -321,14 +325,14 @@ model Tuned() {
       const attnOnly = new Map([...peft].filter(([k]) => k.includes(".attn.c_attn.")));
       const dir = writeAdapter("attn-only", attnOnly, { ...config, target_modules: ["c_attn"] });
       await expect(
-        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: dir, initMissing: true }),
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: [dir], initMissing: true }),
       ).rejects.toThrow(
         /the model has LoRA on gpt\.h\.0\.layer\.attn\.o, gpt\.h\.0\.layer\.mlp\.up, gpt\.h\.0\.layer\.mlp\.down, \.\.\. \(6 in all\), which the adapter \(its target_modules: c_attn\) does not adapt/,
       );
       // Weights for a module target_modules does not name: the config and weights disagree.
       const stray = writeAdapter("stray", peft, { ...config, target_modules: ["c_attn", "c_fc"] });
       await expect(
-        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: stray }),
+        executeRun(source, { ...base, weightsMap: "hf-gpt2", adapter: [stray] }),
       ).rejects.toThrow(
         /the adapter has weights for transformer\.h\.0\.attn\.c_proj, which its target_modules \(c_attn, c_fc\) do not name/,
       );
