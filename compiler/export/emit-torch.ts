@@ -1011,12 +1011,13 @@ class ComponentEmitter {
       return this.fail(e.adapter.span, "`per task` in a component without a task input");
     const callee = a.kind === "CallExpr" && a.callee.kind === "NameExpr" ? a.callee.name.name : "";
     const g = callee ? this.e.global(this.file, callee) : undefined;
-    if (g?.kind === "component" && g.decl.form !== "primitive" && !byTask) {
+    if (g?.kind === "component" && g.decl.form !== "primitive") {
       // A module adapter applies to the base's output: adapter(base(x)). A base made here
       // has its weights beside the adapter's (tuned.weight, tuned.down.weight), as moec names them.
-      const adapter = this.construct(a, env, perTask);
+      // `per task`: the adapter is a PerTask (tuned.<task>.down.weight), given the task ids.
+      const adapter = this.construct(byTask ? e.adapter : a, env, perTask);
       const args = [basePy, adapter.py, ...(owns ? ["owns_base=True"] : [])];
-      return { py: `WithAdapter(${args.join(", ")})`, kind: "instance", decl };
+      return { py: `WithAdapter(${args.join(", ")})`, kind: "instance", decl, perTask: byTask };
     }
     if (
       g?.kind !== "component" ||

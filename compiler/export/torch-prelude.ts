@@ -416,7 +416,7 @@ class WithAdapter(nn.Module):
     """base with a module adapter (a Bottleneck, ...): adapter(base(x)). A base bound elsewhere
     is shared (its weights keep the name of the binding that made it); one made with the
     adapter (owns_base) has its weights beside the adapter's. The adapter's weights are this
-    module's (tuned.down.weight)."""
+    module's (tuned.down.weight; a PerTask's under each task, tuned.<task>.down.weight)."""
 
     def __init__(self, base, adapter, owns_base=False):
         super().__init__()
@@ -425,8 +425,8 @@ class WithAdapter(nn.Module):
         for part in [base, adapter] if owns_base else [adapter]:
             adopt(self, part)
 
-    def forward(self, x):
-        return self.adapter(self.base(x))
+    def forward(self, x, *task):  # task ids for a per-task adapter (a PerTask)
+        return self.adapter(self.base(x), *task)
 
 
 def _lora_targets(base, targets):

@@ -171,6 +171,13 @@ export class Inliner implements EvaluationHooks {
 
   private inlineApplyOwn(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
     const lowering = this.lowering;
+    if (inst.perTask !== undefined && inst.wrapOf?.adapter.role === "module") {
+      // `base with per task Bottleneck(...)`: the base on every example, then each example's
+      // own task's adapter (task id -1: the base's output as it is).
+      const y = this.apply(inst.wrapOf.base, values.slice(0, -1), span, frame);
+      if (y.k !== "tensor" || y.node === undefined) return UNKNOWN;
+      return this.apply(inst.wrapOf.adapter, [{ value: y, span }, values.at(-1)!], span, frame);
+    }
     if (inst.perTask !== undefined) return this.inlinePerTask(inst, values, span, frame);
     if (inst.wrapOf) {
       const { base, adapter } = inst.wrapOf;

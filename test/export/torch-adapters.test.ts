@@ -21,6 +21,13 @@ const CASES: TorchCase[] = (
     },
     { name: "BottleneckOnBase", file, model: "BottleneckOnBase", dims: { B: 4 } },
     {
+      name: "TaskBottleneckOnBase",
+      file,
+      model: "TaskBottleneckOnBase",
+      dims: { B: 7, T: 2 },
+      noTask: true,
+    },
+    {
       name: "Targets",
       file: "test/export/fixtures/targets.moe",
       model: "Targeted",

@@ -213,6 +213,29 @@ model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 20]
     await expectMatches(r.model.graph, { task: { ints: 3 } });
   });
 
+  it("a per-task bottleneck attached to a base with `with`, per-task widths", async () => {
+    const src = `import std.nn { FFN }
+import std.adapt { Bottleneck }
+tasks Lang { a, b, c }
+model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
+  tuned = frozen FFN(12, 20) with per task Bottleneck(12, r: { a: 3, b: 5, c: 1 }, act: gelu)
+  y = tuned(x, task) }`;
+    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
+    const r2 = lower(
+      analysis,
+      file,
+      undefined,
+      new Map(),
+      new Map([
+        ["B", 7],
+        ["T", 3],
+      ]),
+    );
+    if ("error" in r2 || !r2.model) throw new Error(JSON.stringify(r2));
+    expect(r2.diagnostics).toEqual([]);
+    await expectMatches(r2.model.graph, { task: { ints: 3 } });
+  });
+
   it.each([
     ["one rank", "2", { B: 5, T: 3 }],
     ["ranks per task", "{ a: 3, b: 1, c: 2 }", { B: 7, T: 1 }],

@@ -403,6 +403,10 @@ describe("per-task adapters in a mixed batch", () => {
     ["per task Bottleneck, one width", "adapter = per task Bottleneck(4, r: 2)"],
     ["per task LoRA", "adapter = Linear(4, 4) with per task LoRA(r: 2, alpha: 4.0)"],
     [
+      "Linear with per task Bottleneck, per-task widths",
+      "adapter = Linear(4, 4) with per task Bottleneck(4, r: { a: 2, b: 3, c: 1 })",
+    ],
+    [
       "per task LoRA with targets, per-task ranks",
       'adapter = frozen Pair(4) with per task LoRA(r: { a: 2, b: 3, c: 1 }, targets: ["q", "o"])',
     ],
