@@ -1134,12 +1134,21 @@ export class Evaluator {
         return this.evalPerTask(e.operand, e.span, frame, hint);
       case "FrozenExpr": {
         const saved = frame.frozen;
+        const before = this.params.length;
         frame.frozen = true;
         const v = this.evalExpr(e.operand, frame, hint, expected);
         frame.frozen = saved;
         if (v.k === "instance") {
           v.inst.frozen = true;
-          if (v.inst.path !== undefined) this.freezeUnder(v.inst.path);
+          for (const own of v.inst.perTaskInstances?.values() ?? []) own.frozen = true;
+          // What the operand made is frozen (an adapter's parameters, made when it is
+          // attached, by its flag); an instance named here, everything under its path. Not
+          // the path of what was made: an adapter's is its base's binding.
+          for (const p of this.params.slice(before)) p.trainable = false;
+          const made = ["CallExpr", "WithExpr", "PerTaskExpr", "FrozenExpr"].includes(
+            e.operand.kind,
+          );
+          if (v.inst.path !== undefined && !made) this.freezeUnder(v.inst.path);
         } else if (v.k !== "unknown") {
           this.report(
             "E0301",
@@ -2276,7 +2285,7 @@ export class Evaluator {
         if (this.mode === "elaborate") this.registerParam(f, name, t, span, init);
       },
       registerParamAt: (path, t, init, taskRows) => {
-        const f = this.newFrame(frame.module, frame.file, path, frame.frozen);
+        const f = this.newFrame(frame.module, frame.file, path, frame.frozen || inst.frozen);
         if (frame.task !== undefined) f.task = frame.task;
         if (this.mode === "elaborate") this.registerParam(f, "weight", t, span, init, taskRows);
       },

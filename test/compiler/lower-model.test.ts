@@ -388,6 +388,47 @@ model M() { in x: f32[B, T, 4]  in task: Lang[B]  out y: f32[B, T, 4]
     expect(diagnostics[0]!.message).toMatch(/does not lead with the batch/);
   });
 
+  it("`frozen` on an adapter freezes the adapter, not its base, in moec params as in lowering", () => {
+    const source = `import std.nn { Linear }
+import std.adapt { LoRA, Bottleneck }
+tasks Lang { a, b }
+block Pair(d: Dim) { in x: f32[N, d]  out y: f32[N, d]
+  q = Linear(d, d)
+  o = Linear(d, d)
+  y = o(relu(q(x))) }
+model M() { in x: f32[N, 4]  in task: Lang[N]  out y: f32[N, 4]
+  p = Linear(4, 4) with frozen LoRA(r: 2)
+  f = frozen Linear(4, 4) with LoRA(r: 2)
+  t = Pair(4) with frozen per task LoRA(r: 2, targets: ["q"])
+  g = Linear(4, 4) with frozen Bottleneck(4, r: 2)
+  y = g(t(f(p(x)), task)) }`;
+    const file = path.join(examples, "__frozen_adapters__.moe");
+    const { lowered, diagnostics, analysis } = lowerFile(source, file, { N: 3 });
+    expect(diagnostics).toEqual([]);
+    const result = elaborate(analysis, file, undefined);
+    if ("error" in result) throw new Error(result.error);
+    const elaborated = Object.fromEntries(result.model.params.map((p) => [p.path, p.trainable]));
+    const fromIr = Object.fromEntries(
+      lowered!.graph.nodes.flatMap((n) => (n.op === "param" ? [[n.name, n.trainable]] : [])),
+    );
+    expect(elaborated).toEqual(fromIr);
+    const trainable = Object.keys(fromIr)
+      .filter((n) => fromIr[n])
+      .sort();
+    expect(trainable).toEqual([
+      "f.lora_A.weight",
+      "f.lora_B.weight",
+      "g.bias",
+      "g.weight",
+      "p.bias",
+      "p.weight",
+      "t.o.bias",
+      "t.o.weight",
+      "t.q.bias",
+      "t.q.weight",
+    ]);
+  });
+
   it("integer weights lower as i32 like integer inputs (i64 included)", () => {
     const m = lowerInline(
       `model M() { in x: i64[N, 4]  out y: i64[N, 4]  out z: i32[4]  param a: i64[4] = ones
