@@ -92,6 +92,24 @@ function paramNames(file: string, program: string): string[] {
   return report.params.map((p) => p.name).sort();
 }
 
+/** A checkpoint's parameters without its LoRAs, named as the model names them (no `net.`). */
+function baseWeights(ckpt: string, out: string): string {
+  const model = readSafetensorsFile(path.join(ckpt, "model.safetensors"));
+  const tensors = model
+    .names()
+    .filter((n) => !n.includes(".lora_"))
+    .map((n) => {
+      const t = model.read(n);
+      const data = t.data as Float32Array;
+      return [n.replace(/^net\./, ""), { dtype: "F32", shape: [...t.shape], data }] as const;
+    });
+  writeSafetensorsFile(out, new Map(tensors));
+  return out;
+}
+
+const maxDiff = (a: Float32Array, b: Float32Array) =>
+  a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+
 describe("moec train", () => {
   it("overfits 8 sequences; the checkpoint holds what moec params names, bit-identical per seed", () => {
     const runs = ["a", "b"].map((k) => path.join(tmp, `clf-${k}`));
@@ -474,23 +492,7 @@ train Tune() {
         "base_model.model.proj.lora_B.weight",
       ]);
       // The base alone, by the model's own names: the checkpoint's frozen parameters.
-      const model = readSafetensorsFile(path.join(ckpt, "model.safetensors"));
-      const base = path.join(tmp, "tune-base.safetensors");
-      writeSafetensorsFile(
-        base,
-        new Map(
-          model
-            .names()
-            .filter((n) => !n.includes(".lora_"))
-            .map((n) => {
-              const t = model.read(n);
-              return [
-                n.replace(/^net\./, ""),
-                { dtype: "F32", shape: [...t.shape], data: t.data as Float32Array },
-              ];
-            }),
-        ),
-      );
+      const base = baseWeights(ckpt, path.join(tmp, "tune-base.safetensors"));
       const run = (weights: string[], to: string) => {
         const o = path.join(tmp, to);
         const res = moec([
@@ -521,8 +523,6 @@ train Tune() {
         "tune-peft.safetensors",
       );
       const plain = run(["--weights", base, "--init-missing"], "tune-plain.safetensors");
-      const maxDiff = (a: Float32Array, b: Float32Array) =>
-        a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
       expect(maxDiff(whole.logits, peft.logits)).toBeLessThan(1e-5);
       // The adapters changed the model: without them (LoRA B zero-initialised) it differs.
       expect(maxDiff(whole.logits, plain.logits)).toBeGreaterThan(1e-3);
@@ -606,23 +606,7 @@ train Tune() {
         expect(config).toMatchObject({ r, lora_alpha: 4, rank_pattern: {} });
         expect(config.target_modules.sort()).toEqual(["head", "proj"]);
       }
-      const model = readSafetensorsFile(path.join(ckpt, "model.safetensors"));
-      const base = path.join(tmp, "task-tune-base.safetensors");
-      writeSafetensorsFile(
-        base,
-        new Map(
-          model
-            .names()
-            .filter((n) => !n.includes(".lora_"))
-            .map((n) => {
-              const t = model.read(n);
-              return [
-                n.replace(/^net\./, ""),
-                { dtype: "F32", shape: [...t.shape], data: t.data as Float32Array },
-              ];
-            }),
-        ),
-      );
+      const base = baseWeights(ckpt, path.join(tmp, "task-tune-base.safetensors"));
       // Inputs with both tasks and an example of no task.
       const inputs = path.join(tmp, "task-tune-inputs.safetensors");
       writeSafetensorsFile(
@@ -667,8 +651,6 @@ train Tune() {
       ]);
       const peft = run(["--weights", base, ...adapters], "tt-peft.safetensors");
       expect(peft.res.code, peft.res.stderr).toBe(0);
-      const maxDiff = (a: Float32Array, b: Float32Array) =>
-        a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
       expect(maxDiff(whole.logits(), peft.logits())).toBeLessThan(1e-5);
       // The base alone (LoRA B zero-initialised): the examples of a task differ, the one of no
       // task (row 1) is the same.

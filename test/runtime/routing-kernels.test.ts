@@ -168,6 +168,11 @@ tasks Lang { a, b, c }
 model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
   moe = MoE(router: ${router}, experts: [FFN(12, 20, act: gelu); ${experts}])
   y = moe(x${router.startsWith("TaskRoute") || router.includes("task_embed") ? ", task" : ""}) }`;
+    return lowerGraph(src, dims);
+  }
+
+  /** The graph of a model's source at the given sizes, which must lower without errors. */
+  function lowerGraph(src: string, dims: Record<string, number>) {
     const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
     const r = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)));
     if ("error" in r || !r.model) throw new Error(JSON.stringify(r));
@@ -220,20 +225,7 @@ tasks Lang { a, b, c }
 model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
   tuned = frozen FFN(12, 20) with per task Bottleneck(12, r: { a: 3, b: 5, c: 1 }, act: gelu)
   y = tuned(x, task) }`;
-    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
-    const r2 = lower(
-      analysis,
-      file,
-      undefined,
-      new Map(),
-      new Map([
-        ["B", 7],
-        ["T", 3],
-      ]),
-    );
-    if ("error" in r2 || !r2.model) throw new Error(JSON.stringify(r2));
-    expect(r2.diagnostics).toEqual([]);
-    await expectMatches(r2.model.graph, { task: { ints: 3 } });
+    await expectMatches(lowerGraph(src, { B: 7, T: 3 }), { task: { ints: 3 } });
   });
 
   it.each([
@@ -250,13 +242,10 @@ block Pair(d: Dim) { in x: f32[..., d]  out y: f32[..., d]
 model M() { in x: f32[B, T, 12]  in task: Lang[B]  out y: f32[B, T, 12]
   pair = frozen Pair(12) with per task LoRA(r: ${r}, alpha: 8.0, targets: ["q", "o"])
   y = pair(x, task) }`;
-    const analysis = analyze([file], nodeFileSystem(new Map([[file, src]])));
-    const r2 = lower(analysis, file, undefined, new Map(), new Map(Object.entries(dims)));
-    if ("error" in r2 || !r2.model) throw new Error(JSON.stringify(r2));
-    expect(r2.diagnostics).toEqual([]);
+    const graph = lowerGraph(src, dims);
     // Segmented: one expert_matmul per LoRA matrix of each target, for all tasks.
-    expect(r2.model.graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(4);
-    await expectMatches(r2.model.graph, { task: { ints: 3 } });
+    expect(graph.nodes.filter((n) => n.op === "expert_matmul").length).toBe(4);
+    await expectMatches(graph, { task: { ints: 3 } });
   });
 
   it.each([
