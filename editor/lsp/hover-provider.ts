@@ -2,11 +2,23 @@
  * Hover: for a name, what it declares (kind, signature as written, doc comment) and its type at
  * that point; for any other expression, its inferred dtype and symbolic shape; for a block or
  * a model, its parameter count (total, trainable, per task, active per token); for a training
- * program's `loss`, its terms (./loss-terms.ts).
+ * program's `loss`, its terms (./loss-terms.ts); for a LoRA `targets` pattern in a model, the
+ * layers it places LoRAs on.
  */
 import type { Hover } from "vscode-languageserver/node";
-import type { Binding, ComponentDecl, Expr, ParamDecl, SourceFile } from "../../grammar/ast.js";
+import type {
+  Arg,
+  Binding,
+  ComponentDecl,
+  Expr,
+  ParamDecl,
+  SourceFile,
+  StringLit,
+  WithExpr,
+} from "../../grammar/ast.js";
+import type { AstNode } from "./ast-walk.js";
 import { BUILTINS } from "../../compiler/check/builtins.js";
+import { matchesTarget } from "../../compiler/check/evaluator.js";
 import type { EditorAnalysis } from "./analysis.js";
 import { isExpr, nodePathAt } from "./ast-walk.js";
 import { describeLoss } from "./loss-terms.js";
@@ -32,7 +44,11 @@ export function hover(view: DocumentView, offset: number): Hover | null {
   if (markdown === undefined) {
     const path = nodePathAt(ast, o);
     const expr = [...path].reverse().find(isExpr);
-    if (expr?.kind === "NameExpr" && BUILTINS.has(expr.name.name)) {
+    const targets = expr?.kind === "StringLit" ? targetedLayers(a, file, path) : undefined;
+    if (targets !== undefined && expr) {
+      markdown = targets;
+      span = expr.span;
+    } else if (expr?.kind === "NameExpr" && BUILTINS.has(expr.name.name)) {
       const b = BUILTINS.get(expr.name.name)!;
       markdown = code(`(builtin) ${b.signature}`) + `\n\n${b.doc}`;
       span = expr.span;
@@ -189,6 +205,43 @@ function describeDeclaration(
     }
   }
   return parts.join("\n\n");
+}
+
+/**
+ * For a string in `base with [per task] LoRA(targets: [...])` bound in a model of the entry:
+ * the layers that pattern puts a LoRA on (from the model's `moec params` report), undefined
+ * elsewhere.
+ */
+function targetedLayers(a: EditorAnalysis, file: string, path: AstNode[]): string | undefined {
+  // The path's nodes are the AST's own objects; their kind says which interface they are.
+  const as = <T>(n: AstNode | undefined) => n as unknown as T;
+  const at = path.length - 1;
+  if (path[at]?.kind !== "StringLit" || path[at - 1]?.kind !== "ListExpr") return;
+  if (path[at - 2]?.kind !== "Arg" || as<Arg>(path[at - 2]).name?.name !== "targets") return;
+  const str = as<StringLit>(path[at]);
+  const withExpr = as<WithExpr | undefined>(path.findLast((n) => n.kind === "WithExpr"));
+  const binding = as<Binding | undefined>(path.findLast((n) => n.kind === "Binding"));
+  const model = as<ComponentDecl | undefined>(path.find((n) => n.kind === "ComponentDecl"));
+  if (!withExpr || !binding || model?.form !== "model" || file !== a.entry) return;
+  const report = a.paramReports().get(model.name.name);
+  if (!report) return;
+  // The base's path: its binding when it was bound before, else this binding.
+  let base = withExpr.base;
+  while (base.kind === "FrozenExpr") base = base.operand;
+  const root = base.kind === "NameExpr" ? base.name.name : binding.target.name;
+  const layers = new Set<string>();
+  for (const p of report.params) {
+    if (!p.name.endsWith(".lora_A.weight")) continue;
+    let layer = p.name.slice(0, -".lora_A.weight".length);
+    if (p.task !== undefined && layer.endsWith(`.${p.task}`))
+      layer = layer.slice(0, -(p.task.length + 1));
+    if (matchesTarget(layer, root, str.value)) layers.add(layer);
+  }
+  const all = [...layers];
+  const shown = all.slice(0, 8).map((l) => `- \`${l}\``);
+  if (all.length > 8) shown.push(`- … ${all.length - 8} more`);
+  const head = `**${JSON.stringify(str.value)}** puts LoRA on ${all.length} layer${all.length === 1 ? "" : "s"} of \`${root}\``;
+  return [head, ...shown].join("\n");
 }
 
 /** Parameter counts of a model (its `moec params` report) or of one instance of a block. */

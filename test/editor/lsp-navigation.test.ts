@@ -173,6 +173,36 @@ describe("hover", () => {
       /^```moe\n\(builtin\) gelu\(x\)\n```\n\n/,
     );
   });
+
+  it("on a LoRA targets pattern: the layers it puts LoRA on (per task ones once)", async () => {
+    const text = `import std.nn { TransformerBlock, Linear }
+import std.adapt { LoRA }
+tasks Job { a, b }
+model Tuned(d: Dim = 16) {
+  in x: f32[B, T, d]
+  in task: Job[B]
+  out y: f32[B, T, d]
+  body = frozen TransformerBlock(d, 2, 32) with per task LoRA(r: 2, targets: ["attn.q", "mlp.*"])
+  base = frozen TransformerBlock(d, 2, 32)
+  tuned = base with LoRA(r: 2, targets: ["down"])
+  y = tuned(body(x, task)) + base(x)
+}
+`;
+    const doc = { path: path.join(dir, "lora.moe"), uri: fileUri(path.join(dir, "lora.moe")) };
+    fs.writeFileSync(doc.path, text);
+    await client.open(doc.uri, text);
+    await client.waitForDiagnostics(doc.uri);
+    expect(await hoverAt(doc.uri, text, "attn.q", 1)).toBe(
+      '**"attn.q"** puts LoRA on 1 layer of `body`\n- `body.attn.q`',
+    );
+    expect(await hoverAt(doc.uri, text, "mlp.*", 1)).toBe(
+      '**"mlp.*"** puts LoRA on 2 layers of `body`\n- `body.mlp.up`\n- `body.mlp.down`',
+    );
+    // A base bound before: its layers, under its own name.
+    expect(await hoverAt(doc.uri, text, '"down"', 1)).toBe(
+      '**"down"** puts LoRA on 1 layer of `base`\n- `base.mlp.down`',
+    );
+  });
 });
 
 describe("go to definition", () => {
