@@ -983,6 +983,9 @@ export class Evaluator {
     return prefix ? `${prefix}.${name}` : name;
   }
 
+  /** While the adapter of a `with` whose base was made there is built: their shared binding. */
+  private sharedWithBinding: string | undefined;
+
   private registerParam(
     frame: Frame,
     name: string,
@@ -1008,9 +1011,13 @@ export class Evaluator {
     }
     const existing = this.paramPaths.get(path);
     if (existing) {
+      const shared = this.sharedWithBinding;
       this.report("E0202", frame.file, span, `parameter \`${path}\` is defined twice`, {
         related: [{ file: existing.file, span: existing.span, message: "first defined here" }],
-        hint: "bind the second instance to another name",
+        hint:
+          shared !== undefined && path.startsWith(`${shared}.`)
+            ? `a base made in a \`with\` keeps its weights under \`${shared}\` beside the adapter's, and both have \`${path.slice(shared.length + 1).split(".")[0]}\`: bind the base to its own name first, then attach the adapter to that name`
+            : "bind the second instance to another name",
       });
       return;
     }
@@ -1846,7 +1853,15 @@ export class Evaluator {
       return UNKNOWN;
     }
     const path = hint ?? base.inst.path ?? this.anonymousPath(frame, base.inst.component);
-    const adapterValue = this.evalExpr(e.adapter, frame, path);
+    // A base made in this `with` has its weights under the same name as the adapter's.
+    const saved = this.sharedWithBinding;
+    if (base.inst.path === path) this.sharedWithBinding = path;
+    let adapterValue: Value;
+    try {
+      adapterValue = this.evalExpr(e.adapter, frame, path);
+    } finally {
+      this.sharedWithBinding = saved;
+    }
     if (adapterValue.k !== "instance") {
       if (adapterValue.k !== "unknown")
         this.report(
