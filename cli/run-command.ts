@@ -19,7 +19,8 @@ import {
   numel,
   runReference,
 } from "../runtime/run-model.js";
-import { type ModelLora, loadPeftAdapter } from "../runtime/peft.js";
+import type { PlacedLora } from "../compiler/lower/lowering-hooks.js";
+import { loadPeftAdapter } from "../runtime/peft.js";
 import { WEIGHT_MAPS, combineCheckpoints, trainedInstance } from "../runtime/weight-maps.js";
 import { type TypedTensor, weightsToSafetensors } from "../runtime/weights.js";
 import { writeSafetensorsFile } from "../runtime/safetensors.js";
@@ -94,7 +95,7 @@ export type WeightOptions = Pick<RunOptions, "weights" | "weightsMap" | "adapter
  */
 export function openRunWeights(
   graph: IrGraph,
-  loras: ModelLora[] | undefined,
+  loras: PlacedLora[] | undefined,
   options: WeightOptions,
 ): SafetensorsFile | undefined {
   let weightsFile = openTensors(options.weights, "--weights");
@@ -194,7 +195,7 @@ export async function executeRun(target: string, options: RunOptions): Promise<R
   let name: string;
   let dims: Map<string, number>;
   let bundled: RunnableProgram | undefined;
-  let loras: ModelLora[] | undefined;
+  let loras: PlacedLora[] | undefined;
   if (fs.existsSync(target) && fs.statSync(target).isDirectory()) {
     const bundle = readDamaged(target, () => readBundle(target));
     if (options.dim?.length || options.set?.length || options.model) {

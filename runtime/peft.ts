@@ -14,6 +14,7 @@ import {
   readSafetensorsFile,
   writeSafetensors,
 } from "./safetensors.js";
+import type { PlacedLora } from "../compiler/lower/lowering-hooks.js";
 import { checkpointOrigin, renameCheckpoint } from "./weight-maps.js";
 
 /** One entry of PEFT's rank_pattern or alpha_pattern: a regular expression over module names. */
@@ -217,17 +218,6 @@ function checkAdapterTensors(dir: string, config: PeftConfig, file: SafetensorsF
 }
 
 /**
- * A LoRA the model places: its module path, rank and alpha (scale alpha / r), and its task for
- * one task's LoRA of a `per task` set (its path then ends with `.<task>`).
- */
-export interface ModelLora {
-  path: string;
-  r: number;
-  alpha: number;
-  task?: string;
-}
-
-/**
  * A PEFT adapter directory as tensors of the model: renamed like the base weights (`map`),
  * and checked against the model's LoRA placement both ways: the adapter adapts only modules
  * the model has a LoRA on, and feeds every LoRA the model has (its matrices are never
@@ -238,7 +228,7 @@ export interface ModelLora {
  */
 export function loadPeftAdapter(
   dir: string,
-  allLoras: readonly ModelLora[],
+  allLoras: readonly PlacedLora[],
   paths: readonly string[],
   map: { apply(file: SafetensorsFile, paramPaths: readonly string[]): SafetensorsFile } | undefined,
   task?: string,
@@ -305,15 +295,6 @@ function fmtScale(x: number): string {
   return Number(x.toPrecision(6)).toString();
 }
 
-/** A LoRA a training run trained: its module path (under the program's binding), rank, alpha. */
-export interface TrainedLora {
-  path: string;
-  r: number;
-  alpha: number;
-  /** One task's LoRA of a `per task` set: `path` ends with `.<task>`. */
-  task?: string;
-}
-
 /**
  * The LoRA adapters of a training checkpoint in PEFT's layout, as files relative to the
  * checkpoint directory: per instance binding of the program (`net`), `adapter/` (or
@@ -326,11 +307,11 @@ export interface TrainedLora {
  */
 export function peftAdapterFiles(
   params: ReadonlyMap<string, { shape: readonly number[]; data: Float32Array | Int32Array }>,
-  loras: readonly TrainedLora[],
+  loras: readonly PlacedLora[],
 ): Map<string, Uint8Array | string> {
   // One adapter per binding, and per task for a `per task` set's LoRAs; modules relative to the
   // binding, without the task's name.
-  const adapters = new Map<string, { binding: string; task?: string; list: TrainedLora[] }>();
+  const adapters = new Map<string, { binding: string; task?: string; list: PlacedLora[] }>();
   for (const l of loras) {
     const dot = l.path.indexOf(".");
     if (dot < 0) continue;
@@ -341,7 +322,7 @@ export function peftAdapterFiles(
     adapters.set(key, entry);
   }
   const bindings = new Set([...adapters.values()].map((a) => a.binding));
-  const moduleOf = (l: TrainedLora, binding: string) =>
+  const moduleOf = (l: PlacedLora, binding: string) =>
     l.path.slice(binding.length + 1, l.task === undefined ? undefined : -(l.task.length + 1));
   const files = new Map<string, Uint8Array | string>();
   for (const { binding, task, list } of adapters.values()) {

@@ -12,7 +12,7 @@ import { dimValue, displayAtom, dimAtoms, dimConst, isVarAtom } from "../check/d
 import { Evaluator } from "../check/evaluator.js";
 import { Inliner } from "./inliner.js";
 import { PinMatcher, type PinReport } from "./pin-groups.js";
-import type { LoweredLibrary, LoweringHooks } from "./lowering-hooks.js";
+import type { LoweredLibrary, LoweringHooks, PlacedLora } from "./lowering-hooks.js";
 import { pruneGraph } from "../ir/prune-graph.js";
 import { IrBuilder } from "../ir/builder.js";
 import type { IrDType, IrGraph, BinaryOp } from "../ir/graph.js";
@@ -63,11 +63,8 @@ export interface LoweredModel {
   inputs: LoweredInput[];
   /** Free dims and their sizes (B, T, ...). */
   dims: Map<string, number>;
-  /**
-   * Every LoRA in the model: its path (parameters at `<path>.lora_A.weight`), rank, alpha, and
-   * its task for one task's LoRA of a `per task` set.
-   */
-  loras: { path: string; r: number; alpha: number; task?: string }[];
+  /** Every LoRA in the model. */
+  loras: PlacedLora[];
   /** With LowerOptions.pinGroups: what did not apply (for the command line to report). */
   pins?: PinReport;
 }
@@ -104,10 +101,10 @@ export class Lowering implements LoweringHooks {
   }
 
   /** Every LoRA lowered, by path. */
-  readonly loras = new Map<string, { r: number; alpha: number; task?: string }>();
+  readonly loras = new Map<string, PlacedLora>();
 
   noteLora(path: string, r: number, alpha: number, task?: string): void {
-    this.loras.set(path, task === undefined ? { r, alpha } : { r, alpha, task });
+    this.loras.set(path, task === undefined ? { path, r, alpha } : { path, r, alpha, task });
   }
 
   /**
@@ -383,7 +380,7 @@ export function lowerModel(
     graph: pruneGraph(lowering.builder.finish()),
     inputs: lowering.inputs,
     dims: lowering.usedDims,
-    loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
+    loras: [...lowering.loras.values()],
   };
   if (options.pinGroups && options.pinGroups.size > 0) lowered.pins = lowering.pinMatcher.report();
   return lowered;

@@ -32,7 +32,7 @@ import { num } from "../library/options.js";
 import { groupInstances, resolveParamGroups } from "../library/optim/param-groups.js";
 import { Inliner } from "./inliner.js";
 import { type LoweredInput, Lowering, routingOutputName } from "./lower-model.js";
-import type { LoweredLibrary } from "./lowering-hooks.js";
+import type { LoweredLibrary, PlacedLora } from "./lowering-hooks.js";
 
 /** A parameter of a lowered training program. */
 export interface TrainParam {
@@ -122,11 +122,8 @@ export interface LoweredTrain {
   /** Where the program binds `optimizer`: what the update's nodes are named after. */
   optimizerOrigin?: IrOrigin;
   params: TrainParam[];
-  /**
-   * The LoRA adapters placed (module paths under the program's bindings), rank, alpha, and the
-   * task of one task's LoRA of a `per task` set.
-   */
-  loras: { path: string; r: number; alpha: number; task?: string }[];
+  /** The LoRA adapters placed (module paths under the program's bindings). */
+  loras: PlacedLora[];
 }
 
 /** Output name of the loss term bound to `name` in the program body. */
@@ -298,7 +295,7 @@ export function lowerTrain(
         }
       : {}),
     params,
-    loras: [...lowering.loras].map(([path, l]) => ({ path, ...l })),
+    loras: [...lowering.loras.values()],
   };
 }
 

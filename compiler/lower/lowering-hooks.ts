@@ -8,6 +8,18 @@ import type { PrimitiveContext, PrimitiveLibrary, PrimitiveRule } from "../check
 import type { Instance, TensorType, Value } from "../check/values.js";
 import type { IrBuilder } from "../ir/builder.js";
 
+/**
+ * A LoRA the model places: its path (parameters at `<path>.lora_A.weight`), rank and alpha
+ * (scale alpha / r), and its task for one task's LoRA of a `per task` set (`path` then ends
+ * with `.<task>`). PEFT adapters are checked against these and written from them.
+ */
+export interface PlacedLora {
+  path: string;
+  r: number;
+  alpha: number;
+  task?: string;
+}
+
 /** What lowering adds to evaluation: IR for tensor expressions, parameters and inputs. */
 export interface LoweringHooks {
   /** IR for a tensor-valued expression whose operands were already lowered. */
