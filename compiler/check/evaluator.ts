@@ -1983,7 +1983,6 @@ export class Evaluator {
     // lowering hands down to the targeted layers (each token gets its own task's LoRA).
     if (adapter.perTask !== undefined) wrapped.perTask = adapter.perTask;
     if (this.mode !== "elaborate") return { k: "instance", inst: wrapped };
-    const rule = this.library.rules.get(adapter.component);
     const hits = new Map(patterns.map((p) => [p, 0]));
     // Every instance elaborated inside the base (repeat bodies included), each path once.
     const seen = new Set<string>();
@@ -1993,18 +1992,7 @@ export class Evaluator {
       if (pattern === undefined) continue;
       seen.add(inner.path);
       hits.set(pattern, hits.get(pattern)! + 1);
-      // Each task's LoRA sits under the layer by the task's name (`attn.q.en_de.lora_A`), as
-      // `Linear(d, d) with per task LoRA(...)` puts it under its binding.
-      const placements = adapter.perTaskInstances
-        ? [...adapter.perTaskInstances].map(([task, own]) => ({
-            placed: { ...own, path: `${inner.path}.${task}` },
-            at: { ...frame, task },
-          }))
-        : [{ placed: { ...adapter, path: inner.path }, at: frame }];
-      for (const { placed, at } of placements) {
-        const one: Instance = { ...inner, weights: new Map(inner.weights) };
-        rule?.attach?.(this.primitiveContext(at, e.span, placed), placed, inner, one);
-      }
+      this.attachToTarget(adapter, inner, frame, e.span);
     }
     for (const [pattern, n] of hits) {
       if (n > 0) continue;
@@ -2017,6 +2005,34 @@ export class Evaluator {
       );
     }
     return { k: "instance", inst: wrapped };
+  }
+
+  /**
+   * A targeted adapter placed on one layer it targets: its parameters under the layer's path
+   * (`attn.q.lora_A`), each task's under the task's name for a `per task` one
+   * (`attn.q.en_de.lora_A`, as `Linear(d, d) with per task LoRA(...)` puts them under its
+   * binding). Per placement (task-id order), the adapter's context and the layer with the
+   * adapter attached, for lowering.
+   */
+  attachToTarget(
+    adapter: Instance,
+    layer: Instance,
+    frame: Frame,
+    span: Span,
+  ): { ctx: PrimitiveContext; one: Instance }[] {
+    const rule = this.library.rules.get(adapter.component);
+    const placements = adapter.perTaskInstances
+      ? [...adapter.perTaskInstances].map(([task, own]) => ({
+          placed: { ...own, path: `${layer.path}.${task}` },
+          at: { ...frame, task },
+        }))
+      : [{ placed: { ...adapter, path: layer.path }, at: frame }];
+    return placements.map(({ placed, at }) => {
+      const one: Instance = { ...layer, weights: new Map(layer.weights) };
+      const ctx = this.primitiveContext(at, span, placed);
+      rule?.attach?.(ctx, placed, layer, one);
+      return { ctx, one };
+    });
   }
 
   // ---------------------------------------------------------------- construction

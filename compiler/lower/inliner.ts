@@ -106,19 +106,12 @@ export class Inliner implements EvaluationHooks {
     span: Span,
     frame: Frame,
   ): Value {
-    const byTask = target.adapter.perTaskInstances;
     const rule = this.rules.get(target.adapter.component);
-    if (!byTask || !rule?.lowerDelta) {
+    if (!target.adapter.perTaskInstances || !rule?.lowerDelta) {
       this.lowering.unsupported(frame.file, span, `per-task ${target.adapter.component} targets`);
       return UNKNOWN;
     }
-    const updates = [...byTask].map(([task, own]) => {
-      const placed = { ...own, path: `${inst.path}.${task}` };
-      const one: Instance = { ...inst, weights: new Map(inst.weights) };
-      const ctx = this.evaluator.primitiveContext({ ...frame, task }, span, placed);
-      rule.attach?.(ctx, placed, inst, one);
-      return { ctx, one };
-    });
+    const updates = this.evaluator.attachToTarget(target.adapter, inst, frame, span);
     // A problem is reported at the adapter (the user's `per task LoRA(...)`), not in the base.
     const at = { file: target.adapter.file, span: target.adapter.span };
     return this.addPerTaskDeltas(rule, updates, x.node!, y, target.taskIds!, at);
@@ -161,12 +154,10 @@ export class Inliner implements EvaluationHooks {
     if (y.k !== "tensor" || y.node === undefined) return y;
     if (target.taskIds !== undefined) return this.targetPerTask(target, inst, x, y, span, frame);
     const rule = this.rules.get(target.adapter.component);
-    const placed = { ...target.adapter, path: inst.path };
-    const wrapped: Instance = { ...inst, weights: new Map(inst.weights) };
-    const ctx = this.evaluator.primitiveContext(frame, span, placed);
-    rule?.attach?.(ctx, placed, inst, wrapped);
+    // Not per task: one placement.
+    const { ctx, one } = this.evaluator.attachToTarget(target.adapter, inst, frame, span)[0]!;
     if (!rule?.lowerAdapter) return y;
-    return rule.lowerAdapter(ctx, this.lowering, wrapped, x, y);
+    return rule.lowerAdapter(ctx, this.lowering, one, x, y);
   }
 
   private inlineApplyOwn(inst: Instance, values: BuiltinArg[], span: Span, frame: Frame): Value {
