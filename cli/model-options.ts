@@ -137,6 +137,16 @@ export function lowerAnalyzed(
   return result.model;
 }
 
+/**
+ * An option value `[NAME=]PATH` (`--weights net=ckpt.safetensors`, `--adapter en_de=dir`): a
+ * value that names an existing file or folder is a path as it is, `=` and all.
+ */
+export function splitNamedPath(spec: string): { name: string | undefined; path: string } {
+  const m = /^([A-Za-z_][\w.]*)=(.+)$/.exec(spec);
+  if (!m || fs.existsSync(spec)) return { name: undefined, path: spec };
+  return { name: m[1]!, path: m[2]! };
+}
+
 /** `--pin-groups` that did not apply (a weight count off, a layer not found): one line. */
 export function throwPinProblems(pins: PinReport): void {
   if (pins.problems.length) throw new CliError(pins.problems[0]!);

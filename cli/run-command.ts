@@ -30,7 +30,12 @@ import {
   readBundle,
   throwIfBundleFault,
 } from "./bundle.js";
-import { type ModelOptions, lowerFromSource, openTensors } from "./model-options.js";
+import {
+  type ModelOptions,
+  lowerFromSource,
+  openTensors,
+  splitNamedPath,
+} from "./model-options.js";
 import { compileProgress } from "./progress.js";
 import {
   CliError,
@@ -150,8 +155,8 @@ function adapterSets(
   const tasks = [...new Set(loras.flatMap((l) => (l.task === undefined ? [] : [l.task])))];
   const shared = loras.some((l) => l.task === undefined);
   const sets = specs.map((spec) => {
-    const m = /^([A-Za-z_]\w*)=(.+)$/.exec(spec);
-    return m && !fs.existsSync(spec) ? { task: m[1]!, dir: m[2]! } : { dir: spec };
+    const { name, path: dir } = splitNamedPath(spec);
+    return name === undefined ? { dir } : { task: name, dir };
   });
   const seen = new Set<string | undefined>();
   for (const { task } of sets) {

@@ -26,7 +26,13 @@ import { type AccuracyCounts, type EvalMetrics, accuracyOf } from "../runtime/tr
 import type { LrSchedule } from "../runtime/train/schedule.js";
 import { initWeights, loadWeights } from "../runtime/weights.js";
 import type { TensorData } from "../runtime/executor.js";
-import { analyzeEntry, lowerTrainProgram, openTensors, parseDims } from "./model-options.js";
+import {
+  analyzeEntry,
+  lowerTrainProgram,
+  openTensors,
+  parseDims,
+  splitNamedPath,
+} from "./model-options.js";
 import { compileProgress } from "./progress.js";
 import {
   stderrIsInteractive,
@@ -116,13 +122,6 @@ export function trainDims(
   return dims;
 }
 
-/** `--weights [PREFIX=]FILE`: a checkpoint for the parameters under PREFIX (all without). */
-function parseWeightSpec(spec: string): { prefix: string | undefined; file: string } {
-  const m = /^([A-Za-z_][\w.]*)=(.+)$/.exec(spec);
-  if (!m || fs.existsSync(spec)) return { prefix: undefined, file: spec };
-  return { prefix: m[1]!, file: m[2]! };
-}
-
 /**
  * Parameters at step 0: each `--weights` file over the parameters it covers (its keys
  * prefixed with PREFIX.), the rest seeded as `moec run` seeds them. A key that matches no
@@ -138,7 +137,8 @@ function initialParameters(
   const params = new Map<string, TensorData>();
   const from = new Map<string, string>();
   for (const spec of specs) {
-    const { prefix, file } = parseWeightSpec(spec);
+    // `--weights [PREFIX=]FILE`: a checkpoint for the parameters under PREFIX (all without).
+    const { name: prefix, path: file } = splitNamedPath(spec);
     const under = prefix === undefined ? all : all.filter((p) => p.path.startsWith(`${prefix}.`));
     if (prefix !== undefined && under.length === 0) {
       const tops = [...new Set(all.map((p) => p.path.split(".")[0]!))];
