@@ -59,6 +59,7 @@ export const DIAGNOSTIC_CODES = {
   E0411: "router needs the token ids",
   E0412: "parameter group does not fit the parameters",
   // E0413 (per-task LoRA with targets, refused) is retired: such LoRAs are supported.
+  E0414: "router needs the instruction features",
   // E06xx: lowering to the back end
   E0601: "not supported by the back end yet",
   // W05xx: warnings

@@ -25,6 +25,15 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
   moe = MoE(router: ${router}, experts: ${groups})
   y = moe(x) }`;
 
+/** Grouped routing on an instruction: one f32 vector per sequence, beside x [B, T, 4]. */
+export const instructedModel = (router: string, groups: string) => `import std.nn { FFN, Linear }
+import std.adapt { LoRA }
+import std.route { MoE, Grouped }
+model M() { in x: f32[B, T, 4]  in instruction: f32[B, 4]  out y: f32[B, T, 4]
+  ${groups.includes("base") ? "base = Linear(4, 4)" : ""}
+  moe = MoE(router: ${router}, experts: ${groups})
+  y = moe(x, instruction) }`;
+
 export const motModel = (router: string, E = 3) => `import std.nn { FFN }
 import std.route { MoE, TokenMix }
 model M() { in x: f32[B, T, 4]  out y: f32[B, T, 4]

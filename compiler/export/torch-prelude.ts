@@ -692,11 +692,12 @@ class Soft(Router):
 class Grouped(Router):
     """Two-level routing (AT-MoE): every expert, weight w(g)·w(e | g), each a softmax or a
     sigmoid normalisation (normalize). Set self.pin (one weight per group, summing to 1) to
-    fix the group weights, as moec run --pin-groups does."""
+    fix the group weights, as moec run --pin-groups does. on="instruction": the weights come
+    from the features MoE.forward is given beside x, one vector per sequence."""
 
-    def __init__(self, outer="softmax", inner="softmax", pin=()):
+    def __init__(self, outer="softmax", inner="softmax", pin=(), on="token"):
         super().__init__()
-        self.outer, self.inner, self.pin = outer, inner, list(pin)
+        self.outer, self.inner, self.pin, self.on = outer, inner, list(pin), on
 
     def build(self, d, num_experts, tasks, groups=None):
         super().build(d, num_experts, tasks)
@@ -787,6 +788,10 @@ class MoE(nn.Module):
             w = r.table(x.dtype, x.device).index_select(0, ids.long().reshape(-1))
             w = w.reshape(*ids.shape, *[1] * (len(lead) - ids.dim()), -1).expand(*lead, -1).reshape(N, -1)
             out = self._dense(xf, w)
+        elif isinstance(r, Grouped) and r.on == "instruction":
+            # One instruction per sequence ([..., d], x [..., T, d]), at every position.
+            per_position = ids.reshape(*lead[:-1], 1, d).expand(*lead, d).reshape(N, d)
+            out = self._dense(xf, r.weights(per_position))
         elif isinstance(r, Grouped):
             out = self._dense(xf, r.weights(xf))
         elif isinstance(r, Soft):

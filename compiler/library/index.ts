@@ -41,6 +41,7 @@ const exported: Record<string, readonly string[]> = {
     "Overflow",
     "Granularity",
     "GroupNorm",
+    "RouteOn",
     "Emit",
     "MixAxis",
     ...ROUTER_FAMILIES.keys(),

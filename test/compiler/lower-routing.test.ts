@@ -1,4 +1,5 @@
-// Dense MoE lowering (Soft, Grouped, TokenMix, TaskMap) against float64 code written here.
+// Dense MoE lowering (Soft, Grouped on tokens and on an instruction, TokenMix, TaskMap) against
+// float64 code written here.
 import { describe, expect, it } from "vitest";
 import { interpret } from "../../runtime/reference/interpret.js";
 import * as path from "node:path";
@@ -188,6 +189,40 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
       const a = linear(xn, mat(l.get("moe.router.group_gate.weight")!)).map(sigmoid);
       const wg = a.map((v) => v / (a[0]! + a[1]!));
       const b = linear(xn, mat(l.get("moe.router.expert_gate.weight")!));
+      const out = [0, 0, 0, 0];
+      let first = 0;
+      sizes.forEach((size, g) => {
+        const inner = softmax(b.slice(first, first + size));
+        for (let j = 0; j < size; j++) {
+          const ye = ffn(l, `moe.experts.${g}.${j}`, xn);
+          for (let o = 0; o < 4; o++) out[o]! += wg[g]! * inner[j]! * ye[o]!;
+        }
+        first += size;
+      });
+      return out;
+    });
+    close(y.data, expected);
+  });
+
+  it("Grouped(on: instruction): each sequence's weights from its instruction, at every position", () => {
+    const m = lower(
+      `import std.nn { FFN }
+import std.route { MoE, Grouped }
+model M() { in x: f32[B, T, 4]  in instruction: f32[B, 4]  out y: f32[B, T, 4]
+  moe = MoE(router: Grouped(on: instruction), experts: [[FFN(4, 3, act: relu); 2], [FFN(4, 3, act: relu)]])
+  y = moe(x, instruction) }`,
+      { B: 3, T: 7 },
+    );
+    const l = leaves(m);
+    const y = interpret(m.graph, l).outputs.get("y")!;
+    const x = l.get("x")!;
+    const instruction = l.get("instruction")!;
+    const sizes = [2, 1];
+    const expected = [...Array(21).keys()].flatMap((n) => {
+      const xn = row(x, n);
+      const z = row(instruction, Math.floor(n / 7));
+      const wg = softmax(linear(z, mat(l.get("moe.router.group_gate.weight")!)));
+      const b = linear(z, mat(l.get("moe.router.expert_gate.weight")!));
       const out = [0, 0, 0, 0];
       let first = 0;
       sizes.forEach((size, g) => {

@@ -8,6 +8,7 @@ import { compareAt, exportTo, scratchDir, session, writeModel } from "./onnx-har
 import {
   experts,
   groupedModel,
+  instructedModel,
   loraModel,
   moeModel,
   motModel,
@@ -118,6 +119,14 @@ const FAMILIES: Family[] = [
     source: groupedModel("Grouped(inner: normalize)", `[[base with LoRA(r: 2, alpha: 4.0); 2]; 2]`),
     sizes: N2,
   },
+  ...[
+    ["Grouped(on: instruction)", `[[FFN(4, 3, act: gelu); 2], [FFN(4, 3, act: gelu); 3]]`],
+    ["Grouped(inner: normalize, on: instruction)", `[[base with LoRA(r: 2, alpha: 4.0); 2]; 2]`],
+  ].map(([router, groups]) => ({
+    name: `${router} over ${groups}`,
+    source: instructedModel(router!, groups!),
+    sizes: BT2,
+  })),
   // Mixture of tokens mixes across its group axis, padded to whole groups: that dim is fixed.
   ...[
     "TokenMix(group: 3)",

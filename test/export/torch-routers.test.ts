@@ -1,6 +1,7 @@
 // Every router family the PyTorch export supports, against the reference interpreter: top-k
 // with capacity (overflow residual and zero, softmax after), top-1 with shared experts,
-// expert choice, soft, hash, task routing at each level, task maps with two outputs.
+// expert choice, soft, hash, task routing at each level, task maps with two outputs, grouped
+// routing pinned and on an instruction (FFN experts, and LoRA experts over one base).
 import { type TorchCase, describeTorchCases } from "./torch-harness.js";
 
 const file = "test/export/fixtures/routers.moe";
@@ -21,6 +22,8 @@ const models: [string, Record<string, number>][] = [
   ["MixSequence", { B: 2, T: 5 }],
   ["MixBatch", { B: 4, T: 2 }],
   ["MixDiscrete", { B: 7 }],
+  ["Instructed", { B: 3, T: 5 }],
+  ["InstructedLora", { B: 1, T: 7 }],
 ];
 const CASES: TorchCase[] = models.map(([model, dims]) => ({
   name: model,

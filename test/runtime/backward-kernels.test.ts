@@ -298,6 +298,31 @@ model M() { in x: f32[N, 9]  out y: f32[N, 9]
     });
   }
 
+  for (const [router, groups, B, T] of [
+    ["Grouped(on: instruction)", "[[FFN(9, 5, act: gelu); 2], [FFN(9, 5, act: gelu)]]", 3, 7],
+    ["Grouped(outer: normalize, on: instruction)", "[[FFN(9, 5, act: gelu); 2]; 2]", 1, 1],
+    [
+      "Grouped(inner: normalize, on: instruction)",
+      "[[base with LoRA(r: 3, alpha: 6.0); 2]; 2]",
+      5,
+      3,
+    ],
+  ] as const) {
+    it(`${router} over ${groups} at B = ${B}, T = ${T}`, async () => {
+      const graph = lowerBackward(
+        `import std.nn { FFN, Linear }
+import std.adapt { LoRA }
+import std.route { MoE, Grouped }
+model M() { in x: f32[B, T, 9]  in instruction: f32[B, 9]  out y: f32[B, T, 9]
+  ${groups.includes("base") ? "base = Linear(9, 9)" : ""}
+  moe = MoE(router: ${router}, experts: ${groups})
+  y = moe(x, instruction) }`,
+        { B, T },
+      );
+      await expectGradients(graph);
+    });
+  }
+
   for (const [router, B, T] of [
     ["TokenMix(group: 3)", 3, 7],
     ["TokenMix(group: 2, temperature: 0.5, emit: softmax_experts)", 4, 1],

@@ -1,12 +1,15 @@
 /**
  * Two-level routing over expert groups (`Grouped`, AT-MoE): weight(g)·weight(e | g), each a
  * softmax or a sigmoid normalisation; group weights may be pinned in the source or from the
- * command line. Dense: every expert runs; LoRA experts over one shared base are factorised
- * (the base runs once).
+ * command line. Each token routes on its own features, or (`on: instruction`) each sequence on the
+ * features the layer takes beside x. Dense: every expert runs; LoRA experts over one shared base
+ * are factorised (the base runs once).
  */
 import { dimConst, dimValue } from "../../check/dims.js";
 import type { IrBuilder } from "../../ir/builder.js";
+import { numel } from "../../ir/graph.js";
 import {
+  type MoeLowering,
   constantTable,
   layerPath,
   logitsOf,
@@ -23,6 +26,31 @@ import { type RouterFamily, routerPath } from "./router-family.js";
 function normalizeScores(ir: IrBuilder, logits: number): number {
   const s = ir.unary("sigmoid", logits);
   return ir.binary("div", s, ir.reduce("sum", s, -1, true));
+}
+
+/**
+ * `on: instruction`: logits from the layer's instruction features ([..., d], x [..., T, d] less
+ * its position axis), one row per sequence, broadcast to every position: [..., T, rows]. Null
+ * (reported) without the features.
+ */
+function instructionLogits(m: MoeLowering): ((gate: number) => number) | null {
+  const { r, x } = m;
+  const ir = r.lowering.builder;
+  const features = m.ids?.node;
+  if (features === undefined || m.ids?.t.dtype !== "f32") {
+    r.unsupported("Grouped(on: instruction) without the instruction's features");
+    return null;
+  }
+  const xs = ir.shape(x.node!);
+  const d = xs[xs.length - 1]!;
+  const perSequence = xs.slice(0, -2);
+  const rows = ir.reshape(features, [Math.max(1, numel(perSequence)), d]);
+  return (gate) => {
+    const rowsOut = ir.shape(gate)[0]!;
+    const l = ir.matmul(rows, ir.permute(gate, [1, 0])); // [sequences, rows]
+    const shaped = ir.reshape(l, [...perSequence, 1, rowsOut]);
+    return ir.binary("add", shaped, ir.constant(0, "f32", [...xs.slice(0, -1), rowsOut]));
+  };
 }
 
 export const grouped: RouterFamily = {
@@ -43,7 +71,7 @@ export const grouped: RouterFamily = {
       }
     }
   },
-  routingInput: () => "none",
+  routingInput: (router) => (member(router, "on") === "instruction" ? "instruction" : "none"),
   checkExperts(ctx, router, { groups, symbolic }) {
     const pin = router.args.get("pin");
     if (
@@ -82,11 +110,14 @@ export const grouped: RouterFamily = {
     const expertGate = m.gate("expert_gate", E);
     if (groupGate === undefined || expertGate === undefined) return undefined;
     const rank = ir.shape(x.node!).length;
+    const logits = member(router, "on") === "instruction" ? instructionLogits(m) : undefined;
+    if (logits === null) return undefined;
+    const logitsFor = (gate: number) => (logits ? logits(gate) : logitsOf(m, gate));
     let wg: number;
     if (pinned) {
       wg = ir.reshape(constantTable(ir, [pinned]), [...Array(rank - 1).fill(1), G]);
     } else {
-      const gl = logitsOf(m, groupGate);
+      const gl = logitsFor(groupGate);
       wg = member(router, "outer") === "normalize" ? normalizeScores(ir, gl) : ir.softmax(gl);
     }
     if (r.lowering.routingStats) {
@@ -109,7 +140,7 @@ export const grouped: RouterFamily = {
         ir.shape(flat)[0] === N ? flat : ir.binary("add", flat, ir.constant(0, "f32", [N, 1]));
       r.lowering.routing(layerPath(r), "groups", perToken);
     }
-    const el = logitsOf(m, expertGate);
+    const el = logitsFor(expertGate);
     const weights: number[] = [];
     let start = 0;
     groups.forEach((group, g) => {

@@ -155,6 +155,15 @@ export const moeRule: LoweredPrimitiveRule = {
       if (xType.lead !== undefined) type.lead = xType.lead;
       inst.inputs.push({ name: "tokens", type, span: ctx.span, file: ctx.file });
     }
+    if (input === "instruction") {
+      // One feature vector per sequence: x's type without its position axis (the next to last).
+      const xType = first.inputs[0]!.type;
+      const type: TensorType =
+        xType.lead === undefined && xType.dims.length >= 2
+          ? { dtype: "f32", dims: [...xType.dims.slice(0, -2), xType.dims[xType.dims.length - 1]!] }
+          : { ...xType, dtype: "f32" };
+      inst.inputs.push({ name: "instruction", type, span: ctx.span, file: ctx.file });
+    }
     inst.outputs = [{ ...first.outputs[0]!, name: "y" }];
     inst.freeAtoms = first.freeAtoms;
     inst.children.set("router", router);
@@ -197,6 +206,7 @@ export const moeRule: LoweredPrimitiveRule = {
     if (!info || inst.inputs.length === 0) return UNKNOWN;
     const needsTask = info.input === "task ids";
     const needsTokens = info.input === "token ids";
+    const needsInstruction = info.input === "instruction";
     const want = info.input === "none" ? 1 : 2;
     if (args.length !== want) {
       if (needsTask && args.length === 1) {
@@ -212,11 +222,27 @@ export const moeRule: LoweredPrimitiveRule = {
           "this MoE's router routes on the token ids: pass them too, `moe(x, tokens)`",
           { hint: "the ids are i32 with x's leading dims, e.g. `in tokens: i32[B, T]`" },
         );
+      } else if (needsInstruction && args.length === 1) {
+        ctx.report(
+          "E0414",
+          ctx.span,
+          "this MoE's router routes on an instruction: pass its features too, `moe(x, instruction)`",
+          {
+            hint: "one f32 vector per sequence, x's dims less the position axis: for x [B, T, d], e.g. `select(x, 1, 0)` is [B, d]",
+          },
+        );
       } else {
+        const second = needsTask
+          ? ", task"
+          : needsTokens
+            ? ", tokens"
+            : needsInstruction
+              ? ", instruction"
+              : "";
         ctx.report(
           "E0305",
           ctx.span,
-          `MoE takes ${want} input${want === 1 ? "" : "s"} (x${needsTask ? ", task" : needsTokens ? ", tokens" : ""}), found ${args.length}`,
+          `MoE takes ${want} input${want === 1 ? "" : "s"} (x${second}), found ${args.length}`,
         );
       }
       return UNKNOWN;
@@ -264,6 +290,7 @@ export const moeRule: LoweredPrimitiveRule = {
       }
     }
     if (needsTokens && !checkTokenIds(ctx, args[1]!, inputs[1]!, x)) return UNKNOWN;
+    if (needsInstruction && !checkInstruction(ctx, args[1]!, x)) return UNKNOWN;
     return { k: "tensor", t: ctx.unifier.resolveTensor(outputs[0]!) };
   },
   lowerLayer: (layer, args) => lowerMoE(layer, args),
@@ -313,9 +340,61 @@ function checkTokenIds(
   return true;
 }
 
+/**
+ * The instruction features of a router that routes on them (`moe(x, instruction)`): f32 (E0414)
+ * with x's dims less the position axis, the next to last (E0302): one vector per sequence.
+ */
+function checkInstruction(ctx: PrimitiveContext, t: BuiltinArg, x: BuiltinArg): boolean {
+  const router = ctx.inst.children.get("router")?.component ?? "router";
+  if (t.value.k === "unknown" || x.value.k !== "tensor") return true;
+  if (t.value.k !== "tensor" || t.value.t.dtype !== "f32") {
+    const found = t.value.k === "tensor" ? formatTensorType(t.value.t) : describeValue(t.value);
+    ctx.report(
+      "E0414",
+      t.span,
+      `${router} routes on an instruction: expected f32 features, found ${found}`,
+      {
+        hint: "one f32 vector per sequence, e.g. the hidden state at the instruction's last token",
+      },
+    );
+    return false;
+  }
+  const xs = ctx.unifier.resolveTensor(x.value.t);
+  const ts = ctx.unifier.resolveTensor(t.value.t);
+  // x [..., T, d] → [..., d]; with a variadic lead only the width is known here.
+  const expected =
+    xs.lead === undefined && xs.dims.length >= 2
+      ? [...xs.dims.slice(0, -2), xs.dims[xs.dims.length - 1]!]
+      : xs.dims.slice(-1);
+  const fits =
+    (xs.lead !== undefined || ts.lead !== undefined || ts.dims.length === expected.length) &&
+    expected.every((dim, i) => {
+      const at = ts.dims.length - expected.length + i;
+      return at >= 0 && ctx.unifier.unifyDim(ts.dims[at]!, dim) !== "mismatch";
+    });
+  if (!fits) {
+    ctx.report(
+      "E0302",
+      t.span,
+      `instruction ${formatTensorType(ts)} must have x's dims less the position axis: x is ${formatTensorType(xs)}`,
+      {
+        hint:
+          xs.lead === undefined && xs.dims.length >= 2
+            ? `expected f32[${expected.map((e) => formatDim(e)).join(", ")}], one vector per sequence`
+            : `expected the experts' input width ${formatDim(expected[0]!)} last`,
+      },
+    );
+    return false;
+  }
+  return true;
+}
+
 // ---------------------------------------------------------------- lowering
 
-/** IR for one application of an MoE layer (`ctx.inst`) to `args` (x, then task or token ids). */
+/**
+ * IR for one application of an MoE layer (`ctx.inst`) to `args` (x, then the task ids, token ids
+ * or instruction features its router routes on).
+ */
 export function lowerMoE(r: LayerLowering, args: { value: Value }[]): Value {
   const { ctx, lowering } = r;
   const ir = lowering.builder;

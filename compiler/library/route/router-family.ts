@@ -10,8 +10,11 @@ import type { PrimitiveContext } from "../../check/primitive-rule.js";
 import type { Instance } from "../../check/values.js";
 import type { MoeLowering } from "../../lower/routing/common.js";
 
-/** What an MoE layer takes beside x, by its router: `moe(x)`, `moe(x, task)`, `moe(x, tokens)`. */
-export type RoutingInput = "none" | "task ids" | "token ids";
+/**
+ * What an MoE layer takes beside x, by its router: `moe(x)`, `moe(x, task)`, `moe(x, tokens)`,
+ * `moe(x, instruction)` (f32 features, one vector per sequence).
+ */
+export type RoutingInput = "none" | "task ids" | "token ids" | "instruction";
 
 /** The experts of one MoE layer, as construction sees them. */
 export interface ExpertLayout {

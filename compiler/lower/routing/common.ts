@@ -31,7 +31,7 @@ export interface MoeLowering {
   experts: Instance[];
   /** The layer's input [..., d]. */
   x: TensorValue;
-  /** The layer's second input, the task ids or token ids its router routes on, if given. */
+  /** The layer's second input, the task ids, token ids or instruction its router routes on. */
   ids: TensorValue | undefined;
   /** The router's [rows, width] gate weight (width d unless given; created on first use). */
   gate(name: string, rows: number, width?: number): number | undefined;

@@ -25,6 +25,7 @@ import { checkGradients, topkMargin, withTrainableInputs } from "./gradient-chec
 import {
   experts,
   groupedModel,
+  instructedModel,
   loraModel,
   moeModel,
   motModel,
@@ -293,6 +294,31 @@ describe("grouped two-level routing", () => {
       // `base` itself is applied only through the experts.
     });
     expect(trainableNames(graph).filter((n) => n.includes("lora_")).length).toBe(8);
+  });
+
+  // The instruction is an input too: its gradient is checked with x's.
+  for (const [router, groups] of [
+    ["Grouped(on: instruction)", `[[FFN(4, 3, act: gelu); 2], [FFN(4, 3, act: gelu); 3]]`],
+    [
+      "Grouped(outer: normalize, inner: normalize, on: instruction)",
+      `[[FFN(4, 3, act: gelu); 2]; 2]`,
+    ],
+    ["Grouped(inner: normalize, on: instruction)", `[[base with LoRA(r: 2, alpha: 4.0); 2]; 2]`],
+  ]) {
+    it(`${router} over ${groups}: one decision per sequence`, () => {
+      checkFamily({ source: instructedModel(router!, groups!), dims: { B: 3, T: 2 } });
+    });
+  }
+
+  it("Grouped(pin: [0.7, 0.3], on: instruction): only the expert gate sees the instruction", () => {
+    checkFamily({
+      source: instructedModel(
+        "Grouped(pin: [0.7, 0.3], on: instruction)",
+        `[[FFN(4, 3, act: gelu); 2]; 2]`,
+      ),
+      dims: { B: 2, T: 3 },
+      unused: ["moe.router.group_gate.weight"],
+    });
   });
 });
 
