@@ -1,7 +1,7 @@
 // Dense MoE lowering (Soft, Grouped on tokens and on an instruction, TokenMix, TaskMap) against
 // float64 code written here.
 import { describe, expect, it } from "vitest";
-import { interpret } from "../../runtime/reference/interpret.js";
+import { type HostTensor, interpret } from "../../runtime/reference/interpret.js";
 import * as path from "node:path";
 import {
   close,
@@ -17,6 +17,30 @@ import {
 } from "./routing-fixtures.js";
 
 const statsFile = path.join(import.meta.dirname, "../../examples/__routing__.moe");
+
+/**
+ * Σ_g Σ_{e in g} w(g)·softmax(b within g)_e·expert_e(x) over FFN experts `moe.experts.g.j` of
+ * width 4: groups of `sizes`, group weights `wg`, expert logits `b` (group-major).
+ */
+function groupedMix(
+  l: Map<string, HostTensor>,
+  xn: number[],
+  wg: number[],
+  b: number[],
+  sizes: number[],
+): number[] {
+  const out = [0, 0, 0, 0];
+  let first = 0;
+  sizes.forEach((size, g) => {
+    const inner = softmax(b.slice(first, first + size));
+    for (let j = 0; j < size; j++) {
+      const ye = ffn(l, `moe.experts.${g}.${j}`, xn);
+      for (let o = 0; o < 4; o++) out[o]! += wg[g]! * inner[j]! * ye[o]!;
+    }
+    first += size;
+  });
+  return out;
+}
 
 describe("dense MoE lowering", () => {
   it("Soft: softmax-weighted sum of every expert", () => {
@@ -189,17 +213,7 @@ model M() { in x: f32[N, 4]  out y: f32[N, 4]
       const a = linear(xn, mat(l.get("moe.router.group_gate.weight")!)).map(sigmoid);
       const wg = a.map((v) => v / (a[0]! + a[1]!));
       const b = linear(xn, mat(l.get("moe.router.expert_gate.weight")!));
-      const out = [0, 0, 0, 0];
-      let first = 0;
-      sizes.forEach((size, g) => {
-        const inner = softmax(b.slice(first, first + size));
-        for (let j = 0; j < size; j++) {
-          const ye = ffn(l, `moe.experts.${g}.${j}`, xn);
-          for (let o = 0; o < 4; o++) out[o]! += wg[g]! * inner[j]! * ye[o]!;
-        }
-        first += size;
-      });
-      return out;
+      return groupedMix(l, xn, wg, b, sizes);
     });
     close(y.data, expected);
   });
@@ -223,17 +237,7 @@ model M() { in x: f32[B, T, 4]  in instruction: f32[B, 4]  out y: f32[B, T, 4]
       const z = row(instruction, Math.floor(n / 7));
       const wg = softmax(linear(z, mat(l.get("moe.router.group_gate.weight")!)));
       const b = linear(z, mat(l.get("moe.router.expert_gate.weight")!));
-      const out = [0, 0, 0, 0];
-      let first = 0;
-      sizes.forEach((size, g) => {
-        const inner = softmax(b.slice(first, first + size));
-        for (let j = 0; j < size; j++) {
-          const ye = ffn(l, `moe.experts.${g}.${j}`, xn);
-          for (let o = 0; o < 4; o++) out[o]! += wg[g]! * inner[j]! * ye[o]!;
-        }
-        first += size;
-      });
-      return out;
+      return groupedMix(l, xn, wg, b, sizes);
     });
     close(y.data, expected);
   });
