@@ -692,8 +692,8 @@ class Soft(Router):
 class Grouped(Router):
     """Two-level routing (AT-MoE): every expert, weight w(g)·w(e | g), each a softmax or a
     sigmoid normalisation (normalize). Set self.pin (one weight per group, summing to 1) to
-    fix the group weights, as moec run --pin-groups does. on="instruction": the weights come
-    from the features MoE.forward is given beside x, one vector per sequence."""
+    fix the group weights, as moec run --pin-groups does. on="instruction": the weights are
+    those of the features MoE.forward is given beside x, one vector per sequence."""
 
     def __init__(self, outer="softmax", inner="softmax", pin=(), on="token"):
         super().__init__()
