@@ -44,6 +44,14 @@ function instructionLogits(m: MoeLowering): ((gate: number) => number) | null {
   const xs = ir.shape(x.node!);
   const d = xs[xs.length - 1]!;
   const perSequence = xs.slice(0, -2);
+  const fs = ir.shape(features);
+  // Checking compares symbolic dims; a variadic lead leaves only the width to it.
+  if (fs.length !== perSequence.length + 1 || fs.some((n, i) => n !== [...perSequence, d][i])) {
+    r.unsupported(
+      `Grouped(on: instruction) with an instruction of shape [${fs.join(", ")}] for x [${xs.join(", ")}] (expected [${[...perSequence, d].join(", ")}])`,
+    );
+    return null;
+  }
   const rows = ir.reshape(features, [Math.max(1, numel(perSequence)), d]);
   return (gate) => {
     const rowsOut = ir.shape(gate)[0]!;
