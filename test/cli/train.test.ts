@@ -12,7 +12,18 @@ import { readSafetensorsFile, writeSafetensorsFile } from "../../runtime/safeten
 import { moec, moecNodeArgs, root } from "./moec-cli.js";
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "moec-train-"));
+
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+/**
+ * `moec run SRC ARGS -o <tmp>/TO`: the result, and the logits it wrote, read on demand (a
+ * refused run writes none).
+ */
+function runForLogits(src: string, args: string[], to: string) {
+  const o = path.join(tmp, to);
+  const res = moec(["run", src, ...args, "-o", o]);
+  return { res, logits: () => readSafetensorsFile(o).read("logits").data as Float32Array };
+}
 
 /** The tensors of a safetensors file as name → bytes (for bit-for-bit comparisons). */
 function bytesOf(file: string): Map<string, Buffer> {
@@ -494,22 +505,13 @@ train Tune() {
       // The base alone, by the model's own names: the checkpoint's frozen parameters.
       const base = baseWeights(ckpt, path.join(tmp, "tune-base.safetensors"));
       const run = (weights: string[], to: string) => {
-        const o = path.join(tmp, to);
-        const res = moec([
-          "run",
+        const r = runForLogits(
           src,
-          "--dim",
-          "B=2",
-          "--dim",
-          "T=3",
-          "--seed",
-          "4",
-          ...weights,
-          "-o",
-          o,
-        ]);
-        expect(res.code, res.stderr).toBe(0);
-        return { res, logits: readSafetensorsFile(o).read("logits").data as Float32Array };
+          ["--dim", "B=2", "--dim", "T=3", "--seed", "4", ...weights],
+          to,
+        );
+        expect(r.res.code, r.res.stderr).toBe(0);
+        return { res: r.res, logits: r.logits() };
       };
       const whole = run(
         ["--weights", path.join(ckpt, "model.safetensors")],
@@ -623,23 +625,8 @@ train Tune() {
           ["task", { dtype: "I32", shape: [3], data: Int32Array.from([1, -1, 0]) }],
         ]),
       );
-      const run = (weights: string[], to: string) => {
-        const o = path.join(tmp, to);
-        const res = moec([
-          "run",
-          src,
-          "--inputs",
-          inputs,
-          "--dim",
-          "B=3",
-          "--dim",
-          "T=4",
-          ...weights,
-          "-o",
-          o,
-        ]);
-        return { res, logits: () => readSafetensorsFile(o).read("logits").data as Float32Array };
-      };
+      const run = (weights: string[], to: string) =>
+        runForLogits(src, ["--inputs", inputs, "--dim", "B=3", "--dim", "T=4", ...weights], to);
       const whole = run(
         ["--weights", path.join(ckpt, "model.safetensors")],
         "tt-whole.safetensors",
