@@ -45,10 +45,11 @@ function instructionLogits(m: MoeLowering): ((gate: number) => number) | null {
   const d = xs[xs.length - 1]!;
   const perSequence = xs.slice(0, -2);
   const fs = ir.shape(features);
+  const expected = [...perSequence, d];
   // Checking compares symbolic dims; a variadic lead leaves only the width to it.
-  if (fs.length !== perSequence.length + 1 || fs.some((n, i) => n !== [...perSequence, d][i])) {
+  if (fs.length !== expected.length || fs.some((n, i) => n !== expected[i])) {
     r.unsupported(
-      `Grouped(on: instruction) with an instruction of shape [${fs.join(", ")}] for x [${xs.join(", ")}] (expected [${[...perSequence, d].join(", ")}])`,
+      `Grouped(on: instruction) with an instruction of shape [${fs.join(", ")}] for x [${xs.join(", ")}] (expected [${expected.join(", ")}])`,
     );
     return null;
   }

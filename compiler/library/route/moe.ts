@@ -156,12 +156,10 @@ export const moeRule: LoweredPrimitiveRule = {
       inst.inputs.push({ name: "tokens", type, span: ctx.span, file: ctx.file });
     }
     if (input === "instruction") {
-      // One feature vector per sequence: x's type without its position axis (the next to last).
+      // One feature vector per sequence; with a variadic lead, only the width is known.
       const xType = first.inputs[0]!.type;
-      const type: TensorType =
-        xType.lead === undefined && xType.dims.length >= 2
-          ? { dtype: "f32", dims: [...xType.dims.slice(0, -2), xType.dims[xType.dims.length - 1]!] }
-          : { ...xType, dtype: "f32" };
+      const dims = lessPositionAxis(xType);
+      const type: TensorType = dims ? { dtype: "f32", dims } : { ...xType, dtype: "f32" };
       inst.inputs.push({ name: "instruction", type, span: ctx.span, file: ctx.file });
     }
     inst.outputs = [{ ...first.outputs[0]!, name: "y" }];
@@ -341,6 +339,15 @@ function checkTokenIds(
 }
 
 /**
+ * The dims of one vector per sequence of x: x's dims less the position axis, the next to last
+ * (x [B, T, d] → [B, d]); undefined for a variadic lead or a rank below 2.
+ */
+function lessPositionAxis(x: TensorType): TensorType["dims"] | undefined {
+  if (x.lead !== undefined || x.dims.length < 2) return undefined;
+  return [...x.dims.slice(0, -2), x.dims[x.dims.length - 1]!];
+}
+
+/**
  * The instruction features of a router that routes on them (`moe(x, instruction)`): f32 (E0414)
  * with x's dims less the position axis, the next to last (E0302): one vector per sequence.
  */
@@ -361,11 +368,9 @@ function checkInstruction(ctx: PrimitiveContext, t: BuiltinArg, x: BuiltinArg): 
   }
   const xs = ctx.unifier.resolveTensor(x.value.t);
   const ts = ctx.unifier.resolveTensor(t.value.t);
-  // x [..., T, d] → [..., d]; with a variadic lead only the width is known here.
-  const expected =
-    xs.lead === undefined && xs.dims.length >= 2
-      ? [...xs.dims.slice(0, -2), xs.dims[xs.dims.length - 1]!]
-      : xs.dims.slice(-1);
+  // With a variadic lead only the width is known here.
+  const perSequence = lessPositionAxis(xs);
+  const expected = perSequence ?? xs.dims.slice(-1);
   const fits =
     (xs.lead !== undefined || ts.lead !== undefined || ts.dims.length === expected.length) &&
     expected.every((dim, i) => {
@@ -378,10 +383,9 @@ function checkInstruction(ctx: PrimitiveContext, t: BuiltinArg, x: BuiltinArg): 
       t.span,
       `instruction ${formatTensorType(ts)} must have x's dims less the position axis: x is ${formatTensorType(xs)}`,
       {
-        hint:
-          xs.lead === undefined && xs.dims.length >= 2
-            ? `expected f32[${expected.map((e) => formatDim(e)).join(", ")}], one vector per sequence`
-            : `expected the experts' input width ${formatDim(expected[0]!)} last`,
+        hint: perSequence
+          ? `expected f32[${expected.map((e) => formatDim(e)).join(", ")}], one vector per sequence`
+          : `expected the experts' input width ${formatDim(expected[0]!)} last`,
       },
     );
     return false;
